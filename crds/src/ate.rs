@@ -1,0 +1,250 @@
+//! `ate.dev/v1alpha1`: WorkerPool and ActorTemplate — CRDs in a cluster, served by our apiserver
+//! when it runs standalone.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::substrate::SnapshotRef;
+
+/// A WorkerPool is a set of identical warm workers.
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "ate.dev",
+    version = "v1alpha1",
+    kind = "WorkerPool",
+    plural = "workerpools",
+    singular = "workerpool",
+    shortname = "wp",
+    category = "substrate",
+    namespaced,
+    status = "WorkerPoolStatus",
+    derive = "PartialEq",
+    doc = "WorkerPool is a set of identical warm gVisor workers that actors are multiplexed onto.",
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".spec.image",
+        priority = "1"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPoolSpec {
+    /// Number of warm workers.
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Image of the worker pod (the executor); ignored by the single-machine node agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Labels copied onto each Worker, matched by actors' `workerSelector`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub worker_labels: BTreeMap<String, String>,
+    /// Node selector for worker pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// Observed state of a WorkerPool.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPoolStatus {
+    /// Workers that exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Workers that are healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Generation of the spec this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions (`Ready`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// An ActorTemplate describes what an actor runs; its golden snapshot (booted once, checkpointed
+/// when ready) is what new actors resume from.
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "ate.dev",
+    version = "v1alpha1",
+    kind = "ActorTemplate",
+    plural = "actortemplates",
+    singular = "actortemplate",
+    shortname = "atpl",
+    category = "substrate",
+    namespaced,
+    status = "ActorTemplateStatus",
+    derive = "PartialEq",
+    doc = "ActorTemplate describes the containers of an actor and the golden snapshot new actors resume from.",
+    printcolumn(
+        name = "Pool",
+        type_ = "string",
+        json_path = ".spec.workerPoolRef.name"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Snapshot",
+        type_ = "string",
+        json_path = ".status.snapshot.uri",
+        priority = "1"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ActorTemplateSpec {
+    /// The containers of the actor's sandbox.
+    #[schemars(length(min = 1))]
+    pub containers: Vec<Container>,
+    /// Image of the pause (sandbox) container, if the runtime needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_image: Option<String>,
+    /// runsc settings for this template's sandboxes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runsc_config: Option<RunscConfig>,
+    /// Object-store URL prefix for snapshots (`file:///...`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`); defaults to the system's snapshot store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_location: Option<String>,
+    /// The WorkerPool actors of this template run on.
+    pub worker_pool_ref: LocalObjectRef,
+    /// How to tell that a booted actor is ready (for the golden snapshot and every resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+}
+
+/// A container of an actor.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// Unique name within the template.
+    pub name: String,
+    /// OCI image reference.
+    pub image: String,
+    /// Entrypoint override.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Ports the container listens on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+}
+
+/// An environment variable.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVar {
+    /// Variable name.
+    pub name: String,
+    /// Value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// A port a container listens on.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    /// Optional port name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Port number.
+    #[schemars(range(min = 1, max = 65535))]
+    pub container_port: i32,
+    /// TCP (default) or UDP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+/// runsc settings.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunscConfig {
+    /// gVisor platform: `systrap` (default) or `ptrace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Extra runsc flags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+}
+
+/// A reference to an object in the same namespace.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+pub struct LocalObjectRef {
+    /// Name of the object.
+    pub name: String,
+}
+
+/// A readiness probe.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    /// HTTP GET check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    /// Delay before the first probe (or the fixed wait when no check is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay_seconds: Option<i32>,
+    /// Interval between probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<i32>,
+    /// Timeout of one probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+    /// Failures before the actor is considered failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<i32>,
+}
+
+/// An HTTP GET probe.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpGetAction {
+    /// Path, e.g. `/healthz`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Port number.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// Observed state of an ActorTemplate.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActorTemplateStatus {
+    /// Generation of the spec this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions (`Ready` once the golden snapshot exists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The golden snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotRef>,
+}

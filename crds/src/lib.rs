@@ -1,0 +1,53 @@
+//! API types for Substrate — the Rust counterpart of apimachinery for our two API groups.
+//!
+//! - `substrate.ate.dev/v1alpha1` ([`substrate`]): `Atespace` (cluster-scoped tenant boundary),
+//!   `Actor` (namespaced: the namespace *is* the atespace) and `Worker` (cluster-scoped). Served by
+//!   our aggregated apiserver and stored in Valkey.
+//! - `ate.dev/v1alpha1` ([`ate`]): `WorkerPool` and `ActorTemplate`. CRDs in a cluster; served by
+//!   our apiserver too when it runs without Kubernetes.
+//!
+//! This crate does no I/O. It holds the types (serde + schemars + kube derive), constants
+//! (labels, finalizers, condition types), pure validation ([`validation`]), the static resource
+//! table every component uses ([`resources`]), and the CRD YAML generator ([`crdgen`]).
+
+pub mod ate;
+pub mod crdgen;
+pub mod duration;
+pub mod resources;
+pub mod substrate;
+pub mod validation;
+
+pub use ate::{ActorTemplate, WorkerPool};
+pub use substrate::{Actor, Atespace, Worker};
+
+/// API group served by the aggregated apiserver.
+pub const SUBSTRATE_GROUP: &str = "substrate.ate.dev";
+/// API group of the CRD kinds.
+pub const ATE_GROUP: &str = "ate.dev";
+/// The one version of both groups.
+pub const VERSION: &str = "v1alpha1";
+/// Category shared by every kind, so `kubectl get substrate` lists them all.
+pub const CATEGORY: &str = "substrate";
+
+/// Prefix of atespace names reserved for the system (`ate-golden`, ...).
+pub const RESERVED_PREFIX: &str = "ate-";
+/// Atespace holding golden actors (one per ActorTemplate).
+pub const GOLDEN_ATESPACE: &str = "ate-golden";
+/// Group whose members may create reserved (`ate-`) atespaces: the system components.
+pub const SYSTEM_GROUP: &str = "substrate:system";
+
+/// Condition types.
+pub mod conditions {
+    /// kstatus-compatible readiness.
+    pub const READY: &str = "Ready";
+    /// kstatus: the controller is working towards the desired state.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: progress stopped on an error that needs a change of input.
+    pub const STALLED: &str = "Stalled";
+}
+
+/// Well-known labels.
+pub mod labels {
+    /// Set on actors: the pool of the worker the actor is bound to.
+    pub const WORKER_POOL: &str = "substrate.ate.dev/worker-pool";
+}
