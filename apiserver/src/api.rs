@@ -35,14 +35,19 @@ pub struct AppState {
 pub type PeerChain = Option<Arc<Vec<CertificateDer<'static>>>>;
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn json_response(code: u16, v: &Value) -> Response<Body> {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut r = Response::new(full(body));
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -51,7 +56,10 @@ fn encode(output: Output, code: u16, v: &Value) -> Response<Body> {
         let text = serde_saphyr::to_string(v).unwrap_or_default();
         let mut r = Response::new(full(text));
         *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/yaml"),
+        );
         return r;
     }
     json_response(code, v)
@@ -70,7 +78,10 @@ fn error_response(e: &ApiError) -> Response<Body> {
 fn text(code: u16, body: &'static str) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -84,7 +95,11 @@ fn add_warnings(r: &mut Response<Body>, warnings: &[String]) {
 }
 
 /// Entry point for every request.
-pub async fn handle(state: Arc<AppState>, chain: PeerChain, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    state: Arc<AppState>,
+    chain: PeerChain,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -115,7 +130,10 @@ async fn route(state: &AppState, chain: PeerChain, req: Request<Incoming>) -> Ro
             return Ok((
                 match state.registry.current_rv(&ATESPACES).await {
                     Ok(_) => text(200, "ok"),
-                    Err(_) => text(500, "[-]storage failed: Valkey is not reachable\nreadyz check failed"),
+                    Err(_) => text(
+                        500,
+                        "[-]storage failed: Valkey is not reachable\nreadyz check failed",
+                    ),
                 },
                 None,
             ));
@@ -123,7 +141,9 @@ async fn route(state: &AppState, chain: PeerChain, req: Request<Incoming>) -> Ro
         "/version" => return Ok((json_response(200, &version()), None)),
         _ => {}
     }
-    let user = state.auth.authenticate(chain.as_ref().map(|c| c.as_slice()), req.headers());
+    let user = state
+        .auth
+        .authenticate(chain.as_ref().map(|c| c.as_slice()), req.headers());
     let Some(user) = user else {
         return Err((ApiError::unauthorized(), None));
     };
@@ -131,7 +151,9 @@ async fn route(state: &AppState, chain: PeerChain, req: Request<Incoming>) -> Ro
     let target = request::parse(req.method(), &path, &query).map_err(|e| (e, uname.clone()))?;
     let r = match target {
         Target::NonResource => non_resource(&req, &path),
-        Target::CoreNamespaces { name, verb } => core_namespaces(state, &user, name, verb, &query, &req).await,
+        Target::CoreNamespaces { name, verb } => {
+            core_namespaces(state, &user, name, verb, &query, &req).await
+        }
         Target::Resource(rr) => resource(state, &user, rr, &query, req).await,
     };
     match r {
@@ -158,12 +180,26 @@ fn non_resource(req: &Request<Incoming>, path: &str) -> Result<Response<Body>, A
     if req.method() != Method::GET {
         return Err(ApiError::method_not_allowed(req.method().as_str()));
     }
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let trimmed = path.trim_end_matches('/');
     let aggregated = discovery::negotiate_aggregated(accept);
     let doc = match (trimmed, aggregated) {
-        ("/api", Some(ct)) => return Ok(with_type(json_response(200, &discovery::aggregated_core()), ct)),
-        ("/apis", Some(ct)) => return Ok(with_type(json_response(200, &discovery::aggregated_apis()), ct)),
+        ("/api", Some(ct)) => {
+            return Ok(with_type(
+                json_response(200, &discovery::aggregated_core()),
+                ct,
+            ));
+        }
+        ("/apis", Some(ct)) => {
+            return Ok(with_type(
+                json_response(200, &discovery::aggregated_apis()),
+                ct,
+            ));
+        }
         ("/api", None) => discovery::api_versions(),
         ("/api/v1", _) => discovery::core_v1_resources(),
         ("/apis", None) => discovery::api_group_list(),
@@ -173,8 +209,12 @@ fn non_resource(req: &Request<Incoming>, path: &str) -> Result<Response<Body>, A
             let parts: Vec<&str> = trimmed.trim_start_matches('/').split('/').collect();
             match parts.as_slice() {
                 ["apis", g] => discovery::api_group(g).ok_or_else(ApiError::path_not_found)?,
-                ["apis", g, v] => discovery::api_resource_list(g, v).ok_or_else(ApiError::path_not_found)?,
-                ["openapi", "v3", rest @ ..] => openapi::v3_document(&rest.join("/")).ok_or_else(ApiError::path_not_found)?,
+                ["apis", g, v] => {
+                    discovery::api_resource_list(g, v).ok_or_else(ApiError::path_not_found)?
+                }
+                ["openapi", "v3", rest @ ..] => {
+                    openapi::v3_document(&rest.join("/")).ok_or_else(ApiError::path_not_found)?
+                }
                 _ => return Err(ApiError::path_not_found()),
             }
         }
@@ -183,44 +223,83 @@ fn non_resource(req: &Request<Incoming>, path: &str) -> Result<Response<Body>, A
 }
 
 fn with_type(mut r: Response<Body>, ct: &'static str) -> Response<Body> {
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-    r.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
     r
 }
 
-fn authorize(user: &UserInfo, verb: &str, group: &str, resource: &str, sub: Option<&str>, ns: Option<&str>, name: Option<&str>) -> Result<(), ApiError> {
-    auth::authorize(&Attributes { user, verb, group, resource, subresource: sub, namespace: ns, name }).map_err(ApiError::forbidden_msg)
+fn authorize(
+    user: &UserInfo,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    sub: Option<&str>,
+    ns: Option<&str>,
+    name: Option<&str>,
+) -> Result<(), ApiError> {
+    auth::authorize(&Attributes {
+        user,
+        verb,
+        group,
+        resource,
+        subresource: sub,
+        namespace: ns,
+        name,
+    })
+    .map_err(ApiError::forbidden_msg)
 }
 
-async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<(http::request::Parts, Bytes), ApiError> {
+async fn read_body(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<(http::request::Parts, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
-    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
         && len > state.max_body
     {
         return Err(ApiError::too_large(state.max_body));
     }
-    let collected = Limited::new(body, state.max_body).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            ApiError::too_large(state.max_body)
-        } else {
-            ApiError::bad_request(format!("reading the request body: {e}"))
-        }
-    })?;
+    let collected = Limited::new(body, state.max_body)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::too_large(state.max_body)
+            } else {
+                ApiError::bad_request(format!("reading the request body: {e}"))
+            }
+        })?;
     Ok((parts, collected.to_bytes()))
 }
 
 fn decode_object(format: BodyFormat, body: &[u8]) -> Result<Value, ApiError> {
     match format {
-        BodyFormat::Json => serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}"))),
+        BodyFormat::Json => serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}"))
+        }),
         BodyFormat::Yaml => {
-            let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
-            serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("couldn't decode the request body as YAML: {e}")))
+            let text = std::str::from_utf8(body)
+                .map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
+            serde_saphyr::from_str(text).map_err(|e| {
+                ApiError::bad_request(format!("couldn't decode the request body as YAML: {e}"))
+            })
         }
     }
 }
 
 fn content_type(parts: &http::request::Parts) -> Option<&str> {
-    parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+    parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
 }
 
 fn list_object(res: &ResourceInfo, items: Vec<Value>, rv: u64, cont: Option<String>) -> Value {
@@ -233,15 +312,26 @@ fn list_object(res: &ResourceInfo, items: Vec<Value>, rv: u64, cont: Option<Stri
 
 fn render_one(res: &ResourceInfo, output: Output, obj: &Value) -> Value {
     match output {
-        Output::Table(include) => {
-            table::table(res, &[obj], include, json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))}), true, jiff::Timestamp::now())
-        }
+        Output::Table(include) => table::table(
+            res,
+            &[obj],
+            include,
+            json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))}),
+            true,
+            jiff::Timestamp::now(),
+        ),
         Output::PartialMetadata => table::partial_object_metadata(obj),
         Output::Json | Output::Yaml => obj.clone(),
     }
 }
 
-async fn resource(state: &AppState, user: &UserInfo, rr: ResourceRequest, query: &Query, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn resource(
+    state: &AppState,
+    user: &UserInfo,
+    rr: ResourceRequest,
+    query: &Query,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let res = rr.res;
     let ns = rr.namespace.as_deref();
     let name = rr.name.as_deref();
@@ -250,8 +340,20 @@ async fn resource(state: &AppState, user: &UserInfo, rr: ResourceRequest, query:
     {
         return Err(ApiError::path_not_found());
     }
-    authorize(user, rr.verb.as_str(), res.group, res.plural, rr.subresource.as_deref(), ns, name)?;
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
+    authorize(
+        user,
+        rr.verb.as_str(),
+        res.group,
+        res.plural,
+        rr.subresource.as_deref(),
+        ns,
+        name,
+    )?;
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let output = negotiate::negotiate(accept.as_deref(), query)?;
     let registry = &state.registry;
     match rr.verb {
@@ -288,12 +390,25 @@ async fn resource(state: &AppState, user: &UserInfo, rr: ResourceRequest, query:
             let selectors = Selectors::parse(res, &opts)?;
             let body = watch::start(
                 registry,
-                watch::WatchRequest { res, namespace: rr.namespace.clone(), name: rr.name.clone(), selectors, opts, output },
+                watch::WatchRequest {
+                    res,
+                    namespace: rr.namespace.clone(),
+                    name: rr.name.clone(),
+                    selectors,
+                    opts,
+                    output,
+                },
             )
             .await?;
             let mut r = Response::new(body.boxed_unsync());
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache, private"),
+            );
             Ok(r)
         }
         Verb::Create => {
@@ -309,7 +424,17 @@ async fn resource(state: &AppState, user: &UserInfo, rr: ResourceRequest, query:
             let wo = WriteOptions::from_query(query)?;
             let (parts, body) = read_body(state, req).await?;
             let obj = decode_object(negotiate::body_format(content_type(&parts))?, &body)?;
-            let Written { object, warnings } = registry.update(user, res, ns, name.unwrap_or_default(), obj, rr.subresource.as_deref(), &wo).await?;
+            let Written { object, warnings } = registry
+                .update(
+                    user,
+                    res,
+                    ns,
+                    name.unwrap_or_default(),
+                    obj,
+                    rr.subresource.as_deref(),
+                    &wo,
+                )
+                .await?;
             let mut r = encode(output_for_write(output), 200, &object);
             add_warnings(&mut r, &warnings);
             Ok(r)
@@ -318,13 +443,17 @@ async fn resource(state: &AppState, user: &UserInfo, rr: ResourceRequest, query:
             let wo = WriteOptions::from_query(query)?;
             let (parts, body) = read_body(state, req).await?;
             let patch = match negotiate::patch_type(content_type(&parts))? {
-                PatchType::Json => PatchBody::Json(
-                    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the JSON patch is not valid: {e}")))?,
-                ),
+                PatchType::Json => PatchBody::Json(serde_json::from_slice(&body).map_err(|e| {
+                    ApiError::bad_request(format!("the JSON patch is not valid: {e}"))
+                })?),
                 PatchType::Merge => {
-                    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the merge patch is not valid JSON: {e}")))?;
+                    let v: Value = serde_json::from_slice(&body).map_err(|e| {
+                        ApiError::bad_request(format!("the merge patch is not valid JSON: {e}"))
+                    })?;
                     if !v.is_object() {
-                        return Err(ApiError::bad_request("the merge patch must be a JSON object"));
+                        return Err(ApiError::bad_request(
+                            "the merge patch must be a JSON object",
+                        ));
                     }
                     PatchBody::Merge(v)
                 }
@@ -335,7 +464,17 @@ async fn resource(state: &AppState, user: &UserInfo, rr: ResourceRequest, query:
                     ));
                 }
             };
-            let Written { object, warnings } = registry.patch(user, res, ns, name.unwrap_or_default(), &patch, rr.subresource.as_deref(), &wo).await?;
+            let Written { object, warnings } = registry
+                .patch(
+                    user,
+                    res,
+                    ns,
+                    name.unwrap_or_default(),
+                    &patch,
+                    rr.subresource.as_deref(),
+                    &wo,
+                )
+                .await?;
             let mut r = encode(output_for_write(output), 200, &object);
             add_warnings(&mut r, &warnings);
             Ok(r)
@@ -344,7 +483,16 @@ async fn resource(state: &AppState, user: &UserInfo, rr: ResourceRequest, query:
             let wo = WriteOptions::from_query(query)?;
             let (_, body) = read_body(state, req).await?;
             let opts = DeleteOptions::from_body(&body)?;
-            let obj = registry.delete(user, res, ns, name.unwrap_or_default(), &opts, wo.dry_run || opts.dry_run).await?;
+            let obj = registry
+                .delete(
+                    user,
+                    res,
+                    ns,
+                    name.unwrap_or_default(),
+                    &opts,
+                    wo.dry_run || opts.dry_run,
+                )
+                .await?;
             Ok(encode(output_for_write(output), 200, &obj))
         }
         Verb::DeleteCollection => {
@@ -352,9 +500,15 @@ async fn resource(state: &AppState, user: &UserInfo, rr: ResourceRequest, query:
             let lo = ListOptions::from_query(query)?;
             let (_, body) = read_body(state, req).await?;
             let opts = DeleteOptions::from_body(&body)?;
-            let items = registry.delete_collection(user, res, ns, &lo, &opts, wo.dry_run || opts.dry_run).await?;
+            let items = registry
+                .delete_collection(user, res, ns, &lo, &opts, wo.dry_run || opts.dry_run)
+                .await?;
             let rv = registry.current_rv(res).await?;
-            Ok(encode(output_for_write(output), 200, &list_object(res, items, rv, None)))
+            Ok(encode(
+                output_for_write(output),
+                200,
+                &list_object(res, items, rv, None),
+            ))
         }
     }
 }
@@ -368,11 +522,26 @@ fn output_for_write(o: Output) -> Output {
 
 /// Standalone: atespaces seen through the core `namespaces` resource, so kubectl's namespace
 /// checks and messages behave as against Kubernetes.
-async fn core_namespaces(state: &AppState, user: &UserInfo, name: Option<String>, verb: Verb, query: &Query, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn core_namespaces(
+    state: &AppState,
+    user: &UserInfo,
+    name: Option<String>,
+    verb: Verb,
+    query: &Query,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     if req.method() != Method::GET {
         return Err(ApiError::method_not_allowed(req.method().as_str()));
     }
-    authorize(user, verb.as_str(), "", "namespaces", None, None, name.as_deref())?;
+    authorize(
+        user,
+        verb.as_str(),
+        "",
+        "namespaces",
+        None,
+        None,
+        name.as_deref(),
+    )?;
     match (verb, name) {
         (Verb::Get, Some(n)) => match state.registry.get(&ATESPACES, None, &n).await {
             Ok(a) => Ok(json_response(200, &as_namespace(&a))),
@@ -380,9 +549,15 @@ async fn core_namespaces(state: &AppState, user: &UserInfo, name: Option<String>
             Err(e) => Err(e),
         },
         (Verb::List, None) => {
-            let out = state.registry.list(&ATESPACES, None, &ListOptions::from_query(query)?).await?;
+            let out = state
+                .registry
+                .list(&ATESPACES, None, &ListOptions::from_query(query)?)
+                .await?;
             let items: Vec<Value> = out.items.iter().map(as_namespace).collect();
-            Ok(json_response(200, &json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {"resourceVersion": out.rv.to_string()}, "items": items})))
+            Ok(json_response(
+                200,
+                &json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {"resourceVersion": out.rv.to_string()}, "items": items}),
+            ))
         }
         _ => Err(ApiError::method_not_allowed("WATCH")),
     }
@@ -400,6 +575,9 @@ fn as_namespace(a: &Value) -> Value {
     if let Some(d) = a.pointer("/metadata/deletionTimestamp") {
         meta["deletionTimestamp"] = d.clone();
     }
-    let phase = a.pointer("/status/phase").cloned().unwrap_or(json!("Active"));
+    let phase = a
+        .pointer("/status/phase")
+        .cloned()
+        .unwrap_or(json!("Active"));
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": phase}})
 }

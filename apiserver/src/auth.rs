@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 
 use crate::request::Verb;
 
@@ -58,12 +58,21 @@ fn roots(pems: &[String], path: &str) -> Result<rustls::RootCertStore, AuthError
     let mut store = rustls::RootCertStore::empty();
     for pem in pems {
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let cert = cert.map_err(|e| AuthError::Ca { path: path.into(), reason: e.to_string() })?;
-            store.add(cert).map_err(|e| AuthError::Ca { path: path.into(), reason: e.to_string() })?;
+            let cert = cert.map_err(|e| AuthError::Ca {
+                path: path.into(),
+                reason: e.to_string(),
+            })?;
+            store.add(cert).map_err(|e| AuthError::Ca {
+                path: path.into(),
+                reason: e.to_string(),
+            })?;
         }
     }
     if store.is_empty() {
-        return Err(AuthError::Ca { path: path.into(), reason: "no certificates".into() });
+        return Err(AuthError::Ca {
+            path: path.into(),
+            reason: "no certificates".into(),
+        });
     }
     Ok(store)
 }
@@ -78,7 +87,11 @@ fn verifier(store: rustls::RootCertStore) -> Result<Arc<dyn ClientCertVerifier>,
 impl Authenticator {
     /// `client_ca`: PEM bundle for user certificates; `front_proxy_ca`: PEM bundle for the
     /// request-header authenticator (optional).
-    pub fn new(client_ca: &str, front_proxy_ca: Option<&str>, allowed_names: Vec<String>) -> Result<Self, AuthError> {
+    pub fn new(
+        client_ca: &str,
+        front_proxy_ca: Option<&str>,
+        allowed_names: Vec<String>,
+    ) -> Result<Self, AuthError> {
         Ok(Self {
             client: verifier(roots(&[client_ca.to_string()], "client CA")?)?,
             front_proxy: front_proxy_ca
@@ -89,7 +102,10 @@ impl Authenticator {
     }
 
     /// The verifier the TLS layer uses: accepts a certificate from either CA, or none.
-    pub fn tls_verifier(client_ca: &str, front_proxy_ca: Option<&str>) -> Result<Arc<dyn ClientCertVerifier>, AuthError> {
+    pub fn tls_verifier(
+        client_ca: &str,
+        front_proxy_ca: Option<&str>,
+    ) -> Result<Arc<dyn ClientCertVerifier>, AuthError> {
         let mut pems = vec![client_ca.to_string()];
         pems.extend(front_proxy_ca.map(str::to_string));
         verifier(roots(&pems, "client CAs")?)
@@ -103,7 +119,11 @@ impl Authenticator {
     }
 
     /// Authenticates a request from its peer chain and headers. `None`: anonymous.
-    pub fn authenticate(&self, chain: Option<&[CertificateDer<'static>]>, headers: &http::HeaderMap) -> Option<UserInfo> {
+    pub fn authenticate(
+        &self,
+        chain: Option<&[CertificateDer<'static>]>,
+        headers: &http::HeaderMap,
+    ) -> Option<UserInfo> {
         let chain = chain?;
         let leaf = chain.first()?;
         let (cn, orgs) = subject(leaf)?;
@@ -116,7 +136,11 @@ impl Authenticator {
         if Self::verified(self.client.as_ref(), chain) {
             let mut groups = orgs;
             groups.push("system:authenticated".into());
-            return Some(UserInfo { name: cn, groups, extra: BTreeMap::new() });
+            return Some(UserInfo {
+                name: cn,
+                groups,
+                extra: BTreeMap::new(),
+            });
         }
         None
     }
@@ -125,7 +149,12 @@ impl Authenticator {
 fn subject(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let subject = parsed.subject();
-    let cn = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let cn = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     let orgs = subject
         .iter_organization()
         .filter_map(|o| o.as_str().ok().map(str::to_string))
@@ -134,7 +163,12 @@ fn subject(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
 }
 
 fn from_headers(headers: &http::HeaderMap) -> Option<UserInfo> {
-    let user = headers.get("x-remote-user")?.to_str().ok()?.trim().to_string();
+    let user = headers
+        .get("x-remote-user")?
+        .to_str()
+        .ok()?
+        .trim()
+        .to_string();
     if user.is_empty() {
         return None;
     }
@@ -157,7 +191,11 @@ fn from_headers(headers: &http::HeaderMap) -> Option<UserInfo> {
             extra.entry(key).or_default().push(v.to_string());
         }
     }
-    Some(UserInfo { name: user, groups, extra })
+    Some(UserInfo {
+        name: user,
+        groups,
+        extra,
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -190,7 +228,11 @@ pub fn authorize(a: &Attributes<'_>) -> Result<(), String> {
         Some(s) => format!("{}/{s}", a.resource),
         None => a.resource.to_string(),
     };
-    let resource_text = if a.group.is_empty() { a.resource.to_string() } else { format!("{}.{}", a.resource, a.group) };
+    let resource_text = if a.group.is_empty() {
+        a.resource.to_string()
+    } else {
+        format!("{}.{}", a.resource, a.group)
+    };
     let subject = match a.name {
         Some(n) => format!("{resource_text} \"{n}\""),
         None => resource_text,

@@ -12,13 +12,25 @@ pub enum LogFormat {
 
 /// `substrate-apiserver` flags; every flag can also come from the environment.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "substrate-apiserver", version, about = "Substrate aggregated API server (Atespaces, Actors, Workers) backed by Valkey")]
+#[command(
+    name = "substrate-apiserver",
+    version,
+    about = "Substrate aggregated API server (Atespaces, Actors, Workers) backed by Valkey"
+)]
 pub struct Args {
     /// Address to serve HTTPS on.
-    #[arg(long, env = "SUBSTRATE_APISERVER_BIND", default_value = "127.0.0.1:6443")]
+    #[arg(
+        long,
+        env = "SUBSTRATE_APISERVER_BIND",
+        default_value = "127.0.0.1:6443"
+    )]
     pub bind: SocketAddr,
     /// Valkey (or Redis) URL.
-    #[arg(long, env = "SUBSTRATE_VALKEY_URL", default_value = "redis://127.0.0.1:6390")]
+    #[arg(
+        long,
+        env = "SUBSTRATE_VALKEY_URL",
+        default_value = "redis://127.0.0.1:6390"
+    )]
     pub valkey_url: String,
     /// Prefix of every Valkey key.
     #[arg(long, env = "SUBSTRATE_KEY_PREFIX", default_value = "substrate")]
@@ -30,10 +42,18 @@ pub struct Args {
     #[arg(long = "tls-san", env = "SUBSTRATE_TLS_SANS", value_delimiter = ',')]
     pub tls_sans: Vec<String>,
     /// Serving certificate (PEM); defaults to the generated one.
-    #[arg(long, env = "SUBSTRATE_TLS_CERT_FILE", requires = "tls_private_key_file")]
+    #[arg(
+        long,
+        env = "SUBSTRATE_TLS_CERT_FILE",
+        requires = "tls_private_key_file"
+    )]
     pub tls_cert_file: Option<PathBuf>,
     /// Serving key (PEM).
-    #[arg(long, env = "SUBSTRATE_TLS_PRIVATE_KEY_FILE", requires = "tls_cert_file")]
+    #[arg(
+        long,
+        env = "SUBSTRATE_TLS_PRIVATE_KEY_FILE",
+        requires = "tls_cert_file"
+    )]
     pub tls_private_key_file: Option<PathBuf>,
     /// CA bundle for client certificates; defaults to the generated CA.
     #[arg(long, env = "SUBSTRATE_CLIENT_CA_FILE")]
@@ -42,7 +62,11 @@ pub struct Args {
     #[arg(long, env = "SUBSTRATE_REQUESTHEADER_CLIENT_CA_FILE")]
     pub requestheader_client_ca_file: Option<PathBuf>,
     /// Common names a front-proxy certificate may have (empty: any).
-    #[arg(long, env = "SUBSTRATE_REQUESTHEADER_ALLOWED_NAMES", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "SUBSTRATE_REQUESTHEADER_ALLOWED_NAMES",
+        value_delimiter = ','
+    )]
     pub requestheader_allowed_names: Vec<String>,
     /// Write an admin kubeconfig here once serving.
     #[arg(long, env = "SUBSTRATE_KUBECONFIG_OUT")]
@@ -57,6 +81,11 @@ pub struct Args {
     #[arg(long, env = "SUBSTRATE_WATCH_HISTORY", default_value_t = 10_000)]
     pub watch_history: usize,
     /// Log format.
-    #[arg(long, env = "SUBSTRATE_LOG_FORMAT", value_enum, default_value = "plain")]
+    #[arg(
+        long,
+        env = "SUBSTRATE_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
     pub log_format: LogFormat,
 }

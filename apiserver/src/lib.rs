@@ -92,7 +92,10 @@ impl Running {
 }
 
 fn read(path: &Path) -> Result<String, RunError> {
-    std::fs::read_to_string(path).map_err(|source| RunError::Read { path: path.display().to_string(), source })
+    std::fs::read_to_string(path).map_err(|source| RunError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Starts the apiserver described by `args`; returns once it is listening and the kubeconfig
@@ -100,11 +103,23 @@ fn read(path: &Path) -> Result<String, RunError> {
 pub async fn start(args: &Args) -> Result<Running, RunError> {
     let pki = pki::ensure(&args.pki_dir, &args.tls_sans)?;
     let client_ca = read(args.client_ca_file.as_deref().unwrap_or(&pki.ca_cert()))?;
-    let front_proxy_ca = read(args.requestheader_client_ca_file.as_deref().unwrap_or(&pki.front_proxy_ca()))?;
-    let authn = auth::Authenticator::new(&client_ca, Some(&front_proxy_ca), args.requestheader_allowed_names.clone())?;
+    let front_proxy_ca = read(
+        args.requestheader_client_ca_file
+            .as_deref()
+            .unwrap_or(&pki.front_proxy_ca()),
+    )?;
+    let authn = auth::Authenticator::new(
+        &client_ca,
+        Some(&front_proxy_ca),
+        args.requestheader_allowed_names.clone(),
+    )?;
     let verifier = auth::Authenticator::tls_verifier(&client_ca, Some(&front_proxy_ca))?;
     let cert = read(args.tls_cert_file.as_deref().unwrap_or(&pki.serving_cert()))?;
-    let key = read(args.tls_private_key_file.as_deref().unwrap_or(&pki.serving_key()))?;
+    let key = read(
+        args.tls_private_key_file
+            .as_deref()
+            .unwrap_or(&pki.serving_key()),
+    )?;
     let tls = server::tls_config(&cert, &key, verifier)?;
 
     let opts = StoreOptions {
@@ -115,14 +130,22 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
     let resources: Vec<_> = ALL.iter().map(|r| rkey(r)).collect();
     let store = Store::connect(&args.valkey_url, opts, &resources)
         .await
-        .map_err(|source| RunError::Storage { url: args.valkey_url.clone(), source })?;
+        .map_err(|source| RunError::Storage {
+            url: args.valkey_url.clone(),
+            source,
+        })?;
     let registry = Registry::new(store);
     lifecycle::ensure_bootstrap(&registry)
         .await
         .map_err(|e| RunError::Bootstrap { message: e.message })?;
 
     let listener = server::bind(args.bind).await?;
-    let addr = listener.local_addr().map_err(|source| server::ServerError::Bind { addr: args.bind, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| server::ServerError::Bind {
+            addr: args.bind,
+            source,
+        })?;
 
     let background = vec![
         tokio::spawn(lifecycle::run(registry.clone())),
@@ -130,18 +153,31 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
     ];
 
     if let Some(out) = &args.kubeconfig_out {
-        let server_url = args.kubeconfig_server.clone().unwrap_or_else(|| format!("https://{addr}"));
+        let server_url = args
+            .kubeconfig_server
+            .clone()
+            .unwrap_or_else(|| format!("https://{addr}"));
         pki::write_kubeconfig(&pki, &server_url, "admin", out)?;
         tracing::info!(path = %out.display(), server = %server_url, "wrote admin kubeconfig");
     }
 
-    let state = Arc::new(api::AppState { registry: registry.clone(), auth: authn, max_body: args.max_request_bytes });
+    let state = Arc::new(api::AppState {
+        registry: registry.clone(),
+        auth: authn,
+        max_body: args.max_request_bytes,
+    });
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(server::serve(listener, tls, state, async {
         let _ = rx.await;
     }));
     tracing::info!(%addr, valkey = %args.valkey_url, "apiserver serving");
-    Ok(Running { addr, registry, shutdown: tx, task, background })
+    Ok(Running {
+        addr,
+        registry,
+        shutdown: tx,
+        task,
+        background,
+    })
 }
 
 /// Sets up `tracing` (RUST_LOG filter, default `info`).

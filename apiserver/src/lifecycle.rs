@@ -22,8 +22,14 @@ pub async fn run(registry: Registry) {
     let cache = registry.store.cache(rkey(&ATESPACES)).clone();
     loop {
         let (rv, objs) = cache.snapshot(None);
-        for a in objs.iter().filter(|a| a.pointer("/metadata/deletionTimestamp").is_some()) {
-            let name = a.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        for a in objs
+            .iter()
+            .filter(|a| a.pointer("/metadata/deletionTimestamp").is_some())
+        {
+            let name = a
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if let Err(e) = finalize(&registry, name, a).await {
                 tracing::warn!(atespace = name, error = %e, "atespace cleanup failed; will retry");
             }
@@ -42,12 +48,33 @@ async fn finalize(registry: &Registry, name: &str, ates: &Value) -> Result<(), A
     let system = UserInfo::system();
     let mut remaining = 0usize;
     for res in ALL.iter().filter(|r| r.namespaced) {
-        let listed = registry.list(res, Some(name), &ListOptions::default()).await?;
+        let listed = registry
+            .list(res, Some(name), &ListOptions::default())
+            .await?;
         remaining += listed.items.len();
-        for obj in listed.items.iter().filter(|o| o.pointer("/metadata/deletionTimestamp").is_none()) {
-            let n = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-            match registry.delete(&system, res, Some(name), n, &DeleteOptions::default(), false).await {
-                Ok(_) => tracing::info!(atespace = name, resource = %res.qualified(), name = n, "deleted with its atespace"),
+        for obj in listed
+            .items
+            .iter()
+            .filter(|o| o.pointer("/metadata/deletionTimestamp").is_none())
+        {
+            let n = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            match registry
+                .delete(
+                    &system,
+                    res,
+                    Some(name),
+                    n,
+                    &DeleteOptions::default(),
+                    false,
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(atespace = name, resource = %res.qualified(), name = n, "deleted with its atespace")
+                }
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }
@@ -57,7 +84,11 @@ async fn finalize(registry: &Registry, name: &str, ates: &Value) -> Result<(), A
         // Count again: objects without finalizers are gone already.
         remaining = 0;
         for res in ALL.iter().filter(|r| r.namespaced) {
-            remaining += registry.list(res, Some(name), &ListOptions::default()).await?.items.len();
+            remaining += registry
+                .list(res, Some(name), &ListOptions::default())
+                .await?
+                .items
+                .len();
         }
     }
     let has_finalizers = ates
@@ -96,7 +127,9 @@ pub async fn keep_bootstrap(registry: Registry) {
     loop {
         let (rv, objs) = cache.snapshot(None);
         let missing = BOOTSTRAP_ATESPACES.iter().any(|n| {
-            !objs.iter().any(|o| o.pointer("/metadata/name").and_then(Value::as_str) == Some(n))
+            !objs
+                .iter()
+                .any(|o| o.pointer("/metadata/name").and_then(Value::as_str) == Some(n))
         });
         if missing && let Err(e) = ensure_bootstrap(&registry).await {
             tracing::warn!(error = %e.message, "recreating bootstrap atespaces failed; will retry");

@@ -9,7 +9,9 @@ use apiserver::config::Args;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     apiserver::init_tracing(args.log_format);
-    let running = apiserver::start(&args).await.context("starting the apiserver")?;
+    let running = apiserver::start(&args)
+        .await
+        .context("starting the apiserver")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {

@@ -41,7 +41,10 @@ fn parse_range(s: &str) -> MediaRange<'_> {
 
 impl MediaRange<'_> {
     fn param(&self, k: &str) -> Option<&str> {
-        self.params.iter().find(|(key, _)| key == k).map(|(_, v)| *v)
+        self.params
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -62,15 +65,24 @@ pub fn negotiate(accept: Option<&str>, query: &Query) -> Result<Output, ApiError
     };
     for range in accept.split(',') {
         let r = parse_range(range);
-        let json_like = matches!(r.essence.as_str(), "application/json" | "*/*" | "application/*");
+        let json_like = matches!(
+            r.essence.as_str(),
+            "application/json" | "*/*" | "application/*"
+        );
         match r.param("as") {
             None if json_like => return Ok(Output::Json),
             None if r.essence == "application/yaml" => return Ok(Output::Yaml),
-            Some("Table") if json_like && r.param("g") == Some("meta.k8s.io") && matches!(r.param("v"), Some("v1") | Some("v1beta1")) => {
+            Some("Table")
+                if json_like
+                    && r.param("g") == Some("meta.k8s.io")
+                    && matches!(r.param("v"), Some("v1") | Some("v1beta1")) =>
+            {
                 return Ok(Output::Table(include));
             }
             Some("PartialObjectMetadata") | Some("PartialObjectMetadataList")
-                if json_like && r.param("g") == Some("meta.k8s.io") && matches!(r.param("v"), Some("v1") | Some("v1beta1")) =>
+                if json_like
+                    && r.param("g") == Some("meta.k8s.io")
+                    && matches!(r.param("v"), Some("v1") | Some("v1beta1")) =>
             {
                 return Ok(Output::PartialMetadata);
             }
@@ -97,7 +109,9 @@ pub enum PatchType {
 }
 
 fn essence(content_type: Option<&str>) -> String {
-    content_type.map(|c| parse_range(c).essence).unwrap_or_default()
+    content_type
+        .map(|c| parse_range(c).essence)
+        .unwrap_or_default()
 }
 
 /// The body format of a create or update.
@@ -105,12 +119,18 @@ pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, ApiError> {
     match essence(content_type).as_str() {
         "application/json" | "" => Ok(BodyFormat::Json),
         "application/yaml" => Ok(BodyFormat::Yaml),
-        other => Err(ApiError::unsupported_media_type(other, &["application/json", "application/yaml"])),
+        other => Err(ApiError::unsupported_media_type(
+            other,
+            &["application/json", "application/yaml"],
+        )),
     }
 }
 
 /// Patch types we apply; strategic merge is refused with 415 as for custom resources.
-pub const PATCH_TYPES: &[&str] = &["application/json-patch+json", "application/merge-patch+json"];
+pub const PATCH_TYPES: &[&str] = &[
+    "application/json-patch+json",
+    "application/merge-patch+json",
+];
 
 pub fn patch_type(content_type: Option<&str>) -> Result<PatchType, ApiError> {
     match essence(content_type).as_str() {
@@ -140,12 +160,18 @@ mod tests {
             n("application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json").unwrap(),
             Output::PartialMetadata
         );
-        assert_eq!(n("application/vnd.kubernetes.protobuf").unwrap_err().code, 406);
+        assert_eq!(
+            n("application/vnd.kubernetes.protobuf").unwrap_err().code,
+            406
+        );
     }
 
     #[test]
     fn patch_types() {
-        assert_eq!(patch_type(Some("application/merge-patch+json; charset=utf-8")).unwrap(), PatchType::Merge);
+        assert_eq!(
+            patch_type(Some("application/merge-patch+json; charset=utf-8")).unwrap(),
+            PatchType::Merge
+        );
         assert_eq!(patch_type(Some("text/plain")).unwrap_err().code, 415);
     }
 }

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// Why the PKI could not be prepared.
@@ -60,11 +60,17 @@ impl Pki {
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
-    fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.into(), source })
+    fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 fn write(path: &Path, data: &str, private: bool) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io { path: path.into(), source };
+    let io = |source| PkiError::Io {
+        path: path.into(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, data).map_err(io)?;
     if private {
@@ -75,7 +81,10 @@ fn write(path: &Path, data: &str, private: bool) -> Result<(), PkiError> {
 }
 
 fn gen_err(what: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
-    move |source| PkiError::Generate { what: what.to_string(), source }
+    move |source| PkiError::Generate {
+        what: what.to_string(),
+        source,
+    }
 }
 
 fn dn(cn: &str, orgs: &[&str]) -> DistinguishedName {
@@ -109,7 +118,11 @@ fn ensure_ca(dir: &Path, name: &str, cn: &str) -> Result<(String, KeyPair), PkiE
     let mut p = CertificateParams::default();
     p.distinguished_name = dn(cn, &[]);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     validity(&mut p, 3650);
     let cert = p.self_signed(&kp).map_err(gen_err(name))?;
     write(&key, &kp.serialize_pem(), true)?;
@@ -142,7 +155,10 @@ fn ensure_leaf(
 fn client_params(cn: &str, orgs: &[&str]) -> CertificateParams {
     let mut p = CertificateParams::default();
     p.distinguished_name = dn(cn, orgs);
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     validity(&mut p, 365);
     p
@@ -150,11 +166,18 @@ fn client_params(cn: &str, orgs: &[&str]) -> CertificateParams {
 
 /// Creates whatever is missing in `dir`. `sans` are extra DNS names or IPs for the serving cert.
 pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
-    fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.into(), source })?;
+    fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        path: dir.into(),
+        source,
+    })?;
     let ca = ensure_ca(dir, "ca", "substrate-ca")?;
     let fp = ensure_ca(dir, "front-proxy-ca", "substrate-front-proxy-ca")?;
     ensure_leaf(dir, "serving", &ca, || {
-        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let mut names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
         names.extend(sans.iter().cloned());
         let mut p = CertificateParams::default();
         p.distinguished_name = dn("substrate-apiserver", &[]);
@@ -165,17 +188,26 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
                 Err(_) => n.clone().try_into().map(SanType::DnsName),
             })
             .collect::<Result<_, _>>()?;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         validity(&mut p, 365);
         Ok(p)
     })?;
-    ensure_leaf(dir, "admin", &ca, || Ok(client_params("substrate-admin", &["system:masters"])))?;
+    ensure_leaf(dir, "admin", &ca, || {
+        Ok(client_params("substrate-admin", &["system:masters"]))
+    })?;
     ensure_leaf(dir, "system", &ca, || {
         Ok(client_params("substrate-system", &[crds::SYSTEM_GROUP]))
     })?;
-    ensure_leaf(dir, "front-proxy-client", &fp, || Ok(client_params("front-proxy-client", &[])))?;
-    Ok(Pki { dir: dir.to_path_buf() })
+    ensure_leaf(dir, "front-proxy-client", &fp, || {
+        Ok(client_params("front-proxy-client", &[]))
+    })?;
+    Ok(Pki {
+        dir: dir.to_path_buf(),
+    })
 }
 
 /// Issues a client certificate for `user` in `groups` signed by the cluster CA, for tests and
@@ -185,7 +217,9 @@ pub fn issue_client(pki: &Pki, user: &str, groups: &[&str]) -> Result<(String, S
     let ca_key = KeyPair::from_pem(&read(&pki.path("ca.key"))?).map_err(gen_err("ca"))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key).map_err(gen_err(user))?;
     let kp = KeyPair::generate().map_err(gen_err(user))?;
-    let cert = client_params(user, groups).signed_by(&kp, &issuer).map_err(gen_err(user))?;
+    let cert = client_params(user, groups)
+        .signed_by(&kp, &issuer)
+        .map_err(gen_err(user))?;
     Ok((cert.pem(), kp.serialize_pem()))
 }
 
@@ -199,7 +233,10 @@ pub fn write_kubeconfig(pki: &Pki, server: &str, client: &str, out: &Path) -> Re
         "apiVersion: v1\nkind: Config\nclusters:\n- name: substrate\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {client}\n  user:\n    client-certificate-data: {crt}\n    client-key-data: {key}\ncontexts:\n- name: substrate\n  context:\n    cluster: substrate\n    user: {client}\n    namespace: default\ncurrent-context: substrate\n"
     );
     if let Some(parent) = out.parent() {
-        fs::create_dir_all(parent).map_err(|source| PkiError::Io { path: parent.into(), source })?;
+        fs::create_dir_all(parent).map_err(|source| PkiError::Io {
+            path: parent.into(),
+            source,
+        })?;
     }
     write(out, &doc, true)
 }

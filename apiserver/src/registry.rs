@@ -14,28 +14,39 @@ use crate::auth::UserInfo;
 use crate::request::{FieldValidation, ListOptions, RvMatch, WriteOptions};
 use crate::selector::{self, FieldSelector, LabelSelector};
 use crate::status::ApiError;
-use crate::storage::{ListRequest, ObjectKey, ResourceKey, Store, StorageError};
+use crate::storage::{ListRequest, ObjectKey, ResourceKey, StorageError, Store};
 
 /// How many times a write retries after losing a compare-and-swap race it did not ask for.
 const MAX_RETRIES: usize = 16;
 
 /// The storage key of a resource.
 pub fn rkey(res: &ResourceInfo) -> ResourceKey {
-    ResourceKey { group: res.group, resource: res.plural }
+    ResourceKey {
+        group: res.group,
+        resource: res.plural,
+    }
 }
 
 /// The storage key of an object.
 pub fn okey(namespace: Option<&str>, name: &str) -> ObjectKey {
-    ObjectKey { namespace: namespace.unwrap_or("").to_string(), name: name.to_string() }
+    ObjectKey {
+        namespace: namespace.unwrap_or("").to_string(),
+        name: name.to_string(),
+    }
 }
 
 /// `metadata.resourceVersion` as a number (0 when absent or malformed).
 pub fn rv_of(obj: &Value) -> u64 {
-    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(0)
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str)
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
 }
 
 fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
@@ -50,7 +61,9 @@ fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
 
 /// RFC 3339 at second precision, as Kubernetes writes `metav1.Time`.
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn without_rv(obj: &Value) -> Value {
@@ -64,7 +77,11 @@ fn without_rv(obj: &Value) -> Value {
 fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -91,8 +108,10 @@ pub struct Selectors {
 
 impl Selectors {
     pub fn parse(res: &ResourceInfo, opts: &ListOptions) -> Result<Self, ApiError> {
-        let label = LabelSelector::parse(&opts.label_selector).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let field = FieldSelector::parse(&opts.field_selector, res).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let label = LabelSelector::parse(&opts.label_selector)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let field = FieldSelector::parse(&opts.field_selector, res)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(Self { label, field })
     }
     pub fn matches(&self, obj: &Value) -> bool {
@@ -109,7 +128,11 @@ fn encode_continue(rv: u64, key: &ObjectKey) -> String {
 
 fn decode_continue(token: &str) -> Result<(u64, ObjectKey), ApiError> {
     use base64::Engine;
-    let bad = || ApiError::bad_request("continue key is not valid: the continue token is malformed; relist without it");
+    let bad = || {
+        ApiError::bad_request(
+            "continue key is not valid: the continue token is malformed; relist without it",
+        )
+    };
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token.trim_end_matches('='))
         .map_err(|_| bad())?;
@@ -120,7 +143,13 @@ fn decode_continue(token: &str) -> Result<(u64, ObjectKey), ApiError> {
     let rv = v["rv"].as_u64().ok_or_else(bad)?;
     let start = v["start"].as_str().ok_or_else(bad)?;
     let (ns, name) = start.split_once('/').ok_or_else(bad)?;
-    Ok((rv, ObjectKey { namespace: ns.into(), name: name.into() }))
+    Ok((
+        rv,
+        ObjectKey {
+            namespace: ns.into(),
+            name: name.into(),
+        },
+    ))
 }
 
 /// The generic registry.
@@ -135,7 +164,12 @@ impl Registry {
     }
 
     /// Consistent read of one object.
-    pub async fn get(&self, res: &ResourceInfo, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub async fn get(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         self.store
             .get(rkey(res), &okey(ns, name))
             .await
@@ -143,24 +177,43 @@ impl Registry {
             .ok_or_else(|| ApiError::not_found(res, name))
     }
 
-    async fn get_opt(&self, res: &ResourceInfo, ns: Option<&str>, name: &str) -> Result<Option<Value>, ApiError> {
-        self.store.get(rkey(res), &okey(ns, name)).await.map_err(|e| ApiError::from_storage(res, name, e))
+    async fn get_opt(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, ApiError> {
+        self.store
+            .get(rkey(res), &okey(ns, name))
+            .await
+            .map_err(|e| ApiError::from_storage(res, name, e))
     }
 
     /// Lists objects. `resourceVersion` unset: consistent read from Valkey through its indexes;
     /// `0` or `NotOlderThan`: from the watch cache.
-    pub async fn list(&self, res: &ResourceInfo, ns: Option<&str>, opts: &ListOptions) -> Result<ListResult, ApiError> {
+    pub async fn list(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<ListResult, ApiError> {
         let sel = Selectors::parse(res, opts)?;
         let ns = match (ns, sel.field.namespace()) {
             (Some(a), Some(b)) if a != b => {
-                return Ok(ListResult { items: vec![], rv: self.current_rv(res).await?, continue_token: None });
+                return Ok(ListResult {
+                    items: vec![],
+                    rv: self.current_rv(res).await?,
+                    continue_token: None,
+                });
             }
             (Some(a), _) => Some(a.to_string()),
             (None, b) => b.map(str::to_string),
         };
         let ns = if res.namespaced { ns } else { None };
         if opts.continue_token.is_some() && opts.resource_version.is_some() {
-            return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+            return Err(ApiError::bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
         }
         if opts.rv_match.is_some() && opts.resource_version.is_none() {
             return Err(ApiError::new(
@@ -172,7 +225,9 @@ impl Registry {
         let requested_rv = match &opts.resource_version {
             None => None,
             Some(s) => Some(s.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(format!("resourceVersion: Invalid value: {s:?}: must be a decimal number"))
+                ApiError::bad_request(format!(
+                    "resourceVersion: Invalid value: {s:?}: must be a decimal number"
+                ))
             })?),
         };
         match (requested_rv, opts.rv_match) {
@@ -208,33 +263,68 @@ impl Registry {
 
     fn list_cached(&self, res: &ResourceInfo, ns: Option<&str>, sel: &Selectors) -> ListResult {
         let (rv, objs) = self.store.cache(rkey(res)).snapshot(ns);
-        let items = objs.iter().filter(|o| sel.matches(o)).map(|o| o.as_ref().clone()).collect();
-        ListResult { items, rv, continue_token: None }
+        let items = objs
+            .iter()
+            .filter(|o| sel.matches(o))
+            .map(|o| o.as_ref().clone())
+            .collect();
+        ListResult {
+            items,
+            rv,
+            continue_token: None,
+        }
     }
 
-    async fn list_consistent(&self, res: &ResourceInfo, ns: Option<&str>, sel: &Selectors, opts: &ListOptions) -> Result<ListResult, ApiError> {
+    async fn list_consistent(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        sel: &Selectors,
+        opts: &ListOptions,
+    ) -> Result<ListResult, ApiError> {
         let rk = rkey(res);
         // A single named object (kubectl delete/wait send `metadata.name=x`).
         if let Some(name) = sel.field.name()
             && (ns.is_some() || !res.namespaced)
         {
             let rv = self.current_rv(res).await?;
-            let items = self.get_opt(res, ns, name).await?.into_iter().filter(|o| sel.matches(o)).collect();
-            return Ok(ListResult { items, rv, continue_token: None });
+            let items = self
+                .get_opt(res, ns, name)
+                .await?
+                .into_iter()
+                .filter(|o| sel.matches(o))
+                .collect();
+            return Ok(ListResult {
+                items,
+                rv,
+                continue_token: None,
+            });
         }
-        let mut start_after = match &opts.continue_token {
-            Some(t) => Some(decode_continue(t)?.1),
-            None => None,
+        // Every page reports the first page's resourceVersion (carried in the token), so a
+        // watch started from it sees every change made while the client was paging.
+        let (mut list_rv, mut start_after) = match &opts.continue_token {
+            Some(t) => {
+                let (rv, key) = decode_continue(t)?;
+                (Some(rv), Some(key))
+            }
+            None => (None, None),
         };
         let mut terms = sel.label.index_terms();
         terms.extend(sel.field.index_terms());
         let mut items = Vec::new();
-        let mut list_rv = None;
         let page_size = opts.limit.map(|l| l.clamp(1, 5000));
         loop {
             let page = self
                 .store
-                .list(rk, &ListRequest { namespace: ns.map(str::to_string), terms: terms.clone(), start_after: start_after.clone(), limit: page_size })
+                .list(
+                    rk,
+                    &ListRequest {
+                        namespace: ns.map(str::to_string),
+                        terms: terms.clone(),
+                        start_after: start_after.clone(),
+                        limit: page_size,
+                    },
+                )
                 .await
                 .map_err(|e| ApiError::from_storage(res, "", e))?;
             list_rv.get_or_insert(page.rv);
@@ -250,10 +340,17 @@ impl Registry {
                             let last = &items[items.len() - 1];
                             encode_continue(
                                 list_rv.unwrap_or(page.rv),
-                                &okey(meta_str(last, "namespace"), meta_str(last, "name").unwrap_or_default()),
+                                &okey(
+                                    meta_str(last, "namespace"),
+                                    meta_str(last, "name").unwrap_or_default(),
+                                ),
                             )
                         });
-                        return Ok(ListResult { items, rv: list_rv.unwrap_or(page.rv), continue_token: token });
+                        return Ok(ListResult {
+                            items,
+                            rv: list_rv.unwrap_or(page.rv),
+                            continue_token: token,
+                        });
                     }
                 }
             }
@@ -262,15 +359,27 @@ impl Registry {
                 _ => break,
             }
         }
-        Ok(ListResult { items, rv: list_rv.unwrap_or(0), continue_token: None })
+        Ok(ListResult {
+            items,
+            rv: list_rv.unwrap_or(0),
+            continue_token: None,
+        })
     }
 
     pub async fn current_rv(&self, res: &ResourceInfo) -> Result<u64, ApiError> {
-        self.store.current_rv(rkey(res)).await.map_err(|e| ApiError::from_storage(res, "", e))
+        self.store
+            .current_rv(rkey(res))
+            .await
+            .map_err(|e| ApiError::from_storage(res, "", e))
     }
 
     /// Checks `apiVersion`/`kind` and unknown fields of a request body; returns warnings.
-    fn check_body(&self, res: &ResourceInfo, body: &Value, wo: &WriteOptions) -> Result<Vec<String>, ApiError> {
+    fn check_body(
+        &self,
+        res: &ResourceInfo,
+        body: &Value,
+        wo: &WriteOptions,
+    ) -> Result<Vec<String>, ApiError> {
         if !body.is_object() {
             return Err(ApiError::bad_request(format!(
                 "the body of the request must be a JSON object of kind {}",
@@ -279,7 +388,10 @@ impl Registry {
         }
         match body.get("kind").and_then(Value::as_str) {
             None | Some("") => {
-                return Err(ApiError::bad_request(format!("Object 'Kind' is missing in '{}'", truncate(&body.to_string(), 200))));
+                return Err(ApiError::bad_request(format!(
+                    "Object 'Kind' is missing in '{}'",
+                    truncate(&body.to_string(), 200)
+                )));
             }
             Some(k) if k != res.kind => {
                 return Err(ApiError::bad_request(format!(
@@ -303,7 +415,10 @@ impl Registry {
         if unknown.is_empty() {
             return Ok(Vec::new());
         }
-        let msgs: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        let msgs: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
         match wo.field_validation {
             FieldValidation::Strict => Err(ApiError::bad_request(format!(
                 "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
@@ -319,8 +434,12 @@ impl Registry {
     /// Checks that objects may be created in `ns` (standalone: namespaces are atespaces).
     async fn admit_namespace(&self, res: &ResourceInfo, ns: &str) -> Result<(), ApiError> {
         let Some(ates) = self.get_opt(&ATESPACES, None, ns).await? else {
-            return Err(ApiError::new(404, "NotFound", format!("atespaces.substrate.ate.dev \"{ns}\" not found"))
-                .with_kind_details(&ATESPACES, ns));
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                format!("atespaces.substrate.ate.dev \"{ns}\" not found"),
+            )
+            .with_kind_details(&ATESPACES, ns));
         };
         if ates.pointer("/metadata/deletionTimestamp").is_some() {
             return Err(ApiError::forbidden_msg(format!(
@@ -332,15 +451,29 @@ impl Registry {
     }
 
     fn normalize(&self, res: &ResourceInfo, obj: Value, name: &str) -> Result<Value, ApiError> {
-        res.normalize(obj).map_err(|errs| ApiError::invalid(res, name, &errs))
+        res.normalize(obj)
+            .map_err(|errs| ApiError::invalid(res, name, &errs))
     }
 
     /// POST a new object.
-    pub async fn create(&self, user: &UserInfo, res: &ResourceInfo, ns: Option<&str>, mut body: Value, wo: &WriteOptions) -> Result<Written, ApiError> {
+    pub async fn create(
+        &self,
+        user: &UserInfo,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        mut body: Value,
+        wo: &WriteOptions,
+    ) -> Result<Written, ApiError> {
         let warnings = self.check_body(res, &body, wo)?;
         let meta = meta_mut(&mut body);
-        if meta.get("resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
-            return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+        if meta
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "resourceVersion should not be set on objects to be created",
+            ));
         }
         // Namespace.
         if res.namespaced {
@@ -360,21 +493,38 @@ impl Registry {
             meta.remove("namespace");
         }
         // Name.
-        let has_name = meta.get("name").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+        let has_name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty());
         if !has_name
-            && let Some(prefix) = meta.get("generateName").and_then(Value::as_str).filter(|s| !s.is_empty())
+            && let Some(prefix) = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
         {
             let name = format!("{prefix}{}", random_suffix());
             meta.insert("name".into(), json!(name));
         }
         // System fields.
-        for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "selfLink",
+        ] {
             meta.remove(f);
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
         meta.insert("generation".into(), json!(1));
-        let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        let name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if res.has_status {
             if let Some(m) = body.as_object_mut() {
                 m.remove("status");
@@ -401,7 +551,10 @@ impl Registry {
             if self.get_opt(res, ns, &name).await?.is_some() {
                 return Err(ApiError::already_exists(res, &name));
             }
-            return Ok(Written { object: obj, warnings });
+            return Ok(Written {
+                object: obj,
+                warnings,
+            });
         }
         let terms = selector::object_terms(res, &obj);
         let stored = self
@@ -410,11 +563,24 @@ impl Registry {
             .await
             .map_err(|e| ApiError::from_storage(res, &name, e))?;
         tracing::info!(resource = %res.qualified(), namespace = ns.unwrap_or(""), name = %name, user = %user.name, "created");
-        Ok(Written { object: stored, warnings })
+        Ok(Written {
+            object: stored,
+            warnings,
+        })
     }
 
     /// PUT a whole object (or its status).
-    pub async fn update(&self, user: &UserInfo, res: &ResourceInfo, ns: Option<&str>, name: &str, body: Value, subresource: Option<&str>, wo: &WriteOptions) -> Result<Written, ApiError> {
+    #[allow(clippy::too_many_arguments)] // mirrors the REST call: who, what, where, body, how
+    pub async fn update(
+        &self,
+        user: &UserInfo,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+        subresource: Option<&str>,
+        wo: &WriteOptions,
+    ) -> Result<Written, ApiError> {
         let warnings = self.check_body(res, &body, wo)?;
         let body_name = meta_str(&body, "name").unwrap_or("");
         if body_name != name {
@@ -422,7 +588,9 @@ impl Registry {
                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
             )));
         }
-        if res.namespaced && meta_str(&body, "namespace").is_some_and(|b| !b.is_empty() && Some(b) != ns) {
+        if res.namespaced
+            && meta_str(&body, "namespace").is_some_and(|b| !b.is_empty() && Some(b) != ns)
+        {
             return Err(ApiError::bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
@@ -432,11 +600,23 @@ impl Registry {
                 return Err(ApiError::invalid(
                     res,
                     name,
-                    &[FieldError::invalid("metadata.resourceVersion", 0, "must be specified for an update")],
+                    &[FieldError::invalid(
+                        "metadata.resourceVersion",
+                        0,
+                        "must be specified for an update",
+                    )],
                 ));
             }
             Some(s) => s.parse::<u64>().map_err(|_| {
-                ApiError::invalid(res, name, &[FieldError::invalid("metadata.resourceVersion", s, "must be a decimal number")])
+                ApiError::invalid(
+                    res,
+                    name,
+                    &[FieldError::invalid(
+                        "metadata.resourceVersion",
+                        s,
+                        "must be a decimal number",
+                    )],
+                )
             })?,
         };
         let old = self.get(res, ns, name).await?;
@@ -444,19 +624,38 @@ impl Registry {
             return Err(ApiError::conflict(res, name));
         }
         let new = merge_update(res, &old, body, subresource);
-        let object = self.commit_update(user, res, ns, name, &old, new, wo).await?;
+        let object = self
+            .commit_update(user, res, ns, name, &old, new, wo)
+            .await?;
         Ok(Written { object, warnings })
     }
 
     /// PATCH (JSON patch or JSON merge patch), retried on races the client did not ask about.
     #[allow(clippy::too_many_arguments)]
-    pub async fn patch(&self, user: &UserInfo, res: &ResourceInfo, ns: Option<&str>, name: &str, patch: &PatchBody, subresource: Option<&str>, wo: &WriteOptions) -> Result<Written, ApiError> {
+    #[allow(clippy::too_many_arguments)] // mirrors the REST call: who, what, where, body, how
+    pub async fn patch(
+        &self,
+        user: &UserInfo,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        patch: &PatchBody,
+        subresource: Option<&str>,
+        wo: &WriteOptions,
+    ) -> Result<Written, ApiError> {
         for _ in 0..MAX_RETRIES {
             let old = self.get(res, ns, name).await?;
             let mut patched = old.clone();
             match patch {
-                PatchBody::Json(p) => json_patch::patch(&mut patched, p)
-                    .map_err(|e| ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}")))?,
+                PatchBody::Json(p) => json_patch::patch(&mut patched, p).map_err(|e| {
+                    ApiError::new(
+                        422,
+                        "Invalid",
+                        format!(
+                            "the server rejected our request due to an error in our request: {e}"
+                        ),
+                    )
+                })?,
                 PatchBody::Merge(p) => json_patch::merge(&mut patched, p),
             }
             if !patched.is_object() {
@@ -469,7 +668,9 @@ impl Registry {
             }
             // A patch must not change identity.
             if meta_str(&patched, "name") != Some(name) {
-                return Err(ApiError::bad_request("metadata.name: the patch may not change the name of the object"));
+                return Err(ApiError::bad_request(
+                    "metadata.name: the patch may not change the name of the object",
+                ));
             }
             let warnings = self.check_body(res, &patched, wo)?;
             let new = merge_update(res, &old, patched, subresource);
@@ -484,7 +685,16 @@ impl Registry {
 
     /// Validates and writes `new` over `old` (CAS on `old`'s resourceVersion).
     #[allow(clippy::too_many_arguments)]
-    async fn commit_update(&self, user: &UserInfo, res: &ResourceInfo, ns: Option<&str>, name: &str, old: &Value, new: Value, wo: &WriteOptions) -> Result<Value, ApiError> {
+    async fn commit_update(
+        &self,
+        user: &UserInfo,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        old: &Value,
+        new: Value,
+        wo: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         let mut new = self.normalize(res, new, name)?;
         let mut errs = res.validate_update(old, &new);
         let old_fin = finalizers(old);
@@ -501,18 +711,33 @@ impl Registry {
         if !errs.is_empty() {
             return Err(ApiError::invalid(res, name, &errs));
         }
-        let old_gen = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+        let old_gen = old
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         let spec_changed = old.get("spec") != new.get("spec");
-        meta_mut(&mut new).insert("generation".into(), json!(if spec_changed { old_gen + 1 } else { old_gen }));
+        meta_mut(&mut new).insert(
+            "generation".into(),
+            json!(if spec_changed { old_gen + 1 } else { old_gen }),
+        );
         let old_rv = rv_of(old);
         // Finalized: the last finalizer is gone from an object being deleted.
-        if old.pointer("/metadata/deletionTimestamp").is_some() && new_fin.is_empty() && res.kind_id != Kind::Atespace {
+        if old.pointer("/metadata/deletionTimestamp").is_some()
+            && new_fin.is_empty()
+            && res.kind_id != Kind::Atespace
+        {
             if wo.dry_run {
                 return Ok(new);
             }
             let stored = self
                 .store
-                .delete(rkey(res), &okey(ns, name), old_rv, &new, &selector::object_terms(res, old))
+                .delete(
+                    rkey(res),
+                    &okey(ns, name),
+                    old_rv,
+                    &new,
+                    &selector::object_terms(res, old),
+                )
                 .await
                 .map_err(|e| ApiError::from_storage(res, name, e))?;
             tracing::info!(resource = %res.qualified(), namespace = ns.unwrap_or(""), name, user = %user.name, "finalized and deleted");
@@ -527,7 +752,14 @@ impl Registry {
         }
         let stored = self
             .store
-            .update(rkey(res), &okey(ns, name), old_rv, &new, &selector::object_terms(res, old), &selector::object_terms(res, &new))
+            .update(
+                rkey(res),
+                &okey(ns, name),
+                old_rv,
+                &new,
+                &selector::object_terms(res, old),
+                &selector::object_terms(res, &new),
+            )
             .await
             .map_err(|e| ApiError::from_storage(res, name, e))?;
         tracing::debug!(resource = %res.qualified(), namespace = ns.unwrap_or(""), name, user = %user.name, "updated");
@@ -536,7 +768,13 @@ impl Registry {
 
     /// Writes `f(current)` with compare-and-swap, retrying on races: for system components
     /// (the atespace lifecycle controller, later the scheduler).
-    pub async fn guaranteed_update(&self, res: &ResourceInfo, ns: Option<&str>, name: &str, mut f: impl FnMut(&Value) -> Option<Value>) -> Result<Option<Value>, ApiError> {
+    pub async fn guaranteed_update(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        mut f: impl FnMut(&Value) -> Option<Value>,
+    ) -> Result<Option<Value>, ApiError> {
         for _ in 0..MAX_RETRIES {
             let Some(old) = self.get_opt(res, ns, name).await? else {
                 return Ok(None);
@@ -550,7 +788,14 @@ impl Registry {
             }
             match self
                 .store
-                .update(rkey(res), &okey(ns, name), rv_of(&old), &new, &selector::object_terms(res, &old), &selector::object_terms(res, &new))
+                .update(
+                    rkey(res),
+                    &okey(ns, name),
+                    rv_of(&old),
+                    &new,
+                    &selector::object_terms(res, &old),
+                    &selector::object_terms(res, &new),
+                )
                 .await
             {
                 Ok(v) => return Ok(Some(v)),
@@ -564,7 +809,25 @@ impl Registry {
 
     /// DELETE one object: immediately, or by setting `deletionTimestamp` while finalizers
     /// (or, for atespaces, contents) remain.
-    pub async fn delete(&self, user: &UserInfo, res: &ResourceInfo, ns: Option<&str>, name: &str, opts: &DeleteOptions, dry_run: bool) -> Result<Value, ApiError> {
+    pub async fn delete(
+        &self,
+        user: &UserInfo,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        if res.kind_id == Kind::Atespace
+            && (name == "default" || name.starts_with(crds::RESERVED_PREFIX))
+            && !user.in_group(crds::SYSTEM_GROUP)
+        {
+            return Err(ApiError::forbidden_msg(format!(
+                "{} \"{name}\" is forbidden: this atespace may not be deleted",
+                res.qualified()
+            ))
+            .with_details(crate::status::details(res, name)));
+        }
         for _ in 0..MAX_RETRIES {
             let old = self.get(res, ns, name).await?;
             if let Some(uid) = &opts.precondition_uid
@@ -573,7 +836,10 @@ impl Registry {
                 return Err(ApiError::conflict_msg(
                     res,
                     name,
-                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&old, "uid").unwrap_or("")),
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta_str(&old, "uid").unwrap_or("")
+                    ),
                 ));
             }
             if let Some(rv) = &opts.precondition_rv
@@ -605,13 +871,28 @@ impl Registry {
                     return Ok(new);
                 }
                 self.store
-                    .update(rkey(res), &okey(ns, name), old_rv, &new, &selector::object_terms(res, &old), &selector::object_terms(res, &new))
+                    .update(
+                        rkey(res),
+                        &okey(ns, name),
+                        old_rv,
+                        &new,
+                        &selector::object_terms(res, &old),
+                        &selector::object_terms(res, &new),
+                    )
                     .await
             } else {
                 if dry_run {
                     return Ok(old);
                 }
-                self.store.delete(rkey(res), &okey(ns, name), old_rv, &old, &selector::object_terms(res, &old)).await
+                self.store
+                    .delete(
+                        rkey(res),
+                        &okey(ns, name),
+                        old_rv,
+                        &old,
+                        &selector::object_terms(res, &old),
+                    )
+                    .await
             };
             match result {
                 Ok(v) => {
@@ -626,7 +907,15 @@ impl Registry {
     }
 
     /// DELETE a collection: every object matching the selectors.
-    pub async fn delete_collection(&self, user: &UserInfo, res: &ResourceInfo, ns: Option<&str>, list_opts: &ListOptions, opts: &DeleteOptions, dry_run: bool) -> Result<Vec<Value>, ApiError> {
+    pub async fn delete_collection(
+        &self,
+        user: &UserInfo,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        list_opts: &ListOptions,
+        opts: &DeleteOptions,
+        dry_run: bool,
+    ) -> Result<Vec<Value>, ApiError> {
         let mut lo = list_opts.clone();
         lo.limit = None;
         lo.continue_token = None;
@@ -635,7 +924,10 @@ impl Registry {
         for obj in listed.items {
             let name = meta_str(&obj, "name").unwrap_or_default().to_string();
             let obj_ns = meta_str(&obj, "namespace").map(str::to_string);
-            match self.delete(user, res, obj_ns.as_deref(), &name, opts, dry_run).await {
+            match self
+                .delete(user, res, obj_ns.as_deref(), &name, opts, dry_run)
+                .await
+            {
                 Ok(v) => deleted.push(v),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
@@ -645,12 +937,27 @@ impl Registry {
     }
 
     /// Hard-deletes an object regardless of finalizers (the atespace lifecycle's last step).
-    pub async fn remove(&self, res: &ResourceInfo, ns: Option<&str>, name: &str) -> Result<(), ApiError> {
+    pub async fn remove(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<(), ApiError> {
         for _ in 0..MAX_RETRIES {
             let Some(old) = self.get_opt(res, ns, name).await? else {
                 return Ok(());
             };
-            match self.store.delete(rkey(res), &okey(ns, name), rv_of(&old), &old, &selector::object_terms(res, &old)).await {
+            match self
+                .store
+                .delete(
+                    rkey(res),
+                    &okey(ns, name),
+                    rv_of(&old),
+                    &old,
+                    &selector::object_terms(res, &old),
+                )
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(StorageError::Conflict { .. }) => continue,
                 Err(StorageError::NotFound { .. }) => return Ok(()),
@@ -662,7 +969,16 @@ impl Registry {
 
     /// Creates an object as the system if it does not exist (bootstrap: `default`, `ate-golden`).
     pub async fn ensure_exists(&self, res: &ResourceInfo, obj: Value) -> Result<(), ApiError> {
-        match self.create(&UserInfo::system(), res, None, obj, &WriteOptions::default()).await {
+        match self
+            .create(
+                &UserInfo::system(),
+                res,
+                None,
+                obj,
+                &WriteOptions::default(),
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.reason == "AlreadyExists" => Ok(()),
             Err(e) => Err(e),
@@ -689,26 +1005,43 @@ impl DeleteOptions {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
         let pre = v.get("preconditions");
         Ok(Self {
-            precondition_uid: pre.and_then(|p| p.get("uid")).and_then(Value::as_str).map(str::to_string),
-            precondition_rv: pre.and_then(|p| p.get("resourceVersion")).and_then(Value::as_str).map(str::to_string),
-            dry_run: v.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "All")),
+            precondition_uid: pre
+                .and_then(|p| p.get("uid"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            precondition_rv: pre
+                .and_then(|p| p.get("resourceVersion"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            dry_run: v
+                .get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|x| x == "All")),
         })
     }
 }
 
 impl ApiError {
     fn with_kind_details(mut self, res: &ResourceInfo, name: &str) -> Self {
-        self.details = Some(json!({"name": name, "group": res.group, "kind": res.plural}));
+        self.details = Some(Box::new(
+            json!({"name": name, "group": res.group, "kind": res.plural}),
+        ));
         self
     }
 }
 
 /// Combines a client's object with the stored one: system metadata always from `old`; for the
 /// main resource the status stays `old`'s, for `/status` everything but the status does.
-fn merge_update(res: &ResourceInfo, old: &Value, mut body: Value, subresource: Option<&str>) -> Value {
+fn merge_update(
+    res: &ResourceInfo,
+    old: &Value,
+    mut body: Value,
+    subresource: Option<&str>,
+) -> Value {
     if subresource == Some("status") {
         let mut new = old.clone();
         match body.get_mut("status").map(Value::take) {
@@ -724,7 +1057,15 @@ fn merge_update(res: &ResourceInfo, old: &Value, mut body: Value, subresource: O
     {
         let old_meta = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
         let m = meta_mut(&mut body);
-        for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "namespace", "resourceVersion"] {
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "namespace",
+            "resourceVersion",
+        ] {
             match old_meta.get(f) {
                 Some(v) => {
                     m.insert(f.into(), v.clone());
@@ -764,11 +1105,17 @@ fn random_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.len() <= n { s.to_string() } else { format!("{}...", &s[..s.floor_char_boundary(n)]) }
+    if s.len() <= n {
+        s.to_string()
+    } else {
+        format!("{}...", &s[..s.floor_char_boundary(n)])
+    }
 }
 
 /// Shared handle.
@@ -780,7 +1127,10 @@ mod tests {
 
     #[test]
     fn continue_tokens_roundtrip() {
-        let k = ObjectKey { namespace: "team-a".into(), name: "x".into() };
+        let k = ObjectKey {
+            namespace: "team-a".into(),
+            name: "x".into(),
+        };
         let t = encode_continue(42, &k);
         assert_eq!(decode_continue(&t).unwrap(), (42, k));
         assert!(decode_continue("garbage!").is_err());

@@ -51,14 +51,21 @@ pub struct ResourceRequest {
 pub enum Target {
     Resource(ResourceRequest),
     /// `/api/v1/namespaces[/name]` (standalone: atespaces seen as namespaces).
-    CoreNamespaces { name: Option<String>, verb: Verb },
+    CoreNamespaces {
+        name: Option<String>,
+        verb: Verb,
+    },
     /// Anything else: discovery, OpenAPI, health, version.
     NonResource,
 }
 
 /// Parses a resource path. `Err` for a path under `/apis/<our group>` that names no resource.
 pub fn parse(method: &http::Method, path: &str, query: &Query) -> Result<Target, ApiError> {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let parts: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let watch_param = query.flag("watch");
     if parts.len() >= 3 && parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" {
         if parts.len() > 4 {
@@ -122,9 +129,21 @@ pub fn parse(method: &http::Method, path: &str, query: &Query) -> Result<Target,
     };
     if verb == Verb::Watch && name.is_some() {
         // `/watch/.../name` is a watch of one object: express it as a field selector.
-        return Ok(Target::Resource(ResourceRequest { res, verb, namespace, name, subresource }));
+        return Ok(Target::Resource(ResourceRequest {
+            res,
+            verb,
+            namespace,
+            name,
+            subresource,
+        }));
     }
-    Ok(Target::Resource(ResourceRequest { res, verb, namespace, name, subresource }))
+    Ok(Target::Resource(ResourceRequest {
+        res,
+        verb,
+        namespace,
+        name,
+        subresource,
+    }))
 }
 
 /// Decoded query parameters.
@@ -144,30 +163,35 @@ impl Query {
         Self { map }
     }
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.map.get(key).and_then(|v| v.first()).map(String::as_str)
+        self.map
+            .get(key)
+            .and_then(|v| v.first())
+            .map(String::as_str)
     }
     pub fn all(&self, key: &str) -> &[String] {
         self.map.get(key).map(Vec::as_slice).unwrap_or(&[])
     }
     pub fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true") | Some("1") | Some(""))
-            && self.map.contains_key(key)
+        matches!(self.get(key), Some("true") | Some("1") | Some("")) && self.map.contains_key(key)
     }
     fn bool_param(&self, key: &str) -> Result<Option<bool>, ApiError> {
         match self.get(key) {
             None => Ok(None),
             Some("true") | Some("1") => Ok(Some(true)),
             Some("false") | Some("0") | Some("") => Ok(Some(false)),
-            Some(v) => Err(ApiError::bad_request(format!("invalid value {v:?} for query parameter {key:?}: want true or false"))),
+            Some(v) => Err(ApiError::bad_request(format!(
+                "invalid value {v:?} for query parameter {key:?}: want true or false"
+            ))),
         }
     }
     fn int_param(&self, key: &str) -> Result<Option<i64>, ApiError> {
         match self.get(key) {
             None | Some("") => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| ApiError::bad_request(format!("invalid value {v:?} for query parameter {key:?}: want an integer"))),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid value {v:?} for query parameter {key:?}: want an integer"
+                ))
+            }),
         }
     }
 }
@@ -203,7 +227,9 @@ impl ListOptions {
                 return Err(ApiError::new(
                     422,
                     "Invalid",
-                    format!("resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""),
+                    format!(
+                        "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+                    ),
                 ));
             }
         };
@@ -212,12 +238,21 @@ impl ListOptions {
             label_selector: q.get("labelSelector").unwrap_or("").to_string(),
             field_selector: q.get("fieldSelector").unwrap_or("").to_string(),
             limit,
-            continue_token: q.get("continue").filter(|c| !c.is_empty()).map(str::to_string),
-            resource_version: q.get("resourceVersion").filter(|c| !c.is_empty()).map(str::to_string),
+            continue_token: q
+                .get("continue")
+                .filter(|c| !c.is_empty())
+                .map(str::to_string),
+            resource_version: q
+                .get("resourceVersion")
+                .filter(|c| !c.is_empty())
+                .map(str::to_string),
             rv_match,
             allow_bookmarks: q.bool_param("allowWatchBookmarks")?.unwrap_or(false),
             send_initial_events: q.bool_param("sendInitialEvents")?,
-            timeout_seconds: q.int_param("timeoutSeconds")?.filter(|t| *t > 0).map(|t| t as u64),
+            timeout_seconds: q
+                .int_param("timeoutSeconds")?
+                .filter(|t| *t > 0)
+                .map(|t| t as u64),
         })
     }
 }
@@ -265,7 +300,10 @@ impl WriteOptions {
                 )));
             }
         };
-        let field_manager = q.get("fieldManager").filter(|s| !s.is_empty()).map(str::to_string);
+        let field_manager = q
+            .get("fieldManager")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
         if let Some(fm) = &field_manager
             && (fm.len() > 128 || fm.chars().any(|c| c.is_control()))
         {
@@ -292,25 +330,75 @@ mod tests {
 
     #[test]
     fn parses_resource_paths() {
-        let Target::Resource(r) = p("GET", "/apis/substrate.ate.dev/v1alpha1/namespaces/team-a/actors/x", "").unwrap() else {
+        let Target::Resource(r) = p(
+            "GET",
+            "/apis/substrate.ate.dev/v1alpha1/namespaces/team-a/actors/x",
+            "",
+        )
+        .unwrap() else {
             panic!()
         };
-        assert_eq!((r.res.plural, r.verb, r.namespace.as_deref(), r.name.as_deref()), ("actors", Verb::Get, Some("team-a"), Some("x")));
-        let Target::Resource(r) = p("GET", "/apis/substrate.ate.dev/v1alpha1/actors", "watch=1").unwrap() else { panic!() };
+        assert_eq!(
+            (
+                r.res.plural,
+                r.verb,
+                r.namespace.as_deref(),
+                r.name.as_deref()
+            ),
+            ("actors", Verb::Get, Some("team-a"), Some("x"))
+        );
+        let Target::Resource(r) =
+            p("GET", "/apis/substrate.ate.dev/v1alpha1/actors", "watch=1").unwrap()
+        else {
+            panic!()
+        };
         assert_eq!((r.verb, r.namespace), (Verb::Watch, None));
-        let Target::Resource(r) = p("PUT", "/apis/substrate.ate.dev/v1alpha1/atespaces/a/status", "").unwrap() else { panic!() };
-        assert_eq!((r.verb, r.subresource.as_deref()), (Verb::Update, Some("status")));
-        let Target::Resource(r) = p("GET", "/apis/ate.dev/v1alpha1/watch/namespaces/d/workerpools", "").unwrap() else { panic!() };
+        let Target::Resource(r) = p(
+            "PUT",
+            "/apis/substrate.ate.dev/v1alpha1/atespaces/a/status",
+            "",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (r.verb, r.subresource.as_deref()),
+            (Verb::Update, Some("status"))
+        );
+        let Target::Resource(r) = p(
+            "GET",
+            "/apis/ate.dev/v1alpha1/watch/namespaces/d/workerpools",
+            "",
+        )
+        .unwrap() else {
+            panic!()
+        };
         assert_eq!(r.verb, Verb::Watch);
         assert!(p("GET", "/apis/substrate.ate.dev/v1alpha1/nopes", "").is_err());
-        assert!(p("GET", "/apis/substrate.ate.dev/v1alpha1/namespaces/x/atespaces", "").is_err());
-        assert!(matches!(p("GET", "/apis", "").unwrap(), Target::NonResource));
-        assert!(matches!(p("GET", "/api/v1/namespaces/x", "").unwrap(), Target::CoreNamespaces { .. }));
+        assert!(
+            p(
+                "GET",
+                "/apis/substrate.ate.dev/v1alpha1/namespaces/x/atespaces",
+                ""
+            )
+            .is_err()
+        );
+        assert!(matches!(
+            p("GET", "/apis", "").unwrap(),
+            Target::NonResource
+        ));
+        assert!(matches!(
+            p("GET", "/api/v1/namespaces/x", "").unwrap(),
+            Target::CoreNamespaces { .. }
+        ));
     }
 
     #[test]
     fn write_options() {
-        let o = WriteOptions::from_query(&Query::parse(Some("dryRun=All&fieldValidation=Strict&fieldManager=kubectl"))).unwrap();
+        let o = WriteOptions::from_query(&Query::parse(Some(
+            "dryRun=All&fieldValidation=Strict&fieldManager=kubectl",
+        )))
+        .unwrap();
         assert!(o.dry_run);
         assert_eq!(o.field_validation, FieldValidation::Strict);
         assert!(WriteOptions::from_query(&Query::parse(Some("dryRun=Some"))).is_err());

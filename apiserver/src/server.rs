@@ -37,23 +37,36 @@ pub fn tls_config(
     use rustls::pki_types::pem::PemObject;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| ServerError::Tls { path: "serving certificate".into(), reason: e.to_string() })?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| ServerError::Tls { path: "serving key".into(), reason: e.to_string() })?;
+        .map_err(|e| ServerError::Tls {
+            path: "serving certificate".into(),
+            reason: e.to_string(),
+        })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| ServerError::Tls {
+        path: "serving key".into(),
+        reason: e.to_string(),
+    })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::Tls { path: "protocol versions".into(), reason: e.to_string() })?
+        .map_err(|e| ServerError::Tls {
+            path: "protocol versions".into(),
+            reason: e.to_string(),
+        })?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(|e| ServerError::Tls { path: "serving certificate".into(), reason: e.to_string() })?;
+        .map_err(|e| ServerError::Tls {
+            path: "serving certificate".into(),
+            reason: e.to_string(),
+        })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
 /// Binds `addr`.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
 }
 
 /// Serves until `shutdown` resolves.
@@ -90,11 +103,10 @@ pub async fn serve(
                     return;
                 }
             };
-            let chain = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|c| Arc::new(c.iter().map(|x| x.clone().into_owned()).collect::<Vec<_>>()));
+            let chain =
+                tls.get_ref().1.peer_certificates().map(|c| {
+                    Arc::new(c.iter().map(|x| x.clone().into_owned()).collect::<Vec<_>>())
+                });
             let svc = service_fn(move |req| api::handle(state.clone(), chain.clone(), req));
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http2().max_concurrent_streams(1000);

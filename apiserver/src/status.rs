@@ -18,21 +18,27 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
-    pub details: Option<Value>,
+    pub details: Option<Box<Value>>,
     /// Seconds a client should wait before retrying (`Retry-After`).
     pub retry_after: Option<u64>,
 }
 
-fn details(res: &ResourceInfo, name: &str) -> Value {
+pub(crate) fn details(res: &ResourceInfo, name: &str) -> Value {
     json!({"name": name, "group": res.group, "kind": res.plural})
 }
 
 impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None, retry_after: None }
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
     }
-    fn with_details(mut self, d: Value) -> Self {
-        self.details = Some(d);
+    pub(crate) fn with_details(mut self, d: Value) -> Self {
+        self.details = Some(Box::new(d));
         self
     }
     pub fn bad_request(msg: impl Into<String>) -> Self {
@@ -45,19 +51,31 @@ impl ApiError {
         Self::new(403, "Forbidden", msg)
     }
     pub fn not_found(res: &ResourceInfo, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", res.qualified()))
-            .with_details(details(res, name))
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", res.qualified()),
+        )
+        .with_details(details(res, name))
     }
     pub fn not_found_raw(qualified: &str, name: &str) -> Self {
         Self::new(404, "NotFound", format!("{qualified} \"{name}\" not found"))
             .with_details(json!({"name": name, "kind": qualified}))
     }
     pub fn path_not_found() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
     pub fn already_exists(res: &ResourceInfo, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", res.qualified()))
-            .with_details(details(res, name))
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", res.qualified()),
+        )
+        .with_details(details(res, name))
     }
     pub fn conflict(res: &ResourceInfo, name: &str) -> Self {
         Self::new(
@@ -71,8 +89,15 @@ impl ApiError {
         .with_details(details(res, name))
     }
     pub fn conflict_msg(res: &ResourceInfo, name: &str, msg: &str) -> Self {
-        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": {msg}", res.qualified()))
-            .with_details(details(res, name))
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {msg}",
+                res.qualified()
+            ),
+        )
+        .with_details(details(res, name))
     }
     pub fn invalid(res: &ResourceInfo, name: &str, errs: &[FieldError]) -> Self {
         let causes: Vec<Value> = errs
@@ -80,16 +105,27 @@ impl ApiError {
             .map(|e| json!({"reason": e.kind.cause_reason(), "message": e.to_string().strip_prefix(&format!("{}: ", e.field)).map_or_else(|| e.to_string(), str::to_string), "field": e.field}))
             .collect();
         let list: Vec<String> = errs.iter().map(ToString::to_string).collect();
-        let summary = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
+        let summary = if list.len() == 1 {
+            list[0].clone()
+        } else {
+            format!("[{}]", list.join(", "))
+        };
         Self::new(
             422,
             "Invalid",
-            format!("{}.{} \"{name}\" is invalid: {summary}", res.kind, res.group),
+            format!(
+                "{}.{} \"{name}\" is invalid: {summary}",
+                res.kind, res.group
+            ),
         )
         .with_details(json!({"name": name, "group": res.group, "kind": res.kind, "causes": causes}))
     }
     pub fn method_not_allowed(method: &str) -> Self {
-        Self::new(405, "MethodNotAllowed", format!("the server does not allow this method on the requested resource ({method})"))
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({method})"),
+        )
     }
     pub fn unsupported_media_type(got: &str, accepted: &[&str]) -> Self {
         Self::new(
@@ -105,11 +141,18 @@ impl ApiError {
         Self::new(
             406,
             "NotAcceptable",
-            format!("only the following media types are accepted: {}", accepted.join(", ")),
+            format!(
+                "only the following media types are accepted: {}",
+                accepted.join(", ")
+            ),
         )
     }
     pub fn too_large(limit: usize) -> Self {
-        Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
     }
     pub fn gone(msg: impl Into<String>) -> Self {
         Self::new(410, "Expired", msg)
@@ -118,7 +161,11 @@ impl ApiError {
         Self::new(504, "Timeout", msg)
     }
     pub fn internal(msg: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {}", msg.into()))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", msg.into()),
+        )
     }
     pub fn unavailable(msg: impl Into<String>) -> Self {
         let mut e = Self::new(503, "ServiceUnavailable", msg);
@@ -162,10 +209,12 @@ impl ApiError {
             "code": self.code,
         });
         if let Some(d) = &self.details {
-            s["details"] = d.clone();
+            s["details"] = (**d).clone();
         }
         if let Some(r) = self.retry_after {
-            let d = s.as_object_mut().map(|m| m.entry("details").or_insert_with(|| json!({})));
+            let d = s
+                .as_object_mut()
+                .map(|m| m.entry("details").or_insert_with(|| json!({})));
             if let Some(d) = d {
                 d["retryAfterSeconds"] = json!(r);
             }
@@ -198,7 +247,10 @@ mod tests {
 
     #[test]
     fn invalid_lists_causes() {
-        let errs = [FieldError::required("spec.template.name", ""), FieldError::invalid("spec.idleTimeout", "x", "bad")];
+        let errs = [
+            FieldError::required("spec.template.name", ""),
+            FieldError::invalid("spec.idleTimeout", "x", "bad"),
+        ];
         let s = ApiError::invalid(&ACTORS, "a", &errs).to_status();
         assert_eq!(s["code"], 422);
         assert_eq!(

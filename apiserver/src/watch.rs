@@ -37,7 +37,8 @@ pub struct WatchRequest {
 }
 
 /// A streaming response body.
-pub type WatchBody = StreamBody<tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
+pub type WatchBody =
+    StreamBody<tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
 
 struct Encoder {
     res: &'static ResourceInfo,
@@ -49,14 +50,22 @@ impl Encoder {
     fn event(&mut self, kind: &str, obj: &Value) -> Bytes {
         let object = match self.output {
             Output::Table(include) => {
-                let t = table::table(self.res, &[obj], include, json!({"resourceVersion": rv_str(obj)}), !self.columns_sent, jiff::Timestamp::now());
+                let t = table::table(
+                    self.res,
+                    &[obj],
+                    include,
+                    json!({"resourceVersion": rv_str(obj)}),
+                    !self.columns_sent,
+                    jiff::Timestamp::now(),
+                );
                 self.columns_sent = true;
                 t
             }
             Output::PartialMetadata => table::partial_object_metadata(obj),
             Output::Json | Output::Yaml => obj.clone(),
         };
-        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
@@ -68,29 +77,42 @@ impl Encoder {
         }
         let object = match self.output {
             Output::Table(_) => return None,
-            Output::PartialMetadata => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta}),
-            _ => json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta}),
+            Output::PartialMetadata => {
+                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
+            }
+            _ => {
+                json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta})
+            }
         };
-        let mut line = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": "BOOKMARK", "object": object})).unwrap_or_default();
         line.push(b'\n');
         Some(Bytes::from(line))
     }
 
     fn error(&self, e: &ApiError) -> Bytes {
-        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
+        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()}))
+            .unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
 }
 
 fn rv_str(obj: &Value) -> String {
-    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string()
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
 }
 
 impl WatchRequest {
     fn in_scope(&self, obj: &Value) -> bool {
         let meta = obj.get("metadata");
-        let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str).unwrap_or("");
+        let field = |f: &str| {
+            meta.and_then(|m| m.get(f))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        };
         if let Some(ns) = &self.namespace
             && field("namespace") != ns
         {
@@ -105,7 +127,10 @@ impl WatchRequest {
     }
 
     /// The event this watcher should see for a store event, if any.
-    fn translate<'a>(&self, ev: &'a WatchEvent) -> Option<(&'static str, std::borrow::Cow<'a, Value>)> {
+    fn translate<'a>(
+        &self,
+        ev: &'a WatchEvent,
+    ) -> Option<(&'static str, std::borrow::Cow<'a, Value>)> {
         use std::borrow::Cow;
         let now = self.in_scope(&ev.object);
         match ev.kind {
@@ -114,11 +139,17 @@ impl WatchRequest {
             EventType::Modified => {
                 let before = ev.prev.as_ref().map(|p| self.in_scope(p));
                 match (before, now) {
-                    (Some(true), true) | (None, true) => Some(("MODIFIED", Cow::Borrowed(ev.object.as_ref()))),
+                    (Some(true), true) | (None, true) => {
+                        Some(("MODIFIED", Cow::Borrowed(ev.object.as_ref())))
+                    }
                     (Some(false), true) => Some(("ADDED", Cow::Borrowed(ev.object.as_ref()))),
                     (Some(true), false) => {
                         // Left the selection: report the previous state at this resourceVersion.
-                        let mut prev = ev.prev.as_ref().map(|p| p.as_ref().clone()).unwrap_or(Value::Null);
+                        let mut prev = ev
+                            .prev
+                            .as_ref()
+                            .map(|p| p.as_ref().clone())
+                            .unwrap_or(Value::Null);
                         if let Some(m) = prev.get_mut("metadata").and_then(Value::as_object_mut) {
                             m.insert("resourceVersion".into(), json!(ev.rv.to_string()));
                         }
@@ -138,7 +169,11 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
     let o = &req.opts;
     let requested_rv = match o.resource_version.as_deref() {
         None => None,
-        Some(s) => Some(s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("resourceVersion: Invalid value: {s:?}: must be a decimal number")))?),
+        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "resourceVersion: Invalid value: {s:?}: must be a decimal number"
+            ))
+        })?),
     };
     if let Some(sie) = o.send_initial_events {
         let mut errs = Vec::new();
@@ -149,7 +184,11 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
             errs.push("allowWatchBookmarks: Forbidden: allowWatchBookmarks must be set to true when sendInitialEvents is set");
         }
         if !errs.is_empty() {
-            return Err(ApiError::new(422, "Invalid", format!("{} is invalid: {}", req.res.kind, errs.join(", "))));
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!("{} is invalid: {}", req.res.kind, errs.join(", ")),
+            ));
         }
     } else if o.rv_match.is_some() {
         return Err(ApiError::new(
@@ -163,31 +202,49 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
         (None, None) | (None, Some(0)) => true,
         (None, Some(_)) => false,
     };
-    let (initial, mut watcher, snapshot_rv): (Vec<Arc<Value>>, Watcher, u64) = if send_initial || requested_rv.is_none_or(|rv| rv == 0) {
-        if let Some(rv) = requested_rv.filter(|rv| *rv > 0) {
-            cache.wait_for_rv(rv, Duration::from_secs(3)).await.map_err(|e| ApiError::from_storage(req.res, "", e))?;
-        }
-        let (rv, objs, w) = cache.watch_with_snapshot(req.namespace.as_deref());
-        (if send_initial { objs } else { Vec::new() }, w, rv)
-    } else {
-        let rv = requested_rv.unwrap_or(0);
-        match cache.watch_from(rv) {
-            Ok(w) => (Vec::new(), w, rv),
-            Err(StorageError::TooOld { requested, oldest }) => {
-                // As kube-apiserver: a 200 stream carrying one ERROR event with 410 Expired.
-                let (tx, rx) = mpsc::channel(1);
-                let enc = Encoder { res: req.res, output: req.output, columns_sent: false };
-                let msg = ApiError::gone(format!("too old resource version: {requested} ({oldest})"));
-                let _ = tx.try_send(Ok(Frame::data(enc.error(&msg))));
-                return Ok(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)));
+    let (initial, mut watcher, snapshot_rv): (Vec<Arc<Value>>, Watcher, u64) =
+        if send_initial || requested_rv.is_none_or(|rv| rv == 0) {
+            if let Some(rv) = requested_rv.filter(|rv| *rv > 0) {
+                cache
+                    .wait_for_rv(rv, Duration::from_secs(3))
+                    .await
+                    .map_err(|e| ApiError::from_storage(req.res, "", e))?;
             }
-            Err(e) => return Err(ApiError::from_storage(req.res, "", e)),
-        }
-    };
+            let (rv, objs, w) = cache.watch_with_snapshot(req.namespace.as_deref());
+            (if send_initial { objs } else { Vec::new() }, w, rv)
+        } else {
+            let rv = requested_rv.unwrap_or(0);
+            match cache.watch_from(rv) {
+                Ok(w) => (Vec::new(), w, rv),
+                Err(StorageError::TooOld { requested, oldest }) => {
+                    // As kube-apiserver: a 200 stream carrying one ERROR event with 410 Expired.
+                    let (tx, rx) = mpsc::channel(1);
+                    let enc = Encoder {
+                        res: req.res,
+                        output: req.output,
+                        columns_sent: false,
+                    };
+                    let msg =
+                        ApiError::gone(format!("too old resource version: {requested} ({oldest})"));
+                    let _ = tx.try_send(Ok(Frame::data(enc.error(&msg))));
+                    return Ok(StreamBody::new(
+                        tokio_stream::wrappers::ReceiverStream::new(rx),
+                    ));
+                }
+                Err(e) => return Err(ApiError::from_storage(req.res, "", e)),
+            }
+        };
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
-    let timeout = Duration::from_secs(o.timeout_seconds.unwrap_or_else(|| 1800 + rand::random::<u64>() % 1800));
+    let timeout = Duration::from_secs(
+        o.timeout_seconds
+            .unwrap_or_else(|| 1800 + rand::random::<u64>() % 1800),
+    );
     tokio::spawn(async move {
-        let mut enc = Encoder { res: req.res, output: req.output, columns_sent: false };
+        let mut enc = Encoder {
+            res: req.res,
+            output: req.output,
+            columns_sent: false,
+        };
         let send = |b: Bytes| {
             let tx = tx.clone();
             async move { tx.send(Ok(Frame::data(b))).await.is_ok() }
@@ -241,5 +298,7 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
             }
         }
     });
-    Ok(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    Ok(StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ))
 }

@@ -1,6 +1,9 @@
 //! `ate.dev/v1alpha1`: WorkerPool and ActorTemplate — CRDs in a cluster, served by our apiserver
 //! when it runs standalone.
 
+// kube's `printcolumn(...)` attributes repeat `type_ = ...` by design; clippy reads them as
+// duplicates of one attribute.
+#![allow(clippy::duplicated_attributes)]
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

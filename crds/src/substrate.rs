@@ -1,5 +1,8 @@
 //! `substrate.ate.dev/v1alpha1`: Atespace, Actor, Worker — served by the aggregated apiserver.
 
+// kube's `printcolumn(...)` attributes repeat `type_ = ...` by design; clippy reads them as
+// duplicates of one attribute.
+#![allow(clippy::duplicated_attributes)]
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;

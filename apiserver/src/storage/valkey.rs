@@ -75,8 +75,11 @@ const BLOCK: Duration = Duration::from_secs(1);
 const READ_COUNT: usize = 1000;
 /// How often the feed compares the counters with the caches (data-loss detection).
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// Timeout of one command on the normal connection (loads of big resources included).
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Timeout of one command on the normal connection (loads of big resources included): a
+/// Valkey that hangs turns into a clear error instead of a hung request.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout of establishing a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -182,7 +185,9 @@ impl Store {
         let client = redis::Client::open(url)?;
         let mut conn = ConnectionManager::new_with_config(
             client.clone(),
-            ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT)),
+            ConnectionManagerConfig::new()
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_connection_timeout(Some(CONNECT_TIMEOUT)),
         )
         .await?;
         let mut map = HashMap::new();
