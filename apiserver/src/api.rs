@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
 
-use crds::resources::{ATESPACES, ResourceInfo};
+use crds::resources::{ACTORS, ATESPACES, ResourceInfo};
 
 use crate::auth::{self, Attributes, Authenticator, UserInfo};
 use crate::negotiate::{self, BodyFormat, Output, PatchType};
@@ -26,6 +26,7 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// Shared state of all connections.
 pub struct AppState {
     pub registry: Registry,
+    pub scheduler: crate::scheduler::Scheduler,
     pub auth: Authenticator,
     /// Largest accepted request body in bytes.
     pub max_body: usize,
@@ -335,10 +336,16 @@ async fn resource(
     let res = rr.res;
     let ns = rr.namespace.as_deref();
     let name = rr.name.as_deref();
+    let action = matches!(rr.subresource.as_deref(), Some("resume" | "suspend"))
+        && res.kind_id == ACTORS.kind_id;
     if let Some(sub) = rr.subresource.as_deref()
         && !(sub == "status" && res.has_status)
+        && !action
     {
         return Err(ApiError::path_not_found());
+    }
+    if action && rr.verb != Verb::Create {
+        return Err(ApiError::method_not_allowed(req.method().as_str()));
     }
     authorize(
         user,
@@ -356,6 +363,20 @@ async fn resource(
         .map(str::to_string);
     let output = negotiate::negotiate(accept.as_deref(), query)?;
     let registry = &state.registry;
+    if action {
+        let (ns, name) = (ns.unwrap_or_default(), name.unwrap_or_default());
+        return Ok(match rr.subresource.as_deref() {
+            Some("resume") => match state.scheduler.resume(ns, name).await? {
+                crate::scheduler::Resumed::Bound(a) => encode(output_for_write(output), 200, &a),
+                crate::scheduler::Resumed::Waiting(a) => encode(output_for_write(output), 202, &a),
+            },
+            _ => encode(
+                output_for_write(output),
+                200,
+                &state.scheduler.suspend(ns, name).await?,
+            ),
+        });
+    }
     match rr.verb {
         Verb::Get => {
             let obj = registry.get(res, ns, name.unwrap_or_default()).await?;

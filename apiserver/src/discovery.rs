@@ -149,6 +149,15 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
                 "verbs": STATUS_VERBS,
             }));
         }
+        for sub in action_subresources(r) {
+            resources.push(json!({
+                "name": format!("{}/{sub}", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": ["create"],
+            }));
+        }
     }
     if resources.is_empty() {
         return None;
@@ -181,14 +190,30 @@ fn resource_discovery(r: &ResourceInfo) -> Value {
     if !r.categories.is_empty() {
         d["categories"] = json!(r.categories);
     }
+    let mut subs = Vec::new();
     if r.has_status {
-        d["subresources"] = json!([{
+        subs.push(json!({
             "subresource": "status",
             "responseKind": kind,
             "verbs": STATUS_VERBS,
-        }]);
+        }));
+    }
+    for sub in action_subresources(r) {
+        subs.push(json!({"subresource": sub, "responseKind": kind, "verbs": ["create"]}));
+    }
+    if !subs.is_empty() {
+        d["subresources"] = json!(subs);
     }
     d
+}
+
+/// Imperative actions served as POST subresources (the scheduler's resume and suspend).
+fn action_subresources(r: &ResourceInfo) -> &'static [&'static str] {
+    if r.kind_id == crds::resources::ACTORS.kind_id {
+        &["resume", "suspend"]
+    } else {
+        &[]
+    }
 }
 
 fn discovery_list(items: Vec<Value>) -> Value {
@@ -422,6 +447,8 @@ mod tests {
                 "atespaces/status",
                 "actors",
                 "actors/status",
+                "actors/resume",
+                "actors/suspend",
                 "workers",
                 "workers/status"
             ]

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod pki;
 pub mod registry;
 pub mod request;
+pub mod scheduler;
 pub mod selector;
 pub mod server;
 pub mod status;
@@ -147,9 +148,11 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
             source,
         })?;
 
+    let scheduler = scheduler::Scheduler::new(registry.clone());
     let background = vec![
         tokio::spawn(lifecycle::run(registry.clone())),
         tokio::spawn(lifecycle::keep_bootstrap(registry.clone())),
+        tokio::spawn(scheduler::run(scheduler.clone())),
     ];
 
     if let Some(out) = &args.kubeconfig_out {
@@ -163,6 +166,7 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
 
     let state = Arc::new(api::AppState {
         registry: registry.clone(),
+        scheduler,
         auth: authn,
         max_body: args.max_request_bytes,
     });

@@ -177,7 +177,7 @@ impl Registry {
             .ok_or_else(|| ApiError::not_found(res, name))
     }
 
-    async fn get_opt(
+    pub(crate) async fn get_opt(
         &self,
         res: &ResourceInfo,
         ns: Option<&str>,

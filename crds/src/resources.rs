@@ -83,6 +83,7 @@ pub static ACTORS: ResourceInfo = ResourceInfo {
         "spec.activation",
         "spec.template.name",
         "status.worker.name",
+        "status.worker.node",
     ],
     has_status: true,
     spec_optional: false,

@@ -1,0 +1,550 @@
+//! The scheduler: binds actors to free workers (`POST .../actors/<name>/resume`) and asks
+//! running actors to suspend (`POST .../actors/<name>/suspend`).
+//!
+//! Binding is two compare-and-swap writes, worker first, so no lock and no scan is needed and
+//! a crash between them is harmless:
+//! 1. claim: a free, heartbeating worker of the template's pool (picked at random from the
+//!    in-memory watch cache of workers) gets `status.phase=Bound` and `status.actor` (with the
+//!    actor's uid) — CAS on the worker's resourceVersion, so two resumes never claim the same
+//!    worker; the loser picks another one;
+//! 2. bind: the actor gets `status.phase=Resuming` and `status.worker` — CAS on the actor.
+//!
+//! A worker whose `status.actor` does not point back (the actor is gone, has another uid, or
+//! names another worker) is released by [`release_orphans`] after a grace period, which
+//! covers a crash between 1 and 2 and a resume that lost the race on the actor.
+//!
+//! With no free worker the actor gets condition `Scheduled=False` (reason `NoFreeWorker`),
+//! the caller gets `202 Accepted` with that actor, and [`run`] binds it as soon as a worker
+//! frees up (oldest request first).
+
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use serde_json::{Value, json};
+
+use crds::resources::{ACTOR_TEMPLATES, ACTORS, WORKERS};
+
+use crate::registry::{Registry, now_rfc3339, rkey};
+use crate::status::ApiError;
+
+/// Condition type that tells whether a resume found a worker.
+pub const SCHEDULED: &str = "Scheduled";
+/// Reason of `Scheduled=False` while the actor waits for a worker.
+pub const NO_FREE_WORKER: &str = "NoFreeWorker";
+/// A worker that has not heartbeated for this long is not given new actors.
+pub const HEARTBEAT_GRACE: Duration = Duration::from_secs(30);
+/// How long a bound worker may stay unreferenced before it is released.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(15);
+const RESYNC: Duration = Duration::from_secs(2);
+
+fn str_at<'a>(v: &'a Value, p: &str) -> Option<&'a str> {
+    v.pointer(p).and_then(Value::as_str)
+}
+
+fn age(ts: Option<&str>) -> Option<Duration> {
+    let t: jiff::Timestamp = ts?.parse().ok()?;
+    let d = jiff::Timestamp::now().duration_since(t);
+    Some(Duration::try_from(d).unwrap_or(Duration::ZERO))
+}
+
+/// Sets condition `type_` on `obj.status.conditions`; `lastTransitionTime` changes only when
+/// the status does.
+pub fn set_condition(obj: &mut Value, type_: &str, status: &str, reason: &str, message: &str) {
+    let generation = obj
+        .pointer("/metadata/generation")
+        .cloned()
+        .unwrap_or(json!(0));
+    if !obj["status"].is_object() {
+        obj["status"] = json!({});
+    }
+    if !obj["status"]["conditions"].is_array() {
+        obj["status"]["conditions"] = json!([]);
+    }
+    let Some(conds) = obj["status"]["conditions"].as_array_mut() else {
+        return;
+    };
+    let now = now_rfc3339();
+    match conds.iter_mut().find(|c| c["type"] == type_) {
+        Some(c) => {
+            if c["status"] != status {
+                c["lastTransitionTime"] = json!(now);
+            }
+            c["status"] = json!(status);
+            c["reason"] = json!(reason);
+            c["message"] = json!(message);
+            c["observedGeneration"] = generation;
+        }
+        None => conds.push(json!({
+            "type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": now, "observedGeneration": generation,
+        })),
+    }
+}
+
+/// Removes condition `type_`.
+pub fn remove_condition(obj: &mut Value, type_: &str) {
+    if let Some(conds) = obj
+        .pointer_mut("/status/conditions")
+        .and_then(Value::as_array_mut)
+    {
+        conds.retain(|c| c["type"] != type_);
+    }
+}
+
+/// The condition `type_` of `obj`, if set.
+pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn waiting(actor: &Value) -> bool {
+    condition(actor, SCHEDULED).is_some_and(|c| c["status"] == "False")
+}
+
+fn phase(obj: &Value) -> &str {
+    str_at(obj, "/status/phase").unwrap_or("Suspended")
+}
+
+/// What a resume request did.
+#[derive(Debug)]
+pub enum Resumed {
+    /// Bound to a worker now, or already bound: 200.
+    Bound(Value),
+    /// Waiting for a free worker: 202.
+    Waiting(Value),
+}
+
+/// Why an actor cannot be placed right now.
+enum Placement {
+    Worker(Value),
+    NoFreeWorker(String),
+}
+
+fn labels_match(selector: Option<&Value>, worker: &Value) -> bool {
+    let Some(sel) = selector else { return true };
+    let labels = worker.pointer("/metadata/labels");
+    let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    if let Some(m) = sel.get("matchLabels").and_then(Value::as_object)
+        && m.iter().any(|(k, v)| get(k) != v.as_str())
+    {
+        return false;
+    }
+    for e in sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = e["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let ok = match e["operator"].as_str().unwrap_or_default() {
+            "In" => get(key).is_some_and(|v| values.contains(&v)),
+            "NotIn" => get(key).is_none_or(|v| !values.contains(&v)),
+            "Exists" => get(key).is_some(),
+            "DoesNotExist" => get(key).is_none(),
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether `worker` may take a new actor.
+pub fn is_free(worker: &Value) -> bool {
+    phase(worker) == "Free"
+        && worker.pointer("/metadata/deletionTimestamp").is_none()
+        && age(str_at(worker, "/status/lastHeartbeatTime")).is_some_and(|a| a <= HEARTBEAT_GRACE)
+}
+
+/// The scheduler (cheap to clone).
+#[derive(Clone)]
+pub struct Scheduler {
+    registry: Registry,
+}
+
+impl Scheduler {
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
+    }
+
+    /// The pool an actor runs in: its template's `workerPoolRef`.
+    async fn pool_of(&self, actor: &Value) -> Result<String, ApiError> {
+        let ns = str_at(actor, "/metadata/namespace").unwrap_or_default();
+        let tns = str_at(actor, "/spec/template/namespace").unwrap_or(ns);
+        let tname = str_at(actor, "/spec/template/name").unwrap_or_default();
+        let Some(t) = self
+            .registry
+            .get_opt(&ACTOR_TEMPLATES, Some(tns), tname)
+            .await?
+        else {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "actor {ns}/{} cannot resume: {} \"{tname}\" not found in atespace {tns}",
+                    str_at(actor, "/metadata/name").unwrap_or_default(),
+                    ACTOR_TEMPLATES.qualified()
+                ),
+            ));
+        };
+        Ok(str_at(&t, "/spec/workerPoolRef/name")
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// Claims a free worker of `pool` for `actor` (CAS on the worker).
+    async fn claim(&self, actor: &Value, pool: &str) -> Result<Placement, ApiError> {
+        let selector = actor.pointer("/spec/workerSelector");
+        let (_, workers) = self.registry.store.cache(rkey(&WORKERS)).snapshot(None);
+        let in_pool: Vec<_> = workers
+            .iter()
+            .filter(|w| str_at(w, "/spec/pool") == Some(pool))
+            .collect();
+        let mut free: Vec<_> = in_pool
+            .iter()
+            .filter(|w| is_free(w) && labels_match(selector, w))
+            .collect();
+        free.shuffle(&mut rand::rng());
+        let actor_ref = json!({
+            "namespace": str_at(actor, "/metadata/namespace"),
+            "name": str_at(actor, "/metadata/name"),
+            "uid": str_at(actor, "/metadata/uid"),
+        });
+        for w in free {
+            let wname = str_at(w, "/metadata/name").unwrap_or_default();
+            let mut claimed = false;
+            let out = self
+                .registry
+                .guaranteed_update(&WORKERS, None, wname, |cur| {
+                    claimed = false;
+                    if !is_free(cur) {
+                        return None;
+                    }
+                    let mut new = cur.clone();
+                    new["status"]["phase"] = json!("Bound");
+                    new["status"]["actor"] = actor_ref.clone();
+                    claimed = true;
+                    Some(new)
+                })
+                .await?;
+            if claimed && let Some(w) = out {
+                return Ok(Placement::Worker(w));
+            }
+        }
+        let why = if in_pool.is_empty() {
+            format!("worker pool {pool:?} has no workers")
+        } else {
+            format!(
+                "no free worker in pool {pool:?} ({} workers, none free and matching)",
+                in_pool.len()
+            )
+        };
+        Ok(Placement::NoFreeWorker(why))
+    }
+
+    /// Frees `worker` if it is still bound to the actor with `uid`.
+    async fn unclaim(&self, worker: &str, uid: Option<&str>) -> Result<(), ApiError> {
+        self.registry
+            .guaranteed_update(&WORKERS, None, worker, |cur| {
+                if phase(cur) != "Bound" || str_at(cur, "/status/actor/uid") != uid {
+                    return None;
+                }
+                let mut new = cur.clone();
+                new["status"]["phase"] = json!("Free");
+                if let Some(s) = new["status"].as_object_mut() {
+                    s.remove("actor");
+                }
+                Some(new)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// `POST .../actors/<name>/resume`.
+    pub async fn resume(&self, ns: &str, name: &str) -> Result<Resumed, ApiError> {
+        let actor = self.registry.get(&ACTORS, Some(ns), name).await?;
+        if actor.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!("actor {ns}/{name} is being deleted and cannot resume"),
+            ));
+        }
+        if str_at(&actor, "/spec/activation") == Some("Suspended") {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "actor {ns}/{name} has spec.activation=Suspended; set it to OnDemand or Always to resume it"
+                ),
+            ));
+        }
+        match phase(&actor) {
+            "Running" | "Resuming" if actor.pointer("/status/worker/name").is_some() => {
+                return Ok(Resumed::Bound(actor));
+            }
+            "Suspending" => {
+                // Resume once the checkpoint is done.
+                return self
+                    .mark_waiting(
+                        ns,
+                        name,
+                        "the actor is being suspended; it resumes when the checkpoint is done",
+                    )
+                    .await;
+            }
+            _ => {}
+        }
+        let pool = self.pool_of(&actor).await?;
+        match self.claim(&actor, &pool).await? {
+            Placement::NoFreeWorker(why) => {
+                tracing::info!(atespace = ns, actor = name, pool, "resume waits: {why}");
+                self.mark_waiting(
+                    ns,
+                    name,
+                    &format!("{why}; the actor resumes when one frees up"),
+                )
+                .await
+            }
+            Placement::Worker(worker) => self.bind(&actor, &worker).await,
+        }
+    }
+
+    async fn mark_waiting(&self, ns: &str, name: &str, message: &str) -> Result<Resumed, ApiError> {
+        let out = self
+            .registry
+            .guaranteed_update(&ACTORS, Some(ns), name, |cur| {
+                let mut new = cur.clone();
+                set_condition(&mut new, SCHEDULED, "False", NO_FREE_WORKER, message);
+                Some(new)
+            })
+            .await?
+            .ok_or_else(|| ApiError::not_found(&ACTORS, name))?;
+        Ok(Resumed::Waiting(out))
+    }
+
+    /// Binds `actor` to the claimed `worker` (CAS on the actor); releases the worker when the
+    /// actor changed under us in a way that makes the binding wrong.
+    async fn bind(&self, actor: &Value, worker: &Value) -> Result<Resumed, ApiError> {
+        let ns = str_at(actor, "/metadata/namespace").unwrap_or_default();
+        let name = str_at(actor, "/metadata/name").unwrap_or_default();
+        let uid = str_at(actor, "/metadata/uid");
+        let wname = str_at(worker, "/metadata/name").unwrap_or_default();
+        let binding = json!({
+            "name": wname,
+            "pool": str_at(worker, "/spec/pool"),
+            "node": str_at(worker, "/spec/node"),
+            "address": str_at(worker, "/spec/address"),
+        });
+        let mut bound = false;
+        let result = self
+            .registry
+            .guaranteed_update(&ACTORS, Some(ns), name, |cur| {
+                bound = false;
+                let suspended = matches!(phase(cur), "Suspended" | "Failed");
+                if str_at(cur, "/metadata/uid") != uid
+                    || cur.pointer("/metadata/deletionTimestamp").is_some()
+                    || !suspended
+                {
+                    return None;
+                }
+                let mut new = cur.clone();
+                new["status"]["phase"] = json!("Resuming");
+                new["status"]["worker"] = binding.clone();
+                set_condition(
+                    &mut new,
+                    SCHEDULED,
+                    "True",
+                    "Bound",
+                    &format!("bound to worker {wname}"),
+                );
+                set_condition(
+                    &mut new,
+                    crds::conditions::READY,
+                    "False",
+                    "Resuming",
+                    &format!("resuming on worker {wname}"),
+                );
+                bound = true;
+                Some(new)
+            })
+            .await;
+        match result {
+            Ok(Some(a)) if bound => {
+                tracing::info!(atespace = ns, actor = name, worker = wname, "actor bound");
+                Ok(Resumed::Bound(a))
+            }
+            Ok(current) => {
+                self.unclaim(wname, uid).await?;
+                match current {
+                    Some(a) if a.pointer("/status/worker/name").is_some() => Ok(Resumed::Bound(a)),
+                    Some(_) => Err(ApiError::new(
+                        409,
+                        "Conflict",
+                        format!("actor {ns}/{name} changed while it was being resumed; try again"),
+                    )),
+                    None => Err(ApiError::not_found(&ACTORS, name)),
+                }
+            }
+            Err(e) => {
+                let _ = self.unclaim(wname, uid).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// `POST .../actors/<name>/suspend`: a running actor goes `Suspending` (the node agent
+    /// checkpoints it); a waiting resume is cancelled; a suspended actor is left alone.
+    pub async fn suspend(&self, ns: &str, name: &str) -> Result<Value, ApiError> {
+        self.registry
+            .guaranteed_update(&ACTORS, Some(ns), name, |cur| {
+                let mut new = cur.clone();
+                match phase(cur) {
+                    "Running" | "Resuming" => {
+                        new["status"]["phase"] = json!("Suspending");
+                        set_condition(
+                            &mut new,
+                            crds::conditions::READY,
+                            "False",
+                            "Suspending",
+                            "suspend requested",
+                        );
+                    }
+                    _ if waiting(cur) => remove_condition(&mut new, SCHEDULED),
+                    _ => return None,
+                }
+                Some(new)
+            })
+            .await?
+            .ok_or_else(|| ApiError::not_found(&ACTORS, name))
+    }
+
+    /// One pass: binds waiting actors while free workers exist (oldest request first) and
+    /// releases orphaned workers.
+    pub async fn pass(&self) -> Result<(), ApiError> {
+        self.release_orphans().await?;
+        let (_, actors) = self.registry.store.cache(rkey(&ACTORS)).snapshot(None);
+        let mut waiting: Vec<_> = actors
+            .iter()
+            .filter(|a| waiting(a) && matches!(phase(a), "Suspended" | "Failed"))
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let (_, workers) = self.registry.store.cache(rkey(&WORKERS)).snapshot(None);
+        if !workers.iter().any(|w| is_free(w)) {
+            return Ok(());
+        }
+        waiting.sort_by_key(|a| {
+            condition(a, SCHEDULED)
+                .and_then(|c| c["lastTransitionTime"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        });
+        for a in waiting {
+            let ns = str_at(a, "/metadata/namespace").unwrap_or_default();
+            let name = str_at(a, "/metadata/name").unwrap_or_default();
+            match self.resume(ns, name).await {
+                Ok(Resumed::Bound(_)) | Ok(Resumed::Waiting(_)) => {}
+                Err(e) => {
+                    tracing::debug!(atespace = ns, actor = name, error = %e.message, "waiting actor not resumed")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees workers bound to an actor that does not point back at them (for longer than
+    /// [`ORPHAN_GRACE`], measured from the worker's last write).
+    async fn release_orphans(&self) -> Result<(), ApiError> {
+        let (_, workers) = self.registry.store.cache(rkey(&WORKERS)).snapshot(None);
+        let actors = self.registry.store.cache(rkey(&ACTORS));
+        for w in workers.iter().filter(|w| phase(w) == "Bound") {
+            let wname = str_at(w, "/metadata/name").unwrap_or_default();
+            let ans = str_at(w, "/status/actor/namespace").unwrap_or_default();
+            let aname = str_at(w, "/status/actor/name").unwrap_or_default();
+            let uid = str_at(w, "/status/actor/uid");
+            let key = crate::registry::okey(Some(ans), aname);
+            let points_back = actors.get(&key).is_some_and(|a| {
+                str_at(&a, "/metadata/uid") == uid
+                    && str_at(&a, "/status/worker/name") == Some(wname)
+            });
+            if points_back {
+                if condition(w, "Orphaned").is_some() {
+                    self.registry
+                        .guaranteed_update(&WORKERS, None, wname, |cur| {
+                            let mut new = cur.clone();
+                            remove_condition(&mut new, "Orphaned");
+                            Some(new)
+                        })
+                        .await?;
+                }
+                continue;
+            }
+            self.orphan_seen(wname, uid).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks an unreferenced bound worker with an `Orphaned` condition, and frees it when the
+    /// condition is older than [`ORPHAN_GRACE`].
+    async fn orphan_seen(&self, wname: &str, uid: Option<&str>) -> Result<(), ApiError> {
+        self.registry
+            .guaranteed_update(&WORKERS, None, wname, |cur| {
+                if phase(cur) != "Bound" || str_at(cur, "/status/actor/uid") != uid {
+                    return None;
+                }
+                let mut new = cur.clone();
+                match condition(cur, "Orphaned") {
+                    Some(c)
+                        if age(c["lastTransitionTime"].as_str())
+                            .is_some_and(|a| a >= ORPHAN_GRACE) =>
+                    {
+                        new["status"]["phase"] = json!("Free");
+                        if let Some(s) = new["status"].as_object_mut() {
+                            s.remove("actor");
+                        }
+                        remove_condition(&mut new, "Orphaned");
+                        tracing::info!(
+                            worker = wname,
+                            "released a worker whose actor does not reference it"
+                        );
+                    }
+                    Some(_) => return None,
+                    None => set_condition(
+                        &mut new,
+                        "Orphaned",
+                        "True",
+                        "ActorNotBound",
+                        "the bound actor does not reference this worker",
+                    ),
+                }
+                Some(new)
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Runs forever: a pass on every worker change and on a short resync.
+pub async fn run(scheduler: Scheduler) {
+    let cache = scheduler.registry.store.cache(rkey(&WORKERS)).clone();
+    loop {
+        let rv = cache.rv();
+        if let Err(e) = scheduler.pass().await {
+            tracing::warn!(error = %e.message, "scheduler pass failed; will retry");
+        }
+        if let Ok(mut w) = cache.watch_from(rv) {
+            let _ = tokio::time::timeout(RESYNC, w.next()).await;
+        } else {
+            tokio::time::sleep(RESYNC).await;
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The scheduler through the real API: `POST .../actors/<name>/resume` and `/suspend`, worker
+//! claims under contention, waiting for a free worker, and orphaned-worker release. The node
+//! agent's part (status updates after a checkpoint) is played by the test over HTTP.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use support::{World, eventually};
+
+const API: &str = "/apis/substrate.ate.dev/v1alpha1";
+
+fn post_json(w: &World, path: &str, body: &Value) -> support::Http {
+    w.http(
+        "POST",
+        path,
+        Some(("application/json", body.to_string().as_bytes())),
+    )
+}
+
+fn merge_status(w: &World, path: &str, status: &Value) {
+    let r = w.http(
+        "PATCH",
+        &format!("{path}/status"),
+        Some((
+            "application/merge-patch+json",
+            json!({"status": status}).to_string().as_bytes(),
+        )),
+    );
+    assert_eq!(r.code, 200, "patching {path}/status: {}", r.body);
+}
+
+/// A pool `small` with a template `counter` in `team-a`, and `n` heartbeating free workers.
+fn setup(w: &World, n: usize) {
+    w.atespace("team-a");
+    let r = post_json(
+        w,
+        "/apis/ate.dev/v1alpha1/namespaces/team-a/actortemplates",
+        &json!({
+            "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+            "metadata": {"name": "counter"},
+            "spec": {"containers": [{"name": "main", "image": "127.0.0.1:5000/counter:latest"}],
+                     "workerPoolRef": {"name": "small"}},
+        }),
+    );
+    assert_eq!(r.code, 201, "{}", r.body);
+    for i in 0..n {
+        add_worker(w, &format!("w-{i}"), "small");
+    }
+}
+
+fn add_worker(w: &World, name: &str, pool: &str) {
+    let r = post_json(
+        w,
+        &format!("{API}/workers"),
+        &json!({
+            "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
+            "metadata": {"name": name, "labels": {"size": "s"}},
+            "spec": {"pool": pool, "node": "node-1", "address": format!("10.203.0.{}", 2 + name.len())},
+        }),
+    );
+    assert_eq!(r.code, 201, "{}", r.body);
+    heartbeat(w, name, "Free");
+}
+
+fn heartbeat(w: &World, name: &str, phase: &str) {
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    merge_status(
+        w,
+        &format!("{API}/workers/{name}"),
+        &json!({"phase": phase, "lastHeartbeatTime": now}),
+    );
+}
+
+fn actor(w: &World, name: &str) {
+    let r = post_json(
+        w,
+        &format!("{API}/namespaces/team-a/actors"),
+        &json!({
+            "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+            "metadata": {"name": name},
+            "spec": {"template": {"name": "counter"}},
+        }),
+    );
+    assert_eq!(r.code, 201, "{}", r.body);
+}
+
+fn get(w: &World, path: &str) -> Value {
+    let r = w.http("GET", path, None);
+    assert_eq!(r.code, 200, "GET {path}: {}", r.body);
+    r.json()
+}
+
+fn actor_path(name: &str) -> String {
+    format!("{API}/namespaces/team-a/actors/{name}")
+}
+
+fn resume(w: &World, name: &str) -> support::Http {
+    w.http("POST", &format!("{}/resume", actor_path(name)), None)
+}
+
+fn condition<'a>(obj: &'a Value, t: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == t)
+}
+
+/// What the node agent does after a checkpoint: the actor goes `Suspended` without a worker,
+/// then the worker is freed.
+fn finish_suspend(w: &World, name: &str) {
+    let a = get(w, &actor_path(name));
+    let worker = a["status"]["worker"]["name"].as_str().unwrap().to_string();
+    let r = w.http(
+        "PATCH",
+        &format!("{}/status", actor_path(name)),
+        Some((
+            "application/merge-patch+json",
+            json!({"status": {"phase": "Suspended", "worker": null,
+                   "snapshot": {"uri": "file:///tmp/snap/1"}}})
+            .to_string()
+            .as_bytes(),
+        )),
+    );
+    assert_eq!(r.code, 200, "{}", r.body);
+    let r = w.http(
+        "PATCH",
+        &format!("{API}/workers/{worker}/status"),
+        Some((
+            "application/merge-patch+json",
+            json!({"status": {"phase": "Free", "actor": null}})
+                .to_string()
+                .as_bytes(),
+        )),
+    );
+    assert_eq!(r.code, 200, "{}", r.body);
+}
+
+#[test]
+fn resume_binds_a_free_worker_and_is_idempotent() {
+    let Some(w) = support::world() else { return };
+    setup(&w, 1);
+    actor(&w, "a1");
+    let r = resume(&w, "a1");
+    assert_eq!(r.code, 200, "{}", r.body);
+    let a = r.json();
+    assert_eq!(a["status"]["phase"], "Resuming");
+    assert_eq!(a["status"]["worker"]["name"], "w-0");
+    assert_eq!(a["status"]["worker"]["pool"], "small");
+    assert_eq!(a["status"]["worker"]["node"], "node-1");
+    assert_eq!(condition(&a, "Scheduled").unwrap()["status"], "True");
+    assert_eq!(condition(&a, "Ready").unwrap()["reason"], "Resuming");
+    let wk = get(&w, &format!("{API}/workers/w-0"));
+    assert_eq!(wk["status"]["phase"], "Bound");
+    assert_eq!(wk["status"]["actor"]["name"], "a1");
+    assert_eq!(wk["status"]["actor"]["uid"], a["metadata"]["uid"]);
+
+    // Again: same answer, nothing written.
+    let rv = a["metadata"]["resourceVersion"].clone();
+    let again = resume(&w, "a1");
+    assert_eq!(again.code, 200, "{}", again.body);
+    assert_eq!(again.json()["metadata"]["resourceVersion"], rv);
+    assert_eq!(again.json()["status"]["worker"]["name"], "w-0");
+
+    // kubectl sees the worker column.
+    let out = w.ok(&["get", "actor", "a1", "-n", "team-a", "--no-headers"]);
+    assert!(out.contains("w-0") && out.contains("Resuming"), "{out}");
+}
+
+#[test]
+fn resume_errors_are_clear_and_write_nothing() {
+    let Some(w) = support::world() else { return };
+    setup(&w, 1);
+    let r = resume(&w, "missing");
+    assert_eq!(r.code, 404, "{}", r.body);
+    assert_eq!(
+        r.message(),
+        "actors.substrate.ate.dev \"missing\" not found"
+    );
+
+    // A template that does not exist yet.
+    let r = post_json(
+        &w,
+        &format!("{API}/namespaces/team-a/actors"),
+        &json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+                "metadata": {"name": "orphan"}, "spec": {"template": {"name": "nope"}}}),
+    );
+    assert_eq!(r.code, 201, "{}", r.body);
+    let rv = w.actors_rv();
+    let r = resume(&w, "orphan");
+    assert_eq!(r.code, 409, "{}", r.body);
+    assert!(
+        r.message()
+            .contains("actortemplates.ate.dev \"nope\" not found"),
+        "{}",
+        r.body
+    );
+    // activation: Suspended refuses.
+    let r = post_json(
+        &w,
+        &format!("{API}/namespaces/team-a/actors"),
+        &json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+                "metadata": {"name": "kept"},
+                "spec": {"template": {"name": "counter"}, "activation": "Suspended"}}),
+    );
+    assert_eq!(r.code, 201, "{}", r.body);
+    let rv2 = w.actors_rv();
+    assert_ne!(rv, rv2);
+    let r = resume(&w, "kept");
+    assert_eq!(r.code, 409, "{}", r.body);
+    assert!(
+        r.message().contains("spec.activation=Suspended"),
+        "{}",
+        r.body
+    );
+    assert_eq!(w.actors_rv(), rv2, "refused resumes write nothing");
+    assert_eq!(
+        get(&w, &format!("{API}/workers/w-0"))["status"]["phase"],
+        "Free"
+    );
+    // Only POST.
+    let r = w.http("GET", &format!("{}/resume", actor_path("kept")), None);
+    assert_eq!(r.code, 405, "{}", r.body);
+    // Unknown subresource.
+    let r = w.http("POST", &format!("{}/reboot", actor_path("kept")), None);
+    assert_eq!(r.code, 404, "{}", r.body);
+}
+
+#[test]
+fn concurrent_resumes_never_share_a_worker_and_the_rest_wait() {
+    let Some(w) = support::world() else { return };
+    setup(&w, 3);
+    let names: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+    for n in &names {
+        actor(&w, n);
+    }
+    let codes: Vec<(String, u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let w = &w;
+                s.spawn(move || {
+                    let r = resume(w, n);
+                    let j = r.json();
+                    (n.clone(), r.code, j)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let bound: Vec<_> = codes.iter().filter(|(_, c, _)| *c == 200).collect();
+    let waiting: Vec<_> = codes.iter().filter(|(_, c, _)| *c == 202).collect();
+    assert_eq!(bound.len(), 3, "{codes:#?}");
+    assert_eq!(waiting.len(), 5, "{codes:#?}");
+    let workers: BTreeSet<&str> = bound
+        .iter()
+        .map(|(_, _, a)| a["status"]["worker"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 3, "three distinct workers: {workers:?}");
+    for (_, _, a) in &waiting {
+        let c = condition(a, "Scheduled").expect("Scheduled condition");
+        assert_eq!(c["status"], "False");
+        assert_eq!(c["reason"], "NoFreeWorker");
+        assert!(
+            c["message"]
+                .as_str()
+                .unwrap()
+                .contains("no free worker in pool \"small\""),
+            "{c}"
+        );
+    }
+    // Every worker names the actor that names it.
+    for (n, _, a) in &bound {
+        let wk = get(
+            &w,
+            &format!(
+                "{API}/workers/{}",
+                a["status"]["worker"]["name"].as_str().unwrap()
+            ),
+        );
+        assert_eq!(wk["status"]["actor"]["name"], n.as_str());
+    }
+
+    // Suspend one bound actor; when the node agent reports the checkpoint done and frees
+    // the worker, the oldest waiting actor gets it.
+    let (first, _, _) = bound[0];
+    let r = w.http("POST", &format!("{}/suspend", actor_path(first)), None);
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(r.json()["status"]["phase"], "Suspending");
+    finish_suspend(&w, first);
+    let newly = eventually("a waiting actor is bound to the freed worker", || {
+        waiting
+            .iter()
+            .map(|(n, _, _)| get(&w, &actor_path(n)))
+            .find(|a| a["status"]["phase"] == "Resuming")
+    });
+    assert_eq!(condition(&newly, "Scheduled").unwrap()["status"], "True");
+    let still_waiting = waiting
+        .iter()
+        .filter(|(n, _, _)| get(&w, &actor_path(n))["status"]["phase"] != "Resuming")
+        .count();
+    assert_eq!(still_waiting, 4);
+
+    // Suspending a waiting actor cancels its wait.
+    let (n, _, _) = waiting
+        .iter()
+        .find(|(n, _, _)| get(&w, &actor_path(n))["status"]["phase"] != "Resuming")
+        .unwrap();
+    let r = w.http("POST", &format!("{}/suspend", actor_path(n)), None);
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert!(condition(&r.json(), "Scheduled").is_none(), "{}", r.body);
+}
+
+#[test]
+fn stale_or_unhealthy_workers_are_not_used_and_orphans_are_released() {
+    let Some(w) = support::world() else { return };
+    setup(&w, 0);
+    // A worker that never heartbeated is not free.
+    let r = post_json(
+        &w,
+        &format!("{API}/workers"),
+        &json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
+                "metadata": {"name": "silent"}, "spec": {"pool": "small"}}),
+    );
+    assert_eq!(r.code, 201, "{}", r.body);
+    actor(&w, "a1");
+    let r = resume(&w, "a1");
+    assert_eq!(r.code, 202, "{}", r.body);
+    // A worker in another pool is not used either; one in the right pool is, by the
+    // background pass (no second resume call).
+    add_worker(&w, "other", "large");
+    add_worker(&w, "good", "small");
+    let a = eventually("the waiting actor is bound by the scheduler loop", || {
+        let a = get(&w, &actor_path("a1"));
+        (a["status"]["phase"] == "Resuming").then_some(a)
+    });
+    assert_eq!(a["status"]["worker"]["name"], "good");
+
+    // A worker bound to an actor that does not reference it (a crash between claim and
+    // bind) is marked, then released.
+    let r = w.http(
+        "PATCH",
+        &format!("{API}/workers/other/status"),
+        Some((
+            "application/merge-patch+json",
+            json!({"status": {"phase": "Bound", "actor": {"namespace": "team-a", "name": "ghost", "uid": "x"}}})
+                .to_string()
+                .as_bytes(),
+        )),
+    );
+    assert_eq!(r.code, 200, "{}", r.body);
+    let marked = eventually("the orphaned worker is marked", || {
+        let wk = get(&w, &format!("{API}/workers/other"));
+        condition(&wk, "Orphaned").cloned()
+    });
+    assert_eq!(marked["reason"], "ActorNotBound");
+    // The bound worker of a1 points back: it is never marked.
+    assert!(condition(&get(&w, &format!("{API}/workers/good")), "Orphaned").is_none());
+}
