@@ -18,6 +18,8 @@ use crate::storage::{ListRequest, ObjectKey, ResourceKey, StorageError, Store};
 
 /// How many times a write retries after losing a compare-and-swap race it did not ask for.
 const MAX_RETRIES: usize = 16;
+/// Longest `generateName` prefix kept (63 minus the 5 random characters).
+const MAX_GENERATED_PREFIX: usize = 58;
 
 /// The storage key of a resource.
 pub fn rkey(res: &ResourceInfo) -> ResourceKey {
@@ -432,7 +434,12 @@ impl Registry {
     }
 
     /// Checks that objects may be created in `ns` (standalone: namespaces are atespaces).
-    async fn admit_namespace(&self, res: &ResourceInfo, ns: &str) -> Result<(), ApiError> {
+    async fn admit_namespace(
+        &self,
+        res: &ResourceInfo,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
         let Some(ates) = self.get_opt(&ATESPACES, None, ns).await? else {
             return Err(ApiError::new(
                 404,
@@ -443,16 +450,39 @@ impl Registry {
         };
         if ates.pointer("/metadata/deletionTimestamp").is_some() {
             return Err(ApiError::forbidden_msg(format!(
-                "{} is forbidden: unable to create new content in atespace {ns} because it is being terminated",
+                "{} \"{name}\" is forbidden: unable to create new content in atespace {ns} because it is being terminated",
                 res.qualified()
-            )));
+            ))
+            .with_details(crate::status::details(res, name)));
         }
         Ok(())
     }
 
     fn normalize(&self, res: &ResourceInfo, obj: Value, name: &str) -> Result<Value, ApiError> {
-        res.normalize(obj)
-            .map_err(|errs| ApiError::invalid(res, name, &errs))
+        let mut obj = res
+            .normalize(obj)
+            .map_err(|errs| ApiError::invalid(res, name, &errs))?;
+        // Like Go's `omitempty` on ObjectMeta: empty maps and lists are not stored.
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            for f in [
+                "labels",
+                "annotations",
+                "finalizers",
+                "ownerReferences",
+                "managedFields",
+            ] {
+                let empty = match meta.get(f) {
+                    Some(Value::Object(m)) => m.is_empty(),
+                    Some(Value::Array(a)) => a.is_empty(),
+                    Some(Value::Null) => true,
+                    _ => false,
+                };
+                if empty {
+                    meta.shift_remove(f);
+                }
+            }
+        }
+        Ok(obj)
     }
 
     /// POST a new object.
@@ -503,7 +533,12 @@ impl Registry {
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
         {
-            let name = format!("{prefix}{}", random_suffix());
+            // As kube-apiserver: the prefix is cut so the name stays within 63 characters.
+            let cut = prefix
+                .char_indices()
+                .nth(MAX_GENERATED_PREFIX)
+                .map_or(prefix.len(), |(i, _)| i);
+            let name = format!("{}{}", &prefix[..cut], random_suffix());
             meta.insert("name".into(), json!(name));
         }
         // System fields.
@@ -545,7 +580,7 @@ impl Registry {
             )));
         }
         if res.namespaced {
-            self.admit_namespace(res, ns.unwrap_or("")).await?;
+            self.admit_namespace(res, ns.unwrap_or(""), &name).await?;
         }
         if wo.dry_run {
             if self.get_opt(res, ns, &name).await?.is_some() {

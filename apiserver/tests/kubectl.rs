@@ -2739,3 +2739,29 @@ fn valkey_outage_and_recovery() {
     again.expect_line("v3 being created", |l| l == "actor.substrate.ate.dev/v3");
     drop(watch);
 }
+
+/// `generateName` prefixes are cut so the name stays a valid 63-character label, and empty
+/// label/annotation maps are not stored (as Go's `omitempty`).
+#[test]
+fn generate_name_is_cut_and_empty_maps_are_dropped() {
+    let Some(w) = support::world() else { return };
+    w.atespace("gen");
+    let prefix = "a".repeat(70);
+    let body = json!({
+        "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"generateName": prefix, "labels": {}, "annotations": {}},
+        "spec": {"template": {"name": "counter"}},
+    });
+    let r = w.http(
+        "POST",
+        "/apis/substrate.ate.dev/v1alpha1/namespaces/gen/actors",
+        Some(("application/json", body.to_string().as_bytes())),
+    );
+    assert_eq!(r.code, 201, "{}", r.body);
+    let obj = r.json();
+    let name = obj["metadata"]["name"].as_str().unwrap();
+    assert_eq!(name.len(), 63, "{name}");
+    assert!(name.starts_with(&"a".repeat(58)), "{name}");
+    assert!(obj["metadata"].get("labels").is_none(), "{obj}");
+    assert!(obj["metadata"].get("annotations").is_none(), "{obj}");
+}
