@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
-use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
 
 use crds::resources::{ACTORS, ATESPACES, ResourceInfo};
@@ -32,8 +31,8 @@ pub struct AppState {
     pub max_body: usize,
 }
 
-/// The peer's verified certificate chain (if it presented one).
-pub type PeerChain = Option<Arc<Vec<CertificateDer<'static>>>>;
+/// The connection's peer, classified once per connection.
+pub type PeerChain = Arc<auth::Peer>;
 
 fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
@@ -142,9 +141,7 @@ async fn route(state: &AppState, chain: PeerChain, req: Request<Incoming>) -> Ro
         "/version" => return Ok((json_response(200, &version()), None)),
         _ => {}
     }
-    let user = state
-        .auth
-        .authenticate(chain.as_ref().map(|c| c.as_slice()), req.headers());
+    let user = Authenticator::user(&chain, req.headers());
     let Some(user) = user else {
         return Err((ApiError::unauthorized(), None));
     };
@@ -308,7 +305,11 @@ fn list_object(res: &ResourceInfo, items: Vec<Value>, rv: u64, cont: Option<Stri
     if let Some(c) = cont {
         meta["continue"] = json!(c);
     }
-    json!({"apiVersion": res.api_version(), "kind": res.list_kind, "metadata": meta, "items": items})
+    let mut list =
+        json!({"apiVersion": res.api_version(), "kind": res.list_kind, "metadata": meta});
+    // Moved, not copied: `json!` would deep-clone every item.
+    list["items"] = Value::Array(items);
+    list
 }
 
 fn render_one(res: &ResourceInfo, output: Output, obj: &Value) -> Value {

@@ -124,26 +124,55 @@ impl Authenticator {
         chain: Option<&[CertificateDer<'static>]>,
         headers: &http::HeaderMap,
     ) -> Option<UserInfo> {
-        let chain = chain?;
-        let leaf = chain.first()?;
-        let (cn, orgs) = subject(leaf)?;
+        Self::user(&self.peer(chain), headers)
+    }
+
+    /// Classifies a connection's peer from its certificate chain: done once per connection
+    /// (verifying a chain costs a signature check), not per request.
+    pub fn peer(&self, chain: Option<&[CertificateDer<'static>]>) -> Peer {
+        let Some(chain) = chain else {
+            return Peer::Anonymous;
+        };
+        let Some((cn, orgs)) = chain.first().and_then(subject) else {
+            return Peer::Anonymous;
+        };
         if let Some(fp) = &self.front_proxy
             && Self::verified(fp.as_ref(), chain)
             && (self.allowed_names.is_empty() || self.allowed_names.contains(&cn))
         {
-            return from_headers(headers);
+            return Peer::FrontProxy;
         }
         if Self::verified(self.client.as_ref(), chain) {
             let mut groups = orgs;
             groups.push("system:authenticated".into());
-            return Some(UserInfo {
+            return Peer::User(UserInfo {
                 name: cn,
                 groups,
                 extra: BTreeMap::new(),
             });
         }
-        None
+        Peer::Anonymous
     }
+
+    /// The user of one request on a connection from `peer`. `None`: anonymous.
+    pub fn user(peer: &Peer, headers: &http::HeaderMap) -> Option<UserInfo> {
+        match peer {
+            Peer::Anonymous => None,
+            Peer::FrontProxy => from_headers(headers),
+            Peer::User(u) => Some(u.clone()),
+        }
+    }
+}
+
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// No certificate, or one no configured CA vouches for.
+    Anonymous,
+    /// An aggregating front proxy: the user comes from each request's `X-Remote-*` headers.
+    FrontProxy,
+    /// A user authenticated by a client certificate.
+    User(UserInfo),
 }
 
 fn subject(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {

@@ -103,10 +103,7 @@ pub async fn serve(
                     return;
                 }
             };
-            let chain =
-                tls.get_ref().1.peer_certificates().map(|c| {
-                    Arc::new(c.iter().map(|x| x.clone().into_owned()).collect::<Vec<_>>())
-                });
+            let chain = Arc::new(state.auth.peer(tls.get_ref().1.peer_certificates()));
             let svc = service_fn(move |req| api::handle(state.clone(), chain.clone(), req));
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http2().max_concurrent_streams(1000);

@@ -204,14 +204,23 @@ impl ResourceInfo {
 
     /// The structural OpenAPI v3 schema of the whole object (from the CRD).
     pub fn schema(&self) -> Value {
-        let crd = self.crd();
-        crd.spec
-            .versions
-            .first()
-            .and_then(|v| v.schema.as_ref())
-            .and_then(|s| s.open_api_v3_schema.as_ref())
-            .and_then(|s| serde_json::to_value(s).ok())
-            .unwrap_or(Value::Null)
+        self.schema_ref().clone()
+    }
+
+    /// [`ResourceInfo::schema`], generated once per kind: generating a CRD is expensive and
+    /// the write path needs the schema on every request (unknown-field detection).
+    pub fn schema_ref(&self) -> &'static Value {
+        static SCHEMAS: [std::sync::OnceLock<Value>; 5] = [const { std::sync::OnceLock::new() }; 5];
+        SCHEMAS[self.kind_id as usize].get_or_init(|| {
+            self.crd()
+                .spec
+                .versions
+                .first()
+                .and_then(|v| v.schema.as_ref())
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .and_then(|s| serde_json::to_value(s).ok())
+                .unwrap_or(Value::Null)
+        })
     }
 
     /// The printer columns (`kubectl get`), from the CRD.
@@ -283,7 +292,7 @@ impl ResourceInfo {
     /// Fields of `obj` that the schema does not know, as dotted paths (`spec.foo`,
     /// `spec.containers[0].bar`), for `fieldValidation=Strict|Warn`.
     pub fn unknown_fields(&self, obj: &Value) -> Vec<String> {
-        let schema = self.schema();
+        let schema = self.schema_ref();
         let mut out = Vec::new();
         if let Some(map) = obj.as_object() {
             for (k, v) in map {

@@ -1,0 +1,1002 @@
+//! `substrate-bench`: loads a RUNNING apiserver over HTTPS/2 with concurrent clients and prints
+//! throughput and p50/p99/max latency of create, get, list, update and watch fan-out, and
+//! Valkey's memory per actor. Run it through `hack/bench.sh`; figures and their analysis are
+//! in `docs/benchmarks.md`.
+//!
+//! Every run works in atespaces of its own, `bench-<id>` (create, get, update),
+//! `bench-<id>-list` (exactly `--list-objects` actors), `bench-<id>-watch` and
+//! `bench-<id>-mem`, and deletes them at the end (the cascade is asynchronous; pass
+//! `--wait-cleanup` to wait for it). Failed requests are counted per phase and status, never
+//! measured as successes.
+
+#[path = "bench/client.rs"]
+mod client;
+#[path = "bench/probe.rs"]
+mod probe;
+#[path = "bench/stats.rs"]
+mod stats;
+#[path = "bench/watch.rs"]
+mod watch;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Parser;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use client::{Client, Credentials};
+use probe::Probe;
+use stats::{OpError, PhaseResult, Recorded, expect, run_concurrent};
+
+const API: &str = "/apis/substrate.ate.dev/v1alpha1";
+const KIB: f64 = 1024.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    Create,
+    Get,
+    List,
+    Update,
+    Watch,
+    Memory,
+}
+
+/// Benchmark of a running Substrate apiserver (see docs/benchmarks.md).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "substrate-bench", version)]
+struct Args {
+    /// Admin kubeconfig (inline certificate data) of the apiserver to load.
+    #[arg(
+        long,
+        env = "SUBSTRATE_BENCH_KUBECONFIG",
+        default_value = ".substrate/kubeconfig"
+    )]
+    kubeconfig: PathBuf,
+    /// Use ca.crt, admin.crt and admin.key from this PKI directory instead of the kubeconfig.
+    #[arg(long, env = "SUBSTRATE_BENCH_PKI_DIR")]
+    pki_dir: Option<PathBuf>,
+    /// Server URL (default: the kubeconfig's, or https://127.0.0.1:6443 with --pki-dir).
+    #[arg(long, env = "SUBSTRATE_BENCH_SERVER")]
+    server: Option<String>,
+    /// Valkey the apiserver uses (memory phase; CPU and command statistics of every phase).
+    #[arg(
+        long,
+        env = "SUBSTRATE_BENCH_VALKEY_URL",
+        default_value = "redis://127.0.0.1:6390"
+    )]
+    valkey_url: String,
+    /// The apiserver's --key-prefix.
+    #[arg(long, env = "SUBSTRATE_BENCH_KEY_PREFIX", default_value = "substrate")]
+    key_prefix: String,
+    /// Pid of the apiserver, to report its CPU use per phase (optional).
+    #[arg(long, env = "SUBSTRATE_BENCH_APISERVER_PID")]
+    apiserver_pid: Option<u32>,
+    /// HTTP/2 connections to open.
+    #[arg(long, env = "SUBSTRATE_BENCH_CONNECTIONS", default_value_t = 8)]
+    connections: usize,
+    /// Requests in flight at once (over all connections).
+    #[arg(long, env = "SUBSTRATE_BENCH_CONCURRENCY", default_value_t = 64)]
+    concurrency: usize,
+    /// Phases to run, in this order whatever the order given.
+    #[arg(
+        long,
+        env = "SUBSTRATE_BENCH_PHASES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "create,get,list,update,watch,memory"
+    )]
+    phases: Vec<Phase>,
+    /// Actors created by the create phase (get and update use them).
+    #[arg(long, env = "SUBSTRATE_BENCH_CREATES", default_value_t = 20_000)]
+    creates: usize,
+    /// GETs of random actors.
+    #[arg(long, env = "SUBSTRATE_BENCH_GETS", default_value_t = 100_000)]
+    gets: usize,
+    /// Actors in the atespace the list phase lists.
+    #[arg(long, env = "SUBSTRATE_BENCH_LIST_OBJECTS", default_value_t = 1000)]
+    list_objects: usize,
+    /// LISTs of that atespace.
+    #[arg(long, env = "SUBSTRATE_BENCH_LISTS", default_value_t = 500)]
+    lists: usize,
+    /// LISTs in flight at once (a list is ~1,000 times the work of a get: with 64 in flight the
+    /// latency would only measure queueing).
+    #[arg(long, env = "SUBSTRATE_BENCH_LIST_CONCURRENCY", default_value_t = 8)]
+    list_concurrency: usize,
+    /// PUTs (label change with the object's resourceVersion).
+    #[arg(long, env = "SUBSTRATE_BENCH_UPDATES", default_value_t = 20_000)]
+    updates: usize,
+    /// Concurrent watches of the watch phase.
+    #[arg(long, env = "SUBSTRATE_BENCH_WATCHERS", default_value_t = 100)]
+    watchers: usize,
+    /// Sequential writes the watchers must see.
+    #[arg(long, env = "SUBSTRATE_BENCH_WATCH_WRITES", default_value_t = 200)]
+    watch_writes: usize,
+    /// Pause after each of those writes, in milliseconds.
+    #[arg(long, env = "SUBSTRATE_BENCH_WATCH_INTERVAL_MS", default_value_t = 5)]
+    watch_interval_ms: u64,
+    /// How long the watchers may take after the last write, in seconds.
+    #[arg(long, env = "SUBSTRATE_BENCH_WATCH_TIMEOUT", default_value_t = 30)]
+    watch_timeout: u64,
+    /// Actors in the atespace of the memory phase.
+    #[arg(long, env = "SUBSTRATE_BENCH_MEMORY_ACTORS", default_value_t = 100_000)]
+    memory_actors: usize,
+    /// Send `?fieldValidation=<this>` with every write (kubectl sends Strict; unset, the
+    /// server applies its default, Warn). `Ignore` skips the server's unknown-field check.
+    #[arg(long, env = "SUBSTRATE_BENCH_FIELD_VALIDATION", value_parser = ["Strict", "Warn", "Ignore"])]
+    field_validation: Option<String>,
+    /// Print one JSON document on stdout (the table goes to stderr).
+    #[arg(long, env = "SUBSTRATE_BENCH_JSON")]
+    json: bool,
+    /// Wait until the deleted atespaces (and their actors) are gone.
+    #[arg(long, env = "SUBSTRATE_BENCH_WAIT_CLEANUP")]
+    wait_cleanup: bool,
+    /// Keep the benchmark's atespaces (do not delete them).
+    #[arg(
+        long,
+        env = "SUBSTRATE_BENCH_NO_CLEANUP",
+        conflicts_with = "wait_cleanup"
+    )]
+    no_cleanup: bool,
+    /// Longest wait for terminating atespaces (before the run, and with --wait-cleanup).
+    #[arg(long, env = "SUBSTRATE_BENCH_CLEANUP_TIMEOUT", default_value_t = 1800)]
+    cleanup_timeout: u64,
+}
+
+fn actors_path(ns: &str) -> String {
+    format!("{API}/namespaces/{ns}/actors")
+}
+
+/// A typical actor: two labels, a template ref, activation and idle timeout.
+fn actor_body(ns: &str, name: &str) -> Bytes {
+    Bytes::from(
+        json!({
+            "apiVersion": "substrate.ate.dev/v1alpha1",
+            "kind": "Actor",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": "bench", "tier": "t1"}},
+            "spec": {"template": {"name": "counter"}, "activation": "OnDemand", "idleTimeout": "5m"},
+        })
+        .to_string(),
+    )
+}
+
+/// The actors the get and update phases work on, with the last response of each (its
+/// current state and resourceVersion).
+struct ActorSet {
+    ns: String,
+    names: Vec<String>,
+    objects: Vec<tokio::sync::Mutex<Bytes>>,
+}
+
+/// A target figure and whether this run met it.
+struct Target {
+    what: &'static str,
+    goal: String,
+    measured: String,
+    met: bool,
+}
+
+struct Bench {
+    args: Args,
+    client: Arc<Client>,
+    probe: Probe,
+    run_id: String,
+    atespaces: Vec<String>,
+    rows: Vec<PhaseResult>,
+    targets: Vec<Target>,
+    details: serde_json::Map<String, Value>,
+    base: Option<Arc<ActorSet>>,
+}
+
+impl Bench {
+    /// The query string of write requests (`?fieldValidation=...` or empty).
+    fn write_query(&self) -> String {
+        self.args
+            .field_validation
+            .as_deref()
+            .map_or_else(String::new, |v| format!("?fieldValidation={v}"))
+    }
+
+    fn ns(&self, suffix: &str) -> String {
+        if suffix.is_empty() {
+            format!("bench-{}", self.run_id)
+        } else {
+            format!("bench-{}-{suffix}", self.run_id)
+        }
+    }
+
+    async fn create_atespace(&mut self, name: &str) -> anyhow::Result<()> {
+        let body = json!({
+            "apiVersion": "substrate.ate.dev/v1alpha1",
+            "kind": "Atespace",
+            "metadata": {"name": name, "labels": {"app": "bench"}},
+            "spec": {},
+        });
+        let r = self
+            .client
+            .send(
+                Method::POST,
+                &format!("{API}/atespaces"),
+                Some("application/json"),
+                Bytes::from(body.to_string()),
+            )
+            .await?;
+        expect(r, StatusCode::CREATED)
+            .map_err(|e| anyhow::anyhow!("creating atespace {name}: {}: {}", e.kind, e.detail))?;
+        self.atespaces.push(name.to_string());
+        Ok(())
+    }
+
+    /// Creates `n` actors `<prefix><i>` in `ns`, `concurrency` at a time; keeps the response
+    /// bodies when `keep`.
+    async fn create_actors(
+        &self,
+        label: &str,
+        ns: &str,
+        prefix: &str,
+        n: usize,
+        keep: bool,
+    ) -> (Recorded, Vec<Option<Bytes>>) {
+        let slots: Arc<Vec<std::sync::Mutex<Option<Bytes>>>> = Arc::new(
+            (0..if keep { n } else { 0 })
+                .map(|_| std::sync::Mutex::new(None))
+                .collect(),
+        );
+        let client = self.client.clone();
+        let path = Arc::new(format!("{}{}", actors_path(ns), self.write_query()));
+        let (ns, prefix) = (Arc::new(ns.to_string()), Arc::new(prefix.to_string()));
+        let s2 = slots.clone();
+        let rec = run_concurrent(label, n, self.args.concurrency, move |i| {
+            let (client, path, ns, prefix, slots) = (
+                client.clone(),
+                path.clone(),
+                ns.clone(),
+                prefix.clone(),
+                s2.clone(),
+            );
+            async move {
+                let body = actor_body(&ns, &format!("{prefix}{i}"));
+                let r = client
+                    .send(Method::POST, &path, Some("application/json"), body)
+                    .await
+                    .map_err(|e| OpError::transport(&e))?;
+                let r = expect(r, StatusCode::CREATED)?;
+                if let Some(slot) = slots.get(i) {
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.body);
+                }
+                Ok(())
+            }
+        })
+        .await;
+        let bodies = Arc::try_unwrap(slots)
+            .map(|v| {
+                v.into_iter()
+                    .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (rec, bodies)
+    }
+
+    fn push(&mut self, row: PhaseResult) {
+        eprintln!(
+            "  {}: {} ok, {} errors, {:.1}/s, p50 {} p99 {}",
+            row.name,
+            row.rec.ok(),
+            row.rec.failed(),
+            row.ops_per_sec(),
+            stats::fmt_dur(row.p(0.5)),
+            stats::fmt_dur(row.p(0.99))
+        );
+        self.rows.push(row);
+    }
+
+    /// The actor set of get/update: the create phase's, or created now (unmeasured).
+    async fn base(&mut self) -> anyhow::Result<Arc<ActorSet>> {
+        if let Some(b) = &self.base {
+            return Ok(b.clone());
+        }
+        let ns = self.ns("");
+        self.create_atespace(&ns).await?;
+        eprintln!(
+            "seeding {} actors in {ns} (not measured)",
+            self.args.creates
+        );
+        let (rec, bodies) = self
+            .create_actors("seed", &ns, "a-", self.args.creates, true)
+            .await;
+        if rec.failed() > 0 {
+            eprintln!("  seed: {} creates failed: {:?}", rec.failed(), rec.samples);
+        }
+        self.set_base(ns, bodies)
+    }
+
+    fn set_base(
+        &mut self,
+        ns: String,
+        bodies: Vec<Option<Bytes>>,
+    ) -> anyhow::Result<Arc<ActorSet>> {
+        let mut names = Vec::new();
+        let mut objects = Vec::new();
+        for (i, b) in bodies.into_iter().enumerate() {
+            if let Some(b) = b {
+                names.push(format!("a-{i}"));
+                objects.push(tokio::sync::Mutex::new(b));
+            }
+        }
+        if names.is_empty() {
+            bail!("no actor could be created in {ns}; see the errors above");
+        }
+        let set = Arc::new(ActorSet { ns, names, objects });
+        self.base = Some(set.clone());
+        Ok(set)
+    }
+
+    async fn phase_create(&mut self) -> anyhow::Result<()> {
+        let ns = self.ns("");
+        self.create_atespace(&ns).await?;
+        eprintln!("create: {} actors in {ns}", self.args.creates);
+        let before = self.probe.sample().await;
+        let (rec, bodies) = self
+            .create_actors("create", &ns, "a-", self.args.creates, true)
+            .await;
+        let usage = self.probe.usage_since(&before).await;
+        let row = PhaseResult::new("create", rec, Some(usage));
+        self.target("create", 5000.0, &row);
+        self.push(row);
+        self.set_base(ns, bodies)?;
+        Ok(())
+    }
+
+    fn target(&mut self, what: &'static str, per_sec: f64, row: &PhaseResult) {
+        self.targets.push(Target {
+            what,
+            goal: format!(">= {per_sec:.0}/s"),
+            measured: format!("{:.0}/s", row.ops_per_sec()),
+            met: row.ops_per_sec() >= per_sec && row.rec.failed() == 0,
+        });
+    }
+
+    async fn phase_get(&mut self) -> anyhow::Result<()> {
+        let set = self.base().await?;
+        eprintln!(
+            "get: {} GETs of random actors of {}",
+            self.args.gets, set.ns
+        );
+        let client = self.client.clone();
+        let before = self.probe.sample().await;
+        let s = set.clone();
+        let rec = run_concurrent("get", self.args.gets, self.args.concurrency, move |_| {
+            let (client, s) = (client.clone(), s.clone());
+            async move {
+                let name = &s.names[rand::random_range(0..s.names.len())];
+                let r = client
+                    .send(
+                        Method::GET,
+                        &format!("{}/{name}", actors_path(&s.ns)),
+                        None,
+                        Bytes::new(),
+                    )
+                    .await
+                    .map_err(|e| OpError::transport(&e))?;
+                expect(r, StatusCode::OK).map(drop)
+            }
+        })
+        .await;
+        let usage = self.probe.usage_since(&before).await;
+        let row = PhaseResult::new("get", rec, Some(usage));
+        self.target("get", 20_000.0, &row);
+        self.push(row);
+        Ok(())
+    }
+
+    async fn phase_list(&mut self) -> anyhow::Result<()> {
+        #[derive(serde::Deserialize)]
+        struct ListCount {
+            items: Vec<serde::de::IgnoredAny>,
+        }
+        let ns = self.ns("list");
+        self.create_atespace(&ns).await?;
+        let n = self.args.list_objects;
+        eprintln!("list: seeding {n} actors in {ns} (not measured)");
+        let (seed, _) = self.create_actors("list seed", &ns, "l-", n, false).await;
+        if seed.failed() > 0 {
+            bail!("seeding the list atespace failed: {:?}", seed.samples);
+        }
+        eprintln!(
+            "list: {} LISTs of {ns} ({n} actors each), {} in flight",
+            self.args.lists, self.args.list_concurrency
+        );
+        let client = self.client.clone();
+        let path = Arc::new(actors_path(&ns));
+        let before = self.probe.sample().await;
+        let bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let b2 = bytes.clone();
+        let rec = run_concurrent(
+            "list",
+            self.args.lists,
+            self.args.list_concurrency,
+            move |_| {
+                let (client, path, bytes) = (client.clone(), path.clone(), b2.clone());
+                async move {
+                    let r = client
+                        .send(Method::GET, &path, None, Bytes::new())
+                        .await
+                        .map_err(|e| OpError::transport(&e))?;
+                    let r = expect(r, StatusCode::OK)?;
+                    bytes.store(r.body.len(), std::sync::atomic::Ordering::Relaxed);
+                    let list: ListCount = serde_json::from_slice(&r.body)
+                        .map_err(|e| OpError::new("bad list body", e.to_string()))?;
+                    if list.items.len() != n {
+                        return Err(OpError::new(
+                            "wrong item count",
+                            format!("{} items instead of {n}", list.items.len()),
+                        ));
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        let usage = self.probe.usage_since(&before).await;
+        let row = PhaseResult::new(format!("list ({n} objects)"), rec, Some(usage));
+        let size = bytes.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!("  one list response is {:.0} KiB", size as f64 / KIB);
+        self.details.insert(
+            "list".into(),
+            json!({"objects": n, "response_bytes": size, "items_per_sec": row.ops_per_sec() * n as f64}),
+        );
+        self.push(row);
+        Ok(())
+    }
+
+    async fn phase_update(&mut self) -> anyhow::Result<()> {
+        let set = self.base().await?;
+        eprintln!(
+            "update: {} PUTs (label tier t1<->t2, with resourceVersion) over {} actors of {}",
+            self.args.updates,
+            set.names.len(),
+            set.ns
+        );
+        let client = self.client.clone();
+        let before = self.probe.sample().await;
+        let s = set.clone();
+        let query = Arc::new(self.write_query());
+        let rec = run_concurrent(
+            "update",
+            self.args.updates,
+            self.args.concurrency,
+            move |k| {
+                let (client, s, query) = (client.clone(), s.clone(), query.clone());
+                async move {
+                    let i = k % s.names.len();
+                    let path = format!("{}/{}", actors_path(&s.ns), s.names[i]);
+                    let put_path = format!("{path}{query}");
+                    let mut slot = s.objects[i].lock().await;
+                    let mut obj: Value = serde_json::from_slice(&slot)
+                        .map_err(|e| OpError::new("bad stored object", e.to_string()))?;
+                    let labels = &mut obj["metadata"]["labels"];
+                    let next = if labels["tier"] == "t1" { "t2" } else { "t1" };
+                    labels["tier"] = json!(next);
+                    let body = Bytes::from(obj.to_string());
+                    let r = client
+                        .send(Method::PUT, &put_path, Some("application/json"), body)
+                        .await
+                        .map_err(|e| OpError::transport(&e))?;
+                    match expect(r, StatusCode::OK) {
+                        Ok(r) => {
+                            *slot = r.body;
+                            Ok(())
+                        }
+                        Err(e) => {
+                            // Refresh the state so that the next update of this actor can succeed.
+                            if let Ok(r) = client.send(Method::GET, &path, None, Bytes::new()).await
+                                && r.status == StatusCode::OK
+                            {
+                                *slot = r.body;
+                            }
+                            Err(e)
+                        }
+                    }
+                }
+            },
+        )
+        .await;
+        let usage = self.probe.usage_since(&before).await;
+        self.push(PhaseResult::new("update", rec, Some(usage)));
+        Ok(())
+    }
+
+    async fn phase_watch(&mut self) -> anyhow::Result<()> {
+        let ns = self.ns("watch");
+        self.create_atespace(&ns).await?;
+        let path = actors_path(&ns);
+        let r = self
+            .client
+            .send(
+                Method::POST,
+                &path,
+                Some("application/json"),
+                actor_body(&ns, "w-0"),
+            )
+            .await?;
+        let r = expect(r, StatusCode::CREATED)
+            .map_err(|e| anyhow::anyhow!("creating the watched actor: {}: {}", e.kind, e.detail))?;
+        let obj: Value = serde_json::from_slice(&r.body)?;
+        let rv = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .context("the created actor has no resourceVersion")?
+            .to_string();
+        eprintln!(
+            "watch: {} watches of {ns} from rv {rv}, then {} merge patches {} ms apart",
+            self.args.watchers, self.args.watch_writes, self.args.watch_interval_ms
+        );
+        let before = self.probe.sample().await;
+        let report = watch::run(
+            &self.client,
+            &watch::Plan {
+                actors_path: &path,
+                actor: "w-0",
+                query: &self.write_query(),
+                resource_version: &rv,
+                watchers: self.args.watchers,
+                writes: self.args.watch_writes,
+                interval: Duration::from_millis(self.args.watch_interval_ms),
+                timeout: Duration::from_secs(self.args.watch_timeout),
+            },
+        )
+        .await?;
+        let usage = self.probe.usage_since(&before).await;
+        for e in report.watch_errors.iter().take(10) {
+            eprintln!("  ! {e}");
+        }
+        let all = report.delivered == report.expected && report.writes.failed() == 0;
+        eprintln!(
+            "  watch: {}/{} events delivered ({} duplicates, {} before the write's response){}",
+            report.delivered,
+            report.expected,
+            report.duplicates,
+            report.before_response,
+            if all { "" } else { "  NOT ALL DELIVERED" }
+        );
+        self.details.insert(
+            "watch".into(),
+            json!({
+                "watchers": report.watchers,
+                "writes": self.args.watch_writes,
+                "interval_ms": self.args.watch_interval_ms,
+                "expected": report.expected,
+                "delivered": report.delivered,
+                "all_delivered": all,
+                "duplicates": report.duplicates,
+                "delivered_before_response": report.before_response,
+                "watch_errors": report.watch_errors,
+            }),
+        );
+        self.targets.push(Target {
+            what: "watch delivery",
+            goal: format!("all {} events", report.watchers * self.args.watch_writes),
+            measured: format!("{} delivered", report.delivered),
+            met: all,
+        });
+        let w = report.watchers;
+        self.push(PhaseResult::new(
+            format!("watch patch ({w} w.)"),
+            report.writes,
+            None,
+        ));
+        self.push(PhaseResult::new(
+            "watch from send",
+            report.from_send,
+            Some(usage),
+        ));
+        self.push(PhaseResult::new(
+            "watch from response",
+            report.from_response,
+            None,
+        ));
+        Ok(())
+    }
+
+    async fn phase_memory(&mut self) -> anyhow::Result<()> {
+        let ns = self.ns("mem");
+        self.create_atespace(&ns).await?;
+        let n = self.args.memory_actors;
+        let prefix = self.args.key_prefix.clone();
+        let base = format!("{prefix}:{{substrate.ate.dev/actors}}:");
+        let Some(conn) = self.probe.valkey() else {
+            bail!("the memory phase needs Valkey at {}", self.args.valkey_url);
+        };
+        let mut conn = conn.clone();
+        // The keys every actor adds a member to (the field terms are those of the typical
+        // actor; status.phase is read from the first created object).
+        let mut shared_keys: Vec<String> = [
+            "all",
+            "log",
+            "i:l:app=bench",
+            "i:lk:app",
+            "i:l:tier=t1",
+            "i:lk:tier",
+            "i:f:spec.activation=OnDemand",
+            "i:f:spec.template.name=counter",
+        ]
+        .iter()
+        .map(|k| format!("{base}{k}"))
+        .collect();
+        let pid = self.probe.apiserver_pid();
+        let rss_before = pid.and_then(probe::rss_bytes);
+        let used_before = probe::used_memory(&mut conn).await?;
+        eprintln!(
+            "memory: creating {n} actors in {ns} (Valkey used_memory before: {:.1} MiB)",
+            used_before as f64 / KIB / KIB
+        );
+        let before = self.probe.sample().await;
+        let (rec, first) = self
+            .create_actors("memory create", &ns, "m-", n, false)
+            .await;
+        let usage = self.probe.usage_since(&before).await;
+        drop(first);
+        let created = rec.ok();
+        let row = PhaseResult::new(format!("create (to {}k)", n / 1000), rec, Some(usage));
+        self.push(row);
+        let used_after = probe::used_memory(&mut conn).await?;
+        let rss_after = pid.and_then(probe::rss_bytes);
+
+        // Where it goes: the object strings (sampled) and the shared structures.
+        let r = self
+            .client
+            .send(
+                Method::GET,
+                &format!("{}/m-0", actors_path(&ns)),
+                None,
+                Bytes::new(),
+            )
+            .await?;
+        if r.status == StatusCode::OK {
+            let obj: Value = serde_json::from_slice(&r.body)?;
+            if let Some(phase) = obj.pointer("/status/phase").and_then(Value::as_str) {
+                shared_keys.push(format!("{base}i:f:status.phase={phase}"));
+            }
+        }
+        let samples = created.clamp(1, 200);
+        let mut object_bytes = 0u64;
+        let mut value_bytes = 0u64;
+        for i in 0..samples {
+            let key = format!("{base}o:{ns}/m-{}", i * (n / samples).max(1));
+            object_bytes += probe::key_memory(&mut conn, &key).await?;
+            let len: u64 = redis::cmd("STRLEN")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await?;
+            value_bytes += len;
+        }
+        let per_object = object_bytes as f64 / samples as f64;
+        let per_value = value_bytes as f64 / samples as f64;
+        let mut structures = serde_json::Map::new();
+        for k in &shared_keys {
+            let bytes = probe::key_memory(&mut conn, k).await?;
+            let short = k.strip_prefix(&base).unwrap_or(k).to_string();
+            structures.insert(short, json!(bytes));
+        }
+        let delta = used_after.saturating_sub(used_before);
+        let per_actor = delta as f64 / created.max(1) as f64;
+        eprintln!(
+            "  memory: used_memory {:.1} MiB -> {:.1} MiB for {created} actors: {per_actor:.0} bytes/actor \
+             (object key ~{per_object:.0} B incl. {per_value:.0} B of JSON)",
+            used_before as f64 / KIB / KIB,
+            used_after as f64 / KIB / KIB,
+        );
+        let rss_per_actor = rss_before
+            .zip(rss_after)
+            .map(|(b, a)| a.saturating_sub(b) as f64 / created.max(1) as f64);
+        if let (Some(b), Some(a), Some(per)) = (rss_before, rss_after, rss_per_actor) {
+            eprintln!(
+                "  apiserver RSS {:.1} MiB -> {:.1} MiB: {per:.0} bytes/actor (its watch cache holds every object)",
+                b as f64 / KIB / KIB,
+                a as f64 / KIB / KIB
+            );
+        }
+        self.targets.push(Target {
+            what: "Valkey memory per actor",
+            goal: "< 2048 bytes".into(),
+            measured: format!("{per_actor:.0} bytes"),
+            met: per_actor < 2048.0 && created == n,
+        });
+        self.details.insert(
+            "memory".into(),
+            json!({
+                "actors": created,
+                "used_memory_before": used_before,
+                "used_memory_after": used_after,
+                "bytes_per_actor": per_actor.round(),
+                "object_key_bytes_sampled": per_object.round(),
+                "object_json_bytes_sampled": per_value.round(),
+                "shared_structures_bytes_after": structures,
+                "apiserver_rss_before": rss_before,
+                "apiserver_rss_after": rss_after,
+                "apiserver_rss_bytes_per_actor": rss_per_actor.map(f64::round),
+            }),
+        );
+        Ok(())
+    }
+
+    /// Lists the atespaces that are terminating (deletionTimestamp set).
+    async fn terminating(&self, only: Option<&[String]>) -> anyhow::Result<Vec<String>> {
+        let r = self
+            .client
+            .send(Method::GET, &format!("{API}/atespaces"), None, Bytes::new())
+            .await?;
+        let r = expect(r, StatusCode::OK)
+            .map_err(|e| anyhow::anyhow!("listing atespaces: {}: {}", e.kind, e.detail))?;
+        let list: Value = serde_json::from_slice(&r.body)?;
+        Ok(list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                let name = a.pointer("/metadata/name")?.as_str()?.to_string();
+                let wanted = match only {
+                    Some(names) => names.contains(&name),
+                    None => a.pointer("/metadata/deletionTimestamp").is_some(),
+                };
+                wanted.then_some(name)
+            })
+            .collect())
+    }
+
+    /// Waits until no atespace is terminating (or none of `only` exists any more).
+    async fn wait_atespaces_gone(&self, only: Option<&[String]>) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(self.args.cleanup_timeout);
+        let mut last_print = Instant::now() - Duration::from_secs(60);
+        loop {
+            let left = self.terminating(only).await?;
+            if left.is_empty() {
+                return Ok(started.elapsed());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "atespaces still present after {}s: {left:?}",
+                    self.args.cleanup_timeout
+                );
+            }
+            if last_print.elapsed() >= Duration::from_secs(15) {
+                eprintln!(
+                    "  waiting for {} terminating atespace(s) to go: {} ({:.0}s)",
+                    left.len(),
+                    left.join(", "),
+                    started.elapsed().as_secs_f64()
+                );
+                last_print = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn cleanup(&mut self) -> anyhow::Result<()> {
+        if self.args.no_cleanup {
+            eprintln!("keeping atespaces {}", self.atespaces.join(", "));
+            return Ok(());
+        }
+        for name in &self.atespaces {
+            let r = self
+                .client
+                .send(
+                    Method::DELETE,
+                    &format!("{API}/atespaces/{name}"),
+                    None,
+                    Bytes::new(),
+                )
+                .await?;
+            if !r.status.is_success() {
+                eprintln!(
+                    "  ! deleting atespace {name}: HTTP {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                );
+            }
+        }
+        eprintln!(
+            "deleted atespaces {} (the cascade runs in the apiserver{})",
+            self.atespaces.join(", "),
+            if self.args.wait_cleanup {
+                "; waiting for it"
+            } else {
+                "; not waiting"
+            }
+        );
+        if self.args.wait_cleanup {
+            let names = self.atespaces.clone();
+            let took = self.wait_atespaces_gone(Some(&names)).await?;
+            eprintln!("  cleanup took {:.1}s", took.as_secs_f64());
+            self.details.insert(
+                "cleanup".into(),
+                json!({"atespaces": names, "seconds": (took.as_secs_f64() * 10.0).round() / 10.0}),
+            );
+        }
+        Ok(())
+    }
+}
+
+async fn connect_valkey(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url).with_context(|| format!("Valkey URL {url}"))?;
+    let conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .with_context(|| format!("connecting to Valkey at {url}: timeout"))?
+    .with_context(|| format!("connecting to Valkey at {url}"))?;
+    Ok(conn)
+}
+
+async fn run(args: Args) -> anyhow::Result<Value> {
+    let creds = match &args.pki_dir {
+        Some(dir) => Credentials::from_pki_dir(
+            dir,
+            args.server
+                .clone()
+                .unwrap_or_else(|| "https://127.0.0.1:6443".into()),
+        )?,
+        None => {
+            let mut c = Credentials::from_kubeconfig(&args.kubeconfig).with_context(|| {
+                format!(
+                    "no usable kubeconfig at {} (start the system with hack/up.sh, or pass --kubeconfig/--pki-dir)",
+                    args.kubeconfig.display()
+                )
+            })?;
+            if let Some(s) = &args.server {
+                c.server = s.clone();
+            }
+            c
+        }
+    };
+    let client = Arc::new(
+        Client::connect(&creds, args.connections)
+            .await
+            .with_context(|| format!("connecting to the apiserver at {}", creds.server))?,
+    );
+    let ready = client
+        .send(Method::GET, "/readyz", None, Bytes::new())
+        .await?;
+    if ready.status != StatusCode::OK {
+        bail!(
+            "the apiserver at {} is not ready (/readyz: HTTP {}); is the system up (hack/up.sh)?",
+            creds.server,
+            ready.status
+        );
+    }
+    let valkey = match connect_valkey(&args.valkey_url).await {
+        Ok(c) => Some(c),
+        Err(e) if args.phases.contains(&Phase::Memory) => return Err(e),
+        Err(e) => {
+            eprintln!("warning: {e:#}; no Valkey CPU or command statistics");
+            None
+        }
+    };
+    let mut probe = Probe::new(valkey, args.apiserver_pid);
+    let mut valkey_info = json!(null);
+    if let Some(conn) = probe.valkey() {
+        let info = probe::server_info(conn).await;
+        let fsync: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendfsync")
+            .query_async(conn)
+            .await
+            .unwrap_or_default();
+        valkey_info = json!({
+            "version": info.get("valkey_version").or(info.get("redis_version")),
+            "aof_enabled": info.get("aof_enabled"),
+            "appendfsync": fsync.get(1),
+        });
+    }
+    let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    eprintln!(
+        "substrate-bench {run_id}: {} over {} HTTP/2 connections, {} requests in flight, \
+         fieldValidation {}; Valkey {}",
+        client.base(),
+        args.connections,
+        args.concurrency,
+        args.field_validation
+            .as_deref()
+            .unwrap_or("(server default)"),
+        valkey_info
+    );
+    let mut bench = Bench {
+        args: args.clone(),
+        client,
+        probe,
+        run_id: run_id.clone(),
+        atespaces: Vec::new(),
+        rows: Vec::new(),
+        targets: Vec::new(),
+        details: serde_json::Map::new(),
+        base: None,
+    };
+    // An earlier run's cascade would compete with this one (and skew the memory figure).
+    if !bench.terminating(None).await?.is_empty() {
+        eprintln!("waiting for terminating atespaces (an earlier run's cleanup) to go first");
+        bench.wait_atespaces_gone(None).await?;
+    }
+    let started = Instant::now();
+    let result = async {
+        for phase in [
+            Phase::Create,
+            Phase::Get,
+            Phase::List,
+            Phase::Update,
+            Phase::Watch,
+            Phase::Memory,
+        ] {
+            if !args.phases.contains(&phase) {
+                continue;
+            }
+            match phase {
+                Phase::Create => bench.phase_create().await,
+                Phase::Get => bench.phase_get().await,
+                Phase::List => bench.phase_list().await,
+                Phase::Update => bench.phase_update().await,
+                Phase::Watch => bench.phase_watch().await,
+                Phase::Memory => bench.phase_memory().await,
+            }
+            .with_context(|| format!("phase {phase:?}"))?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let total = started.elapsed();
+    let cleanup = bench.cleanup().await;
+    result?;
+    cleanup?;
+
+    let table = stats::table(&bench.rows);
+    let mut targets = String::from("\ntargets:\n");
+    for t in &bench.targets {
+        targets.push_str(&format!(
+            "  {:<24} {:<14} measured {:<14} {}\n",
+            t.what,
+            t.goal,
+            t.measured,
+            if t.met { "MET" } else { "MISSED" }
+        ));
+    }
+    let out = format!("\n{table}{targets}");
+    if args.json {
+        eprint!("{out}");
+    } else {
+        print!("{out}");
+    }
+    Ok(json!({
+        "run_id": run_id,
+        "server": creds.server,
+        "connections": args.connections,
+        "concurrency": args.concurrency,
+        "list_concurrency": args.list_concurrency,
+        "field_validation": args.field_validation,
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "valkey": valkey_info,
+        "seconds": (total.as_secs_f64() * 10.0).round() / 10.0,
+        "phases": bench.rows.iter().map(PhaseResult::to_json).collect::<Vec<_>>(),
+        "details": bench.details,
+        "targets": bench.targets.iter().map(|t| json!({
+            "what": t.what, "goal": t.goal, "measured": t.measured, "met": t.met,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let json_out = args.json;
+    let doc = run(args).await?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    Ok(())
+}

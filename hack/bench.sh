@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Benchmarks a RUNNING apiserver: create, get, list, update, watch fan-out and Valkey memory
+# per actor (substrate-bench, apiserver/src/bin/substrate-bench.rs). Figures and what limits
+# them: docs/benchmarks.md. It builds the release substrate-bench, prints the machine facts,
+# then runs it with the arguments given.
+#
+#   hack/bench.sh                              every phase (100k actors for memory; ~6 min on 2 cores)
+#   hack/bench.sh --phases create,get,watch    some phases only
+#   hack/bench.sh --memory-actors 10000 --json a smaller memory phase, one JSON document
+#   hack/bench.sh --help                       every flag of substrate-bench
+#
+# By default it loads the system of hack/up.sh (.substrate/kubeconfig, Valkey on
+# SUBSTRATE_VALKEY_PORT) and checks that it is up. Another apiserver: pass --kubeconfig or
+# --pki-dir (or set SUBSTRATE_BENCH_KUBECONFIG), plus SUBSTRATE_BENCH_VALKEY_URL and, for its
+# CPU share, SUBSTRATE_BENCH_APISERVER_PID. The run creates atespaces bench-<id>[-list|-watch|
+# -mem] and deletes them at the end (asynchronously; --wait-cleanup waits).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+# shellcheck source=hack/lib.sh disable=SC1091 # plain `shellcheck` does not follow it; `-x` does
+source "$ROOT/hack/lib.sh"
+
+usage() {
+  sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+}
+
+# check_system_up: the apiserver and Valkey of hack/up.sh answer; exports what
+# substrate-bench needs to find them (unless already set).
+check_system_up() {
+  local hint="start it with hack/up.sh (or point the benchmark elsewhere, see hack/bench.sh --help)"
+  [[ -r "$SUBSTRATE_KUBECONFIG" ]] || die "no $SUBSTRATE_KUBECONFIG: Substrate is not up; $hint"
+  local pid
+  pid="$(read_pidfile "$APISERVER_PIDFILE")"
+  if [[ -z "$pid" ]] || ! pid_matches "$pid" "$APISERVER_REGEX"; then
+    die "the apiserver of hack/up.sh is not running (no live pid in $APISERVER_PIDFILE); $hint"
+  fi
+  if command -v curl >/dev/null 2>&1 &&
+    ! curl -fsS --max-time 5 --cacert "$SUBSTRATE_PKI_DIR/ca.crt" \
+      "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null; then
+    die "the apiserver (pid $pid) is not ready at https://127.0.0.1:$APISERVER_PORT/readyz; see $APISERVER_LOG, or $hint"
+  fi
+  local cli
+  if cli="$(command -v valkey-cli || command -v redis-cli)" &&
+    [[ "$("$cli" -h 127.0.0.1 -p "$VALKEY_PORT" PING 2>/dev/null)" != PONG ]]; then
+    die "Valkey does not answer on 127.0.0.1:$VALKEY_PORT; $hint"
+  fi
+  export SUBSTRATE_BENCH_KUBECONFIG="$SUBSTRATE_KUBECONFIG"
+  export SUBSTRATE_BENCH_VALKEY_URL="${SUBSTRATE_BENCH_VALKEY_URL:-redis://127.0.0.1:$VALKEY_PORT}"
+  export SUBSTRATE_BENCH_APISERVER_PID="${SUBSTRATE_BENCH_APISERVER_PID:-$pid}"
+  log "target: the apiserver of hack/up.sh (pid $pid, https://127.0.0.1:$APISERVER_PORT), Valkey $SUBSTRATE_BENCH_VALKEY_URL"
+}
+
+print_machine() {
+  local cpu mem valkey
+  cpu="$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo 2>/dev/null | head -n 1)"
+  mem="$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo 2>/dev/null)"
+  valkey="$({ command -v valkey-server >/dev/null 2>&1 && valkey-server --version; } ||
+    { command -v redis-server >/dev/null 2>&1 && redis-server --version; } || echo "not on PATH")"
+  section "machine"
+  printf '  cpus:    %s (nproc)\n' "$(nproc)" >&2
+  printf '  cpu:     %s\n' "${cpu:-unknown}" >&2
+  printf '  memory:  %s\n' "${mem:-unknown}" >&2
+  printf '  kernel:  %s\n' "$(uname -sr)" >&2
+  printf '  valkey:  %s\n' "$valkey" >&2
+  printf '  load:    %s\n' "$(cut -d ' ' -f 1-3 /proc/loadavg 2>/dev/null || echo unknown)" >&2
+}
+
+main() {
+  local arg custom="" help=""
+  for arg in "$@"; do
+    case "$arg" in
+      -h | --help) help=1 ;;
+      --kubeconfig | --kubeconfig=* | --pki-dir | --pki-dir=* | --server | --server=*) custom=1 ;;
+    esac
+  done
+  if [[ -n "${SUBSTRATE_BENCH_KUBECONFIG:-}${SUBSTRATE_BENCH_PKI_DIR:-}${SUBSTRATE_BENCH_SERVER:-}" ]]; then
+    custom=1
+  fi
+  if [[ -n "$help" ]]; then
+    usage
+    printf '\n'
+  fi
+
+  ensure_rust
+  if [[ -z "$help" && -z "$custom" ]]; then
+    check_system_up
+  fi
+  log "cargo build --release -p apiserver --bin substrate-bench"
+  (cd "$ROOT" && cargo build --release -p apiserver --bin substrate-bench) ||
+    die "building substrate-bench failed (compiler output above)"
+  local bin="${CARGO_TARGET_DIR:-$ROOT/target}/release/substrate-bench"
+  [[ -x "$bin" ]] || die "the build succeeded but produced no $bin"
+  if [[ -n "$help" ]]; then
+    exec "$bin" --help
+  fi
+  print_machine
+  section "substrate-bench $*"
+  cd "$ROOT"
+  exec "$bin" "$@"
+}
+
+main "$@"
