@@ -43,59 +43,83 @@ pub async fn run(registry: Registry) {
     }
 }
 
-/// One pass over a terminating atespace.
+/// How long an atespace stays `Terminating` at least: a create that passed admission just
+/// before the deletion started has landed by then, so the final emptiness check sees it.
+const MIN_TERMINATING: Duration = Duration::from_secs(3);
+/// Deletes in flight while emptying an atespace.
+const DELETE_CONCURRENCY: usize = 32;
+
+/// One pass over a terminating atespace: deletes its contents (listed from the watch cache,
+/// so a big atespace does not stall Valkey), then removes it once a consistent read finds it
+/// empty and it has been terminating for [`MIN_TERMINATING`].
 async fn finalize(registry: &Registry, name: &str, ates: &Value) -> Result<(), ApiError> {
+    use futures::StreamExt;
     let system = UserInfo::system();
-    let mut remaining = 0usize;
+    let mut deleted = 0usize;
     for res in ALL.iter().filter(|r| r.namespaced) {
-        let listed = registry
-            .list(res, Some(name), &ListOptions::default())
-            .await?;
-        remaining += listed.items.len();
-        for obj in listed
-            .items
+        let (_, objs) = registry.store.cache(rkey(res)).snapshot(Some(name));
+        let names: Vec<String> = objs
             .iter()
             .filter(|o| o.pointer("/metadata/deletionTimestamp").is_none())
-        {
-            let n = obj
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            match registry
-                .delete(
-                    &system,
-                    res,
-                    Some(name),
-                    n,
-                    &DeleteOptions::default(),
-                    false,
-                )
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(atespace = name, resource = %res.qualified(), name = n, "deleted with its atespace")
+            .filter_map(|o| o.pointer("/metadata/name").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect();
+        let results: Vec<Result<(), ApiError>> = futures::stream::iter(names)
+            .map(|n| {
+                let system = &system;
+                async move {
+                    match registry
+                        .delete(system, res, Some(name), &n, &DeleteOptions::default(), false)
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::debug!(atespace = name, resource = %res.qualified(), name = %n, "deleted with its atespace");
+                            Ok(())
+                        }
+                        Err(e) if e.code == 404 => Ok(()),
+                        Err(e) => Err(e),
+                    }
                 }
-                Err(e) if e.code == 404 => {}
-                Err(e) => return Err(e),
-            }
+            })
+            .buffer_unordered(DELETE_CONCURRENCY)
+            .collect()
+            .await;
+        deleted += results.iter().filter(|r| r.is_ok()).count();
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            return Err(e);
         }
     }
-    if remaining > 0 {
-        // Count again: objects without finalizers are gone already.
-        remaining = 0;
-        for res in ALL.iter().filter(|r| r.namespaced) {
-            remaining += registry
-                .list(res, Some(name), &ListOptions::default())
-                .await?
-                .items
-                .len();
+    if deleted > 0 {
+        tracing::info!(
+            atespace = name,
+            deleted,
+            "deleted the contents of a terminating atespace"
+        );
+    }
+    let since = ates
+        .pointer("/metadata/deletionTimestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| jiff::Timestamp::now().duration_since(t));
+    if since.is_none_or(|d| d < jiff::SignedDuration::try_from(MIN_TERMINATING).unwrap_or_default())
+    {
+        return Ok(());
+    }
+    // Consistent check (not the cache): is anything left?
+    let one = ListOptions {
+        limit: Some(1),
+        ..ListOptions::default()
+    };
+    for res in ALL.iter().filter(|r| r.namespaced) {
+        if !registry.list(res, Some(name), &one).await?.items.is_empty() {
+            return Ok(());
         }
     }
     let has_finalizers = ates
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty());
-    if remaining == 0 && !has_finalizers {
+    if !has_finalizers {
         registry.remove(&ATESPACES, None, name).await?;
         tracing::info!(atespace = name, "atespace deleted");
     }
