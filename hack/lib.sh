@@ -446,6 +446,71 @@ ensure_kubectl() {
   log "kubectl: $KUBECTL (v1.$minor)"
 }
 
+# ensure_runsc: exports RUNSC; installs gVisor's runsc (Debian 12: from bookworm-backports,
+# 0.0~20240729; bookworm's own 2022 build is too old for checkpoint/restore with networking).
+ensure_runsc() {
+  local r="" version=""
+  if r="$(command -v runsc)"; then
+    version="$("$r" --version 2>/dev/null | sed -n 's/^runsc version //p' | head -n 1)"
+  fi
+  # Versions are dates (0.0~YYYYMMDD or release-YYYYMMDD): older than 2024 is replaced.
+  if [[ -z "$r" || "$version" =~ (^|[^0-9])20(1[0-9]|2[0-3])[0-9]{4} ]]; then
+    log "installing runsc (gVisor)${version:+ to replace $version}"
+    if [[ "$(_os_codename)" == bookworm ]]; then
+      ensure_backports
+      _apt_install -t bookworm-backports runsc || die "installing runsc from bookworm-backports failed (see above)"
+    else
+      _apt_has_candidate runsc || _apt_update_once
+      _apt_install runsc || die "installing runsc failed (see above)"
+    fi
+    r="$(command -v runsc)" || die "runsc was installed but is not on PATH"
+    version="$("$r" --version 2>/dev/null | sed -n 's/^runsc version //p' | head -n 1)"
+  fi
+  export RUNSC="$r"
+  log "runsc: $RUNSC ($version)"
+}
+
+# ensure_runtime_deps: what the actor runtime and its tests use besides runsc: iproute2
+# (ip), util-linux (unshare), busybox-static (test sandboxes), docker-registry (a local OCI
+# registry on loopback; the distribution's service is disabled, tests run their own).
+ensure_runtime_deps() {
+  local pkgs=()
+  command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
+  command -v unshare >/dev/null 2>&1 || pkgs+=(util-linux)
+  [[ -x /bin/busybox ]] || pkgs+=(busybox-static)
+  if [[ ! -x /usr/bin/docker-registry ]]; then
+    pkgs+=(docker-registry)
+  fi
+  if ((${#pkgs[@]})); then
+    ensure_apt "${pkgs[@]}"
+    [[ ! " ${pkgs[*]} " =~ " docker-registry " ]] || _disable_distro_service docker-registry
+  fi
+  export SUBSTRATE_DOCKER_REGISTRY=/usr/bin/docker-registry
+}
+
+# ensure_moto: puts moto_server (an S3-compatible server for the snapshot tests, PyPI
+# moto[server]) on PATH from .substrate/tools/moto-venv.
+ensure_moto() {
+  local venv="$SUBSTRATE_TOOLS_DIR/moto-venv" tools_bin="$SUBSTRATE_TOOLS_DIR/bin"
+  local spec="${SUBSTRATE_MOTO_PIP_SPEC:-moto[server]}"
+  if ! [[ -x "$tools_bin/moto_server" ]] || ! "$tools_bin/moto_server" --help >/dev/null 2>&1; then
+    log "installing $spec (pip) into $venv"
+    local py
+    if ! py="$(_python_with_venv)"; then
+      ensure_apt python3 python3-venv
+      py="$(_python_with_venv)" || die "python3 cannot create virtual environments even after installing python3-venv"
+    fi
+    rm -rf "$venv"
+    "$py" -m venv "$venv" || die "'$py -m venv $venv' failed"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$spec" ||
+      die "pip install $spec failed (see above); it needs access to PyPI"
+    mkdir -p "$tools_bin"
+    ln -sfn "$venv/bin/moto_server" "$tools_bin/moto_server"
+  fi
+  path_prepend "$tools_bin"
+  log "moto_server: $tools_bin/moto_server"
+}
+
 # _rust_min_minor: the workspace's rust-version minor (89 for "1.89"), or empty.
 _rust_min_minor() {
   sed -n 's/^rust-version *= *"1\.\([0-9]*\).*/\1/p' "$ROOT/Cargo.toml" 2>/dev/null | head -n 1

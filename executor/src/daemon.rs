@@ -1,0 +1,159 @@
+//! The `substrate-executor` process: set up the worker network, open the worker, recover,
+//! serve gRPC until shutdown.
+//!
+//! Start-up order: network setup (idempotent; ensures the unreachable route first) → open
+//! the worker (state file, `runsc --version`) → bind the socket → serve, with recovery
+//! running concurrently: `Status` answers `RECOVERING` meanwhile and operations wait for
+//! it (an operation that was in flight at a crash may take a while to finish). A recovery
+//! failure stops the process (its supervisor restarts it).
+//!
+//! Shutdown (SIGTERM/SIGINT) with the default [`ShutdownPolicy::Leave`] stops serving and
+//! leaves the sandbox and the network in place: a restarted executor adopts the running
+//! actor (executor upgrades and crashes do not cost the actor its state, and the node agent
+//! alone decides when an actor is checkpointed or killed). [`ShutdownPolicy::Kill`] kills
+//! the sandbox and removes the worker network (for decommissioning a worker).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::grpc::{self, ServeError};
+use crate::net::{self, AddrRange, NetError, NetSpec, WorkerNet};
+use crate::runsc::{Runsc, RunscConfig};
+use crate::worker::{Worker, WorkerConfig, WorkerError};
+
+/// What to do with the sandbox when the executor is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ShutdownPolicy {
+    /// Leave the sandbox running and the network in place, for the next executor to adopt.
+    #[default]
+    Leave,
+    /// Kill the sandbox and remove the worker's network namespace and veth.
+    Kill,
+}
+
+/// Everything the executor process needs.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub worker_name: String,
+    pub index: u32,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub range: AddrRange,
+    pub runsc: RunscConfig,
+    pub on_shutdown: ShutdownPolicy,
+    pub recovery_wait: Duration,
+}
+
+/// Why the executor stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot set up the worker network")]
+    Network(#[from] NetError),
+    #[error("cannot open the worker")]
+    Worker(#[from] WorkerError),
+    #[error("recovery failed")]
+    Recovery(#[source] WorkerError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Runs the executor until `shutdown` resolves.
+pub async fn run(
+    cfg: DaemonConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    if let Err(e) = crate::reaper::install() {
+        warn!(error = %crate::error_chain(&e), "cannot become a child subreaper; deleting sandboxes may be slow");
+    }
+    let spec = NetSpec::new(&cfg.worker_name, cfg.index, cfg.range)?;
+    let (net, report) = WorkerNet::setup(spec.clone()).await?;
+    let info = net.info();
+    info!(worker = %cfg.worker_name, index = cfg.index, netns = %info.netns_path.display(), host_ip = %info.host_ip, worker_ip = %info.worker_ip, created_netns = report.created_netns, recreated_veth = report.recreated_veth, "worker network ready");
+    let worker = Arc::new(
+        Worker::open(
+            WorkerConfig {
+                name: cfg.worker_name.clone(),
+                index: cfg.index,
+                state_dir: cfg.state_dir.clone(),
+                recovery_wait: cfg.recovery_wait,
+                checkpoint_failure_grace: crate::worker::DEFAULT_CHECKPOINT_FAILURE_GRACE,
+            },
+            Runsc::new(cfg.runsc.clone()),
+            net,
+        )
+        .await?,
+    );
+    let listener = grpc::bind(&cfg.socket).await?;
+
+    // Recovery runs while serving (Status answers RECOVERING, operations wait for it); a
+    // recovery failure stops the server.
+    let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<WorkerError>();
+    let recovering = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            if let Err(e) = worker.recover(report.recreated_veth).await {
+                let _ = fail_tx.send(e);
+            }
+        })
+    };
+    let (why_tx, mut why_rx) = tokio::sync::mpsc::channel::<WorkerError>(1);
+    let stop = async move {
+        let failed = async move {
+            match fail_rx.await {
+                Ok(e) => e,
+                // Recovery succeeded (the sender was dropped): never stop for this reason.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown => {}
+            e = failed => {
+                let _ = why_tx.send(e).await;
+            }
+        }
+    };
+    grpc::serve(worker.clone(), listener, stop).await?;
+    recovering.abort();
+    if let Ok(e) = why_rx.try_recv() {
+        return Err(DaemonError::Recovery(e));
+    }
+    match cfg.on_shutdown {
+        ShutdownPolicy::Leave => {
+            info!(worker = %cfg.worker_name, "stopped; sandbox and network left for the next executor")
+        }
+        ShutdownPolicy::Kill => {
+            if let Err(e) = worker.kill_current("shutdown").await {
+                warn!(worker = %cfg.worker_name, error = %crate::error_chain(&e), "cannot kill the sandbox at shutdown");
+            }
+            drop(worker);
+            remove_worker_cgroups(&cfg.worker_name);
+            net::teardown(&spec).await?;
+            info!(worker = %cfg.worker_name, "stopped; sandbox killed and network removed");
+        }
+    }
+    Ok(())
+}
+
+/// Removes the worker's (empty) cgroup directories, `/substrate/<worker>` in every
+/// hierarchy. runsc normally removes them on delete, but can leave an empty one behind when
+/// the sandbox died on its own (e.g. after a failed checkpoint); it is reused by the next
+/// boot of the same worker, so this only matters when a worker is decommissioned.
+fn remove_worker_cgroups(worker: &str) {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mut candidates = vec![root.join("substrate").join(worker)];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        candidates.extend(
+            entries
+                .flatten()
+                .map(|e| e.path().join("substrate").join(worker)),
+        );
+    }
+    for dir in candidates {
+        // rmdir only succeeds on an empty cgroup; anything else is left alone.
+        let _ = std::fs::remove_dir(&dir);
+    }
+}

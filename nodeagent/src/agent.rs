@@ -1,0 +1,951 @@
+//! The node agent's control loops (like a kubelet for actors).
+//!
+//! * **Workers**: for every `WorkerPool` this node hosts, `replicas` local workers. Each is a
+//!   supervised `substrate-executor` process (its own network namespace and runsc root) and a
+//!   `Worker` object named `<node>-<pool>-<i>` that the agent registers and heartbeats. A
+//!   running executor found at start (the agent was restarted) is adopted, not restarted.
+//! * **Actors**: a watch on the actors bound to this node (`status.worker.node=<node>`),
+//!   level-triggered: `Resuming` → fetch the snapshot (the actor's own, else the template's
+//!   golden one, else cold boot), restore or run it on the executor, wait for readiness,
+//!   `Running`; `Suspending` → checkpoint, upload (zstd, manifest last), `Suspended` with the
+//!   new snapshot, worker freed; `Running` whose sandbox is gone → back to `Suspended` at its
+//!   last good snapshot. One operation per actor at a time; everything is retried on the
+//!   next pass, and every executor call is idempotent (keyed by actor and operation id).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crds::ate::{ActorTemplate, WorkerPool};
+use crds::substrate::{Actor, Worker};
+use executor::proto;
+use executor::{ActorKey, ActorSpec, ExecutorClient, ProcessSpec};
+
+use crate::images::ImageCache;
+use crate::snapshots::{SnapshotKey, SnapshotMeta, SnapshotRef, SnapshotStore};
+
+/// Why an agent operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("executor of worker {worker}: {source}")]
+    Executor {
+        worker: String,
+        #[source]
+        source: executor::ClientError,
+    },
+    #[error("image: {0}")]
+    Image(#[from] crate::images::ImageError),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::snapshots::SnapshotError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("readiness: {0}")]
+    NotReady(String),
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Configuration of one node agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's name (`Worker.spec.node`, `Actor.status.worker.node`).
+    pub node: String,
+    /// Namespace of the WorkerPools this node hosts.
+    pub pool_namespace: String,
+    /// WorkerPools to host (empty: every pool in `pool_namespace`).
+    pub pools: Vec<String>,
+    /// Sockets, executor state, checkpoint scratch space.
+    pub state_dir: PathBuf,
+    /// The `substrate-executor` binary.
+    pub executor_bin: PathBuf,
+    /// Extra arguments for every executor (runsc path, platform, address range...).
+    pub executor_args: Vec<String>,
+    /// Heartbeat and resync period.
+    pub heartbeat: Duration,
+    /// runsc platform recorded in snapshot metadata.
+    pub platform: String,
+}
+
+/// A worker hosted here.
+#[derive(Debug)]
+struct LocalWorker {
+    index: u32,
+    socket: PathBuf,
+    child: Option<Child>,
+}
+
+/// The node agent.
+pub struct Agent {
+    client: kube::Client,
+    cfg: AgentConfig,
+    images: ImageCache,
+    snapshots: SnapshotStore,
+    workers: tokio::sync::Mutex<BTreeMap<String, LocalWorker>>,
+    in_flight: Mutex<HashSet<String>>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
+    move |source| AgentError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Value {
+    json!({
+        "type": type_, "status": if status { "True" } else { "False" }, "reason": reason,
+        "message": message, "lastTransitionTime": now(), "observedGeneration": generation.unwrap_or(0),
+    })
+}
+
+/// `conditions` with `c` replacing the condition of the same type (transition time kept when
+/// the status did not change).
+fn with_condition(old: &[Value], c: Value) -> Vec<Value> {
+    let mut out: Vec<Value> = old
+        .iter()
+        .filter(|o| o["type"] != c["type"])
+        .cloned()
+        .collect();
+    let mut c = c;
+    if let Some(prev) = old.iter().find(|o| o["type"] == c["type"])
+        && prev["status"] == c["status"]
+    {
+        c["lastTransitionTime"] = prev["lastTransitionTime"].clone();
+    }
+    out.push(c);
+    out
+}
+
+fn to_crd_snapshot(r: &SnapshotRef) -> Value {
+    serde_json::to_value(crds::substrate::SnapshotRef::from(r)).unwrap_or(Value::Null)
+}
+
+fn from_crd_snapshot(s: &crds::substrate::SnapshotRef) -> Option<SnapshotRef> {
+    SnapshotRef::try_from(s).ok()
+}
+
+impl Agent {
+    pub fn new(
+        client: kube::Client,
+        cfg: AgentConfig,
+        images: ImageCache,
+        snapshots: SnapshotStore,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            cfg,
+            images,
+            snapshots,
+            workers: tokio::sync::Mutex::new(BTreeMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn worker_api(&self) -> Api<Worker> {
+        Api::all(self.client.clone())
+    }
+
+    fn actor_api(&self, ns: &str) -> Api<Actor> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    /// Runs the agent until the returned future is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let (store, writer) = reflector::store::<Actor>();
+        let cfg =
+            watcher::Config::default().fields(&format!("status.worker.node={}", self.cfg.node));
+        let stream = watcher(Api::<Actor>::all(self.client.clone()), cfg)
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
+        let mut stream = std::pin::pin!(stream);
+        let mut tick = tokio::time::interval(self.cfg.heartbeat);
+        loop {
+            tokio::select! {
+                ev = stream.next() => match ev {
+                    Some(Ok(_)) => self.clone().reconcile_actors(&store),
+                    Some(Err(e)) => tracing::warn!(error = %e, "actor watch failed; retrying"),
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    if let Err(e) = self.sync_workers(&store).await {
+                        tracing::warn!(error = %e, "worker sync failed; will retry");
+                    }
+                    self.clone().reconcile_actors(&store);
+                }
+            }
+        }
+    }
+
+    /// Stops the executors this agent started (SIGTERM; each applies its own shutdown
+    /// policy), waiting up to 30 s for each. Executors adopted from an earlier agent keep
+    /// running.
+    pub async fn shutdown(&self) {
+        let mut workers = self.workers.lock().await;
+        for (name, w) in workers.iter_mut() {
+            let Some(child) = w.child.as_mut() else {
+                continue;
+            };
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                Ok(_) => tracing::info!(worker = %name, "executor stopped"),
+                Err(_) => {
+                    tracing::warn!(worker = %name, "executor did not stop within 30s; killing it");
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+
+    // --- workers -----------------------------------------------------------------------
+
+    /// Desired workers: `(name, pool)` for every replica of every hosted pool.
+    async fn desired_workers(&self) -> Result<Vec<(String, String)>, AgentError> {
+        let pools: Api<WorkerPool> = Api::namespaced(self.client.clone(), &self.cfg.pool_namespace);
+        let mut out = Vec::new();
+        for p in pools.list(&ListParams::default()).await? {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            if !self.cfg.pools.is_empty() && !self.cfg.pools.contains(&name) {
+                continue;
+            }
+            for i in 0..p.spec.replicas.max(0) {
+                out.push((format!("{}-{name}-{i}", self.cfg.node), name.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn index_file(&self) -> PathBuf {
+        self.cfg.state_dir.join("worker-indexes.json")
+    }
+
+    /// Stable index per worker name (its network block), persisted across restarts.
+    fn allocate_index(&self, name: &str) -> Result<u32, AgentError> {
+        let path = self.index_file();
+        let mut map: BTreeMap<String, u32> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if let Some(i) = map.get(name) {
+            return Ok(*i);
+        }
+        let used: HashSet<u32> = map.values().copied().collect();
+        let i = (1..).find(|i| !used.contains(i)).unwrap_or(1);
+        map.insert(name.to_string(), i);
+        std::fs::create_dir_all(&self.cfg.state_dir).map_err(io_err(&self.cfg.state_dir))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&map).unwrap_or_default()).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        Ok(i)
+    }
+
+    async fn executor(&self, worker: &str) -> Result<ExecutorClient, AgentError> {
+        let socket = self
+            .cfg
+            .state_dir
+            .join("run")
+            .join(format!("{worker}.sock"));
+        ExecutorClient::connect(&socket)
+            .await
+            .map_err(|source| AgentError::Executor {
+                worker: worker.into(),
+                source,
+            })
+    }
+
+    /// Starts (or adopts) the executor of `name`.
+    async fn ensure_executor(&self, name: &str) -> Result<(), AgentError> {
+        let mut workers = self.workers.lock().await;
+        if !workers.contains_key(name) {
+            let index = self.allocate_index(name)?;
+            let socket = self.cfg.state_dir.join("run").join(format!("{name}.sock"));
+            workers.insert(
+                name.into(),
+                LocalWorker {
+                    index,
+                    socket,
+                    child: None,
+                },
+            );
+        }
+        let Some(w) = workers.get_mut(name) else {
+            return Ok(());
+        };
+        if let Some(child) = &mut w.child
+            && matches!(child.try_wait(), Ok(None))
+        {
+            return Ok(());
+        }
+        // Adopt an executor that still serves the socket (the agent restarted).
+        if ExecutorClient::connect(&w.socket).await.is_ok() {
+            return Ok(());
+        }
+        let run_dir = self.cfg.state_dir.join("run");
+        std::fs::create_dir_all(&run_dir).map_err(io_err(&run_dir))?;
+        let log = self.cfg.state_dir.join("logs").join(format!("{name}.log"));
+        if let Some(p) = log.parent() {
+            std::fs::create_dir_all(p).map_err(io_err(p))?;
+        }
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(io_err(&log))?;
+        let err = out.try_clone().map_err(io_err(&log))?;
+        let child = Command::new(&self.cfg.executor_bin)
+            .arg("--worker-name")
+            .arg(name)
+            .arg("--index")
+            .arg(w.index.to_string())
+            .arg("--socket")
+            .arg(&w.socket)
+            .arg("--state-dir")
+            .arg(self.cfg.state_dir.join("executors").join(name))
+            .args(&self.cfg.executor_args)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(io_err(&self.cfg.executor_bin))?;
+        tracing::info!(worker = name, index = w.index, pid = ?child.id(), "started executor");
+        w.child = Some(child);
+        // Wait for the socket.
+        for _ in 0..100 {
+            if ExecutorClient::connect(&w.socket).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(AgentError::Invalid(format!(
+            "executor of worker {name} did not serve {} within 10s (log: {})",
+            w.socket.display(),
+            log.display()
+        )))
+    }
+
+    /// One pass: executors up, Worker objects registered, heartbeats, orphaned sandboxes.
+    async fn sync_workers(&self, actors: &Store<Actor>) -> Result<(), AgentError> {
+        let desired = self.desired_workers().await?;
+        let api = self.worker_api();
+        for (name, pool) in &desired {
+            if let Err(e) = self.ensure_executor(name).await {
+                tracing::warn!(worker = %name, error = %e, "executor not available");
+                continue;
+            }
+            let status = match self.executor(name).await {
+                Ok(mut c) => c.status().await.ok(),
+                Err(_) => None,
+            };
+            let address = status
+                .as_ref()
+                .and_then(|s| s.network.as_ref())
+                .map(|n| n.worker_ip.clone())
+                .filter(|s| !s.is_empty());
+            let existing = api.get_opt(name).await?;
+            if existing.is_none() {
+                let labels = self.pool_labels(pool).await.unwrap_or_default();
+                let obj: Worker = serde_json::from_value(json!({
+                    "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
+                    "metadata": {"name": name, "labels": labels},
+                    "spec": {"pool": pool, "node": self.cfg.node, "address": address},
+                }))
+                .map_err(|e| AgentError::Invalid(e.to_string()))?;
+                match api.create(&PostParams::default(), &obj).await {
+                    Ok(_) => tracing::info!(worker = %name, pool = %pool, "registered worker"),
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let current = api.get_opt(name).await?;
+            let phase = current
+                .as_ref()
+                .and_then(|w| w.status.as_ref())
+                .and_then(|s| s.phase)
+                .map(|p| format!("{p:?}"));
+            let healthy = status.is_some();
+            let mut st = json!({"lastHeartbeatTime": now()});
+            match (phase.as_deref(), healthy) {
+                (None | Some("Unhealthy"), true) => st["phase"] = json!("Free"),
+                (Some("Free"), false) => st["phase"] = json!("Unhealthy"),
+                _ => {}
+            }
+            api.patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": st})),
+            )
+            .await?;
+            if let Some(s) = &status {
+                self.kill_stray_sandbox(name, s, actors).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn pool_labels(&self, pool: &str) -> Option<BTreeMap<String, String>> {
+        let pools: Api<WorkerPool> = Api::namespaced(self.client.clone(), &self.cfg.pool_namespace);
+        let p = pools.get_opt(pool).await.ok()??;
+        let mut labels = p.spec.worker_labels.clone();
+        labels.insert(crds::labels::WORKER_POOL.into(), pool.into());
+        Some(labels)
+    }
+
+    /// Kills a sandbox whose actor is no longer bound to this worker (deleted, or moved on
+    /// after a failure), unless an operation on it is in flight.
+    async fn kill_stray_sandbox(
+        &self,
+        worker: &str,
+        status: &proto::WorkerStatus,
+        actors: &Store<Actor>,
+    ) {
+        if status.actor.is_empty()
+            || self
+                .in_flight
+                .lock()
+                .is_ok_and(|f| f.contains(&status.actor))
+        {
+            return;
+        }
+        let bound = actors.state().iter().any(|a| {
+            let key = format!(
+                "{}/{}",
+                a.metadata.namespace.as_deref().unwrap_or_default(),
+                a.metadata.name.as_deref().unwrap_or_default()
+            );
+            key == status.actor
+                && a.status
+                    .as_ref()
+                    .and_then(|s| s.worker.as_ref())
+                    .is_some_and(|w| w.name == worker)
+        });
+        let busy = matches!(
+            proto::Phase::try_from(status.phase),
+            Ok(proto::Phase::Booting | proto::Phase::Restoring | proto::Phase::Checkpointing)
+        );
+        if bound || busy {
+            return;
+        }
+        let Ok(key) = status.actor.parse::<ActorKey>() else {
+            return;
+        };
+        if let Ok(mut c) = self.executor(worker).await {
+            match c.kill(&key, &format!("stray-{}", now())).await {
+                Ok(_) => {
+                    tracing::info!(worker, actor = %status.actor, "killed a sandbox whose actor is not bound here")
+                }
+                Err(e) => {
+                    tracing::warn!(worker, actor = %status.actor, error = %e, "killing a stray sandbox failed")
+                }
+            }
+        }
+    }
+
+    // --- actors ------------------------------------------------------------------------
+
+    /// Starts a task for every actor that needs one and has none running.
+    fn reconcile_actors(self: Arc<Self>, store: &Store<Actor>) {
+        for actor in store.state() {
+            let ns = actor.metadata.namespace.clone().unwrap_or_default();
+            let name = actor.metadata.name.clone().unwrap_or_default();
+            let key = format!("{ns}/{name}");
+            let phase = actor
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .map(|p| format!("{p:?}"));
+            if !matches!(
+                phase.as_deref(),
+                Some("Resuming" | "Suspending" | "Running")
+            ) {
+                continue;
+            }
+            {
+                let Ok(mut f) = self.in_flight.lock() else {
+                    return;
+                };
+                if !f.insert(key.clone()) {
+                    continue;
+                }
+            }
+            let agent = self.clone();
+            tokio::spawn(async move {
+                let result = agent.reconcile_actor(&ns, &name).await;
+                if let Err(e) = result {
+                    tracing::warn!(atespace = %ns, actor = %name, error = %e, "actor reconcile failed; will retry");
+                }
+                if let Ok(mut f) = agent.in_flight.lock() {
+                    f.remove(&key);
+                }
+            });
+        }
+    }
+
+    async fn reconcile_actor(&self, ns: &str, name: &str) -> Result<(), AgentError> {
+        // Always act on the latest version, not the cached one.
+        let Some(actor) = self.actor_api(ns).get_opt(name).await? else {
+            return Ok(());
+        };
+        let Some(status) = actor.status.clone() else {
+            return Ok(());
+        };
+        let Some(worker) = status.worker.clone() else {
+            return Ok(());
+        };
+        if worker.node.as_deref() != Some(&self.cfg.node) {
+            return Ok(());
+        }
+        match status.phase.map(|p| format!("{p:?}")).as_deref() {
+            Some("Resuming") => self.resume(&actor, &worker.name).await,
+            Some("Suspending") => self.suspend(&actor, &worker.name).await,
+            Some("Running") => self.check_running(&actor, &worker.name).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn template(&self, actor: &Actor) -> Result<ActorTemplate, AgentError> {
+        let ns = actor.metadata.namespace.clone().unwrap_or_default();
+        let tns = actor.spec.template.namespace.clone().unwrap_or(ns);
+        let api: Api<ActorTemplate> = Api::namespaced(self.client.clone(), &tns);
+        api.get_opt(&actor.spec.template.name)
+            .await?
+            .ok_or_else(|| {
+                AgentError::Invalid(format!(
+                    "actortemplates.ate.dev \"{}\" not found in atespace {tns}",
+                    actor.spec.template.name
+                ))
+            })
+    }
+
+    /// The process to run, from the template's first container and its image config.
+    async fn actor_spec(
+        &self,
+        actor: &Actor,
+        template: &ActorTemplate,
+    ) -> Result<(ActorSpec, String), AgentError> {
+        let c = template
+            .spec
+            .containers
+            .first()
+            .ok_or_else(|| AgentError::Invalid("the template has no containers".into()))?;
+        let rootfs = self.images.ensure_rootfs(&c.image).await?;
+        let image = &rootfs.config;
+        let args = match (c.command.is_empty(), c.args.is_empty()) {
+            (false, _) => c.command.iter().chain(&c.args).cloned().collect(),
+            (true, false) => image.entrypoint.iter().chain(&c.args).cloned().collect(),
+            (true, true) => image.argv(),
+        };
+        if args.is_empty() {
+            return Err(AgentError::Invalid(format!(
+                "image {} has no entrypoint and the template gives no command",
+                c.image
+            )));
+        }
+        let mut env = ProcessSpec::default().env;
+        env.retain(|e| {
+            !image
+                .env
+                .iter()
+                .any(|i| i.split('=').next() == e.split('=').next())
+        });
+        env.extend(image.env.iter().cloned());
+        env.extend(c.env.iter().map(|e| format!("{}={}", e.name, e.value)));
+        let cwd = c
+            .working_dir
+            .clone()
+            .or_else(|| image.working_dir.clone())
+            .unwrap_or_else(|| "/".into());
+        let spec = ActorSpec {
+            rootfs: rootfs.path.clone(),
+            process: ProcessSpec {
+                args,
+                env,
+                cwd,
+                ..ProcessSpec::default()
+            },
+            hostname: actor.metadata.name.clone(),
+        };
+        Ok((spec, rootfs.manifest_digest))
+    }
+
+    fn actor_key(actor: &Actor) -> Result<ActorKey, AgentError> {
+        ActorKey::new(
+            actor.metadata.namespace.as_deref().unwrap_or_default(),
+            actor.metadata.name.as_deref().unwrap_or_default(),
+        )
+        .map_err(|e| AgentError::Invalid(e.to_string()))
+    }
+
+    async fn resume(&self, actor: &Actor, worker: &str) -> Result<(), AgentError> {
+        let ns = actor.metadata.namespace.clone().unwrap_or_default();
+        let name = actor.metadata.name.clone().unwrap_or_default();
+        let uid = actor.metadata.uid.clone().unwrap_or_default();
+        let result = self.try_resume(actor, worker).await;
+        match result {
+            Ok(address) => {
+                self.set_actor_status(&ns, &name, &uid, |st, generation| {
+                    if st["phase"] != "Resuming" || st["worker"]["name"] != worker {
+                        return false;
+                    }
+                    st["phase"] = json!("Running");
+                    st["lastActiveTime"] = json!(now());
+                    st["observedGeneration"] = json!(generation);
+                    let conds = st["conditions"].as_array().cloned().unwrap_or_default();
+                    st["conditions"] = json!(with_condition(
+                        &conds,
+                        condition(
+                            "Ready",
+                            true,
+                            "Running",
+                            &format!("running on worker {worker} at {address}"),
+                            Some(generation)
+                        )
+                    ));
+                    true
+                })
+                .await?;
+                tracing::info!(atespace = %ns, actor = %name, worker, "actor running");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(atespace = %ns, actor = %name, worker, error = %e, "resume failed");
+                if let Ok(mut c) = self.executor(worker).await
+                    && let Ok(key) = Self::actor_key(actor)
+                {
+                    let _ = c.kill(&key, &format!("resume-failed-{uid}")).await;
+                }
+                let msg = e.to_string();
+                self.release(actor, worker, "Failed", "ResumeFailed", &msg, None)
+                    .await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Fetch, restore (or cold boot), wait for readiness. Returns the worker address.
+    async fn try_resume(&self, actor: &Actor, worker: &str) -> Result<String, AgentError> {
+        let key = Self::actor_key(actor)?;
+        let uid = actor.metadata.uid.clone().unwrap_or_default();
+        let template = self.template(actor).await?;
+        let (spec, _digest) = self.actor_spec(actor, &template).await?;
+        let snapshot = actor
+            .status
+            .as_ref()
+            .and_then(|s| s.snapshot.as_ref())
+            .or(template.status.as_ref().and_then(|s| s.snapshot.as_ref()))
+            .and_then(from_crd_snapshot);
+        let mut exec = self.executor(worker).await?;
+        let exec_err = |source| AgentError::Executor {
+            worker: worker.into(),
+            source,
+        };
+        match &snapshot {
+            Some(r) => {
+                let digest = r.manifest_digest.trim_start_matches("sha256:");
+                let dir = self
+                    .cfg
+                    .state_dir
+                    .join("restore")
+                    .join(format!("{uid}-{}", &digest[..digest.len().min(16)]));
+                if !dir.join(".complete").exists() {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let outcome = self.snapshots.fetch(r, &dir).await?;
+                    std::fs::write(dir.join(".complete"), b"").map_err(io_err(&dir))?;
+                    tracing::info!(actor = %key, source = ?outcome.source, bytes = outcome.bytes, "snapshot fetched");
+                }
+                let files_dir = dir.clone();
+                exec.restore(&key, &format!("restore-{uid}-{digest}"), &spec, &files_dir)
+                    .await
+                    .map_err(exec_err)?;
+            }
+            None => {
+                exec.run(&key, &format!("run-{uid}"), &spec)
+                    .await
+                    .map_err(exec_err)?;
+            }
+        }
+        let status = exec.status().await.map_err(exec_err)?;
+        let address = status.network.map(|n| n.worker_ip).unwrap_or_default();
+        self.wait_ready(&template, &address).await?;
+        Ok(address)
+    }
+
+    async fn wait_ready(&self, template: &ActorTemplate, address: &str) -> Result<(), AgentError> {
+        let probe = template.spec.readiness_probe.clone().unwrap_or_default();
+        let initial = Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64);
+        let Some(get) = probe.http_get else {
+            tokio::time::sleep(initial.max(Duration::from_secs(1))).await;
+            return Ok(());
+        };
+        tokio::time::sleep(initial).await;
+        let period =
+            Duration::from_millis((probe.period_seconds.unwrap_or(1).max(1) as u64) * 1000)
+                .min(Duration::from_secs(1));
+        let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(2).max(1) as u64);
+        let budget = Duration::from_secs(60)
+            .max(timeout * probe.failure_threshold.unwrap_or(30).max(1) as u32);
+        let path = get.path.unwrap_or_else(|| "/".into());
+        let deadline = tokio::time::Instant::now() + budget;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(timeout, http_get(address, get.port as u16, &path)).await {
+                Ok(Ok(code)) if (200..400).contains(&code) => return Ok(()),
+                Ok(Ok(code)) => last = format!("HTTP {code}"),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "timed out".into(),
+            }
+            tokio::time::sleep(period).await;
+        }
+        Err(AgentError::NotReady(format!(
+            "GET http://{address}:{}{path} did not succeed within {budget:?}: {last}",
+            get.port
+        )))
+    }
+
+    async fn suspend(&self, actor: &Actor, worker: &str) -> Result<(), AgentError> {
+        let key = Self::actor_key(actor)?;
+        let ns = actor.metadata.namespace.clone().unwrap_or_default();
+        let name = actor.metadata.name.clone().unwrap_or_default();
+        let uid = actor.metadata.uid.clone().unwrap_or_default();
+        let mut exec = self.executor(worker).await?;
+        let exec_err = |source| AgentError::Executor {
+            worker: worker.into(),
+            source,
+        };
+        let status = exec.status().await.map_err(exec_err)?;
+        let key_s = key.to_string();
+        // Where the checkpoint is (or goes): a finished one from before a crash is reused.
+        let dir = match status
+            .last_checkpoint
+            .as_ref()
+            .filter(|c| c.actor == key_s && status.actor != key_s)
+        {
+            Some(done) if Path::new(&done.image_dir).exists() => PathBuf::from(&done.image_dir),
+            _ if status.actor == key_s => {
+                let id = format!("s{}", jiff::Timestamp::now().as_millisecond());
+                let dir = self.cfg.state_dir.join("checkpoints").join(&uid).join(&id);
+                std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                match exec
+                    .checkpoint(&key, &format!("checkpoint-{uid}-{id}"), &dir)
+                    .await
+                {
+                    Ok(_) => dir,
+                    Err(e) => {
+                        let msg = format!("checkpoint failed; back to the last good snapshot: {e}");
+                        self.release(actor, worker, "Suspended", "CheckpointFailed", &msg, None)
+                            .await?;
+                        return Err(exec_err(e));
+                    }
+                }
+            }
+            _ => {
+                // The sandbox is gone: nothing to checkpoint; keep the last good snapshot.
+                self.release(actor, worker, "Suspended", "SandboxLost", "the sandbox was gone when the suspend started; resumes from the last good snapshot", None).await?;
+                return Ok(());
+            }
+        };
+        let id = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("s0")
+            .to_string();
+        let template = self.template(actor).await.ok();
+        let mut meta = SnapshotMeta::new(status.runsc_version.clone(), self.cfg.platform.clone());
+        meta.node = Some(self.cfg.node.clone());
+        meta.worker = Some(worker.into());
+        meta.template = Some(format!(
+            "{}/{}",
+            actor
+                .spec
+                .template
+                .namespace
+                .clone()
+                .unwrap_or_else(|| ns.clone()),
+            actor.spec.template.name
+        ));
+        if let Some(t) = &template
+            && let Some(c) = t.spec.containers.first()
+        {
+            meta.image_digests.insert(c.name.clone(), c.image.clone());
+        }
+        let skey = SnapshotKey::new(ns.clone(), name.clone(), id)?;
+        let r = self.snapshots.upload(&skey, &dir, meta).await?;
+        tracing::info!(atespace = %ns, actor = %name, uri = %r.uri, bytes = r.size, stored = r.compressed_size, "snapshot uploaded");
+        self.release(
+            actor,
+            worker,
+            "Suspended",
+            "Suspended",
+            &format!("suspended to {}", r.uri),
+            Some(&r),
+        )
+        .await?;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// A `Running` actor whose sandbox is gone goes back to `Suspended` (last good snapshot).
+    async fn check_running(&self, actor: &Actor, worker: &str) -> Result<(), AgentError> {
+        let key = Self::actor_key(actor)?.to_string();
+        let mut exec = self.executor(worker).await?;
+        let status = exec.status().await.map_err(|source| AgentError::Executor {
+            worker: worker.into(),
+            source,
+        })?;
+        let running = status.actor == key
+            && matches!(
+                proto::Phase::try_from(status.phase),
+                Ok(proto::Phase::Running | proto::Phase::Checkpointing)
+            );
+        if !running {
+            tracing::warn!(actor = %key, worker, phase = status.phase, "sandbox gone; actor back to its last good snapshot");
+            self.release(
+                actor,
+                worker,
+                "Suspended",
+                "SandboxLost",
+                "the sandbox stopped; resumes from the last good snapshot",
+                None,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Unbinds `actor` from `worker` with the given phase and reason (and a new snapshot),
+    /// then frees the worker.
+    async fn release(
+        &self,
+        actor: &Actor,
+        worker: &str,
+        phase: &str,
+        reason: &str,
+        message: &str,
+        snapshot: Option<&SnapshotRef>,
+    ) -> Result<(), AgentError> {
+        let ns = actor.metadata.namespace.clone().unwrap_or_default();
+        let name = actor.metadata.name.clone().unwrap_or_default();
+        let uid = actor.metadata.uid.clone().unwrap_or_default();
+        self.set_actor_status(&ns, &name, &uid, |st, generation| {
+            if st["worker"]["name"] != worker {
+                return false;
+            }
+            st["phase"] = json!(phase);
+            if let Some(m) = st.as_object_mut() {
+                m.remove("worker");
+            }
+            if let Some(r) = snapshot {
+                st["snapshot"] = to_crd_snapshot(r);
+            }
+            let conds = st["conditions"].as_array().cloned().unwrap_or_default();
+            let conds: Vec<Value> = conds
+                .into_iter()
+                .filter(|c| c["type"] != "Scheduled")
+                .collect();
+            st["conditions"] = json!(with_condition(
+                &conds,
+                condition("Ready", false, reason, message, Some(generation))
+            ));
+            true
+        })
+        .await?;
+        self.worker_api()
+            .patch_status(
+                worker,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Free", "actor": null}})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Read-modify-write of an actor's status with optimistic concurrency (retried on 409).
+    /// `f` gets the status as JSON and the generation; returns false to leave it alone.
+    async fn set_actor_status(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        mut f: impl FnMut(&mut Value, i64) -> bool,
+    ) -> Result<bool, AgentError> {
+        let api = self.actor_api(ns);
+        for _ in 0..10 {
+            let Some(cur) = api.get_opt(name).await? else {
+                return Ok(false);
+            };
+            if cur.metadata.uid.as_deref() != Some(uid) {
+                return Ok(false);
+            }
+            let mut obj =
+                serde_json::to_value(&cur).map_err(|e| AgentError::Invalid(e.to_string()))?;
+            if !obj["status"].is_object() {
+                obj["status"] = json!({});
+            }
+            let generation = cur.metadata.generation.unwrap_or(0);
+            if !f(&mut obj["status"], generation) {
+                return Ok(false);
+            }
+            let new: Actor =
+                serde_json::from_value(obj).map_err(|e| AgentError::Invalid(e.to_string()))?;
+            match api.replace_status(name, &PostParams::default(), &new).await {
+                Ok(_) => return Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AgentError::Invalid(format!(
+            "actor {ns}/{name}: status update kept conflicting"
+        )))
+    }
+}
+
+/// A minimal HTTP/1.1 GET; returns the status code.
+async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect((host, port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: substrate-nodeagent\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        let m = s.read(&mut buf[n..]).await?;
+        if m == 0 {
+            break;
+        }
+        n += m;
+    }
+    let line = String::from_utf8_lossy(&buf[..n]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {line:?}")))
+}

@@ -1,0 +1,124 @@
+//! `substrate-nodeagent`: runs this node's workers and converges the actors bound to them
+//! (see `nodeagent::agent`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use nodeagent::agent::{Agent, AgentConfig};
+use nodeagent::images::{ImageCache, ImageConfig};
+use nodeagent::snapshots::{SnapshotConfig, SnapshotStore};
+
+/// Flags; each can also come from the environment.
+#[derive(Debug, Parser)]
+#[command(
+    name = "substrate-nodeagent",
+    version,
+    about = "Substrate node agent: local workers, image and snapshot caches, actor resume/suspend"
+)]
+struct Args {
+    /// Kubeconfig of the apiserver (the admin or the system identity).
+    #[arg(
+        long,
+        env = "SUBSTRATE_KUBECONFIG",
+        default_value = ".substrate/kubeconfig"
+    )]
+    kubeconfig: PathBuf,
+    /// This node's name.
+    #[arg(long, env = "SUBSTRATE_NODE_NAME", default_value = "node-1")]
+    node: String,
+    /// Namespace (atespace) of the WorkerPools this node hosts.
+    #[arg(long, env = "SUBSTRATE_POOL_NAMESPACE", default_value = "default")]
+    pool_namespace: String,
+    /// WorkerPools to host (comma-separated; empty: all of the namespace).
+    #[arg(long, env = "SUBSTRATE_POOLS", value_delimiter = ',')]
+    pools: Vec<String>,
+    /// State directory (executor sockets and state, caches, checkpoint scratch space).
+    #[arg(
+        long,
+        env = "SUBSTRATE_NODE_STATE_DIR",
+        default_value = ".substrate/node"
+    )]
+    state_dir: PathBuf,
+    /// Snapshot store URL (`file:///...`, `s3://bucket/prefix`, `gs://bucket/prefix`).
+    #[arg(long, env = "SUBSTRATE_SNAPSHOT_URL")]
+    snapshot_url: Option<String>,
+    /// Registries reached over plain HTTP (`host:port`, comma-separated).
+    #[arg(long, env = "SUBSTRATE_INSECURE_REGISTRIES", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
+    /// The executor binary.
+    #[arg(
+        long,
+        env = "SUBSTRATE_EXECUTOR_BIN",
+        default_value = "substrate-executor"
+    )]
+    executor_bin: PathBuf,
+    /// runsc platform (passed to executors, recorded in snapshots).
+    #[arg(long, env = "SUBSTRATE_RUNSC_PLATFORM", default_value = "systrap")]
+    platform: String,
+    /// Extra executor argument (repeatable), e.g. `--executor-arg=--addr-range=10.203.0.0/16`.
+    #[arg(long = "executor-arg", allow_hyphen_values = true)]
+    executor_args: Vec<String>,
+    /// Heartbeat and resync period in seconds.
+    #[arg(long, env = "SUBSTRATE_HEARTBEAT_SECONDS", default_value_t = 5)]
+    heartbeat_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let state_dir = std::path::absolute(&args.state_dir).context("resolving --state-dir")?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .context("loading the kubeconfig")?;
+    let client = kube::Client::try_from(config).context("building the API client")?;
+
+    let mut images = ImageConfig::new(state_dir.join("images"));
+    images.insecure_registries = args.insecure_registries.clone();
+    let images = ImageCache::new(images).context("opening the image cache")?;
+    let url = args
+        .snapshot_url
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", state_dir.join("snapshots").display()));
+    let snapshots = SnapshotStore::new(SnapshotConfig::new(
+        url.clone(),
+        state_dir.join("snapshot-cache"),
+    ))
+    .with_context(|| format!("opening the snapshot store {url}"))?;
+    let mut executor_args = vec!["--platform".to_string(), args.platform.clone()];
+    executor_args.extend(args.executor_args.iter().cloned());
+    let cfg = AgentConfig {
+        node: args.node.clone(),
+        pool_namespace: args.pool_namespace.clone(),
+        pools: args.pools.clone(),
+        state_dir,
+        executor_bin: args.executor_bin.clone(),
+        executor_args,
+        heartbeat: Duration::from_secs(args.heartbeat_seconds.max(1)),
+        platform: args.platform.clone(),
+    };
+    tracing::info!(node = %cfg.node, snapshots = %url, "node agent starting");
+    let agent = Agent::new(client, cfg, images, snapshots);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = agent.clone().run() => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("terminated"),
+    }
+    agent.shutdown().await;
+    Ok(())
+}
