@@ -32,6 +32,9 @@ use executor::{ActorKey, ActorSpec, ExecutorClient, ProcessSpec};
 use crate::images::ImageCache;
 use crate::snapshots::{SnapshotKey, SnapshotMeta, SnapshotRef, SnapshotStore};
 
+/// Committed snapshots kept per actor (the newest is the one its status records).
+const SNAPSHOTS_KEPT: usize = 2;
+
 /// Why an agent operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -78,6 +81,9 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// runsc platform recorded in snapshot metadata.
     pub platform: String,
+    /// First worker index (indexes name the host-side veth and pick the address block, so
+    /// two agents on one host need disjoint index ranges).
+    pub index_base: u32,
 }
 
 /// A worker hosted here.
@@ -261,7 +267,8 @@ impl Agent {
             return Ok(*i);
         }
         let used: HashSet<u32> = map.values().copied().collect();
-        let i = (1..).find(|i| !used.contains(i)).unwrap_or(1);
+        let base = self.cfg.index_base.max(1);
+        let i = (base..).find(|i| !used.contains(i)).unwrap_or(base);
         map.insert(name.to_string(), i);
         std::fs::create_dir_all(&self.cfg.state_dir).map_err(io_err(&self.cfg.state_dir))?;
         let tmp = path.with_extension("tmp");
@@ -810,6 +817,18 @@ impl Agent {
         )
         .await?;
         let _ = std::fs::remove_dir_all(&dir);
+        // Keep the new snapshot and the one before it (a resume racing this suspend may
+        // still be reading it); older ones and abandoned uploads go.
+        match self
+            .snapshots
+            .retain_latest(&ns, &name, SNAPSHOTS_KEPT)
+            .await
+        {
+            Ok(report) => tracing::debug!(atespace = %ns, actor = %name, ?report, "snapshot GC"),
+            Err(e) => {
+                tracing::warn!(atespace = %ns, actor = %name, error = %e, "snapshot GC failed")
+            }
+        }
         Ok(())
     }
 

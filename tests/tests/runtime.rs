@@ -225,11 +225,141 @@ fn phase(a: &Value) -> &str {
     a["status"]["phase"].as_str().unwrap_or("")
 }
 
+/// Where snapshots go in a scenario.
+struct SnapshotTarget {
+    /// `--snapshot-url` of the node agent (None: its default, a local `file://` directory).
+    url: Option<String>,
+    /// Extra environment of the node agent (S3 endpoint and credentials).
+    env: Vec<(String, String)>,
+    /// Checks that the manifest at `uri` exists in the object store.
+    committed: Box<dyn Fn(&str) -> bool>,
+}
+
 #[test]
 fn actor_survives_suspend_and_resume_on_another_worker() {
     if !prerequisites() {
         return;
     }
+    scenario(
+        "e2e-file",
+        "10.205.0.0/16",
+        100,
+        SnapshotTarget {
+            url: None,
+            env: Vec::new(),
+            committed: Box::new(|uri| {
+                let manifest = PathBuf::from(uri.trim_start_matches("file://"));
+                let zst = std::fs::read_dir(manifest.parent().unwrap())
+                    .map(|d| {
+                        d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                            .any(|n| n.ends_with(".zst"))
+                    })
+                    .unwrap_or(false);
+                manifest.exists() && zst
+            }),
+        },
+    );
+}
+
+/// The same path with snapshots in an S3-compatible object store (moto) on loopback.
+#[test]
+fn actor_survives_suspend_and_resume_with_snapshots_in_s3() {
+    if !prerequisites() {
+        return;
+    }
+    let Some(moto) = Moto::start() else {
+        let msg = "moto_server is not installed (pip install 'moto[server]'; hack/test.sh does)";
+        assert!(
+            !std::env::var("SUBSTRATE_REQUIRE_MOTO").is_ok_and(|v| v == "1"),
+            "{msg}"
+        );
+        eprintln!("skipping: {msg}");
+        return;
+    };
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let status = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "-X",
+            "PUT",
+            &format!("{endpoint}/e2e-snapshots"),
+        ])
+        .status()
+        .expect("curl");
+    assert!(status.success(), "creating the bucket");
+    let check = endpoint.clone();
+    scenario(
+        "e2e-s3",
+        "10.206.0.0/16",
+        200,
+        SnapshotTarget {
+            url: Some("s3://e2e-snapshots/actors".into()),
+            env: vec![
+                ("AWS_ENDPOINT_URL".into(), endpoint),
+                ("AWS_ALLOW_HTTP".into(), "true".into()),
+                ("AWS_REGION".into(), "us-east-1".into()),
+                ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+            ],
+            committed: Box::new(move |uri| {
+                // moto refuses unsigned GETs of objects but lists buckets.
+                let key = uri.trim_start_matches("s3://e2e-snapshots/");
+                let prefix = key.rsplit_once('/').map_or("", |(p, _)| p);
+                let listing = http(
+                    "GET",
+                    &format!("{check}/e2e-snapshots?list-type=2&prefix={prefix}/"),
+                    None,
+                )
+                .unwrap_or_default();
+                listing.contains(&format!("<Key>{key}</Key>")) && listing.contains(".zst</Key>")
+            }),
+        },
+    );
+}
+
+/// moto_server on a free loopback port, killed on drop.
+struct Moto {
+    port: u16,
+    _child: KillOnDrop,
+}
+
+impl Moto {
+    fn start() -> Option<Moto> {
+        let installed = Command::new("moto_server")
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting moto_server");
+        let moto = Moto {
+            port,
+            _child: KillOnDrop(child),
+        };
+        eventually("moto_server listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Some(moto)
+    }
+}
+
+/// `node` names the node (and its workers), `range` and `index_base` keep the worker
+/// networks (addresses, host-side veth names) of scenarios running at once apart.
+fn scenario(node: &str, range: &str, index_base: u32, target: SnapshotTarget) {
     let dir = tempfile::Builder::new()
         .prefix("substrate-e2e-")
         .tempdir()
@@ -309,11 +439,16 @@ fn actor_survives_suspend_and_resume_on_another_worker() {
     // The node agent (real executors and runsc).
     let state = dir.path().join("node");
     let log = std::fs::File::create(dir.path().join("nodeagent.log")).expect("log");
+    let mut command = Command::new(workspace_bin("substrate-nodeagent"));
+    if let Some(url) = &target.url {
+        command.arg("--snapshot-url").arg(url);
+    }
+    command.envs(target.env.iter().map(|(k, v)| (k, v)));
     let agent = KillOnDrop(
-        Command::new(workspace_bin("substrate-nodeagent"))
+        command
             .arg("--kubeconfig")
             .arg(&kubeconfig)
-            .args(["--node", "e2e-node", "--pool-namespace", "default"])
+            .args(["--node", node, "--pool-namespace", "default"])
             .arg("--state-dir")
             .arg(&state)
             .arg("--executor-bin")
@@ -324,8 +459,9 @@ fn actor_survives_suspend_and_resume_on_another_worker() {
                 "--heartbeat-seconds",
                 "1",
                 "--executor-arg=--on-shutdown=kill",
-                "--executor-arg=--addr-range=10.205.0.0/16",
             ])
+            .arg(format!("--executor-arg=--addr-range={range}"))
+            .arg(format!("--worker-index-base={index_base}"))
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -399,16 +535,9 @@ fn actor_survives_suspend_and_resume_on_another_worker() {
     assert!(suspended["status"]["worker"].is_null(), "{suspended}");
     let uri = suspended["status"]["snapshot"]["uri"].as_str().unwrap();
     assert!(uri.ends_with("/manifest.json"), "{uri}");
-    let manifest = PathBuf::from(uri.trim_start_matches("file://"));
-    assert!(manifest.exists(), "manifest in the object store at {uri}");
-    let stored: Vec<_> = std::fs::read_dir(manifest.parent().unwrap())
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".zst"))
-        .collect();
     assert!(
-        !stored.is_empty(),
-        "zstd-compressed checkpoint files next to the manifest"
+        (target.committed)(uri),
+        "the manifest and the zstd checkpoint files are in the object store at {uri}"
     );
     eventually("the first worker is free again", || {
         (env.get("worker", &first_worker, None)["status"]["phase"] == "Free").then_some(())

@@ -61,6 +61,10 @@ struct Args {
     /// Extra executor argument (repeatable), e.g. `--executor-arg=--addr-range=10.203.0.0/16`.
     #[arg(long = "executor-arg", allow_hyphen_values = true)]
     executor_args: Vec<String>,
+    /// First worker index on this host (indexes pick the host-side veth name and the
+    /// address block; agents sharing a host need disjoint ranges).
+    #[arg(long, env = "SUBSTRATE_WORKER_INDEX_BASE", default_value_t = 1)]
+    worker_index_base: u32,
     /// Heartbeat and resync period in seconds.
     #[arg(long, env = "SUBSTRATE_HEARTBEAT_SECONDS", default_value_t = 5)]
     heartbeat_seconds: u64,
@@ -109,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         executor_args,
         heartbeat: Duration::from_secs(args.heartbeat_seconds.max(1)),
         platform: args.platform.clone(),
+        index_base: args.worker_index_base,
     };
     tracing::info!(node = %cfg.node, snapshots = %url, "node agent starting");
     let agent = Agent::new(client, cfg, images, snapshots);
