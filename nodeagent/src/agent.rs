@@ -664,10 +664,10 @@ impl Agent {
         let uid = actor.metadata.uid.clone().unwrap_or_default();
         let template = self.template(actor).await?;
         let (spec, _digest) = self.actor_spec(actor, &template).await?;
-        let snapshot = actor
-            .status
-            .as_ref()
-            .and_then(|s| s.snapshot.as_ref())
+        let own = actor.status.as_ref().and_then(|s| s.snapshot.as_ref());
+        // Without a snapshot of its own, a new actor resumes from its template's golden one.
+        let golden = own.is_none();
+        let snapshot = own
             .or(template.status.as_ref().and_then(|s| s.snapshot.as_ref()))
             .and_then(from_crd_snapshot);
         let mut exec = self.executor(worker).await?;
@@ -686,6 +686,14 @@ impl Agent {
                 if !dir.join(".complete").exists() {
                     let _ = std::fs::remove_dir_all(&dir);
                     let outcome = self.snapshots.fetch(r, &dir).await?;
+                    if golden {
+                        // The golden actor's checkpoint marker names the golden actor; this
+                        // restore deliberately starts another actor from it.
+                        let marker = dir.join(executor::worker::CHECKPOINT_MARKER);
+                        if marker.exists() {
+                            std::fs::remove_file(&marker).map_err(io_err(&marker))?;
+                        }
+                    }
                     std::fs::write(dir.join(".complete"), b"").map_err(io_err(&dir))?;
                     tracing::info!(actor = %key, source = ?outcome.source, bytes = outcome.bytes, "snapshot fetched");
                 }

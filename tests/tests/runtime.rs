@@ -233,6 +233,8 @@ struct SnapshotTarget {
     env: Vec<(String, String)>,
     /// Checks that the manifest at `uri` exists in the object store.
     committed: Box<dyn Fn(&str) -> bool>,
+    /// Run the operator, so the actor resumes from its template's golden snapshot.
+    golden: bool,
 }
 
 #[test]
@@ -247,6 +249,7 @@ fn actor_survives_suspend_and_resume_on_another_worker() {
         SnapshotTarget {
             url: None,
             env: Vec::new(),
+            golden: false,
             committed: Box::new(|uri| {
                 let manifest = PathBuf::from(uri.trim_start_matches("file://"));
                 let zst = std::fs::read_dir(manifest.parent().unwrap())
@@ -261,7 +264,8 @@ fn actor_survives_suspend_and_resume_on_another_worker() {
     );
 }
 
-/// The same path with snapshots in an S3-compatible object store (moto) on loopback.
+/// The same path with snapshots in an S3-compatible object store (moto) on loopback, and
+/// with the operator: the actor's first resume restores the template's golden snapshot.
 #[test]
 fn actor_survives_suspend_and_resume_with_snapshots_in_s3() {
     if !prerequisites() {
@@ -295,6 +299,7 @@ fn actor_survives_suspend_and_resume_with_snapshots_in_s3() {
         200,
         SnapshotTarget {
             url: Some("s3://e2e-snapshots/actors".into()),
+            golden: true,
             env: vec![
                 ("AWS_ENDPOINT_URL".into(), endpoint),
                 ("AWS_ALLOW_HTTP".into(), "true".into()),
@@ -482,7 +487,49 @@ fn scenario(node: &str, range: &str, index_base: u32, target: SnapshotTarget) {
         (free.len() == 2).then_some(free)
     });
 
-    // Create and resume (cold boot: no snapshot yet).
+    // With the operator: the template gets a golden snapshot first (a golden actor in
+    // ate-golden is booted, probed ready and suspended), and new actors resume from it.
+    let _operator = target.golden.then(|| {
+        let log = std::fs::File::create(dir.path().join("operator.log")).expect("log");
+        let op = KillOnDrop(
+            Command::new(workspace_bin("substrate-operator"))
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["--resync-seconds", "1"])
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("operator starts"),
+        );
+        let t = eventually("the template's golden snapshot", || {
+            let t = env.get("actortemplate", "counter", Some("team-a"));
+            let ready = t["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (ready && t["status"]["snapshot"]["uri"].is_string()).then_some(t)
+        });
+        assert!(
+            t["status"]["snapshot"]["uri"]
+                .as_str()
+                .unwrap()
+                .contains("/ate-golden/team-a-counter/"),
+            "{t}"
+        );
+        eventually("both workers free after the golden boot", || {
+            let l: Value =
+                serde_json::from_str(&env.ok(&["get", "workers", "-o", "json"], None)).ok()?;
+            let free = l["items"]
+                .as_array()?
+                .iter()
+                .filter(|w| w["status"]["phase"] == "Free")
+                .count();
+            (free == 2).then_some(())
+        });
+        op
+    });
+
+    // Create and resume (cold boot, or from the golden snapshot).
     env.ok(
         &["create", "-f", "-"],
         Some(
@@ -515,8 +562,28 @@ fn scenario(node: &str, range: &str, index_base: u32, target: SnapshotTarget) {
     let url = format!("http://{addr}:8080");
     let mut n = 0;
     for i in 1..=5 {
-        n = first_int(&http("GET", &format!("{url}/"), None).expect("GET /"));
+        let body = http("GET", &format!("{url}/"), None).expect("GET /");
+        n = first_int(&body);
         assert_eq!(n, i, "the counter counts requests");
+        if target.golden && i == 1 {
+            // Restored from the golden snapshot: the process booted before this actor existed.
+            let boot: jiff::Timestamp = body
+                .split("since boot at ")
+                .nth(1)
+                .expect("boot time in the body")
+                .trim()
+                .parse()
+                .expect("RFC 3339 boot time");
+            let created: jiff::Timestamp = running["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                boot < created,
+                "booted at {boot}, created at {created}: not from the golden snapshot"
+            );
+        }
     }
     http(
         "PUT",

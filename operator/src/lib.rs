@@ -1,0 +1,402 @@
+//! The Substrate operator: level-triggered control loops over the apiserver's objects.
+//!
+//! * **Golden snapshots**: for every `ActorTemplate` whose status does not record a golden
+//!   snapshot for its current generation, a golden actor `<namespace>-<template>` in the
+//!   reserved `ate-golden` atespace is created and resumed (the node agent cold-boots it and
+//!   waits for the template's readiness probe), then suspended; its snapshot is recorded in
+//!   the template's status with `Ready=True`. New actors resume from it.
+//! * **Actor lifecycle policy**: `OnDemand` actors idle (no activity) longer than
+//!   `idleTimeout` are suspended; `Always` actors that are not running are resumed;
+//!   `Suspended` actors that run are suspended.
+//! * **Dead workers**: an actor bound to a worker that is gone or has not heartbeated for
+//!   [`DEAD_WORKER_AFTER`] goes back to `Suspended` at its last good snapshot, and the worker
+//!   is marked `Unhealthy` (the scheduler gives it no new actors until it heartbeats again).
+//!
+//! Every pass re-reads the state from watch caches (kube-runtime reflectors) and acts only
+//! on differences, so a restart or a missed event converges on the next pass.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crds::ate::ActorTemplate;
+use crds::substrate::{Activation, Actor, ActorPhase, Worker};
+
+/// A bound worker silent for this long is considered dead.
+pub const DEAD_WORKER_AFTER: Duration = Duration::from_secs(30);
+/// Idle timeout of `OnDemand` actors without `spec.idleTimeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Annotation on a golden actor: the template generation it was booted for.
+pub const GOLDEN_GENERATION: &str = "substrate.ate.dev/template-generation";
+
+/// Why an operator step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("encoding: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Operator settings.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// Period of the full pass.
+    pub resync: Duration,
+    /// Idle timeout for actors that do not set one.
+    pub default_idle_timeout: Duration,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(2),
+            default_idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// The operator.
+pub struct Operator {
+    client: kube::Client,
+    cfg: OperatorConfig,
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn age(t: &Time) -> Duration {
+    let secs = jiff::Timestamp::now().as_second() - t.0.as_second();
+    Duration::from_secs(secs.max(0) as u64)
+}
+
+/// The golden actor's name for a template: `<namespace>-<name>`, shortened with a hash when
+/// longer than a DNS label allows.
+pub fn golden_name(namespace: &str, name: &str) -> String {
+    use sha2::Digest;
+    let full = format!("{namespace}-{name}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let hash = sha2::Sha256::digest(full.as_bytes());
+    let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hex}", full[..54].trim_end_matches('-'))
+}
+
+fn phase(a: &Actor) -> Option<ActorPhase> {
+    a.status.as_ref().and_then(|s| s.phase)
+}
+
+fn ns_name(a: &Actor) -> (String, String) {
+    (
+        a.metadata.namespace.clone().unwrap_or_default(),
+        a.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+impl Operator {
+    pub fn new(client: kube::Client, cfg: OperatorConfig) -> Arc<Self> {
+        Arc::new(Self { client, cfg })
+    }
+
+    async fn action(&self, a: &Actor, verb: &str) -> Result<(), OperatorError> {
+        let (ns, name) = ns_name(a);
+        let api: Api<Actor> = Api::namespaced(self.client.clone(), &ns);
+        match api
+            .create_subresource::<Value, Actor>(verb, &name, &PostParams::default(), &json!({}))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Refused (e.g. template missing): the condition on the actor says why.
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                tracing::debug!(atespace = %ns, actor = %name, verb, reason = %e.message, "action refused");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs until the future is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let (actors, aw) = reflector::store::<Actor>();
+        let (workers, ww) = reflector::store::<Worker>();
+        let (templates, tw) = reflector::store::<ActorTemplate>();
+        let a = watcher(Api::<Actor>::all(self.client.clone()), Default::default())
+            .default_backoff()
+            .reflect(aw)
+            .applied_objects()
+            .map(|_| ());
+        let w = watcher(Api::<Worker>::all(self.client.clone()), Default::default())
+            .default_backoff()
+            .reflect(ww)
+            .applied_objects()
+            .map(|_| ());
+        let t = watcher(
+            Api::<ActorTemplate>::all(self.client.clone()),
+            Default::default(),
+        )
+        .default_backoff()
+        .reflect(tw)
+        .applied_objects()
+        .map(|_| ());
+        let mut events = std::pin::pin!(futures::stream::select(a, futures::stream::select(w, t)));
+        let mut tick = tokio::time::interval(self.cfg.resync);
+        loop {
+            tokio::select! {
+                e = events.next() => if e.is_none() { return },
+                _ = tick.tick() => {
+                    if let Err(e) = self.pass(&actors, &workers, &templates).await {
+                        tracing::warn!(error = %e, "operator pass failed; will retry");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One level-triggered pass over everything.
+    pub async fn pass(
+        &self,
+        actors: &Store<Actor>,
+        workers: &Store<Worker>,
+        templates: &Store<ActorTemplate>,
+    ) -> Result<(), OperatorError> {
+        for t in templates.state() {
+            if let Err(e) = self.golden(&t, actors).await {
+                tracing::warn!(template = ?t.metadata.name, error = %e, "golden snapshot step failed");
+            }
+        }
+        for a in actors.state() {
+            if let Err(e) = self.lifecycle(&a, workers).await {
+                let (ns, name) = ns_name(&a);
+                tracing::warn!(atespace = %ns, actor = %name, error = %e, "lifecycle step failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn golden(&self, t: &ActorTemplate, actors: &Store<Actor>) -> Result<(), OperatorError> {
+        let tns = t.metadata.namespace.clone().unwrap_or_default();
+        let tname = t.metadata.name.clone().unwrap_or_default();
+        let generation = t.metadata.generation.unwrap_or(0);
+        let status = t.status.clone().unwrap_or_default();
+        if status.snapshot.is_some() && status.observed_generation == Some(generation) {
+            return Ok(());
+        }
+        let gname = golden_name(&tns, &tname);
+        let api: Api<Actor> = Api::namespaced(self.client.clone(), crds::GOLDEN_ATESPACE);
+        let golden = actors.state().into_iter().find(|a| {
+            a.metadata.namespace.as_deref() == Some(crds::GOLDEN_ATESPACE)
+                && a.metadata.name.as_deref() == Some(&gname)
+        });
+        let Some(golden) = golden else {
+            let obj: Actor = serde_json::from_value(json!({
+                "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+                "metadata": {"name": gname, "namespace": crds::GOLDEN_ATESPACE,
+                             "annotations": {GOLDEN_GENERATION: generation.to_string()},
+                             "labels": {"substrate.ate.dev/golden": "true"}},
+                "spec": {"template": {"namespace": tns, "name": tname}, "activation": "OnDemand", "idleTimeout": "87600h"},
+            }))?;
+            match api.create(&PostParams::default(), &obj).await {
+                Ok(_) => {
+                    tracing::info!(template = %format!("{tns}/{tname}"), golden = %gname, "golden actor created")
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(());
+        };
+        let booted_for = golden
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(GOLDEN_GENERATION))
+            .and_then(|g| g.parse::<i64>().ok());
+        if booted_for != Some(generation) {
+            // The template changed: boot a new golden actor.
+            if golden.metadata.deletion_timestamp.is_none() {
+                api.delete(&gname, &Default::default()).await?;
+            }
+            return Ok(());
+        }
+        let gstatus = golden.status.clone().unwrap_or_default();
+        match gstatus.phase {
+            None | Some(ActorPhase::Suspended) if gstatus.snapshot.is_none() => {
+                let waiting = gstatus
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Scheduled" && c.status == "False");
+                if !waiting {
+                    self.action(&golden, "resume").await?;
+                }
+            }
+            Some(ActorPhase::Running) => self.action(&golden, "suspend").await?,
+            Some(ActorPhase::Suspended) => {
+                let snapshot = gstatus.snapshot.clone();
+                let templates: Api<ActorTemplate> = Api::namespaced(self.client.clone(), &tns);
+                let patch = json!({"status": {
+                    "snapshot": snapshot,
+                    "observedGeneration": generation,
+                    "conditions": [{
+                        "type": "Ready", "status": "True", "reason": "GoldenSnapshotReady",
+                        "message": format!("golden snapshot taken from {}/{gname}", crds::GOLDEN_ATESPACE),
+                        "lastTransitionTime": now(), "observedGeneration": generation,
+                    }],
+                }});
+                templates
+                    .patch_status(&tname, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+                tracing::info!(template = %format!("{tns}/{tname}"), "golden snapshot recorded");
+            }
+            Some(ActorPhase::Failed) => {
+                let msg = gstatus
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Ready")
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default();
+                let templates: Api<ActorTemplate> = Api::namespaced(self.client.clone(), &tns);
+                let patch = json!({"status": {"conditions": [{
+                    "type": "Ready", "status": "False", "reason": "GoldenBootFailed",
+                    "message": msg, "lastTransitionTime": now(), "observedGeneration": generation,
+                }]}});
+                templates
+                    .patch_status(&tname, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+                // Try again: the failure left the golden actor without a worker.
+                self.action(&golden, "resume").await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn lifecycle(&self, a: &Actor, workers: &Store<Worker>) -> Result<(), OperatorError> {
+        if a.metadata.deletion_timestamp.is_some()
+            || a.metadata.namespace.as_deref() == Some(crds::GOLDEN_ATESPACE)
+        {
+            return Ok(());
+        }
+        let status = a.status.clone().unwrap_or_default();
+        // Dead worker: back to the last good snapshot.
+        if let Some(w) = &status.worker
+            && matches!(
+                phase(a),
+                Some(ActorPhase::Resuming | ActorPhase::Running | ActorPhase::Suspending)
+            )
+        {
+            let worker = workers
+                .state()
+                .into_iter()
+                .find(|x| x.metadata.name.as_deref() == Some(&w.name));
+            let alive = worker.as_ref().is_some_and(|x| {
+                x.status
+                    .as_ref()
+                    .and_then(|s| s.last_heartbeat_time.as_ref())
+                    .is_some_and(|t| age(t) < DEAD_WORKER_AFTER)
+            });
+            if !alive {
+                self.rescue(a, &w.name, worker.is_some()).await?;
+                return Ok(());
+            }
+        }
+        match (a.spec.activation, phase(a)) {
+            (Activation::Always, None | Some(ActorPhase::Suspended | ActorPhase::Failed)) => {
+                let waiting = status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Scheduled" && c.status == "False");
+                if !waiting {
+                    self.action(a, "resume").await?;
+                }
+            }
+            (Activation::Suspended, Some(ActorPhase::Running | ActorPhase::Resuming)) => {
+                self.action(a, "suspend").await?;
+            }
+            (Activation::OnDemand, Some(ActorPhase::Running)) => {
+                let timeout = a
+                    .spec
+                    .idle_timeout
+                    .as_deref()
+                    .and_then(|d| crds::duration::parse(d).ok())
+                    .unwrap_or(self.cfg.default_idle_timeout);
+                let idle = status.last_active_time.as_ref().map(age);
+                if idle.is_some_and(|i| i >= timeout) {
+                    let (ns, name) = ns_name(a);
+                    tracing::info!(atespace = %ns, actor = %name, ?timeout, "idle: suspending");
+                    self.action(a, "suspend").await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Returns an actor whose worker died to `Suspended` (its snapshot is untouched: the last
+    /// good one) and marks the worker `Unhealthy`.
+    async fn rescue(
+        &self,
+        a: &Actor,
+        worker: &str,
+        worker_exists: bool,
+    ) -> Result<(), OperatorError> {
+        let (ns, name) = ns_name(a);
+        let api: Api<Actor> = Api::namespaced(self.client.clone(), &ns);
+        let Some(mut cur) = api.get_opt(&name).await? else {
+            return Ok(());
+        };
+        let Some(st) = cur.status.as_mut() else {
+            return Ok(());
+        };
+        if st.worker.as_ref().map(|w| w.name.as_str()) != Some(worker) {
+            return Ok(());
+        }
+        st.worker = None;
+        st.phase = Some(ActorPhase::Suspended);
+        st.conditions
+            .retain(|c| c.type_ != "Ready" && c.type_ != "Scheduled");
+        let mut obj = serde_json::to_value(&cur)?;
+        let conds = obj["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut conds: Vec<Value> = conds;
+        conds.push(json!({
+            "type": "Ready", "status": "False", "reason": "WorkerLost",
+            "message": format!("worker {worker} stopped heartbeating; the actor resumes from its last good snapshot"),
+            "lastTransitionTime": now(), "observedGeneration": cur.metadata.generation.unwrap_or(0),
+        }));
+        obj["status"]["conditions"] = Value::Array(conds);
+        let new: Actor = serde_json::from_value(obj)?;
+        match api
+            .replace_status(&name, &PostParams::default(), &new)
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(atespace = %ns, actor = %name, worker, "worker lost: actor back to its last good snapshot")
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        if worker_exists {
+            let workers: Api<Worker> = Api::all(self.client.clone());
+            workers
+                .patch_status(
+                    worker,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"phase": "Unhealthy", "actor": null}})),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
