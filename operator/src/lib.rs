@@ -400,3 +400,18 @@ impl Operator {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::golden_name;
+
+    #[test]
+    fn golden_names_are_dns_labels() {
+        assert_eq!(golden_name("team-a", "counter"), "team-a-counter");
+        let long = golden_name(&"n".repeat(40), &"t".repeat(40));
+        assert!(long.len() <= 63, "{long}");
+        assert!(crds::validation::dns1123_label(&long).is_empty(), "{long}");
+        // Distinct long names stay distinct.
+        assert_ne!(long, golden_name(&"n".repeat(40), &"u".repeat(40)));
+    }
+}

@@ -1,0 +1,266 @@
+//! The operator's lifecycle policies against a real apiserver and Valkey (no runsc needed:
+//! the node agent's part is played by the test through the status subresource).
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crds::ate::ActorTemplate;
+use crds::substrate::{Actor, Worker};
+use operator::{Operator, OperatorConfig};
+
+struct World {
+    client: kube::Client,
+    _running: apiserver::Running,
+    _valkey: apiserver::testing::ValkeyServer,
+    _dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let valkey = apiserver::testing::ValkeyServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let args = apiserver::config::Args::try_parse_from([
+        "substrate-apiserver".to_string(),
+        "--bind=127.0.0.1:0".into(),
+        format!("--valkey-url={}", valkey.url()),
+        format!("--pki-dir={}", dir.path().join("pki").display()),
+        format!("--kubeconfig-out={}", kubeconfig.display()),
+    ])
+    .expect("args");
+    let running = apiserver::start(&args).await.expect("apiserver starts");
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+    World {
+        client,
+        _running: running,
+        _valkey: valkey,
+        _dir: dir,
+    }
+}
+
+fn now_minus(secs: i64) -> String {
+    (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs))
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+async fn create<K>(api: &Api<K>, v: Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(v).expect("object");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create")
+}
+
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A pool `p` with template `t` in `team-a`, one worker heartbeating now or `stale_secs` ago.
+async fn setup(w: &World, worker_heartbeat_age: i64) {
+    let ates: Api<crds::substrate::Atespace> = Api::all(w.client.clone());
+    create(&ates, json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Atespace", "metadata": {"name": "team-a"}, "spec": {}})).await;
+    let templates: Api<ActorTemplate> = Api::namespaced(w.client.clone(), "team-a");
+    create(&templates, json!({"apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+        "metadata": {"name": "t"}, "spec": {"containers": [{"name": "c", "image": "127.0.0.1:5000/x:1"}],
+        "workerPoolRef": {"name": "p"}}})).await;
+    let workers: Api<Worker> = Api::all(w.client.clone());
+    create(
+        &workers,
+        json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
+        "metadata": {"name": "w0"}, "spec": {"pool": "p", "node": "n", "address": "10.0.0.2"}}),
+    )
+    .await;
+    workers
+        .patch_status(
+            "w0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+            "phase": "Free", "lastHeartbeatTime": now_minus(worker_heartbeat_age)}})),
+        )
+        .await
+        .expect("heartbeat");
+}
+
+/// An actor already bound and running on `w0` (as the node agent leaves it).
+async fn running_actor(w: &World, name: &str, spec: Value, last_active_age: i64) {
+    let actors: Api<Actor> = Api::namespaced(w.client.clone(), "team-a");
+    create(
+        &actors,
+        json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": name}, "spec": spec}),
+    )
+    .await;
+    actors
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": {
+            "phase": "Running", "worker": {"name": "w0", "pool": "p", "node": "n", "address": "10.0.0.2"},
+            "lastActiveTime": now_minus(last_active_age),
+            "snapshot": {"uri": "file:///snap/1/manifest.json", "digest": "sha256:ab"}}})))
+        .await
+        .expect("status");
+    let workers: Api<Worker> = Api::all(w.client.clone());
+    workers
+        .patch_status(
+            "w0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+            "phase": "Bound", "actor": {"namespace": "team-a", "name": name}}})),
+        )
+        .await
+        .expect("bind worker");
+}
+
+fn start_operator(w: &World) -> tokio::task::JoinHandle<()> {
+    let op = Operator::new(
+        w.client.clone(),
+        OperatorConfig {
+            resync: Duration::from_millis(500),
+            default_idle_timeout: Duration::from_secs(3600),
+        },
+    );
+    tokio::spawn(op.run())
+}
+
+fn phase(a: &Actor) -> String {
+    a.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .map(|p| format!("{p:?}"))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_on_demand_actors_are_suspended_and_busy_ones_are_not() {
+    let w = world().await;
+    setup(&w, 0).await;
+    running_actor(
+        &w,
+        "idle",
+        json!({"template": {"name": "t"}, "idleTimeout": "2s"}),
+        60,
+    )
+    .await;
+    let op = start_operator(&w);
+    let actors: Api<Actor> = Api::namespaced(w.client.clone(), "team-a");
+    let a = eventually("the idle actor is asked to suspend", || {
+        let actors = actors.clone();
+        async move {
+            let a = actors.get("idle").await.ok()?;
+            (phase(&a) == "Suspending").then_some(a)
+        }
+    })
+    .await;
+    assert_eq!(
+        a.status.unwrap().worker.unwrap().name,
+        "w0",
+        "the worker stays until the checkpoint is done"
+    );
+    op.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recently_active_actors_keep_running() {
+    let w = world().await;
+    setup(&w, 0).await;
+    running_actor(
+        &w,
+        "busy",
+        json!({"template": {"name": "t"}, "idleTimeout": "1h"}),
+        5,
+    )
+    .await;
+    let op = start_operator(&w);
+    // Several passes (500 ms each) must leave it alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let actors: Api<Actor> = Api::namespaced(w.client.clone(), "team-a");
+    assert_eq!(phase(&actors.get("busy").await.unwrap()), "Running");
+    op.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actors_of_a_dead_worker_return_to_their_last_snapshot() {
+    let w = world().await;
+    setup(&w, 120).await; // the worker last heartbeated two minutes ago
+    running_actor(&w, "orphan", json!({"template": {"name": "t"}}), 0).await;
+    let op = start_operator(&w);
+    let actors: Api<Actor> = Api::namespaced(w.client.clone(), "team-a");
+    let a = eventually("the actor is back to Suspended", || {
+        let actors = actors.clone();
+        async move {
+            let a = actors.get("orphan").await.ok()?;
+            (phase(&a) == "Suspended").then_some(a)
+        }
+    })
+    .await;
+    let st = a.status.unwrap();
+    assert!(st.worker.is_none());
+    assert_eq!(
+        st.snapshot.unwrap().uri,
+        "file:///snap/1/manifest.json",
+        "the last good snapshot is kept"
+    );
+    let ready = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(ready.reason, "WorkerLost");
+    let workers: Api<Worker> = Api::all(w.client.clone());
+    let wk = eventually("the worker is marked Unhealthy", || {
+        let workers = workers.clone();
+        async move {
+            let wk = workers.get("w0").await.ok()?;
+            let p = wk
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .map(|p| format!("{p:?}"));
+            (p.as_deref() == Some("Unhealthy")).then_some(wk)
+        }
+    })
+    .await;
+    assert!(wk.status.unwrap().actor.is_none());
+    op.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_actors_are_resumed() {
+    let w = world().await;
+    setup(&w, 0).await;
+    let actors: Api<Actor> = Api::namespaced(w.client.clone(), "team-a");
+    create(&actors, json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "always"}, "spec": {"template": {"name": "t"}, "activation": "Always"}})).await;
+    let op = start_operator(&w);
+    let a = eventually("the Always actor is bound", || {
+        let actors = actors.clone();
+        async move {
+            let a = actors.get("always").await.ok()?;
+            (phase(&a) == "Resuming").then_some(a)
+        }
+    })
+    .await;
+    assert_eq!(a.status.unwrap().worker.unwrap().name, "w0");
+    op.abort();
+}
