@@ -1,0 +1,260 @@
+//! The DNS responder (hickory-server, UDP and TCP): authoritative for the actor zone
+//! (default `actors.resources.substrate.ate.dev`), answering from the routing table.
+//!
+//! | query | answer |
+//! |---|---|
+//! | apex `SOA` / `NS` | the zone's SOA / NS |
+//! | `<actor>.<atespace>.<zone>` `A`/`AAAA`, actor exists | the router's addresses (`--dns-address`) |
+//! | an existing name, another type | NOERROR, no data, SOA in authority |
+//! | `<atespace>.<zone>`, atespace exists | NOERROR, no data, SOA in authority |
+//! | anything else under the zone | NXDOMAIN, SOA in authority |
+//! | outside the zone | REFUSED |
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+
+use crate::host::{ActorKey, Suffix, ZoneName, parse_name};
+use crate::table::Table;
+
+/// TTL of every answer: short, since actors come and go.
+pub const TTL: u32 = 5;
+
+/// Why the DNS responder could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("the zone {zone:?} is not a valid DNS name")]
+    Zone {
+        zone: String,
+        #[source]
+        source: hickory_server::proto::ProtoError,
+    },
+    #[error("binding the DNS listener on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Answers queries for the zone from the table.
+pub struct Responder {
+    table: Arc<Table>,
+    suffix: Suffix,
+    soa: Record,
+    ns: Record,
+    addresses: Vec<IpAddr>,
+}
+
+/// What to answer.
+struct Answer {
+    code: ResponseCode,
+    answers: Vec<Record>,
+    authority_ns: Vec<Record>,
+    soa: Vec<Record>,
+}
+
+impl Responder {
+    pub fn new(
+        table: Arc<Table>,
+        suffix: Suffix,
+        addresses: Vec<IpAddr>,
+    ) -> Result<Self, DnsError> {
+        let zone_err = |source| DnsError::Zone {
+            zone: suffix.to_string(),
+            source,
+        };
+        let zone = Name::from_ascii(format!("{suffix}.")).map_err(zone_err)?;
+        let ns_name = Name::from_ascii(format!("ns.{suffix}.")).map_err(zone_err)?;
+        let hostmaster = Name::from_ascii(format!("hostmaster.{suffix}.")).map_err(zone_err)?;
+        let serial = jiff::Timestamp::now().as_second() as u32;
+        let soa = Record::from_rdata(
+            zone.clone(),
+            TTL,
+            RData::SOA(SOA::new(
+                ns_name.clone(),
+                hostmaster,
+                serial,
+                60,
+                30,
+                86400,
+                TTL,
+            )),
+        );
+        let ns = Record::from_rdata(zone, TTL, RData::NS(NS(ns_name)));
+        Ok(Self {
+            table,
+            suffix,
+            soa,
+            ns,
+            addresses,
+        })
+    }
+
+    fn records(&self, name: &Name, qtype: RecordType) -> Vec<Record> {
+        self.addresses
+            .iter()
+            .filter_map(|ip| match (ip, qtype) {
+                (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => Some(RData::A(A(*v4))),
+                (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => {
+                    Some(RData::AAAA(AAAA(*v6)))
+                }
+                _ => None,
+            })
+            .map(|rd| Record::from_rdata(name.clone(), TTL, rd))
+            .collect()
+    }
+
+    fn answer(&self, qname: &Name, qtype: RecordType) -> Answer {
+        let no_data = |code| Answer {
+            code,
+            answers: vec![],
+            authority_ns: vec![],
+            soa: vec![self.soa.clone()],
+        };
+        match parse_name(&qname.to_ascii(), &self.suffix) {
+            ZoneName::Outside => Answer {
+                code: ResponseCode::Refused,
+                answers: vec![],
+                authority_ns: vec![],
+                soa: vec![],
+            },
+            ZoneName::Apex => match qtype {
+                RecordType::SOA => Answer {
+                    code: ResponseCode::NoError,
+                    answers: vec![self.soa.clone()],
+                    authority_ns: vec![self.ns.clone()],
+                    soa: vec![],
+                },
+                RecordType::NS => Answer {
+                    code: ResponseCode::NoError,
+                    answers: vec![self.ns.clone()],
+                    authority_ns: vec![],
+                    soa: vec![],
+                },
+                _ => no_data(ResponseCode::NoError),
+            },
+            ZoneName::Atespace(a) if self.table.atespace_exists(&a) => {
+                no_data(ResponseCode::NoError)
+            }
+            ZoneName::Actor(ActorKey { atespace, name })
+                if self
+                    .table
+                    .actor(&ActorKey::new(atespace.clone(), name.clone()))
+                    .is_some() =>
+            {
+                let answers = self.records(qname, qtype);
+                if answers.is_empty() {
+                    no_data(ResponseCode::NoError)
+                } else {
+                    Answer {
+                        code: ResponseCode::NoError,
+                        answers,
+                        authority_ns: vec![],
+                        soa: vec![],
+                    }
+                }
+            }
+            _ => no_data(ResponseCode::NXDomain),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Responder {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let builder = MessageResponseBuilder::from_message_request(request);
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        let fallback = |metadata: Metadata| {
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        };
+        let query = match request.request_info() {
+            Ok(info) if request.metadata.op_code == OpCode::Query => info.query.clone(),
+            Ok(_) => {
+                let resp = builder.error_msg(&request.metadata, ResponseCode::NotImp);
+                metadata.response_code = ResponseCode::NotImp;
+                return response_handle
+                    .send_response(resp)
+                    .await
+                    .unwrap_or_else(|_| fallback(metadata));
+            }
+            Err(_) => {
+                let resp = builder.error_msg(&request.metadata, ResponseCode::FormErr);
+                metadata.response_code = ResponseCode::FormErr;
+                return response_handle
+                    .send_response(resp)
+                    .await
+                    .unwrap_or_else(|_| fallback(metadata));
+            }
+        };
+        let qname: Name = query.name().into();
+        let a = self.answer(&qname, query.query_type());
+        metadata.response_code = a.code;
+        metadata.authoritative = a.code != ResponseCode::Refused;
+        let resp = builder.build(
+            metadata,
+            a.answers.iter(),
+            a.authority_ns.iter(),
+            a.soa.iter(),
+            std::iter::empty(),
+        );
+        match response_handle.send_response(resp).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "sending a DNS answer failed");
+                fallback(metadata)
+            }
+        }
+    }
+}
+
+/// A running DNS server.
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    stop: Box<dyn FnOnce() + Send>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DnsServer {
+    pub async fn stop(self) {
+        (self.stop)();
+        let _ = self.task.await;
+    }
+}
+
+/// Binds UDP and TCP on `addr` (TCP on the port UDP got, when `addr` has port 0).
+pub async fn serve(responder: Responder, addr: SocketAddr) -> Result<DnsServer, DnsError> {
+    let bind = |source| DnsError::Bind { addr, source };
+    let udp = tokio::net::UdpSocket::bind(addr).await.map_err(bind)?;
+    let bound = udp.local_addr().map_err(bind)?;
+    let tcp = tokio::net::TcpListener::bind(bound).await.map_err(bind)?;
+    let mut server = hickory_server::Server::new(responder);
+    server.register_socket(udp);
+    server.register_listener(tcp, Duration::from_secs(10), 64);
+    let token = server.shutdown_token().clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.block_until_done().await {
+            tracing::warn!(error = %e, "DNS server stopped");
+        }
+    });
+    tracing::info!(addr = %bound, "DNS responder listening");
+    Ok(DnsServer {
+        addr: bound,
+        stop: Box::new(move || token.cancel()),
+        task,
+    })
+}

@@ -1,0 +1,273 @@
+//! `substrate-router`: how users reach their actors.
+//!
+//! `http://<actor>.<atespace>.actors.resources.substrate.ate.dev/` (as `Host`, `:authority`
+//! or an absolute proxy URI) is forwarded to the worker running the actor. The actor → address
+//! map is kept in memory from watches on the apiserver ([`table`]), so a request to a running
+//! actor costs no control-plane call; a request to a suspended `OnDemand` actor resumes it once
+//! for all concurrent requests and waits until it is ready ([`resume`]). Traffic is reported
+//! as `status.lastActiveTime` in batches ([`activity`]) so idle suspension knows when an actor
+//! was last used. A DNS responder ([`dns`]) answers for the same names from the same table.
+//!
+//! Listeners: the proxy (`--listen`), the admin endpoints `/healthz`, `/livez`, `/readyz`,
+//! `/metrics` (`--admin-listen`), DNS over UDP and TCP (`--dns-listen`).
+//!
+//! Answers the router makes itself (plain text naming the actor and what happened):
+//!
+//! | status | when |
+//! |---|---|
+//! | 400 | the host is malformed, or missing |
+//! | 404 | the host is not `<actor>.<atespace>.<suffix>`; the atespace or the actor does not exist (different messages) |
+//! | 409 | `spec.activation: Suspended` (not woken by traffic) |
+//! | 502 | the actor refused the connection / closed it before answering; the wake ended in phase `Failed` (with the `Ready` condition's message) |
+//! | 503 | no free worker (`Scheduled=False/NoFreeWorker`, with `Retry-After`); the apiserver refused the resume or is unreachable |
+//! | 504 | the actor did not become ready within `--wake-timeout` |
+
+pub mod activity;
+pub mod dns;
+pub mod host;
+pub mod metrics;
+pub mod proxy;
+pub mod resume;
+pub mod table;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::activity::Activity;
+use crate::host::Suffix;
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, ProxyBody};
+use crate::resume::Waker;
+use crate::table::Table;
+
+/// Router settings (the binary's flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// `None` disables the DNS responder.
+    pub dns_listen: Option<SocketAddr>,
+    /// Addresses DNS answers point at (this router).
+    pub dns_addresses: Vec<IpAddr>,
+    pub suffix: Suffix,
+    pub wake_timeout: Duration,
+    pub activity_interval: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            dns_listen: Some(SocketAddr::from(([127, 0, 0, 1], 5353))),
+            dns_addresses: vec![IpAddr::from([127, 0, 0, 1])],
+            suffix: Suffix::default(),
+            wake_timeout: Duration::from_secs(60),
+            activity_interval: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding {what} on {addr}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the DNS responder")]
+    Dns(#[from] dns::DnsError),
+}
+
+/// A running router.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub dns_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    pub table: Arc<Table>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    dns: Option<dns::DnsServer>,
+}
+
+impl Running {
+    /// Stops the listeners and background tasks (open connections end with their clients).
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(d) = self.dns.take() {
+            d.stop().await;
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Accepts connections on `listener` and serves them (HTTP/1.1 and h2c) with `handle`.
+fn serve<F, Fut>(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    handle: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
+    tokio::spawn(async move {
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let handle = handle.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(req, peer));
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    })
+}
+
+fn admin_text(status: u16, body: String, content_type: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        http_body_util::Full::new(Bytes::from(body))
+            .map_err(|never: std::convert::Infallible| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// Starts the router with an apiserver client; returns once every listener is bound.
+pub async fn start(config: Config, client: kube::Client) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::default());
+    let (table, table_task) = Table::start(client.clone());
+    let activity = Arc::new(Activity::default());
+    let waker = Waker::new(
+        client.clone(),
+        table.clone(),
+        metrics.clone(),
+        config.wake_timeout,
+        config.connect_timeout,
+    );
+    let proxy = Arc::new(Proxy {
+        suffix: config.suffix.clone(),
+        table: table.clone(),
+        waker,
+        activity: activity.clone(),
+        metrics: metrics.clone(),
+        client: proxy::upstream_client(config.connect_timeout, metrics.clone()),
+    });
+    let (shutdown, rx) = watch::channel(false);
+
+    let http = bind("the proxy listener", config.listen).await?;
+    let http_addr = http.local_addr().map_err(|source| StartError::Bind {
+        what: "the proxy listener",
+        addr: config.listen,
+        source,
+    })?;
+    let admin = bind("the admin listener", config.admin_listen).await?;
+    let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+        what: "the admin listener",
+        addr: config.admin_listen,
+        source,
+    })?;
+    let dns = match config.dns_listen {
+        Some(addr) => {
+            let responder =
+                dns::Responder::new(table.clone(), config.suffix.clone(), config.dns_addresses)?;
+            Some(dns::serve(responder, addr).await?)
+        }
+        None => None,
+    };
+    let dns_addr = dns.as_ref().map(|d| d.addr);
+
+    let p = proxy.clone();
+    let proxy_task = serve(http, rx.clone(), move |req, peer| {
+        p.clone().handle(req, peer)
+    });
+    let (m, t) = (metrics.clone(), table.clone());
+    let admin_task = serve(admin, rx, move |req: Request<Incoming>, _peer| {
+        let (m, t) = (m.clone(), t.clone());
+        async move {
+            Ok(match req.uri().path() {
+                "/healthz" | "/livez" => admin_text(200, "ok\n".into(), "text/plain"),
+                "/readyz" if t.ready() => admin_text(200, "ok\n".into(), "text/plain"),
+                "/readyz" => admin_text(
+                    503,
+                    "the routing table has not synced with the apiserver yet\n".into(),
+                    "text/plain",
+                ),
+                "/metrics" => admin_text(
+                    200,
+                    m.encode(),
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+                _ => admin_text(404, "not found\n".into(), "text/plain"),
+            })
+        }
+    });
+    let flush = tokio::spawn(activity::flush_loop(
+        activity,
+        client,
+        config.activity_interval,
+        metrics.clone(),
+    ));
+    tracing::info!(http = %http_addr, admin = %admin_addr, dns = ?dns_addr, suffix = %config.suffix, "router listening");
+    Ok(Running {
+        http_addr,
+        admin_addr,
+        dns_addr,
+        metrics,
+        table,
+        shutdown,
+        tasks: vec![proxy_task, admin_task, flush, table_task],
+        dns,
+    })
+}

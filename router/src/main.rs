@@ -1,0 +1,144 @@
+//! `substrate-router`: the HTTP router and DNS responder for actors (see the `router` crate).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Flags; each can also come from the environment.
+#[derive(Debug, Parser)]
+#[command(
+    name = "substrate-router",
+    version,
+    about = "Substrate router: <actor>.<atespace>.<suffix> to the actor's worker, waking it on demand; DNS for the zone"
+)]
+struct Args {
+    /// Kubeconfig of the apiserver.
+    #[arg(
+        long,
+        env = "SUBSTRATE_KUBECONFIG",
+        default_value = ".substrate/kubeconfig"
+    )]
+    kubeconfig: PathBuf,
+    /// Address of the HTTP proxy listener.
+    #[arg(
+        long,
+        env = "SUBSTRATE_ROUTER_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    listen: SocketAddr,
+    /// Address of the admin listener (/healthz, /livez, /readyz, /metrics).
+    #[arg(
+        long,
+        env = "SUBSTRATE_ROUTER_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9091"
+    )]
+    admin_listen: SocketAddr,
+    /// Address of the DNS responder (UDP and TCP); `off` disables it.
+    #[arg(
+        long,
+        env = "SUBSTRATE_ROUTER_DNS_LISTEN",
+        default_value = "127.0.0.1:5353"
+    )]
+    dns_listen: String,
+    /// Address DNS answers for actors point at (this router); repeatable; IPv4 gives A,
+    /// IPv6 gives AAAA records.
+    #[arg(
+        long,
+        env = "SUBSTRATE_ROUTER_DNS_ADDRESS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1"
+    )]
+    dns_address: Vec<IpAddr>,
+    /// The zone actors are named in: <actor>.<atespace>.<suffix>.
+    #[arg(long, env = "SUBSTRATE_ROUTER_SUFFIX", default_value = router::host::DEFAULT_SUFFIX)]
+    suffix: String,
+    /// How long a request waits for a woken actor to become ready (e.g. 60s, 2m).
+    #[arg(long, env = "SUBSTRATE_ROUTER_WAKE_TIMEOUT", default_value = "60s")]
+    wake_timeout: String,
+    /// How often activity (status.lastActiveTime) is reported (e.g. 10s).
+    #[arg(
+        long,
+        env = "SUBSTRATE_ROUTER_ACTIVITY_INTERVAL",
+        default_value = "10s"
+    )]
+    activity_interval: String,
+    /// Timeout of a TCP connect to an actor (e.g. 5s).
+    #[arg(long, env = "SUBSTRATE_ROUTER_CONNECT_TIMEOUT", default_value = "5s")]
+    connect_timeout: String,
+    /// Log format.
+    #[arg(
+        long,
+        env = "SUBSTRATE_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
+    log_format: LogFormat,
+}
+
+fn duration(flag: &str, v: &str) -> anyhow::Result<Duration> {
+    crds::duration::parse(v).map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
+}
+
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
+    let _ = match format {
+        LogFormat::Plain => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    init_tracing(args.log_format);
+    let dns_listen = match args.dns_listen.as_str() {
+        "off" | "" => None,
+        s => Some(
+            s.parse::<SocketAddr>()
+                .with_context(|| format!("--dns-listen {s:?}"))?,
+        ),
+    };
+    let config = router::Config {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        dns_listen,
+        dns_addresses: args.dns_address,
+        suffix: router::host::Suffix::new(&args.suffix)
+            .map_err(|e| anyhow::anyhow!("--suffix: {e}"))?,
+        wake_timeout: duration("wake-timeout", &args.wake_timeout)?,
+        activity_interval: duration("activity-interval", &args.activity_interval)?,
+        connect_timeout: duration("connect-timeout", &args.connect_timeout)?,
+    };
+    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
+    let kc = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .context("loading the kubeconfig")?;
+    let client = kube::Client::try_from(kc).context("building the API client")?;
+    let running = router::start(config, client)
+        .await
+        .context("starting the router")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("terminated"),
+    }
+    running.stop().await;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! Prometheus metrics of the router, served as text on the admin listener's `/metrics`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = [(&'static str, String); 1];
+
+/// All router metrics (cheap to share behind an `Arc`).
+pub struct Metrics {
+    registry: Registry,
+    /// `substrate_router_requests_total{code}`.
+    pub requests: Family<Labels, Counter>,
+    /// `substrate_router_resumes_total`: resume POSTs sent to the apiserver.
+    pub resumes: Counter,
+    /// `substrate_router_wake_failures_total{reason}`.
+    pub wake_failures: Family<Labels, Counter>,
+    /// `substrate_router_request_duration_seconds`: until the response head.
+    pub request_latency: Histogram,
+    /// `substrate_router_wake_duration_seconds`: until a woken actor is ready.
+    pub wake_latency: Histogram,
+    /// `substrate_router_upstream_open_connections`: open upstream TCP connections (pooled ones too).
+    pub upstream_connections: Gauge,
+    /// `substrate_router_open_exchanges`: requests in flight plus upgraded tunnels.
+    pub open_exchanges: Gauge,
+    /// `substrate_router_activity_patches_total`: lastActiveTime writes.
+    pub activity_patches: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("substrate_router");
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by HTTP status code",
+            requests.clone(),
+        );
+        let resumes = Counter::default();
+        registry.register(
+            "resumes",
+            "Resume requests sent to the apiserver (one per wake, shared by concurrent requests)",
+            resumes.clone(),
+        );
+        let wake_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "wake_failures",
+            "Wakes that did not end with a ready actor, by reason",
+            wake_failures.clone(),
+        );
+        let request_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 20));
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its response head",
+            request_latency.clone(),
+        );
+        let wake_latency = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "wake_duration_seconds",
+            "Time to wake a suspended actor until it is ready",
+            wake_latency.clone(),
+        );
+        let upstream_connections = Gauge::default();
+        registry.register(
+            "upstream_open_connections",
+            "Open TCP connections to actors, idle pooled ones included",
+            upstream_connections.clone(),
+        );
+        let open_exchanges = Gauge::default();
+        registry.register(
+            "open_exchanges",
+            "Requests in flight plus upgraded (WebSocket) tunnels",
+            open_exchanges.clone(),
+        );
+        let activity_patches = Counter::default();
+        registry.register(
+            "activity_patches",
+            "status.lastActiveTime merge patches sent",
+            activity_patches.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            resumes,
+            wake_failures,
+            request_latency,
+            wake_latency,
+            upstream_connections,
+            open_exchanges,
+            activity_patches,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, code: u16) {
+        self.requests
+            .get_or_create(&[("code", code.to_string())])
+            .inc();
+    }
+
+    pub fn wake_failure(&self, reason: &'static str) {
+        self.wake_failures
+            .get_or_create(&[("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,305 @@
+//! Waking actors: one `POST .../actors/<name>/resume` per actor shared by every concurrent
+//! request for it (single flight), then a wait on the watch for `Running` + `Ready=True`,
+//! bounded by the wake timeout.
+//!
+//! A wake runs as its own task, so a client that gives up does not cancel it for the others.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+use crds::substrate::{Activation, Actor, ActorPhase};
+
+use crate::host::ActorKey;
+use crate::metrics::Metrics;
+use crate::table::{Lookup, Table, condition, phase};
+
+/// Condition the scheduler sets while an actor waits for a worker.
+pub const SCHEDULED: &str = "Scheduled";
+/// Its reason when no worker is free.
+pub const NO_FREE_WORKER: &str = "NoFreeWorker";
+
+/// Why a wake did not end with a ready actor. Each maps to one HTTP answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WakeError {
+    #[error("atespace {atespace:?} does not exist")]
+    NoAtespace { atespace: String },
+    #[error("actor {name:?} not found in atespace {atespace:?}")]
+    NoActor { atespace: String, name: String },
+    #[error(
+        "actor {key} is suspended by its activation policy; set spec.activation to OnDemand to wake it on request"
+    )]
+    Suspended { key: ActorKey },
+    #[error("actor {key} cannot start now: no free worker ({message})")]
+    NoFreeWorker { key: ActorKey, message: String },
+    #[error("actor {key} did not become ready within {after:?} (phase {phase})")]
+    Timeout {
+        key: ActorKey,
+        after: Duration,
+        phase: String,
+    },
+    #[error("actor {key} failed to start: {message}")]
+    Failed { key: ActorKey, message: String },
+    #[error("actor {key} cannot be resumed: {message}")]
+    Refused { key: ActorKey, message: String },
+    #[error("actor {key} could not be resumed: the control plane is unreachable ({message})")]
+    ControlPlane { key: ActorKey, message: String },
+}
+
+impl WakeError {
+    /// HTTP status code of this failure.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NoAtespace { .. } | Self::NoActor { .. } => 404,
+            Self::Suspended { .. } => 409,
+            Self::NoFreeWorker { .. } | Self::Refused { .. } | Self::ControlPlane { .. } => 503,
+            Self::Timeout { .. } => 504,
+            Self::Failed { .. } => 502,
+        }
+    }
+
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoAtespace { .. } => "no_atespace",
+            Self::NoActor { .. } => "no_actor",
+            Self::Suspended { .. } => "suspended",
+            Self::NoFreeWorker { .. } => "no_free_worker",
+            Self::Timeout { .. } => "timeout",
+            Self::Failed { .. } => "failed",
+            Self::Refused { .. } => "refused",
+            Self::ControlPlane { .. } => "control_plane",
+        }
+    }
+
+    /// The actor `key` names, or the 404 that says which part is missing.
+    pub fn find(table: &Table, key: &ActorKey) -> Result<Arc<Actor>, Self> {
+        match table.lookup(key) {
+            Lookup::Actor(a) => Ok(a),
+            Lookup::NoAtespace => Err(Self::NoAtespace {
+                atespace: key.atespace.clone(),
+            }),
+            Lookup::NoActor => Err(Self::NoActor {
+                atespace: key.atespace.clone(),
+                name: key.name.clone(),
+            }),
+        }
+    }
+}
+
+type Flight = Shared<BoxFuture<'static, Result<SocketAddr, WakeError>>>;
+
+/// Wakes actors, one flight per actor.
+pub struct Waker {
+    client: kube::Client,
+    table: Arc<Table>,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    flights: Mutex<HashMap<ActorKey, Flight>>,
+}
+
+fn rv(a: &Actor) -> Option<u64> {
+    a.metadata.resource_version.as_deref()?.parse().ok()
+}
+
+fn waiting_for_worker(a: &Actor) -> Option<String> {
+    condition(a, SCHEDULED)
+        .filter(|c| c.status == "False" && c.reason == NO_FREE_WORKER)
+        .map(|c| c.message.clone())
+}
+
+fn has_worker(a: &Actor) -> bool {
+    a.status.as_ref().is_some_and(|s| s.worker.is_some())
+}
+
+fn phase_name(a: &Actor) -> &'static str {
+    phase(a).map_or("Suspended", ActorPhase::as_str)
+}
+
+impl Waker {
+    pub fn new(
+        client: kube::Client,
+        table: Arc<Table>,
+        metrics: Arc<Metrics>,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            table,
+            metrics,
+            timeout,
+            connect_timeout,
+            flights: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Wakes `key` (or joins the wake in progress) and returns where it serves.
+    pub async fn wake(self: &Arc<Self>, key: &ActorKey) -> Result<SocketAddr, WakeError> {
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            flights
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let this = self.clone();
+                    let k = key.clone();
+                    let task = tokio::spawn(async move {
+                        let out = this.run(&k).await;
+                        this.flights
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&k);
+                        out
+                    });
+                    let k = key.clone();
+                    async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(WakeError::ControlPlane {
+                                key: k,
+                                message: format!("wake task ended: {e}"),
+                            })
+                        })
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        flight.await
+    }
+
+    async fn run(&self, key: &ActorKey) -> Result<SocketAddr, WakeError> {
+        let start = Instant::now();
+        let out = self.run_inner(key, start).await;
+        if let Ok(addr) = out {
+            // The actor just became ready: give its listener a second chance before the
+            // requests go (one probe per wake, not per request).
+            if !self.probe(addr).await {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.probe(addr).await;
+            }
+        }
+        match &out {
+            Ok(addr) => {
+                self.metrics
+                    .wake_latency
+                    .observe(start.elapsed().as_secs_f64());
+                tracing::info!(atespace = %key.atespace, actor = %key.name, %addr, elapsed_ms = start.elapsed().as_millis() as u64, "actor woken");
+            }
+            Err(e) => {
+                self.metrics.wake_failure(e.reason());
+                tracing::info!(atespace = %key.atespace, actor = %key.name, error = %e, "wake failed");
+            }
+        }
+        out
+    }
+
+    async fn run_inner(&self, key: &ActorKey, start: Instant) -> Result<SocketAddr, WakeError> {
+        let deadline = tokio::time::Instant::from_std(start + self.timeout);
+        let mut changes = self.table.subscribe();
+        let actor = WakeError::find(&self.table, key)?;
+        if actor.spec.activation == Activation::Suspended {
+            return Err(WakeError::Suspended { key: key.clone() });
+        }
+        if let Some(addr) = self.table.route(&actor) {
+            return Ok(addr);
+        }
+        // Events older than the resume's answer say nothing about this wake.
+        let mut since: Option<u64> = None;
+        let needs_resume = matches!(
+            phase(&actor),
+            None | Some(ActorPhase::Suspended | ActorPhase::Failed | ActorPhase::Suspending)
+        ) || (phase(&actor) == Some(ActorPhase::Running) && !has_worker(&actor));
+        if needs_resume {
+            let resumed = self.resume(key).await?;
+            since = rv(&resumed);
+            if let Some(message) = waiting_for_worker(&resumed)
+                && phase(&resumed) != Some(ActorPhase::Suspending)
+                && !has_worker(&resumed)
+            {
+                return Err(WakeError::NoFreeWorker {
+                    key: key.clone(),
+                    message,
+                });
+            }
+        }
+        loop {
+            let actor = WakeError::find(&self.table, key)?;
+            if actor.spec.activation == Activation::Suspended {
+                return Err(WakeError::Suspended { key: key.clone() });
+            }
+            if let Some(addr) = self.table.route(&actor) {
+                return Ok(addr);
+            }
+            let fresh = match (since, rv(&actor)) {
+                (Some(s), Some(r)) => r >= s,
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            if fresh && phase(&actor) == Some(ActorPhase::Failed) {
+                let message = condition(&actor, crds::conditions::READY)
+                    .map(|c| c.message.clone())
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| "the actor's phase is Failed".to_string());
+                return Err(WakeError::Failed {
+                    key: key.clone(),
+                    message,
+                });
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() {
+                    return Err(WakeError::ControlPlane { key: key.clone(), message: "the routing table stopped".into() });
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(WakeError::Timeout {
+                        key: key.clone(),
+                        after: self.timeout,
+                        phase: phase_name(&actor).to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn probe(&self, addr: SocketAddr) -> bool {
+        matches!(
+            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// `POST .../resume`; the answer is the actor (200: bound, 202: waiting).
+    async fn resume(&self, key: &ActorKey) -> Result<Actor, WakeError> {
+        self.metrics.resumes.inc();
+        tracing::info!(atespace = %key.atespace, actor = %key.name, "resuming actor for a request");
+        let api: Api<Actor> = Api::namespaced(self.client.clone(), &key.atespace);
+        api.create_subresource::<_, Actor>("resume", &key.name, &PostParams::default(), &json!({}))
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 404 => WakeError::NoActor {
+                    atespace: key.atespace.clone(),
+                    name: key.name.clone(),
+                },
+                kube::Error::Api(s)
+                    if s.code == 409 && s.message.contains("activation=Suspended") =>
+                {
+                    WakeError::Suspended { key: key.clone() }
+                }
+                kube::Error::Api(s) if s.code < 500 => WakeError::Refused {
+                    key: key.clone(),
+                    message: s.message,
+                },
+                e => WakeError::ControlPlane {
+                    key: key.clone(),
+                    message: e.to_string(),
+                },
+            })
+    }
+}

@@ -1,0 +1,204 @@
+//! The routing table: actors, atespaces and actor templates kept in memory from watches on the
+//! apiserver (kube-runtime reflectors), so a request to a running actor, and every DNS answer,
+//! costs no control-plane call.
+//!
+//! Every actor event bumps a generation counter ([`Table::subscribe`]) that wakes requests
+//! waiting for an actor to become ready.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
+
+use crds::ate::ActorTemplate;
+use crds::substrate::{Activation, Actor, ActorPhase, Atespace};
+
+use crate::host::ActorKey;
+
+/// Port an actor serves on when its template names none.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// What the table knows about a name.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// The atespace does not exist.
+    NoAtespace,
+    /// The atespace exists, the actor does not.
+    NoActor,
+    /// The actor.
+    Actor(Arc<Actor>),
+}
+
+/// The in-memory view of the apiserver the router and the DNS responder answer from.
+pub struct Table {
+    actors: Store<Actor>,
+    atespaces: Store<Atespace>,
+    templates: Store<ActorTemplate>,
+    changed: watch::Sender<u64>,
+    synced: AtomicBool,
+}
+
+impl Table {
+    /// Starts the watches; the table fills in the background ([`Table::ready`]).
+    pub fn start(client: kube::Client) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let (actors, aw) = reflector::store::<Actor>();
+        let (atespaces, sw) = reflector::store::<Atespace>();
+        let (templates, tw) = reflector::store::<ActorTemplate>();
+        let (changed, _) = watch::channel(0u64);
+        let table = Arc::new(Self {
+            actors,
+            atespaces,
+            templates,
+            changed,
+            synced: AtomicBool::new(false),
+        });
+        let t = table.clone();
+        let task = tokio::spawn(async move {
+            let bump = |t: &Table| t.changed.send_modify(|g| *g = g.wrapping_add(1));
+            let a = watcher(Api::<Actor>::all(client.clone()), Default::default())
+                .default_backoff()
+                .reflect(aw)
+                .touched_objects()
+                .map(|_| 0u8);
+            let s = watcher(Api::<Atespace>::all(client.clone()), Default::default())
+                .default_backoff()
+                .reflect(sw)
+                .touched_objects()
+                .map(|_| 1u8);
+            let tp = watcher(Api::<ActorTemplate>::all(client), Default::default())
+                .default_backoff()
+                .reflect(tw)
+                .touched_objects()
+                .map(|_| 2u8);
+            let mut events =
+                std::pin::pin!(futures::stream::select(a, futures::stream::select(s, tp)));
+            let ready = async {
+                let _ = t.actors.wait_until_ready().await;
+                let _ = t.atespaces.wait_until_ready().await;
+                let _ = t.templates.wait_until_ready().await;
+            };
+            let mut ready = std::pin::pin!(ready);
+            let mut synced = false;
+            loop {
+                tokio::select! {
+                    e = events.next() => match e {
+                        Some(_) => bump(&t),
+                        None => return,
+                    },
+                    _ = &mut ready, if !synced => {
+                        synced = true;
+                        t.synced.store(true, Ordering::Release);
+                        bump(&t);
+                        tracing::info!("routing table synced");
+                    }
+                }
+            }
+        });
+        (table, task)
+    }
+
+    /// Whether the initial lists of all three watches have arrived.
+    pub fn ready(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// A receiver that changes whenever any watched object changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn atespace_exists(&self, name: &str) -> bool {
+        self.atespaces
+            .get(&ObjectRef::new(name))
+            .is_some_and(|a| a.metadata.deletion_timestamp.is_none())
+    }
+
+    pub fn actor(&self, key: &ActorKey) -> Option<Arc<Actor>> {
+        self.actors
+            .get(&ObjectRef::new(&key.name).within(&key.atespace))
+    }
+
+    pub fn lookup(&self, key: &ActorKey) -> Lookup {
+        match self.actor(key) {
+            Some(a) => Lookup::Actor(a),
+            None if self.atespace_exists(&key.atespace) => Lookup::NoActor,
+            None => Lookup::NoAtespace,
+        }
+    }
+
+    /// The port the actor serves on: its template's first container port, else the readiness
+    /// probe's port, else [`DEFAULT_PORT`].
+    pub fn port_of(&self, actor: &Actor) -> u16 {
+        let ns = actor
+            .spec
+            .template
+            .namespace
+            .as_deref()
+            .or(actor.metadata.namespace.as_deref())
+            .unwrap_or_default();
+        let Some(t) = self
+            .templates
+            .get(&ObjectRef::new(&actor.spec.template.name).within(ns))
+        else {
+            return DEFAULT_PORT;
+        };
+        let port = t
+            .spec
+            .containers
+            .first()
+            .and_then(|c| c.ports.first())
+            .map(|p| p.container_port)
+            .or_else(|| {
+                t.spec
+                    .readiness_probe
+                    .as_ref()
+                    .and_then(|p| p.http_get.as_ref())
+                    .map(|h| h.port)
+            });
+        port.and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .unwrap_or(DEFAULT_PORT)
+    }
+
+    /// Where to send a request for `actor` now: `Some` only when it is `Running` with
+    /// `Ready=True` and an address.
+    pub fn route(&self, actor: &Actor) -> Option<SocketAddr> {
+        let st = actor.status.as_ref()?;
+        if st.phase != Some(ActorPhase::Running) || !is_ready(actor) {
+            return None;
+        }
+        let ip: IpAddr = st.worker.as_ref()?.address.as_deref()?.parse().ok()?;
+        Some(SocketAddr::new(ip, self.port_of(actor)))
+    }
+}
+
+/// `status.conditions[type=Ready].status == "True"`.
+pub fn is_ready(actor: &Actor) -> bool {
+    condition(actor, crds::conditions::READY).is_some_and(|c| c.status == "True")
+}
+
+/// The condition `type_` of an actor.
+pub fn condition<'a>(
+    actor: &'a Actor,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    actor
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+pub fn phase(actor: &Actor) -> Option<ActorPhase> {
+    actor.status.as_ref().and_then(|s| s.phase)
+}
+
+pub fn activation(actor: &Actor) -> Activation {
+    actor.spec.activation
+}

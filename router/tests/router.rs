@@ -1,0 +1,395 @@
+//! The router through real HTTP against a real apiserver + Valkey, with the node agent's part
+//! played by the test (see `support`).
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use support::{ATESPACE, eventually, get, host, metric, send, world};
+
+const WAKE: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_request_wakes_a_suspended_actor() {
+    let w = world().await;
+    w.actor("web", "t", "OnDemand").await;
+    w.actor("always", "t", "Always").await;
+    let r = w.router(WAKE).await;
+    // An Always actor that is not running (no operator here) is woken too.
+    let (status, _, body) = send(r.http_addr, get("/", &host("always"))).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = send(r.http_addr, get("/", &host("web"))).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, format!("hello from {}", host("web")));
+    assert_eq!(w.restores.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        metric(r.admin_addr, "substrate_router_resumes_total").await,
+        2.0
+    );
+    // Warm now: no further resume.
+    let (status, _, _) = send(r.http_addr, get("/", &host("web"))).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(r.admin_addr, "substrate_router_resumes_total").await,
+        2.0
+    );
+    let text = send(r.admin_addr, get("/metrics", "admin"))
+        .await
+        .unwrap()
+        .2;
+    for name in [
+        "substrate_router_requests_total{code=\"200\"} 3",
+        "substrate_router_wake_duration_seconds_count 2",
+        "substrate_router_request_duration_seconds_count 3",
+        "substrate_router_upstream_open_connections",
+    ] {
+        assert!(text.contains(name), "{name} missing in:\n{text}");
+    }
+    for path in ["/healthz", "/livez", "/readyz"] {
+        assert_eq!(send(r.admin_addr, get(path, "a")).await.unwrap().0, 200);
+    }
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_one_resume() {
+    let w = world().await;
+    w.actor("busy", "t", "OnDemand").await;
+    let r = w.router(WAKE).await;
+    let addr = r.http_addr;
+    let reqs =
+        (0..100).map(|i| async move { send(addr, get(&format!("/n/{i}"), &host("busy"))).await });
+    let results = futures::future::join_all(reqs).await;
+    for res in results {
+        let (status, _, body) = res.expect("request");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, format!("hello from {}", host("busy")));
+    }
+    assert_eq!(
+        metric(r.admin_addr, "substrate_router_resumes_total").await,
+        1.0
+    );
+    assert_eq!(w.restores.load(Ordering::SeqCst), 1, "exactly one restore");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_requests_need_no_apiserver() {
+    let mut w = world().await;
+    w.actor("warm", "t", "OnDemand").await;
+    let r = w.router(WAKE).await;
+    assert_eq!(
+        send(r.http_addr, get("/", &host("warm"))).await.unwrap().0,
+        200
+    );
+    w.apiserver.take().unwrap().stop().await;
+    w.valkey.stop();
+    for _ in 0..5 {
+        let (status, _, body) = send(r.http_addr, get("/", &host("warm"))).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        metric(r.admin_addr, "substrate_router_resumes_total").await,
+        1.0
+    );
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failure_has_its_status_and_a_body_that_says_why() {
+    let w = world().await;
+    w.actor("asleep", "t", "Suspended").await;
+    w.actor("nofree", "none", "OnDemand").await;
+    w.actor("stuck", "stuck", "OnDemand").await;
+    w.actor("refuses", "dead", "OnDemand").await;
+    w.actor("broken", "broken", "OnDemand").await;
+    let r = w.router(Duration::from_secs(2)).await;
+    let a = r.http_addr;
+
+    let (s, _, b) = send(a, get("/", "bad host!")).await.unwrap();
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("malformed host"), "{b}");
+
+    let (s, _, b) = send(a, get("/", "example.com")).await.unwrap();
+    assert_eq!(s, 404, "{b}");
+    assert!(
+        b.contains("<actor>.<atespace>.actors.resources.substrate.ate.dev"),
+        "{b}"
+    );
+
+    let (s, _, b) = send(a, get("/", &format!("x.nowhere.{}", support::SUFFIX)))
+        .await
+        .unwrap();
+    assert_eq!(s, 404, "{b}");
+    assert!(b.contains("atespace \"nowhere\" does not exist"), "{b}");
+
+    let (s, _, b) = send(a, get("/", &host("ghost"))).await.unwrap();
+    assert_eq!(s, 404, "{b}");
+    assert!(
+        b.contains(&format!(
+            "actor \"ghost\" not found in atespace \"{ATESPACE}\""
+        )),
+        "{b}"
+    );
+
+    let (s, _, b) = send(a, get("/", &host("asleep"))).await.unwrap();
+    assert_eq!(s, 409, "{b}");
+    assert!(
+        b.contains("actor team-a/asleep is suspended by its activation policy")
+            && b.contains("set spec.activation to OnDemand"),
+        "{b}"
+    );
+
+    let (s, h, b) = send(a, get("/", &host("nofree"))).await.unwrap();
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(h["retry-after"], "5");
+    assert!(
+        b.contains("team-a/nofree") && b.contains("no free worker"),
+        "{b}"
+    );
+    assert!(b.contains("\"empty\""), "names the pool: {b}");
+
+    let (s, _, b) = send(a, get("/", &host("stuck"))).await.unwrap();
+    assert_eq!(s, 504, "{b}");
+    assert!(
+        b.contains("team-a/stuck did not become ready within 2s") && b.contains("Resuming"),
+        "{b}"
+    );
+
+    let (s, _, b) = send(a, get("/", &host("refuses"))).await.unwrap();
+    assert_eq!(s, 502, "{b}");
+    assert!(
+        b.contains("team-a/refuses")
+            && b.contains(&format!("127.0.0.1:{}", w.dead_port))
+            && b.contains("refused the connection"),
+        "{b}"
+    );
+    let (s, _, b) = send(a, get("/", &host("broken"))).await.unwrap();
+    assert_eq!(s, 502, "{b}");
+    assert!(
+        b.contains("actor team-a/broken failed to start")
+            && b.contains("pulling image 127.0.0.1:5000/x:1: manifest unknown"),
+        "the condition's message is passed on: {b}"
+    );
+    // The next request tries again (the scheduler rebinds a Failed actor); its worker may
+    // take a moment to show as free in the scheduler's cache (503 meanwhile).
+    eventually(
+        "a second wake of the failed actor fails the same way",
+        || async {
+            let (s, _, b) = send(a, get("/", &host("broken"))).await.unwrap();
+            assert!(s == 502 || s == 503, "{s} {b}");
+            (s == 502 && b.contains("manifest unknown")).then_some(())
+        },
+    )
+    .await;
+
+    let text = send(r.admin_addr, get("/metrics", "a")).await.unwrap().2;
+    for l in [
+        "reason=\"failed\"",
+        "reason=\"no_free_worker\"",
+        "reason=\"timeout\"",
+        "code=\"502\"",
+    ] {
+        assert!(text.contains(l), "{l} missing in:\n{text}");
+    }
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_proxy_form_and_forwarding_headers() {
+    let w = world().await;
+    w.actor("h", "t", "OnDemand").await;
+    let r = w.router(WAKE).await;
+
+    // HTTP/1.1: hop-by-hop headers go, forwarding headers come; two requests on one
+    // keep-alive connection.
+    let stream = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = Request::get("/echo?q=1")
+            .header("host", host("h"))
+            .header("connection", "keep-alive, x-private")
+            .header("x-private", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("proxy-connection", "keep-alive")
+            .header("x-forwarded-for", "10.1.1.1")
+            .header("x-end-to-end", "kept")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        // The previous exchange must be finished before the connection takes another.
+        sender.ready().await.unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let h = &v["headers"];
+        for gone in ["x-private", "keep-alive", "te", "proxy-connection"] {
+            assert!(h.get(gone).is_none(), "{gone} reached the actor: {v}");
+        }
+        assert_eq!(h["x-end-to-end"], "kept");
+        assert_eq!(h["host"], host("h"));
+        assert_eq!(h["x-forwarded-for"], "10.1.1.1, 127.0.0.1");
+        assert_eq!(
+            h["forwarded"],
+            format!("for=127.0.0.1;host=\"{}\";proto=http", host("h"))
+        );
+        assert_eq!(h["x-forwarded-host"], host("h"));
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(v["path"], "/echo?q=1");
+    }
+
+    // HTTP/2 with prior knowledge (h2c): :authority names the actor.
+    let stream = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(support::executor(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/echo", host("h")))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let v: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(
+        v["version"], "HTTP/1.1",
+        "the actor is spoken to in HTTP/1.1"
+    );
+    assert_eq!(v["headers"]["host"], host("h"));
+
+    // Proxy mode: absolute-form URI, Host naming the router.
+    let mut s = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET http://{}/echo HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            host("h"),
+            r.http_addr
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"path\":\"/echo\""), "{out}");
+
+    // Chunked request body streams through.
+    let mut s = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            host("h")
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("\r\n\r\n11"), "{out}");
+    r.stop().await;
+}
+
+async fn last_active(w: &support::World, name: &str) -> jiff::Timestamp {
+    let a = w.get_actor(name).await;
+    a.status
+        .and_then(|s| s.last_active_time)
+        .map(|t| t.0)
+        .expect("lastActiveTime")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_are_tunnelled_and_keep_the_actor_active() {
+    let w = world().await;
+    w.actor("ws", "t", "OnDemand").await;
+    let r = w.router(WAKE).await;
+    let mut s = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /chat HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            host("ws")
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Read the 101 head.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in ["ping", "a longer message through the tunnel"] {
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+    // The open tunnel alone keeps lastActiveTime moving (flushes every second).
+    let t1 = eventually("activity is reported", || async {
+        let t = last_active(&w, "ws").await;
+        (t.as_second() > 1_600_000_000).then_some(t)
+    })
+    .await;
+    let t2 = eventually(
+        "lastActiveTime advances with only the tunnel open",
+        || async {
+            let t = last_active(&w, "ws").await;
+            (t > t1).then_some(t)
+        },
+    )
+    .await;
+    assert!(t2 > t1);
+    // Still echoing.
+    s.write_all(b"again").await.unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"again");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_is_reported_in_batches() {
+    let w = world().await;
+    w.actor("act", "t", "OnDemand").await;
+    let r = w.router(WAKE).await;
+    for _ in 0..20 {
+        assert_eq!(
+            send(r.http_addr, get("/", &host("act"))).await.unwrap().0,
+            200
+        );
+    }
+    // The fake agent set 2020-01-01; the flush moves it to now.
+    let t = eventually("lastActiveTime advances after traffic", || async {
+        let t = last_active(&w, "act").await;
+        (t.as_second() > 1_600_000_000).then_some(t)
+    })
+    .await;
+    assert!((jiff::Timestamp::now() - t).get_seconds().abs() < 60);
+    let patches = metric(r.admin_addr, "substrate_router_activity_patches_total").await;
+    assert!(
+        (1.0..=5.0).contains(&patches),
+        "20 requests within a few flushes give a few writes, not one per request: {patches}"
+    );
+    r.stop().await;
+}

@@ -1,0 +1,490 @@
+//! A real Valkey + apiserver in-process, fake workers, a fake node agent (the test plays its
+//! part through the status subresource), a local upstream HTTP server standing in for the
+//! actors, and small HTTP/DNS clients.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use futures::StreamExt;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crds::substrate::{Actor, ActorPhase, Worker};
+
+pub const SUFFIX: &str = "actors.resources.substrate.ate.dev";
+pub const ATESPACE: &str = "team-a";
+
+pub fn host(actor: &str) -> String {
+    format!("{actor}.{ATESPACE}.{SUFFIX}")
+}
+
+pub struct World {
+    pub client: kube::Client,
+    pub apiserver: Option<apiserver::Running>,
+    pub valkey: apiserver::testing::ValkeyServer,
+    pub kubeconfig: std::path::PathBuf,
+    pub upstream: SocketAddr,
+    /// A port nothing listens on.
+    pub dead_port: u16,
+    /// Restores the fake node agent did.
+    pub restores: Arc<AtomicUsize>,
+    _dir: tempfile::TempDir,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Pools: `p` (4 workers on 127.0.0.1, the fake agent restores its actors), `stuck` (1
+/// worker, never restored), `empty` (no workers), `failing` (1 worker, restores fail).
+/// Templates in `team-a`: `t` (port = the upstream server), `dead` (a port with no listener,
+/// pool `p`), `stuck`, `none` (pool `empty`), `broken` (pool `failing`).
+pub async fn world() -> World {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let valkey = apiserver::testing::ValkeyServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let args = apiserver::config::Args::try_parse_from([
+        "substrate-apiserver".to_string(),
+        "--bind=127.0.0.1:0".into(),
+        format!("--valkey-url={}", valkey.url()),
+        format!("--pki-dir={}", dir.path().join("pki").display()),
+        format!("--kubeconfig-out={}", kubeconfig.display()),
+    ])
+    .expect("args");
+    let running = apiserver::start(&args).await.expect("apiserver starts");
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+
+    let upstream = start_upstream().await;
+    let dead_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+
+    create(
+        &client,
+        "/apis/substrate.ate.dev/v1alpha1/atespaces",
+        json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Atespace",
+               "metadata": {"name": ATESPACE}, "spec": {}}),
+    )
+    .await;
+    for (name, pool, port) in [
+        ("t", "p", upstream.port()),
+        ("dead", "p", dead_port),
+        ("stuck", "stuck", upstream.port()),
+        ("none", "empty", upstream.port()),
+        ("broken", "failing", upstream.port()),
+    ] {
+        create(
+            &client,
+            &format!("/apis/ate.dev/v1alpha1/namespaces/{ATESPACE}/actortemplates"),
+            json!({"apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+                   "metadata": {"name": name},
+                   "spec": {"containers": [{"name": "main", "image": "127.0.0.1:5000/x:1",
+                                            "ports": [{"containerPort": port}]}],
+                            "workerPoolRef": {"name": pool}}}),
+        )
+        .await;
+    }
+    let mut workers = vec![];
+    for (name, pool) in [
+        ("w0", "p"),
+        ("w1", "p"),
+        ("w2", "p"),
+        ("w3", "p"),
+        ("s0", "stuck"),
+        ("f0", "failing"),
+    ] {
+        create(
+            &client,
+            "/apis/substrate.ate.dev/v1alpha1/workers",
+            json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
+                   "metadata": {"name": name},
+                   "spec": {"pool": pool, "node": "n1", "address": "127.0.0.1"}}),
+        )
+        .await;
+        workers.push(name);
+    }
+    let wapi: Api<Worker> = Api::all(client.clone());
+    for w in &workers {
+        wapi.patch_status(
+            w,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Free", "lastHeartbeatTime": now()}})),
+        )
+        .await
+        .expect("worker free");
+    }
+    let hb = {
+        let wapi = wapi.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                for w in &workers {
+                    let _ = wapi
+                        .patch_status(
+                            w,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"status": {"lastHeartbeatTime": now()}})),
+                        )
+                        .await;
+                }
+            }
+        })
+    };
+    let restores = Arc::new(AtomicUsize::new(0));
+    let agent = tokio::spawn(fake_agent(client.clone(), restores.clone()));
+    World {
+        client,
+        apiserver: Some(running),
+        valkey,
+        kubeconfig,
+        upstream,
+        dead_port,
+        restores,
+        _dir: dir,
+        tasks: vec![hb, agent],
+    }
+}
+
+async fn create(client: &kube::Client, path: &str, body: Value) {
+    let req = Request::post(path)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .unwrap();
+    let _: Value = client.request(req).await.expect("create");
+}
+
+/// Plays the node agent: an actor bound to a worker of pool `p` (phase `Resuming`) is
+/// "restored" (counted) and, after a short delay, set `Running` with `Ready=True`.
+async fn fake_agent(client: kube::Client, restores: Arc<AtomicUsize>) {
+    let api: Api<Actor> = Api::all(client.clone());
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let mut events = std::pin::pin!(
+        watcher(api, Default::default())
+            .default_backoff()
+            .applied_objects()
+    );
+    while let Some(ev) = events.next().await {
+        let Ok(a) = ev else { continue };
+        let key = (
+            a.metadata.namespace.clone().unwrap_or_default(),
+            a.metadata.name.clone().unwrap_or_default(),
+        );
+        let st = a.status.clone().unwrap_or_default();
+        match st.phase {
+            Some(ActorPhase::Resuming)
+                if st.worker.as_ref().and_then(|w| w.pool.as_deref()) == Some("p") =>
+            {
+                if !seen.insert(key.clone()) {
+                    continue;
+                }
+                restores.fetch_add(1, Ordering::SeqCst);
+                let api: Api<Actor> = Api::namespaced(client.clone(), &key.0);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let t = now();
+                    let patch = json!({"status": {
+                    "phase": "Running",
+                    "lastActiveTime": "2020-01-01T00:00:00Z",
+                    "conditions": [
+                        {"type": "Ready", "status": "True", "reason": "Running", "message": "restored", "lastTransitionTime": t},
+                        {"type": "Scheduled", "status": "True", "reason": "Bound", "message": "bound", "lastTransitionTime": t},
+                    ]}});
+                    api.patch_status(&key.1, &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                        .expect("fake agent: running");
+                });
+            }
+            Some(ActorPhase::Resuming)
+                if st.worker.as_ref().and_then(|w| w.pool.as_deref()) == Some("failing") =>
+            {
+                let worker = st.worker.clone().unwrap_or_default().name;
+                let api: Api<Actor> = Api::namespaced(client.clone(), &key.0);
+                let wapi: Api<Worker> = Api::all(client.clone());
+                tokio::spawn(async move {
+                    // As the node agent does: free the worker, then report the failure.
+                    let _ = wapi
+                        .patch_status(
+                            &worker,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"status": {"phase": "Free", "actor": null}})),
+                        )
+                        .await;
+                    let t = now();
+                    let patch = json!({"status": {
+                    "phase": "Failed", "worker": null,
+                    "conditions": [
+                        {"type": "Ready", "status": "False", "reason": "RestoreFailed",
+                         "message": "pulling image 127.0.0.1:5000/x:1: manifest unknown", "lastTransitionTime": t},
+                    ]}});
+                    api.patch_status(&key.1, &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                        .expect("fake agent: failed");
+                });
+            }
+            Some(ActorPhase::Suspended) | None => {
+                seen.remove(&key);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl World {
+    pub async fn actor(&self, name: &str, template: &str, activation: &str) {
+        let api: Api<Actor> = Api::namespaced(self.client.clone(), ATESPACE);
+        let a: Actor = serde_json::from_value(json!({
+            "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+            "metadata": {"name": name},
+            "spec": {"template": {"name": template}, "activation": activation},
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &a)
+            .await
+            .expect("create actor");
+    }
+
+    pub async fn get_actor(&self, name: &str) -> Actor {
+        Api::<Actor>::namespaced(self.client.clone(), ATESPACE)
+            .get(name)
+            .await
+            .expect("get actor")
+    }
+
+    /// Starts an in-process router (DNS on a free port).
+    pub async fn router(&self, wake_timeout: Duration) -> router::Running {
+        let config = router::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            dns_listen: Some("127.0.0.1:0".parse().unwrap()),
+            dns_addresses: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+            suffix: router::host::Suffix::default(),
+            wake_timeout,
+            activity_interval: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+        };
+        let r = router::start(config, self.client.clone())
+            .await
+            .expect("router starts");
+        let admin = r.admin_addr;
+        eventually("the router is ready", || async move {
+            let (s, _, _) = send(admin, get("/readyz", "admin")).await.ok()?;
+            (s == 200).then_some(())
+        })
+        .await;
+        r
+    }
+}
+
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn get(path: &str, host: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// One HTTP/1.1 request on a fresh connection; the response body as text.
+pub async fn send(
+    addr: SocketAddr,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, HeaderMap, String), hyper::Error> {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok((
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
+}
+
+pub async fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let (_, _, text) = send(admin, get("/metrics", "admin")).await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+// ---- the upstream server standing in for actors ----
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(s: impl Into<Bytes>) -> UpBody {
+    Full::new(s.into())
+        .map_err(|never: std::convert::Infallible| match never {})
+        .boxed()
+}
+
+/// Routes: `/echo` (JSON of what it saw), `POST /upload` (counts the body), `/download?n=N`
+/// (streams N bytes), an `Upgrade` request (101, then echoes bytes), else `hello from <host>`.
+async fn upstream(mut req: Request<Incoming>) -> Result<Response<UpBody>, hyper::Error> {
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if req.headers().contains_key("upgrade") {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 4096];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        return Ok(Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(full(""))
+            .unwrap());
+    }
+    let path = req.uri().path().to_string();
+    match path.as_str() {
+        "/echo" => {
+            let headers: serde_json::Map<String, Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("?"))))
+                .collect();
+            let body = json!({"method": req.method().as_str(), "version": format!("{:?}", req.version()),
+                              "path": req.uri().to_string(), "headers": headers});
+            Ok(Response::new(full(body.to_string())))
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut n: u64 = 0;
+            while let Some(f) = body.frame().await {
+                if let Ok(d) = f?.into_data() {
+                    n += d.len() as u64;
+                }
+            }
+            Ok(Response::new(full(n.to_string())))
+        }
+        "/download" => {
+            let n: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("n="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream = futures::stream::unfold(n, move |left| {
+                let chunk = chunk.clone();
+                async move {
+                    if left == 0 {
+                        return None;
+                    }
+                    let take = left.min(chunk.len() as u64);
+                    Some((
+                        Ok::<_, std::io::Error>(Frame::data(chunk.slice(..take as usize))),
+                        left - take,
+                    ))
+                }
+            });
+            Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))))
+        }
+        _ => Ok(Response::new(full(format!("hello from {host}")))),
+    }
+}
+
+async fn start_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), service_fn(upstream))
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Used by tests that stream: a request body of `n` bytes made on the fly.
+pub fn streaming_body(
+    n: u64,
+) -> StreamBody<impl futures::Stream<Item = Result<Frame<Bytes>, std::io::Error>>> {
+    let chunk = Bytes::from(vec![b'u'; 64 * 1024]);
+    StreamBody::new(futures::stream::unfold(n, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let take = left.min(chunk.len() as u64);
+            Some((Ok(Frame::data(chunk.slice(..take as usize))), left - take))
+        }
+    }))
+}
+
+pub fn executor() -> TokioExecutor {
+    TokioExecutor::new()
+}
