@@ -434,7 +434,7 @@ async fn resource(
             Ok(r)
         }
         Verb::Create => {
-            let wo = WriteOptions::from_query(query)?;
+            let wo = with_manager(WriteOptions::from_query(query)?, req.headers());
             let (parts, body) = read_body(state, req).await?;
             let obj = decode_object(negotiate::body_format(content_type(&parts))?, &body)?;
             let Written { object, warnings } = registry.create(user, res, ns, obj, &wo).await?;
@@ -443,7 +443,7 @@ async fn resource(
             Ok(r)
         }
         Verb::Update => {
-            let wo = WriteOptions::from_query(query)?;
+            let wo = with_manager(WriteOptions::from_query(query)?, req.headers());
             let (parts, body) = read_body(state, req).await?;
             let obj = decode_object(negotiate::body_format(content_type(&parts))?, &body)?;
             let Written { object, warnings } = registry
@@ -464,7 +464,20 @@ async fn resource(
         Verb::Patch => {
             let wo = WriteOptions::from_query(query)?;
             let (parts, body) = read_body(state, req).await?;
-            let patch = match negotiate::patch_type(content_type(&parts))? {
+            let ptype = negotiate::patch_type(content_type(&parts))?;
+            if ptype == PatchType::Apply {
+                return apply_patch(state, user, &rr, query, output, wo, &body).await;
+            }
+            if query.get("force").is_some() {
+                return Err(patch_options_invalid(
+                    "force",
+                    "Forbidden",
+                    "FieldValueForbidden",
+                    "may not be specified for non-apply patch",
+                ));
+            }
+            let wo = with_manager(wo, &parts.headers);
+            let patch = match ptype {
                 PatchType::Json => PatchBody::Json(serde_json::from_slice(&body).map_err(|e| {
                     ApiError::bad_request(format!("the JSON patch is not valid: {e}"))
                 })?),
@@ -535,6 +548,94 @@ async fn resource(
     }
 }
 
+/// Server-side apply (`application/apply-patch+yaml`, YAML or JSON): `fieldManager` is
+/// required; 201 when the apply created the object.
+#[allow(clippy::too_many_arguments)]
+async fn apply_patch(
+    state: &AppState,
+    user: &UserInfo,
+    rr: &ResourceRequest,
+    query: &Query,
+    output: Output,
+    wo: WriteOptions,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    let Some(manager) = wo.field_manager.clone() else {
+        return Err(patch_options_invalid(
+            "fieldManager",
+            "Required value",
+            "FieldValueRequired",
+            "is required for apply patch",
+        ));
+    };
+    // kubectl and controller-runtime send JSON (which is YAML): parse it as such first, it
+    // is several times cheaper than the YAML parser.
+    let config: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| ApiError::bad_request("error decoding YAML: the body is not UTF-8"))?;
+            serde_saphyr::from_str(text)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+        }
+    };
+    let force = query.get("force").is_some_and(|v| v == "true" || v == "1");
+    let (Written { object, warnings }, created) = state
+        .registry
+        .apply(
+            user,
+            rr.res,
+            rr.namespace.as_deref(),
+            rr.name.as_deref().unwrap_or_default(),
+            config,
+            rr.subresource.as_deref(),
+            &manager,
+            force,
+            &wo,
+        )
+        .await?;
+    let mut r = encode(
+        output_for_write(output),
+        if created { 201 } else { 200 },
+        &object,
+    );
+    add_warnings(&mut r, &warnings);
+    Ok(r)
+}
+
+/// A 422 about `PatchOptions`, worded as Kubernetes' `ValidatePatchOptions`.
+fn patch_options_invalid(field: &str, kind: &str, reason: &str, detail: &str) -> ApiError {
+    ApiError::new(
+        422,
+        "Invalid",
+        format!("PatchOptions.meta.k8s.io \"\" is invalid: {field}: {kind}: {detail}"),
+    )
+    .with_details(json!({
+        "group": "meta.k8s.io",
+        "kind": "PatchOptions",
+        "causes": [{"reason": reason, "message": format!("{kind}: {detail}"), "field": field}],
+    }))
+}
+
+/// Fills `fieldManager` from the User-Agent's product (`kubectl/v1.32.4 (...)` → `kubectl`)
+/// when the client did not name one, as Kubernetes does for non-apply writes.
+fn with_manager(mut wo: WriteOptions, headers: &http::HeaderMap) -> WriteOptions {
+    if wo.field_manager.is_none() {
+        let ua = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let product = ua.split('/').next().unwrap_or("").trim();
+        let product: String = product.chars().take(128).collect();
+        wo.field_manager = Some(if product.is_empty() {
+            "unknown".to_string()
+        } else {
+            product
+        });
+    }
+    wo
+}
+
 fn output_for_write(o: Output) -> Output {
     match o {
         Output::Yaml => Output::Yaml,
@@ -602,4 +703,47 @@ fn as_namespace(a: &Value) -> Value {
         .cloned()
         .unwrap_or(json!("Active"));
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": phase}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_manager_defaults_to_the_user_agent_product() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("kubectl/v1.32.4 (linux/amd64) kubernetes/abc"),
+        );
+        let wo = with_manager(WriteOptions::default(), &h);
+        assert_eq!(wo.field_manager.as_deref(), Some("kubectl"));
+        let named = WriteOptions {
+            field_manager: Some("kubectl-edit".into()),
+            ..WriteOptions::default()
+        };
+        assert_eq!(
+            with_manager(named, &h).field_manager.as_deref(),
+            Some("kubectl-edit")
+        );
+        let wo = with_manager(WriteOptions::default(), &http::HeaderMap::new());
+        assert_eq!(wo.field_manager.as_deref(), Some("unknown"));
+    }
+
+    #[test]
+    fn patch_options_errors_read_like_kubernetes() {
+        let e = patch_options_invalid(
+            "fieldManager",
+            "Required value",
+            "FieldValueRequired",
+            "is required for apply patch",
+        );
+        let s = e.to_status();
+        assert_eq!(s["code"], 422);
+        assert_eq!(
+            s["message"],
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+        );
+        assert_eq!(s["details"]["kind"], "PatchOptions");
+    }
 }

@@ -5,6 +5,7 @@
 //! bootstrap atespaces exist, starts the atespace lifecycle controller and serves.
 
 pub mod api;
+pub mod apply;
 pub mod auth;
 pub mod config;
 pub mod discovery;

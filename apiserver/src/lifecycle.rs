@@ -3,10 +3,17 @@
 //! everything in it, waits until it is empty (objects with finalizers included), then removes
 //! the atespace once its own finalizers are gone. Level-triggered: it re-examines every
 //! terminating atespace on each atespace event and on a short resync, so a restart converges.
+//!
+//! It also keeps every atespace's status kstatus-compatible ([`atespace_status`]):
+//! `observedGeneration` follows `metadata.generation` (an atespace's spec is descriptive, so
+//! it is observed as soon as it is written), `Active` has `Ready=True`, `Terminating` has
+//! `Ready=False` and `Reconciling=True` (reason `Terminating`), so `kubectl wait
+//! --for=condition=Ready`, Flux's health checks and Argo CD see an atespace become ready and
+//! see its deletion progress.
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crds::resources::{ALL, ATESPACES};
 
@@ -22,6 +29,24 @@ pub async fn run(registry: Registry) {
     let cache = registry.store.cache(rkey(&ATESPACES)).clone();
     loop {
         let (rv, objs) = cache.snapshot(None);
+        for a in objs.iter() {
+            if a.get("status") != Some(&atespace_status(a, &crate::registry::now_rfc3339())) {
+                let name = a
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let r = registry
+                    .guaranteed_update(&ATESPACES, None, name, |cur| {
+                        let mut new = cur.clone();
+                        new["status"] = atespace_status(cur, &crate::registry::now_rfc3339());
+                        Some(new)
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(atespace = name, error = %e, "atespace status update failed; will retry");
+                }
+            }
+        }
         for a in objs
             .iter()
             .filter(|a| a.pointer("/metadata/deletionTimestamp").is_some())
@@ -163,5 +188,93 @@ pub async fn keep_bootstrap(registry: Registry) {
         } else {
             tokio::time::sleep(RESYNC).await;
         }
+    }
+}
+
+/// The status an atespace should have (kstatus-compatible): phase from `deletionTimestamp`,
+/// `observedGeneration` = `metadata.generation`, a `Ready` condition (and `Reconciling` while
+/// terminating). A condition keeps its `lastTransitionTime` while its status stays the same.
+pub fn atespace_status(obj: &Value, now: &str) -> Value {
+    let generation = obj
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let terminating = obj.pointer("/metadata/deletionTimestamp").is_some();
+    let old = |ty: &str| {
+        obj.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|c| c.iter().find(|c| c["type"] == ty))
+    };
+    let condition = |ty: &str, status: &str, reason: &str, message: &str| {
+        let since = old(ty)
+            .filter(|c| c["status"] == status)
+            .and_then(|c| c.get("lastTransitionTime"))
+            .cloned()
+            .unwrap_or_else(|| json!(now));
+        json!({
+            "lastTransitionTime": since,
+            "message": message,
+            "observedGeneration": generation,
+            "reason": reason,
+            "status": status,
+            "type": ty,
+        })
+    };
+    let conditions = if terminating {
+        vec![
+            condition(
+                "Ready",
+                "False",
+                "Terminating",
+                "the atespace is being deleted; its contents are being removed",
+            ),
+            condition(
+                "Reconciling",
+                "True",
+                "Terminating",
+                "deleting the contents of the atespace",
+            ),
+        ]
+    } else {
+        vec![condition(
+            "Ready",
+            "True",
+            "Active",
+            "the atespace accepts new content",
+        )]
+    };
+    json!({
+        "phase": if terminating { "Terminating" } else { "Active" },
+        "observedGeneration": generation,
+        "conditions": conditions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atespace_status_is_kstatus_compatible() {
+        let a = json!({"metadata": {"name": "a", "generation": 3}});
+        let s = atespace_status(&a, "2026-01-01T00:00:00Z");
+        assert_eq!(s["phase"], "Active");
+        assert_eq!(s["observedGeneration"], 3);
+        assert_eq!(s["conditions"][0]["type"], "Ready");
+        assert_eq!(s["conditions"][0]["status"], "True");
+        // Stable: the same input gives the same status later.
+        let b = json!({"metadata": {"name": "a", "generation": 3}, "status": s});
+        assert_eq!(atespace_status(&b, "2027-01-01T00:00:00Z"), b["status"]);
+        // Terminating: Ready=False with a new transition time, Reconciling=True.
+        let mut t = b.clone();
+        t["metadata"]["deletionTimestamp"] = json!("2027-01-01T00:00:00Z");
+        let s = atespace_status(&t, "2027-01-01T00:00:01Z");
+        assert_eq!(s["phase"], "Terminating");
+        assert_eq!(s["conditions"][0]["status"], "False");
+        assert_eq!(
+            s["conditions"][0]["lastTransitionTime"],
+            "2027-01-01T00:00:01Z"
+        );
+        assert_eq!(s["conditions"][1]["type"], "Reconciling");
     }
 }

@@ -130,6 +130,7 @@ pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, ApiError> {
 pub const PATCH_TYPES: &[&str] = &[
     "application/json-patch+json",
     "application/merge-patch+json",
+    "application/apply-patch+yaml",
 ];
 
 pub fn patch_type(content_type: Option<&str>) -> Result<PatchType, ApiError> {
@@ -172,6 +173,12 @@ mod tests {
             patch_type(Some("application/merge-patch+json; charset=utf-8")).unwrap(),
             PatchType::Merge
         );
-        assert_eq!(patch_type(Some("text/plain")).unwrap_err().code, 415);
+        assert_eq!(
+            patch_type(Some("application/apply-patch+yaml")).unwrap(),
+            PatchType::Apply
+        );
+        let e = patch_type(Some("text/plain")).unwrap_err();
+        assert_eq!(e.code, 415);
+        assert!(e.message.contains("application/apply-patch+yaml"), "{e}");
     }
 }

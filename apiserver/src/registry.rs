@@ -1,7 +1,7 @@
-//! Generic REST semantics over untyped JSON objects: create, get, list, update, patch, delete,
-//! deletecollection — the rules of Kubernetes' generic registry (system metadata, generation,
-//! status subresource, finalizers, dry-run, field validation, no-op updates) on top of the
-//! Valkey [`Store`].
+//! Generic REST semantics over untyped JSON objects: create, get, list, update, patch,
+//! server-side apply, delete, deletecollection — the rules of Kubernetes' generic registry
+//! (system metadata, generation, status subresource, finalizers, dry-run, field validation,
+//! no-op updates, managedFields through [`crate::apply`]) on top of the Valkey [`Store`].
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 use crds::resources::{ATESPACES, Kind, ResourceInfo};
 use crds::validation::FieldError;
 
+use crate::apply::{self, ManagerId, Operation};
 use crate::auth::UserInfo;
 use crate::request::{FieldValidation, ListOptions, RvMatch, WriteOptions};
 use crate::selector::{self, FieldSelector, LabelSelector};
@@ -491,10 +492,27 @@ impl Registry {
         user: &UserInfo,
         res: &ResourceInfo,
         ns: Option<&str>,
-        mut body: Value,
+        body: Value,
         wo: &WriteOptions,
     ) -> Result<Written, ApiError> {
         let warnings = self.check_body(res, &body, wo)?;
+        self.create_inner(user, res, ns, body, wo, warnings, true)
+            .await
+    }
+
+    /// Creates `body`; `track`: record the writer's `Update` entry in managedFields (an
+    /// apply-create brings its own `Apply` entry).
+    #[allow(clippy::too_many_arguments)] // who, what, where, body, how, and what to record
+    async fn create_inner(
+        &self,
+        user: &UserInfo,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        mut body: Value,
+        wo: &WriteOptions,
+        warnings: Vec<String>,
+        track: bool,
+    ) -> Result<Written, ApiError> {
         let meta = meta_mut(&mut body);
         if meta
             .get("resourceVersion")
@@ -564,11 +582,16 @@ impl Registry {
             if let Some(m) = body.as_object_mut() {
                 m.remove("status");
             }
-            if let Some(status) = initial_status(res) {
+            if res.kind_id == Kind::Atespace {
+                body["status"] = crate::lifecycle::atespace_status(&body, &now_rfc3339());
+            } else if let Some(status) = initial_status(res) {
                 body["status"] = status;
             }
         }
-        let obj = self.normalize(res, body, &name)?;
+        let mut obj = self.normalize(res, body, &name)?;
+        if track {
+            record_managed(res, None, &mut obj, None, wo, &name)?;
+        }
         // Admission.
         if res.kind_id == Kind::Atespace
             && crds::validation::is_reserved_atespace(&name)
@@ -655,12 +678,17 @@ impl Registry {
             })?,
         };
         let old = self.get(res, ns, name).await?;
+        if let Some(uid) = meta_str(&body, "uid").filter(|u| !u.is_empty())
+            && meta_str(&old, "uid") != Some(uid)
+        {
+            return Err(uid_precondition_failed(res, name, uid, &old));
+        }
         if rv_of(&old) != body_rv {
             return Err(ApiError::conflict(res, name));
         }
         let new = merge_update(res, &old, body, subresource);
         let object = self
-            .commit_update(user, res, ns, name, &old, new, wo)
+            .commit_update(user, res, ns, name, &old, new, subresource, wo)
             .await?;
         Ok(Written { object, warnings })
     }
@@ -701,6 +729,18 @@ impl Registry {
             if precondition_set {
                 return Err(ApiError::conflict(res, name));
             }
+            // A patch may not change the uid (the garbage collector sends the uid it expects:
+            // a recreated object of the same name refuses its patch), as Kubernetes'
+            // `ValidateObjectMetaUpdate`.
+            if let Some(uid) = meta_str(&patched, "uid")
+                && meta_str(&old, "uid") != Some(uid)
+            {
+                return Err(ApiError::invalid(
+                    res,
+                    name,
+                    &[FieldError::immutable("metadata.uid", uid)],
+                ));
+            }
             // A patch must not change identity.
             if meta_str(&patched, "name") != Some(name) {
                 return Err(ApiError::bad_request(
@@ -709,7 +749,10 @@ impl Registry {
             }
             let warnings = self.check_body(res, &patched, wo)?;
             let new = merge_update(res, &old, patched, subresource);
-            match self.commit_update(user, res, ns, name, &old, new, wo).await {
+            match self
+                .commit_update(user, res, ns, name, &old, new, subresource, wo)
+                .await
+            {
                 Ok(object) => return Ok(Written { object, warnings }),
                 Err(e) if e.reason == "Conflict" => continue,
                 Err(e) => return Err(e),
@@ -718,7 +761,176 @@ impl Registry {
         Err(ApiError::conflict(res, name))
     }
 
-    /// Validates and writes `new` over `old` (CAS on `old`'s resourceVersion).
+    /// PATCH with `application/apply-patch+yaml`: server-side apply of `config` by
+    /// `manager` (see [`crate::apply`]). Creates the object when it does not exist (main
+    /// resource only). A `resourceVersion` in the configuration is a precondition. An apply
+    /// that changes neither the object nor its managedFields writes nothing. Returns whether
+    /// the object was created.
+    #[allow(clippy::too_many_arguments)] // mirrors the REST call: who, what, where, body, how
+    pub async fn apply(
+        &self,
+        user: &UserInfo,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        mut config: Value,
+        subresource: Option<&str>,
+        manager: &str,
+        force: bool,
+        wo: &WriteOptions,
+    ) -> Result<(Written, bool), ApiError> {
+        if !config.is_object() {
+            return Err(ApiError::bad_request(
+                "error decoding YAML: the apply configuration must be an object",
+            ));
+        }
+        let av = config
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if av != res.api_version() {
+            return Err(ApiError::bad_request(format!(
+                "Incorrect version specified in apply patch. Specified patch version: {av}, expected: {}",
+                res.api_version()
+            )));
+        }
+        if config
+            .pointer("/metadata/managedFields")
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+        }
+        let body_name = meta_str(&config, "name").unwrap_or("");
+        if body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        if res.namespaced
+            && meta_str(&config, "namespace").is_some_and(|b| !b.is_empty() && Some(b) != ns)
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        let warnings = self.check_body(res, &config, wo)?;
+        let precondition = meta_str(&config, "resourceVersion")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        {
+            let m = meta_mut(&mut config);
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "selfLink",
+                "resourceVersion",
+                "managedFields",
+            ] {
+                m.shift_remove(f);
+            }
+            if let Some(ns) = ns.filter(|_| res.namespaced) {
+                m.insert("namespace".into(), json!(ns));
+            }
+        }
+        applied_part(res, &mut config, subresource);
+        let id = ManagerId::new(manager, Operation::Apply, subresource);
+        let schema = apply::schema::root(res);
+        let ignore = apply::ignored(subresource);
+        for _ in 0..MAX_RETRIES {
+            let Some(live) = self.get_opt(res, ns, name).await? else {
+                if subresource.is_some() {
+                    return Err(ApiError::not_found(res, name));
+                }
+                if precondition.is_some() {
+                    return Err(ApiError::bad_request(
+                        "resourceVersion should not be set on objects to be created",
+                    ));
+                }
+                let mut managers = apply::Managers::new();
+                let set = apply::typed::to_field_set(schema, &config).filter(|p| !ignore(p));
+                if !set.is_empty() {
+                    managers.insert(
+                        id.clone(),
+                        apply::Entry {
+                            api_version: res.api_version(),
+                            time: Some(now_rfc3339()),
+                            set,
+                        },
+                    );
+                }
+                let mut body = config.clone();
+                set_managed_fields(&mut body, &managers);
+                match self
+                    .create_inner(user, res, ns, body, wo, warnings.clone(), false)
+                    .await
+                {
+                    Ok(w) => {
+                        tracing::debug!(resource = %res.qualified(), name, manager, "applied (created)");
+                        return Ok((w, true));
+                    }
+                    Err(e) if e.reason == "AlreadyExists" && !wo.dry_run => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if let Some(rv) = &precondition
+                && meta_str(&live, "resourceVersion") != Some(rv.as_str())
+            {
+                return Err(ApiError::conflict(res, name));
+            }
+            let mut managers = apply::decode(&live).unwrap_or_default();
+            let before = managers.clone();
+            let merged = apply::apply(
+                schema,
+                &live,
+                &config,
+                &mut managers,
+                &id,
+                &res.api_version(),
+                force,
+                &ignore,
+            )
+            .map_err(|c| {
+                tracing::debug!(resource = %res.qualified(), name, manager, conflicts = c.0.len(), "apply conflict");
+                apply_conflict(&c)
+            })?;
+            let new = merge_update(res, &live, merged, subresource);
+            let mut new = self.normalize(res, new, name)?;
+            let changed = !same_but_managed(&new, &live);
+            if let Some(e) = managers.get_mut(&id)
+                && (changed || e.time.is_none())
+            {
+                e.time = Some(now_rfc3339());
+            }
+            if !changed && managers == before {
+                return Ok((
+                    Written {
+                        object: live,
+                        warnings,
+                    },
+                    false,
+                ));
+            }
+            set_managed_fields(&mut new, &managers);
+            match self
+                .commit_normalized(user, res, ns, name, &live, new, wo)
+                .await
+            {
+                Ok(object) => {
+                    tracing::debug!(resource = %res.qualified(), name, manager, "applied");
+                    return Ok((Written { object, warnings }, false));
+                }
+                Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::conflict(res, name))
+    }
+
+    /// Validates and writes `new` over `old` (CAS on `old`'s resourceVersion), recording the
+    /// writer in managedFields.
     #[allow(clippy::too_many_arguments)]
     async fn commit_update(
         &self,
@@ -728,9 +940,28 @@ impl Registry {
         name: &str,
         old: &Value,
         new: Value,
+        subresource: Option<&str>,
         wo: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let mut new = self.normalize(res, new, name)?;
+        record_managed(res, Some(old), &mut new, subresource, wo, name)?;
+        self.commit_normalized(user, res, ns, name, old, new, wo)
+            .await
+    }
+
+    /// [`Registry::commit_update`] of an already normalized object whose managedFields are
+    /// final.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_normalized(
+        &self,
+        user: &UserInfo,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        old: &Value,
+        mut new: Value,
+        wo: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         let mut errs = res.validate_update(old, &new);
         let old_fin = finalizers(old);
         let new_fin = finalizers(&new);
@@ -900,7 +1131,7 @@ impl Registry {
                 m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
                 m.insert("deletionGracePeriodSeconds".into(), json!(0));
                 if res.kind_id == Kind::Atespace {
-                    new["status"]["phase"] = json!("Terminating");
+                    new["status"] = crate::lifecycle::atespace_status(&new, &now_rfc3339());
                 }
                 if dry_run {
                     return Ok(new);
@@ -1067,6 +1298,125 @@ impl ApiError {
         ));
         self
     }
+}
+
+/// Records a non-apply write in `new`'s managedFields (Kubernetes' `FieldManager.Update`):
+/// managedFields the client sent on the main resource replace the stored ones (that is how
+/// kubectl migrates client-side-apply ownership), otherwise the stored ones are kept; then
+/// the writer's `Update` entry takes what it added or changed. Writes without a field manager
+/// (the apiserver's own controllers) keep managedFields as they are.
+fn record_managed(
+    res: &ResourceInfo,
+    old: Option<&Value>,
+    new: &mut Value,
+    subresource: Option<&str>,
+    wo: &WriteOptions,
+    name: &str,
+) -> Result<(), ApiError> {
+    let Some(manager) = wo.field_manager.as_deref() else {
+        return Ok(());
+    };
+    let sent = apply::decode(new).map_err(|e| {
+        ApiError::invalid(
+            res,
+            name,
+            &[FieldError::invalid(
+                "metadata.managedFields",
+                "",
+                e.to_string(),
+            )],
+        )
+    })?;
+    let mut managers = if !sent.is_empty() && subresource.is_none() {
+        sent
+    } else {
+        old.map(|o| apply::decode(o).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let empty = json!({});
+    apply::record_update(
+        apply::schema::root(res),
+        old.unwrap_or(&empty),
+        new,
+        &mut managers,
+        &ManagerId::new(manager, Operation::Update, subresource),
+        &res.api_version(),
+        &now_rfc3339(),
+        &apply::ignored(subresource),
+    );
+    set_managed_fields(new, &managers);
+    Ok(())
+}
+
+fn set_managed_fields(obj: &mut Value, managers: &apply::Managers) {
+    let m = meta_mut(obj);
+    if managers.is_empty() {
+        m.shift_remove("managedFields");
+    } else {
+        m.insert("managedFields".into(), apply::encode(managers));
+    }
+}
+
+/// Whether `a` and `b` are equal except for `metadata.managedFields` and
+/// `metadata.resourceVersion` (without copying them).
+fn same_but_managed(a: &Value, b: &Value) -> bool {
+    let (Some(ma), Some(mb)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
+    let skip = |k: &str| k == "managedFields" || k == "resourceVersion";
+    let meta_eq = |x: Option<&Value>, y: Option<&Value>| {
+        let (x, y) = (x.and_then(Value::as_object), y.and_then(Value::as_object));
+        match (x, y) {
+            (Some(x), Some(y)) => {
+                x.iter().filter(|(k, _)| !skip(k)).count()
+                    == y.iter().filter(|(k, _)| !skip(k)).count()
+                    && x.iter()
+                        .filter(|(k, _)| !skip(k))
+                        .all(|(k, v)| y.get(k) == Some(v))
+            }
+            (x, y) => x == y,
+        }
+    };
+    ma.len() == mb.len()
+        && ma.iter().all(|(k, v)| {
+            if k == "metadata" {
+                meta_eq(Some(v), mb.get(k))
+            } else {
+                mb.get(k) == Some(v)
+            }
+        })
+}
+
+/// Keeps the part of an apply configuration that `subresource` writes: the main resource
+/// does not write `status`, the status subresource writes nothing else.
+fn applied_part(res: &ResourceInfo, config: &mut Value, subresource: Option<&str>) {
+    let Some(m) = config.as_object_mut() else {
+        return;
+    };
+    if subresource == Some("status") {
+        m.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status"));
+        if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.retain(|k, _| k == "name" || k == "namespace");
+        }
+    } else if res.has_status {
+        m.shift_remove("status");
+    }
+}
+
+fn uid_precondition_failed(res: &ResourceInfo, name: &str, uid: &str, old: &Value) -> ApiError {
+    ApiError::conflict_msg(
+        res,
+        name,
+        &format!(
+            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+            meta_str(old, "uid").unwrap_or("")
+        ),
+    )
+}
+
+/// The conflict `Status` of an apply (409, `FieldManagerConflict` causes).
+fn apply_conflict(c: &apply::Conflicts) -> ApiError {
+    ApiError::new(409, "Conflict", c.message()).with_details(json!({"causes": c.causes()}))
 }
 
 /// Combines a client's object with the stored one: system metadata always from `old`; for the

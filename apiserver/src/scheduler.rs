@@ -372,6 +372,15 @@ impl Scheduler {
                     "Resuming",
                     &format!("resuming on worker {wname}"),
                 );
+                // kstatus: in progress until the node agent reports the outcome.
+                set_condition(
+                    &mut new,
+                    crds::conditions::RECONCILING,
+                    "True",
+                    "Resuming",
+                    &format!("resuming on worker {wname}"),
+                );
+                remove_condition(&mut new, crds::conditions::STALLED);
                 bound = true;
                 Some(new)
             })
@@ -413,6 +422,13 @@ impl Scheduler {
                             &mut new,
                             crds::conditions::READY,
                             "False",
+                            "Suspending",
+                            "suspend requested",
+                        );
+                        set_condition(
+                            &mut new,
+                            crds::conditions::RECONCILING,
+                            "True",
                             "Suspending",
                             "suspend requested",
                         );

@@ -1296,8 +1296,36 @@ fn generation_and_resource_version_rules() {
         rv3.parse::<u64>().unwrap() > rv2.parse::<u64>().unwrap(),
         "{rv3} > {rv2}"
     );
-    // System fields sent by a client are ignored.
-    w.ok(&["patch", "actor", "g", "-n", "team-a", "--type=merge", "-p", r#"{"metadata":{"generation":40,"uid":"forged","creationTimestamp":"2000-01-01T00:00:00Z"}}"#]);
+    // System fields sent by a client are ignored; a different uid is refused (422, as
+    // Kubernetes: the uid is immutable).
+    w.ok(&[
+        "patch",
+        "actor",
+        "g",
+        "-n",
+        "team-a",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"generation":40,"creationTimestamp":"2000-01-01T00:00:00Z"}}"#,
+    ]);
+    let (code, err) = w.fail_http(
+        &[
+            "patch",
+            "actor",
+            "g",
+            "-n",
+            "team-a",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"uid":"forged"}}"#,
+        ],
+        None,
+    );
+    assert_eq!(code, Some(422), "{err}");
+    assert_contains(
+        &err,
+        "metadata.uid: Invalid value: \"forged\": field is immutable",
+    );
     let o = w.get_json("actor", "g", "team-a").expect("g");
     assert_eq!(o["metadata"]["generation"], 2);
     assert_ne!(o["metadata"]["uid"], "forged");
@@ -1975,7 +2003,7 @@ fn bad_input_over_http() {
     assert_eq!(w.actors_rv(), rv, "nothing was written by the bad creates");
     assert!(w.names("actors", "team-a").is_empty());
 
-    // Patches: strategic merge and apply are refused; malformed patches are 400.
+    // Patches: strategic merge is refused (415); malformed patches are 400.
     let r = w.http(
         "POST",
         actors,

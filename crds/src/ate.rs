@@ -72,6 +72,7 @@ pub struct WorkerPoolStatus {
     pub observed_generation: Option<i64>,
     /// Conditions (`Ready`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -116,6 +117,7 @@ pub struct WorkerPoolStatus {
 pub struct ActorTemplateSpec {
     /// The containers of the actor's sandbox.
     #[schemars(length(min = 1))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub containers: Vec<Container>,
     /// Image of the pause (sandbox) container, if the runtime needs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,12 +152,14 @@ pub struct Container {
     pub args: Vec<String>,
     /// Environment variables.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub env: Vec<EnvVar>,
     /// Working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     /// Ports the container listens on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["containerPort", "protocol"]))]
     pub ports: Vec<ContainerPort>,
 }
 
@@ -182,6 +186,7 @@ pub struct ContainerPort {
     pub container_port: i32,
     /// TCP (default) or UDP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "TCP"))]
     pub protocol: Option<String>,
 }
 
@@ -246,6 +251,7 @@ pub struct ActorTemplateStatus {
     pub observed_generation: Option<i64>,
     /// Conditions (`Ready` once the golden snapshot exists).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The golden snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -66,6 +66,7 @@ pub struct AtespaceStatus {
     pub observed_generation: Option<i64>,
     /// Conditions (`Ready`; `Terminating` details while deleting).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -194,6 +195,7 @@ pub struct ActorStatus {
     pub phase: Option<ActorPhase>,
     /// Conditions; `Ready` is kstatus-compatible.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Generation of the spec this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -327,6 +329,7 @@ pub struct WorkerStatus {
     pub last_heartbeat_time: Option<Time>,
     /// Conditions (`Ready`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Generation of the spec this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,7 @@
 //! `substrate-bench`: loads a RUNNING apiserver over HTTPS/2 with concurrent clients and prints
-//! throughput and p50/p99/max latency of create, get, list, update and watch fan-out, and
-//! Valkey's memory per actor. Run it through `hack/bench.sh`; figures and their analysis are
+//! throughput and p50/p99/max latency of create, get, list, update, server-side apply (on the
+//! same actors as the updates, compared with them) and watch fan-out, and Valkey's memory per
+//! actor. Run it through `hack/bench.sh`; figures and their analysis are
 //! in `docs/benchmarks.md`.
 //!
 //! Every run works in atespaces of its own, `bench-<id>` (create, get, update),
@@ -41,6 +42,7 @@ enum Phase {
     Get,
     List,
     Update,
+    Apply,
     Watch,
     Memory,
 }
@@ -87,7 +89,7 @@ struct Args {
         env = "SUBSTRATE_BENCH_PHASES",
         value_enum,
         value_delimiter = ',',
-        default_value = "create,get,list,update,watch,memory"
+        default_value = "create,get,list,update,apply,watch,memory"
     )]
     phases: Vec<Phase>,
     /// Actors created by the create phase (get and update use them).
@@ -109,6 +111,14 @@ struct Args {
     /// PUTs (label change with the object's resourceVersion).
     #[arg(long, env = "SUBSTRATE_BENCH_UPDATES", default_value_t = 20_000)]
     updates: usize,
+    /// Server-side applies (`application/apply-patch+yaml` with a JSON body as kubectl sends
+    /// it, label tier t1<->t2, forced) of the update phase's actors.
+    #[arg(long, env = "SUBSTRATE_BENCH_APPLIES", default_value_t = 20_000)]
+    applies: usize,
+    /// Send the apply configurations as YAML instead of JSON (kubectl and controller-runtime
+    /// send JSON; YAML costs the server a YAML parse).
+    #[arg(long, env = "SUBSTRATE_BENCH_APPLY_YAML")]
+    apply_yaml: bool,
     /// Concurrent watches of the watch phase.
     #[arg(long, env = "SUBSTRATE_BENCH_WATCHERS", default_value_t = 100)]
     watchers: usize,
@@ -507,6 +517,100 @@ impl Bench {
         .await;
         let usage = self.probe.usage_since(&before).await;
         self.push(PhaseResult::new("update", rec, Some(usage)));
+        Ok(())
+    }
+
+    /// Server-side applies of the same actors the update phase changes, so the two rows
+    /// compare an apply (decode YAML, merge, field sets, conflicts, managedFields) with a
+    /// plain update of the same objects. Target: an apply costs at most 2x an update.
+    async fn phase_apply(&mut self) -> anyhow::Result<()> {
+        let set = self.base().await?;
+        eprintln!(
+            "apply: {} server-side applies (label tier t1<->t2, fieldManager=bench, force) over {} actors of {}",
+            self.args.applies,
+            set.names.len(),
+            set.ns
+        );
+        let client = self.client.clone();
+        let before = self.probe.sample().await;
+        let s = set.clone();
+        let sep = if self.write_query().is_empty() {
+            "?"
+        } else {
+            "&"
+        };
+        let query = Arc::new(format!(
+            "{}{sep}fieldManager=bench&force=true",
+            self.write_query()
+        ));
+        let yaml = self.args.apply_yaml;
+        let rec = run_concurrent(
+            "apply",
+            self.args.applies,
+            self.args.concurrency,
+            move |k| {
+                let (client, s, query) = (client.clone(), s.clone(), query.clone());
+                async move {
+                    let i = k % s.names.len();
+                    let path = format!("{}/{}{query}", actors_path(&s.ns), s.names[i]);
+                    let mut slot = s.objects[i].lock().await;
+                    let cur: Value = serde_json::from_slice(&slot)
+                        .map_err(|e| OpError::new("bad stored object", e.to_string()))?;
+                    let next = if cur["metadata"]["labels"]["tier"] == "t1" { "t2" } else { "t1" };
+                    // JSON, as kubectl and controller-runtime send it (or YAML).
+                    let config = json!({
+                        "apiVersion": "substrate.ate.dev/v1alpha1",
+                        "kind": "Actor",
+                        "metadata": {"name": s.names[i], "namespace": s.ns, "labels": {"app": "bench", "tier": next}},
+                        "spec": {"template": {"name": "counter"}, "activation": "OnDemand", "idleTimeout": "5m"},
+                    });
+                    let config = if yaml {
+                        serde_saphyr::to_string(&config)
+                            .map_err(|e| OpError::new("yaml", e.to_string()))?
+                    } else {
+                        config.to_string()
+                    };
+                    let r = client
+                        .send(
+                            Method::PATCH,
+                            &path,
+                            Some("application/apply-patch+yaml"),
+                            Bytes::from(config),
+                        )
+                        .await
+                        .map_err(|e| OpError::transport(&e))?;
+                    let r = expect(r, StatusCode::OK)?;
+                    *slot = r.body;
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        let usage = self.probe.usage_since(&before).await;
+        let row = PhaseResult::new("apply (server-side)", rec, Some(usage));
+        if let Some(update) = self.rows.iter().find(|r| r.name == "update") {
+            let ratio = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+                (Some(a), Some(b)) if !b.is_zero() => a.as_secs_f64() / b.as_secs_f64(),
+                _ => f64::INFINITY,
+            };
+            let p50 = ratio(row.p(0.5), update.p(0.5));
+            let tput = if row.ops_per_sec() > 0.0 {
+                update.ops_per_sec() / row.ops_per_sec()
+            } else {
+                f64::INFINITY
+            };
+            self.details.insert(
+                "apply_vs_update".into(),
+                json!({"p50_ratio": p50, "p99_ratio": ratio(row.p(0.99), update.p(0.99)), "cost_ratio": tput}),
+            );
+            self.targets.push(Target {
+                what: "apply cost vs update",
+                goal: "<= 2.0x".into(),
+                measured: format!("{tput:.2}x (p50 {p50:.2}x)"),
+                met: tput <= 2.0 && row.rec.failed() == 0,
+            });
+        }
+        self.push(row);
         Ok(())
     }
 
@@ -931,6 +1035,7 @@ async fn run(args: Args) -> anyhow::Result<Value> {
             Phase::Get,
             Phase::List,
             Phase::Update,
+            Phase::Apply,
             Phase::Watch,
             Phase::Memory,
         ] {
@@ -942,6 +1047,7 @@ async fn run(args: Args) -> anyhow::Result<Value> {
                 Phase::Get => bench.phase_get().await,
                 Phase::List => bench.phase_list().await,
                 Phase::Update => bench.phase_update().await,
+                Phase::Apply => bench.phase_apply().await,
                 Phase::Watch => bench.phase_watch().await,
                 Phase::Memory => bench.phase_memory().await,
             }
