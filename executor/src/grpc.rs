@@ -195,6 +195,21 @@ fn op_response(o: &OpOutcome) -> proto::OperationResponse {
     }
 }
 
+/// Runs an operation in a task of its own: when the caller goes away (the node agent
+/// crashed, its request was cancelled), tonic drops the handler's future, and an operation
+/// dropped half-way would kill `runsc` in the middle of a checkpoint or restore — which
+/// kills the sandbox. Detached, the operation finishes and records its outcome, and the
+/// caller's retry (same operation id) finds it done.
+async fn detached<T, F>(op: F) -> Result<T, Status>
+where
+    F: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(op)
+        .await
+        .map_err(|e| Status::internal(format!("executor operation task failed: {e}")))?
+}
+
 /// The tonic service over one [`Worker`].
 pub struct ExecutorService<R: Runtime, N: Network> {
     worker: Arc<Worker<R, N>>,
@@ -219,11 +234,14 @@ impl<R: Runtime, N: Network> Executor for ExecutorService<R, N> {
         let r = req.into_inner();
         let actor = parse_actor(&r.actor)?;
         let spec = spec_from_proto(r.spec)?;
-        let out = self
-            .worker
-            .run(&actor, &r.operation_id, &spec)
-            .await
-            .map_err(|e| to_status(&e))?;
+        let worker = self.worker.clone();
+        let out = detached(async move {
+            worker
+                .run(&actor, &r.operation_id, &spec)
+                .await
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
         Ok(Response::new(op_response(&out)))
     }
 
@@ -235,11 +253,14 @@ impl<R: Runtime, N: Network> Executor for ExecutorService<R, N> {
         let actor = parse_actor(&r.actor)?;
         let spec = spec_from_proto(r.spec)?;
         let dir = parse_dir("image_dir", &r.image_dir)?;
-        let out = self
-            .worker
-            .restore(&actor, &r.operation_id, &spec, &dir)
-            .await
-            .map_err(|e| to_status(&e))?;
+        let worker = self.worker.clone();
+        let out = detached(async move {
+            worker
+                .restore(&actor, &r.operation_id, &spec, &dir)
+                .await
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
         Ok(Response::new(op_response(&out)))
     }
 
@@ -250,11 +271,14 @@ impl<R: Runtime, N: Network> Executor for ExecutorService<R, N> {
         let r = req.into_inner();
         let actor = parse_actor(&r.actor)?;
         let dir = parse_dir("image_dir", &r.image_dir)?;
-        let out = self
-            .worker
-            .checkpoint(&actor, &r.operation_id, &dir)
-            .await
-            .map_err(|e| to_status(&e))?;
+        let worker = self.worker.clone();
+        let out = detached(async move {
+            worker
+                .checkpoint(&actor, &r.operation_id, &dir)
+                .await
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
         Ok(Response::new(proto::CheckpointResponse {
             status: Some(status_to_proto(&out.status)),
             already_done: out.already_done,
@@ -269,11 +293,14 @@ impl<R: Runtime, N: Network> Executor for ExecutorService<R, N> {
     ) -> Result<Response<proto::OperationResponse>, Status> {
         let r = req.into_inner();
         let actor = parse_actor(&r.actor)?;
-        let out = self
-            .worker
-            .kill(&actor, &r.operation_id)
-            .await
-            .map_err(|e| to_status(&e))?;
+        let worker = self.worker.clone();
+        let out = detached(async move {
+            worker
+                .kill(&actor, &r.operation_id)
+                .await
+                .map_err(|e| to_status(&e))
+        })
+        .await?;
         Ok(Response::new(op_response(&out)))
     }
 

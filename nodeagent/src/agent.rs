@@ -62,6 +62,27 @@ pub enum AgentError {
     },
 }
 
+impl AgentError {
+    /// Whether the failure says nothing about the actor: the executor process went away
+    /// mid-call (its supervisor restarts it) or the apiserver could not be reached. Such a
+    /// transition is retried as it is (every executor operation is idempotent) instead of
+    /// being given up.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            AgentError::Executor { source, .. } => {
+                source.kind().is_none()
+                    && matches!(
+                        source.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    )
+            }
+            AgentError::Kube(kube::Error::Api(e)) => e.code >= 500 || e.code == 429,
+            AgentError::Kube(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Configuration of one node agent.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -92,6 +113,18 @@ struct LocalWorker {
     index: u32,
     socket: PathBuf,
     child: Option<Child>,
+    /// Pid of an executor adopted from an earlier agent (not our child).
+    adopted: Option<i32>,
+}
+
+/// Pid of the process serving the unix socket at `path` (SO_PEERCRED).
+async fn socket_peer_pid(path: &Path) -> Option<i32> {
+    let stream = tokio::net::UnixStream::connect(path).await.ok()?;
+    stream.peer_cred().ok()?.pid()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
 /// The node agent.
@@ -209,12 +242,31 @@ impl Agent {
         }
     }
 
-    /// Stops the executors this agent started (SIGTERM; each applies its own shutdown
-    /// policy), waiting up to 30 s for each. Executors adopted from an earlier agent keep
-    /// running.
+    /// Stops the executors of this agent, those it started and those it adopted from an
+    /// earlier agent (SIGTERM; each applies its own shutdown policy), waiting up to 30 s
+    /// for each.
     pub async fn shutdown(&self) {
         let mut workers = self.workers.lock().await;
         for (name, w) in workers.iter_mut() {
+            if let Some(pid) = w.adopted.take() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while pid_alive(pid) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if pid_alive(pid) {
+                    tracing::warn!(worker = %name, pid, "adopted executor did not stop within 30s; killing it");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                } else {
+                    tracing::info!(worker = %name, pid, "adopted executor stopped");
+                }
+            }
             let Some(child) = w.child.as_mut() else {
                 continue;
             };
@@ -303,6 +355,7 @@ impl Agent {
                     index,
                     socket,
                     child: None,
+                    adopted: None,
                 },
             );
         }
@@ -314,10 +367,19 @@ impl Agent {
         {
             return Ok(());
         }
-        // Adopt an executor that still serves the socket (the agent restarted).
-        if ExecutorClient::connect(&w.socket).await.is_ok() {
+        // Adopt an executor that still serves the socket (the agent restarted), and
+        // remember its pid so that shutdown stops it like one of ours.
+        if let Some(pid) = w.adopted
+            && pid_alive(pid)
+        {
             return Ok(());
         }
+        if ExecutorClient::connect(&w.socket).await.is_ok() {
+            w.adopted = socket_peer_pid(&w.socket).await;
+            tracing::info!(worker = name, pid = ?w.adopted, "adopted a running executor");
+            return Ok(());
+        }
+        w.adopted = None;
         let run_dir = self.cfg.state_dir.join("run");
         std::fs::create_dir_all(&run_dir).map_err(io_err(&run_dir))?;
         let log = self.cfg.state_dir.join("logs").join(format!("{name}.log"));
@@ -465,6 +527,26 @@ impl Agent {
         let Ok(key) = status.actor.parse::<ActorKey>() else {
             return;
         };
+        // The cache may not have synced yet (a restarted agent): ask the apiserver before
+        // killing anything, and keep the sandbox unless it says the actor is not bound here.
+        let Some((ns, name)) = status.actor.split_once('/') else {
+            return;
+        };
+        match self.actor_api(ns).get_opt(name).await {
+            Ok(Some(a))
+                if a.status
+                    .as_ref()
+                    .and_then(|s| s.worker.as_ref())
+                    .is_some_and(|w| w.name == worker) =>
+            {
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(worker, actor = %status.actor, error = %e, "cannot check a sandbox's actor; keeping it");
+                return;
+            }
+        }
         if let Ok(mut c) = self.executor(worker).await {
             match c.kill(&key, &format!("stray-{}", now())).await {
                 Ok(_) => {
@@ -627,21 +709,28 @@ impl Agent {
                     st["lastActiveTime"] = json!(now());
                     st["observedGeneration"] = json!(generation);
                     let conds = st["conditions"].as_array().cloned().unwrap_or_default();
+                    let message = format!("running on worker {worker} at {address}");
+                    let conds = with_condition(
+                        &conds,
+                        condition("Ready", true, "Running", &message, Some(generation)),
+                    );
+                    let conds = with_condition(
+                        &conds,
+                        condition("Reconciling", false, "Running", &message, Some(generation)),
+                    );
                     st["conditions"] = json!(with_condition(
                         &conds,
-                        condition(
-                            "Ready",
-                            true,
-                            "Running",
-                            &format!("running on worker {worker} at {address}"),
-                            Some(generation)
-                        )
+                        condition("Stalled", false, "Running", &message, Some(generation))
                     ));
                     true
                 })
                 .await?;
                 tracing::info!(atespace = %ns, actor = %name, worker, "actor running");
                 Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(atespace = %ns, actor = %name, worker, error = %e, "resume interrupted; will retry");
+                Err(e)
             }
             Err(e) => {
                 tracing::warn!(atespace = %ns, actor = %name, worker, error = %e, "resume failed");
@@ -774,6 +863,12 @@ impl Agent {
                     .await
                 {
                     Ok(_) => dir,
+                    Err(e) if e.kind().is_none() && e.sandbox_lost().is_none() => {
+                        // The executor went away mid-checkpoint: the next attempt adopts
+                        // the sandbox or reuses a checkpoint that finished.
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(exec_err(e));
+                    }
                     Err(e) => {
                         let msg = format!("checkpoint failed; back to the last good snapshot: {e}");
                         self.release(actor, worker, "Suspended", "CheckpointFailed", &msg, None)
@@ -898,9 +993,24 @@ impl Agent {
                 .into_iter()
                 .filter(|c| c["type"] != "Scheduled")
                 .collect();
+            // kstatus: the transition is over; a failed resume is stalled until retried.
+            let conds = with_condition(
+                &conds,
+                condition("Ready", false, reason, message, Some(generation)),
+            );
+            let conds = with_condition(
+                &conds,
+                condition("Reconciling", false, reason, message, Some(generation)),
+            );
             st["conditions"] = json!(with_condition(
                 &conds,
-                condition("Ready", false, reason, message, Some(generation))
+                condition(
+                    "Stalled",
+                    phase == "Failed",
+                    reason,
+                    message,
+                    Some(generation)
+                )
             ));
             true
         })

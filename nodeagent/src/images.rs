@@ -93,6 +93,70 @@ impl BasicAuth {
     }
 }
 
+/// Why a registry credentials file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("registry credentials: {0} is not a Docker config.json / .dockerconfigjson: {1}")]
+    Json(String, serde_json::Error),
+    #[error("registry credentials: {0}: entry {1:?}: {2}")]
+    Entry(String, String, &'static str),
+}
+
+/// Reads registry credentials in the format of Docker's `config.json` and of Kubernetes'
+/// `kubernetes.io/dockerconfigjson` secrets: `{"auths": {"<registry>": {"auth":
+/// "<base64 user:password>"}}}` (or `"username"`/`"password"` fields). Registry keys may be
+/// written as URLs (`https://host:port/v1/`); they are reduced to `host[:port]`. `source`
+/// names the file in errors. Passwords never appear in errors.
+pub fn credentials_from_docker_config(
+    source: &str,
+    json: &str,
+) -> Result<BTreeMap<String, BasicAuth>, CredentialsError> {
+    use base64::Engine as _;
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        auths: BTreeMap<String, Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        auth: Option<String>,
+        username: Option<String>,
+        password: Option<String>,
+    }
+    let file: File =
+        serde_json::from_str(json).map_err(|e| CredentialsError::Json(source.into(), e))?;
+    let mut out = BTreeMap::new();
+    for (key, e) in file.auths {
+        let host = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let bad = |why| CredentialsError::Entry(source.into(), key.clone(), why);
+        if host.is_empty() {
+            return Err(bad("no registry host in the key"));
+        }
+        let auth = match (e.auth, e.username, e.password) {
+            (_, Some(u), Some(p)) => BasicAuth::new(u, p),
+            (Some(a), _, _) => {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(a.trim())
+                    .map_err(|_| bad("\"auth\" is not base64"))?;
+                let text = String::from_utf8(raw).map_err(|_| bad("\"auth\" is not UTF-8"))?;
+                let (u, p) = text
+                    .split_once(':')
+                    .ok_or_else(|| bad("\"auth\" is not base64 of user:password"))?;
+                BasicAuth::new(u, p)
+            }
+            _ => return Err(bad("neither \"auth\" nor \"username\" and \"password\"")),
+        };
+        out.insert(host, auth);
+    }
+    Ok(out)
+}
+
 impl fmt::Debug for BasicAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BasicAuth")
@@ -1436,6 +1500,43 @@ impl UnpackWork {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_config_credentials() {
+        // "alice:s3:cret" in base64; a URL key; explicit fields.
+        let json = r#"{"auths": {
+            "registry.example:5000": {"auth": "YWxpY2U6czM6Y3JldA=="},
+            "https://index.docker.io/v1/": {"username": "bob", "password": "pw"}
+        }}"#;
+        let m = credentials_from_docker_config("config.json", json).unwrap();
+        assert_eq!(
+            m["registry.example:5000"],
+            BasicAuth::new("alice", "s3:cret")
+        );
+        assert_eq!(m["index.docker.io"], BasicAuth::new("bob", "pw"));
+        assert!(
+            credentials_from_docker_config("f", r#"{"auths": {}}"#)
+                .unwrap()
+                .is_empty()
+        );
+        let e = credentials_from_docker_config("f", r#"{"auths": {"r": {"auth": "!!"}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not base64") && e.contains("\"r\""), "{e}");
+        let e =
+            credentials_from_docker_config("f", r#"{"auths": {"r": {"auth": "bm9jb2xvbg=="}}}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("user:password"), "{e}");
+        let e = credentials_from_docker_config("f", r#"{"auths": {"r": {}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("neither"), "{e}");
+        let e = credentials_from_docker_config("f", "nope")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a Docker config.json"), "{e}");
+    }
 
     #[test]
     fn sha256_hex_validates() {

@@ -63,10 +63,25 @@ impl Default for OperatorConfig {
     }
 }
 
+/// First delay before an `Always` actor whose resume failed is resumed again; it doubles
+/// with every failure in a row, up to [`RETRY_MAX`].
+pub const RETRY_BASE: Duration = Duration::from_secs(5);
+/// Longest delay between two resume attempts of a failing `Always` actor.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// The delay before retry number `attempt` (0-based).
+pub fn retry_delay(attempt: u32) -> Duration {
+    RETRY_BASE
+        .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
+        .min(RETRY_MAX)
+}
+
 /// The operator.
 pub struct Operator {
     client: kube::Client,
     cfg: OperatorConfig,
+    /// Failed `Always` actors (by uid): resume attempts so far and when the next is due.
+    retries: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
 }
 
 fn now() -> String {
@@ -106,7 +121,11 @@ fn ns_name(a: &Actor) -> (String, String) {
 
 impl Operator {
     pub fn new(client: kube::Client, cfg: OperatorConfig) -> Arc<Self> {
-        Arc::new(Self { client, cfg })
+        Arc::new(Self {
+            client,
+            cfg,
+            retries: Default::default(),
+        })
     }
 
     async fn action(&self, a: &Actor, verb: &str) -> Result<(), OperatorError> {
@@ -309,8 +328,54 @@ impl Operator {
                 return Ok(());
             }
         }
+        // kstatus (Flux health checks, `kubectl wait`): once an actor is settled, its spec
+        // has been acted on; `observedGeneration` says so.
+        if matches!(
+            phase(a),
+            None | Some(ActorPhase::Suspended | ActorPhase::Running | ActorPhase::Failed)
+        ) && a.metadata.generation.is_some()
+            && status.observed_generation != a.metadata.generation
+        {
+            let (ns, name) = ns_name(a);
+            let api: Api<Actor> = Api::namespaced(self.client.clone(), &ns);
+            api.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"observedGeneration": a.metadata.generation}})),
+            )
+            .await?;
+        }
+        let uid = a.metadata.uid.clone().unwrap_or_default();
+        if phase(a) == Some(ActorPhase::Running)
+            && let Ok(mut r) = self.retries.lock()
+        {
+            r.remove(&uid);
+        }
         match (a.spec.activation, phase(a)) {
-            (Activation::Always, None | Some(ActorPhase::Suspended | ActorPhase::Failed)) => {
+            (Activation::Always, Some(ActorPhase::Failed)) => {
+                // Retry with exponential backoff: the failure may be lasting (a missing
+                // image), and every attempt costs a worker for a while.
+                let due = {
+                    let Ok(mut r) = self.retries.lock() else {
+                        return Ok(());
+                    };
+                    let now = std::time::Instant::now();
+                    let entry = r.entry(uid).or_insert((0, now));
+                    if now < entry.1 {
+                        false
+                    } else {
+                        entry.1 = now + retry_delay(entry.0);
+                        entry.0 += 1;
+                        true
+                    }
+                };
+                if due {
+                    let (ns, name) = ns_name(a);
+                    tracing::info!(atespace = %ns, actor = %name, "resume failed before; retrying");
+                    self.action(a, "resume").await?;
+                }
+            }
+            (Activation::Always, None | Some(ActorPhase::Suspended)) => {
                 let waiting = status
                     .conditions
                     .iter()
@@ -363,7 +428,7 @@ impl Operator {
         st.worker = None;
         st.phase = Some(ActorPhase::Suspended);
         st.conditions
-            .retain(|c| c.type_ != "Ready" && c.type_ != "Scheduled");
+            .retain(|c| !matches!(c.type_.as_str(), "Ready" | "Scheduled" | "Reconciling"));
         let mut obj = serde_json::to_value(&cur)?;
         let conds = obj["status"]["conditions"]
             .as_array()
@@ -404,6 +469,16 @@ impl Operator {
 #[cfg(test)]
 mod tests {
     use super::golden_name;
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap() {
+        use super::{RETRY_BASE, RETRY_MAX, retry_delay};
+        assert_eq!(retry_delay(0), RETRY_BASE);
+        assert_eq!(retry_delay(1), RETRY_BASE * 2);
+        assert_eq!(retry_delay(3), RETRY_BASE * 8);
+        assert_eq!(retry_delay(10), RETRY_MAX);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+    }
 
     #[test]
     fn golden_names_are_dns_labels() {

@@ -264,3 +264,119 @@ async fn always_actors_are_resumed() {
     assert_eq!(a.status.unwrap().worker.unwrap().name, "w0");
     op.abort();
 }
+
+/// Plays the node agent giving up a resume: the actor is `Failed` and its worker free.
+async fn fail_resume(w: &World, name: &str) {
+    let actors: Api<Actor> = Api::namespaced(w.client.clone(), "team-a");
+    let worker = actors
+        .get(name)
+        .await
+        .expect("actor")
+        .status
+        .and_then(|s| s.worker)
+        .expect("bound")
+        .name;
+    actors
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+            "phase": "Failed", "worker": null,
+            "conditions": [{"type": "Ready", "status": "False", "reason": "ResumeFailed",
+                "message": "image not found", "lastTransitionTime": now_minus(0)}]}})),
+        )
+        .await
+        .expect("status");
+    let workers: Api<Worker> = Api::all(w.client.clone());
+    workers
+        .patch_status(
+            &worker,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Free", "actor": null,
+                "lastHeartbeatTime": now_minus(0)}})),
+        )
+        .await
+        .expect("worker freed");
+}
+
+#[tokio::test]
+async fn failed_always_actors_are_retried_with_backoff() {
+    let w = world().await;
+    setup(&w, 0).await;
+    // A second worker: the template's golden actor (never booted here) holds one.
+    let workers: Api<Worker> = Api::all(w.client.clone());
+    create(
+        &workers,
+        json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
+        "metadata": {"name": "w1"}, "spec": {"pool": "p", "node": "n", "address": "10.0.0.3"}}),
+    )
+    .await;
+    workers
+        .patch_status(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Free", "lastHeartbeatTime": now_minus(0)}})),
+        )
+        .await
+        .expect("heartbeat");
+    let actors: Api<Actor> = Api::namespaced(w.client.clone(), "team-a");
+    create(&actors, json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "flaky"}, "spec": {"template": {"name": "t"}, "activation": "Always"}})).await;
+    let op = start_operator(&w);
+    let resumed = || {
+        let actors = actors.clone();
+        async move {
+            let a = actors.get("flaky").await.ok()?;
+            (phase(&a) == "Resuming").then_some(())
+        }
+    };
+    eventually("the Always actor is bound", resumed).await;
+
+    // First failure: retried at once.
+    fail_resume(&w, "flaky").await;
+    let t = Instant::now();
+    eventually("the first retry", resumed).await;
+    let first = t.elapsed();
+
+    // Second failure in a row: not before the base delay.
+    fail_resume(&w, "flaky").await;
+    let t = Instant::now();
+    eventually("the second retry", resumed).await;
+    let second = t.elapsed();
+    assert!(
+        second >= operator::RETRY_BASE - Duration::from_millis(1500),
+        "the second retry waited {second:?}, the first {first:?}; backoff base {:?}",
+        operator::RETRY_BASE
+    );
+    assert!(first < second, "first retry {first:?}, second {second:?}");
+    op.abort();
+}
+
+#[tokio::test]
+async fn observed_generation_follows_the_spec_of_settled_actors() {
+    let w = world().await;
+    setup(&w, 0).await;
+    let actors: Api<Actor> = Api::namespaced(w.client.clone(), "team-a");
+    create(&actors, json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "gen"}, "spec": {"template": {"name": "t"}, "activation": "Suspended"}})).await;
+    actors
+        .patch(
+            "gen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"idleTimeout": "1m"}})),
+        )
+        .await
+        .expect("spec change");
+    let op = start_operator(&w);
+    let a = eventually("observedGeneration catches up with generation 2", || {
+        let actors = actors.clone();
+        async move {
+            let a = actors.get("gen").await.ok()?;
+            let observed = a.status.as_ref()?.observed_generation;
+            (observed == Some(2)).then_some(a)
+        }
+    })
+    .await;
+    assert_eq!(a.metadata.generation, Some(2));
+    op.abort();
+}

@@ -1,3 +1,686 @@
-//! End-to-end tests of Substrate live in `tests/`; this library is empty on purpose (a crate
-//! needs a target). Run them with `cargo test -p e2e` after `cargo build --workspace --bins`
-//! (hack/test.sh does both).
+//! Harness of Substrate's end-to-end tests (`tests/tests/*.rs`): a whole system on this
+//! machine, all real — Valkey, the apiserver (in-process), a local OCI registry (Debian's
+//! `docker-registry`) with the `counter` demo image, the node agent binary running executors
+//! with gVisor `runsc` sandboxes in their own network namespaces, and on request the
+//! operator and the router (their binaries).
+//!
+//! The binaries come from the workspace's target directory: run `cargo build --workspace
+//! --bins` first (hack/test.sh does). Tests need root, runsc, kubectl, curl and
+//! docker-registry; [`System::start`] returns `None` (after printing why) when they are
+//! missing, unless `SUBSTRATE_REQUIRE_RUNSC=1` (set by hack/test.sh), which turns a missing
+//! prerequisite into a failure.
+//!
+//! Every system gets its own node name, worker address range and worker index base, so tests
+//! can run at once: see [`Options`].
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{Value, json};
+
+/// How long [`eventually`] waits.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Whether a missing prerequisite must fail the test instead of skipping it.
+pub fn required() -> bool {
+    std::env::var("SUBSTRATE_REQUIRE_RUNSC").is_ok_and(|v| v == "1")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn on_path(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether the prerequisites are here; prints why not (or panics when they are required).
+pub fn prerequisites() -> bool {
+    let mut missing = Vec::new();
+    if !is_root() {
+        missing.push("root".to_string());
+    }
+    for tool in ["runsc", "kubectl", "curl"] {
+        if !on_path(tool) {
+            missing.push(tool.to_string());
+        }
+    }
+    if !Path::new(nodeagent::images::testing::DEFAULT_REGISTRY_BINARY).exists()
+        && std::env::var_os("SUBSTRATE_DOCKER_REGISTRY").is_none()
+    {
+        missing.push("docker-registry".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "end-to-end test needs {}; run hack/test.sh, which installs them",
+        missing.join(", ")
+    );
+    assert!(!required(), "{msg}");
+    eprintln!("skipping: {msg}");
+    false
+}
+
+/// `target/<profile>/` (where the workspace's binaries are).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// A binary of the workspace (panics with the command to build it when missing).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace's binaries first (`cargo build --workspace --bins`; hack/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` every 250 ms until it returns `Some`, for at most [`DEADLINE`].
+pub fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    eventually_within(DEADLINE, what, f)
+}
+
+/// [`eventually`] with another deadline.
+pub fn eventually_within<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A child process stopped with SIGTERM (then SIGKILL after 40 s) when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL now (a crash), and reap.
+    pub fn kill9(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for KillOnDrop {
+    /// SIGTERM first: the node agent then stops its executors, which (with
+    /// `--on-shutdown=kill`) kill their sandboxes and remove their network namespaces.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(40) {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `kubectl` with the system's kubeconfig and a private HOME (no user cache).
+#[derive(Debug, Clone)]
+pub struct Kubectl {
+    pub kubeconfig: PathBuf,
+    pub home: PathBuf,
+}
+
+impl Kubectl {
+    /// Runs kubectl; (success, stdout, stderr).
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        let mut c = Command::new("kubectl");
+        c.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", &self.home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("kubectl");
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().expect("stdin");
+            if let Some(s) = stdin {
+                input.write_all(s.as_bytes()).expect("writing stdin");
+            }
+        }
+        let out = child.wait_with_output().expect("kubectl output");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs kubectl and asserts success; stdout.
+    pub fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let (ok, out, err) = self.run(args, stdin);
+        assert!(ok, "kubectl {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    /// `kubectl create -f -` of a JSON object.
+    pub fn create(&self, obj: &Value) {
+        self.ok(&["create", "-f", "-"], Some(&obj.to_string()));
+    }
+
+    /// `kubectl get KIND NAME [-n NS] -o json`.
+    pub fn get(&self, kind: &str, name: &str, ns: Option<&str>) -> Value {
+        let mut args = vec!["get", kind, name, "-o", "json"];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        serde_json::from_str(&self.ok(&args, None)).expect("JSON")
+    }
+
+    /// `kubectl get KIND [-A] -o json` items.
+    pub fn list(&self, kind: &str) -> Vec<Value> {
+        let l: Value =
+            serde_json::from_str(&self.ok(&["get", kind, "-A", "-o", "json"], None)).expect("JSON");
+        l["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// POST `{}` to an API path (the resume and suspend subresources).
+    pub fn post(&self, path: &str) -> Value {
+        serde_json::from_str(&self.ok(&["create", "--raw", path, "-f", "-"], Some("{}")))
+            .expect("JSON")
+    }
+}
+
+/// The API path of an actor.
+pub fn actor_path(ns: &str, name: &str) -> String {
+    format!("/apis/substrate.ate.dev/v1alpha1/namespaces/{ns}/actors/{name}")
+}
+
+/// `curl -sS --fail` (5 s); the body on success.
+pub fn http(method: &str, url: &str, body: Option<&str>) -> Option<String> {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--fail", "--max-time", "5", "-X", method, url]);
+    if let Some(b) = body {
+        c.args(["--data-binary", b]);
+    }
+    let out = c.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The first integer in `s` (the counter's answer starts with its count).
+pub fn first_int(s: &str) -> u64 {
+    let digits: String = s
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no integer in {s:?}"))
+}
+
+/// The status ("True"/"False") of condition `type_` of an object.
+pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a str> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?["status"]
+        .as_str()
+}
+
+/// `status.phase` of an object ("" when unset).
+pub fn phase(a: &Value) -> &str {
+    a["status"]["phase"].as_str().unwrap_or("")
+}
+
+/// A free TCP port on 127.0.0.1 (and the same UDP port free as well).
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let t = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = t.local_addr().expect("addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP");
+}
+
+/// What kind of system to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Node name (also names the workers: `<node>-<pool>-<i>`).
+    pub node: String,
+    /// Worker address range; an unreachable route for all of it is added to the host.
+    pub range: String,
+    /// First worker index (host veth names and address blocks); disjoint per system.
+    pub index_base: u32,
+    /// Workers in the pool.
+    pub workers: u32,
+    /// `--snapshot-url` of the node agent (None: a `file://` directory of the system's).
+    pub snapshot_url: Option<String>,
+    /// Extra environment of the node agent (S3 endpoint and credentials).
+    pub agent_env: Vec<(String, String)>,
+}
+
+impl Options {
+    pub fn new(node: &str, range: &str, index_base: u32) -> Self {
+        Options {
+            node: node.into(),
+            range: range.into(),
+            index_base,
+            workers: 2,
+            snapshot_url: None,
+            agent_env: Vec::new(),
+        }
+    }
+}
+
+/// Addresses of a started router.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterAddrs {
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub dns: SocketAddr,
+}
+
+/// A whole system; everything stops when it is dropped.
+pub struct System {
+    pub opts: Options,
+    pub kube: Kubectl,
+    pub kubeconfig: PathBuf,
+    /// The counter image by digest.
+    pub image: String,
+    /// The pool (`WorkerPool` in `default`) and template (`counter` in `team-a`) names.
+    pub pool: String,
+    agent: Option<KillOnDrop>,
+    operator: Option<KillOnDrop>,
+    router: Option<(KillOnDrop, RouterAddrs)>,
+    pub rt: tokio::runtime::Runtime,
+    _registry: nodeagent::images::testing::Registry,
+    _apiserver: apiserver::Running,
+    _valkey: apiserver::testing::ValkeyServer,
+    dir: tempfile::TempDir,
+}
+
+impl System {
+    /// Starts Valkey, the apiserver and the registry (with the counter image), creates the
+    /// pool, the `team-a` atespace and the `counter` template there, then starts the node
+    /// agent and waits for its workers. `None` when the prerequisites are missing.
+    pub fn start(opts: Options) -> Option<System> {
+        if !prerequisites() {
+            return None;
+        }
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::Builder::new()
+            .prefix("substrate-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        let valkey = apiserver::testing::ValkeyServer::start();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let args = apiserver::config::Args::try_parse_from([
+            "substrate-apiserver".to_string(),
+            "--bind=127.0.0.1:0".into(),
+            format!("--valkey-url={}", valkey.url()),
+            format!("--pki-dir={}", dir.path().join("pki").display()),
+            format!("--kubeconfig-out={}", kubeconfig.display()),
+        ])
+        .expect("args");
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let running = rt
+            .block_on(apiserver::start(&args))
+            .expect("apiserver starts");
+        let kube = Kubectl {
+            kubeconfig: kubeconfig.clone(),
+            home,
+        };
+        let registry = nodeagent::images::testing::Registry::start().expect("registry starts");
+        let pushed = rt
+            .block_on(nodeagent::images::testing::push_counter(
+                &registry,
+                "substrate/counter:e2e",
+            ))
+            .expect("counter image built and pushed");
+        let pool = "e2e".to_string();
+        kube.create(&json!({
+            "apiVersion": "ate.dev/v1alpha1", "kind": "WorkerPool",
+            "metadata": {"name": pool, "namespace": "default"},
+            "spec": {"replicas": opts.workers, "workerLabels": {"tier": "test"}},
+        }));
+        kube.create(&json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Atespace", "metadata": {"name": "team-a"}}));
+        kube.create(&json!({
+            "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+            "metadata": {"name": "counter", "namespace": "team-a"},
+            "spec": {
+                "containers": [{"name": "counter", "image": pushed.reference,
+                    "env": [{"name": "DATA_FILE", "value": "/data/file"}],
+                    "ports": [{"containerPort": 8080}]}],
+                "workerPoolRef": {"name": pool},
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+            },
+        }));
+        let mut sys = System {
+            opts,
+            kube,
+            kubeconfig,
+            image: pushed.reference,
+            pool,
+            agent: None,
+            operator: None,
+            router: None,
+            rt,
+            _registry: registry,
+            _apiserver: running,
+            _valkey: valkey,
+            dir,
+        };
+        sys.start_agent();
+        sys.wait_free_workers(sys.opts.workers as usize);
+        Some(sys)
+    }
+
+    /// The system's temporary directory (logs, node state).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Registry host (`127.0.0.1:port`).
+    pub fn registry_host(&self) -> String {
+        self._registry.host()
+    }
+
+    fn log_file(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir().join(format!("{name}.log")))
+            .expect("log file")
+    }
+
+    /// A component's log so far, without terminal colour codes.
+    pub fn log(&self, name: &str) -> String {
+        let raw =
+            std::fs::read_to_string(self.dir().join(format!("{name}.log"))).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                // CSI: ESC [ parameters final-byte
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// Starts the node agent (again: it adopts the executors and sandboxes still running).
+    pub fn start_agent(&mut self) {
+        assert!(self.agent.is_none(), "the node agent already runs");
+        let o = &self.opts;
+        let mut c = Command::new(workspace_bin("substrate-nodeagent"));
+        let snapshots = o
+            .snapshot_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.dir.path().join("snapshots").display()));
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--node", &o.node, "--pool-namespace", "default"])
+            .arg("--state-dir")
+            .arg(self.dir.path().join("node"))
+            .arg("--snapshot-url")
+            .arg(&snapshots)
+            .arg("--executor-bin")
+            .arg(workspace_bin("substrate-executor"))
+            .arg("--insecure-registries")
+            .arg(self._registry.host())
+            .args([
+                "--heartbeat-seconds",
+                "1",
+                "--executor-arg=--on-shutdown=kill",
+            ])
+            .arg(format!("--executor-arg=--addr-range={}", o.range))
+            .arg(format!("--worker-index-base={}", o.index_base))
+            .envs(o.agent_env.iter().map(|(k, v)| (k, v)))
+            .stdout(self.log_file("nodeagent"))
+            .stderr(self.log_file("nodeagent"));
+        self.agent = Some(KillOnDrop(c.spawn().expect("node agent starts")));
+    }
+
+    /// SIGKILLs the node agent (its executors and sandboxes keep running, as after a crash).
+    pub fn kill9_agent(&mut self) {
+        if let Some(a) = self.agent.take() {
+            a.kill9();
+        }
+    }
+
+    /// Stops the node agent cleanly (its executors kill their sandboxes).
+    pub fn stop_agent(&mut self) {
+        self.agent.take();
+    }
+
+    /// Pids of this system's executors (`substrate-executor --worker-name <node>-...` with
+    /// their socket in this system's directory).
+    pub fn executor_pids(&self) -> Vec<(u32, String)> {
+        let mut out = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        let prefix = format!("{}-", self.opts.node);
+        let mine = self.dir.path().to_string_lossy().into_owned();
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if !args
+                .first()
+                .is_some_and(|a| a.ends_with("substrate-executor"))
+                || !args.iter().any(|a| a.contains(&mine))
+            {
+                continue;
+            }
+            let worker = args.iter().enumerate().find_map(|(i, a)| {
+                a.strip_prefix("--worker-name=")
+                    .map(str::to_string)
+                    .or_else(|| (a == "--worker-name").then(|| args.get(i + 1).cloned())?)
+            });
+            if let Some(w) = worker.filter(|w| w.starts_with(&prefix)) {
+                out.push((pid, w));
+            }
+        }
+        out
+    }
+
+    /// Starts the operator (1 s resync).
+    pub fn start_operator(&mut self) {
+        let c = Command::new(workspace_bin("substrate-operator"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--resync-seconds", "1"])
+            .stdout(self.log_file("operator"))
+            .stderr(self.log_file("operator"))
+            .spawn()
+            .expect("operator starts");
+        self.operator = Some(KillOnDrop(c));
+    }
+
+    /// Starts the router binary with `extra` flags and waits until it is ready.
+    pub fn start_router(&mut self, extra: &[&str]) -> RouterAddrs {
+        let addrs = RouterAddrs {
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dns: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        };
+        let c = Command::new(workspace_bin("substrate-router"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg(format!("--listen={}", addrs.http))
+            .arg(format!("--admin-listen={}", addrs.admin))
+            .arg(format!("--dns-listen={}", addrs.dns))
+            .args(extra)
+            .stdout(self.log_file("router"))
+            .stderr(self.log_file("router"))
+            .spawn()
+            .expect("router starts");
+        self.router = Some((KillOnDrop(c), addrs));
+        eventually("the router is ready", || {
+            http("GET", &format!("http://{}/readyz", addrs.admin), None)
+        });
+        addrs
+    }
+
+    /// The router process's pid.
+    pub fn router_pid(&self) -> Option<u32> {
+        self.router.as_ref().map(|(r, _)| r.pid())
+    }
+
+    /// Waits for `n` Free workers of this node with an address; their names.
+    pub fn wait_free_workers(&self, n: usize) -> Vec<String> {
+        eventually(&format!("{n} free workers registered"), || {
+            let free: Vec<String> = self
+                .workers()
+                .iter()
+                .filter(|w| w["status"]["phase"] == "Free" && w["spec"]["address"].is_string())
+                .map(|w| w["metadata"]["name"].as_str().unwrap_or("").to_string())
+                .collect();
+            (free.len() == n).then_some(free)
+        })
+    }
+
+    /// This node's workers.
+    pub fn workers(&self) -> Vec<Value> {
+        self.kube
+            .list("workers")
+            .into_iter()
+            .filter(|w| w["spec"]["node"] == self.opts.node.as_str())
+            .collect()
+    }
+
+    /// Creates actor `name` in `team-a` from the counter template.
+    pub fn create_actor(&self, name: &str, extra_spec: Value) {
+        let mut spec = json!({"template": {"name": "counter"}});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
+            s.extend(e.clone());
+        }
+        self.kube.create(&json!({
+            "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+            "metadata": {"name": name, "namespace": "team-a"},
+            "spec": spec,
+        }));
+    }
+
+    /// The actor `name` in `team-a`.
+    pub fn actor(&self, name: &str) -> Value {
+        self.kube.get("actor", name, Some("team-a"))
+    }
+
+    /// POSTs `resume` or `suspend` for actor `name` in `team-a`.
+    pub fn action(&self, name: &str, action: &str) -> Value {
+        self.kube
+            .post(&format!("{}/{action}", actor_path("team-a", name)))
+    }
+
+    /// Waits for the actor to reach `want` (panics with the agent's log if it fails).
+    pub fn wait_phase(&self, name: &str, want: &str) -> Value {
+        eventually(&format!("actor {name} {want}"), || {
+            let a = self.actor(name);
+            if phase(&a) == "Failed" && want != "Failed" {
+                panic!(
+                    "actor failed: {a}\n--- node agent log\n{}",
+                    self.log("nodeagent")
+                );
+            }
+            (phase(&a) == want).then_some(a)
+        })
+    }
+
+    /// `http://<address>:8080` of a Running actor.
+    pub fn actor_url(a: &Value) -> String {
+        let addr = a["status"]["worker"]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no address: {a}"));
+        format!("http://{addr}:8080")
+    }
+
+    /// Asserts that no worker leaked: every Bound worker of this node is bound to an actor
+    /// that names it back, and the number of Free workers is `free`.
+    pub fn assert_no_worker_leak(&self, free: usize) {
+        eventually(
+            &format!("{free} free workers and no leaked binding"),
+            || {
+                let actors = self.kube.list("actors");
+                let workers = self.workers();
+                let n_free = workers
+                    .iter()
+                    .filter(|w| w["status"]["phase"] == "Free")
+                    .count();
+                let leaked: Vec<&Value> = workers
+                    .iter()
+                    .filter(|w| w["status"]["phase"] == "Bound")
+                    .filter(|w| {
+                        let name = &w["metadata"]["name"];
+                        !actors
+                            .iter()
+                            .any(|a| &a["status"]["worker"]["name"] == name)
+                    })
+                    .collect();
+                (n_free == free && leaked.is_empty()).then_some(())
+            },
+        );
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        // Router and operator first, then the agent (which kills the sandboxes).
+        self.router.take();
+        self.operator.take();
+        self.agent.take();
+        if std::thread::panicking() {
+            // Keep the logs (node agent, executors, operator, router) of a failed test.
+            let kept =
+                std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
+            eprintln!("test failed: logs kept in {}", kept.display());
+        }
+    }
+}

@@ -48,6 +48,10 @@ struct Args {
     /// Registries reached over plain HTTP (`host:port`, comma-separated).
     #[arg(long, env = "SUBSTRATE_INSECURE_REGISTRIES", value_delimiter = ',')]
     insecure_registries: Vec<String>,
+    /// Registry credentials: a Docker `config.json` (or the `.dockerconfigjson` of a
+    /// Kubernetes pull secret) with `auths` per registry.
+    #[arg(long, env = "SUBSTRATE_REGISTRY_AUTH_FILE")]
+    registry_auth_file: Option<PathBuf>,
     /// The executor binary.
     #[arg(
         long,
@@ -92,6 +96,13 @@ async fn main() -> anyhow::Result<()> {
 
     let mut images = ImageConfig::new(state_dir.join("images"));
     images.insecure_registries = args.insecure_registries.clone();
+    if let Some(path) = &args.registry_auth_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --registry-auth-file {}", path.display()))?;
+        images.auth =
+            nodeagent::images::credentials_from_docker_config(&path.display().to_string(), &text)?;
+        tracing::info!(registries = ?images.auth.keys().collect::<Vec<_>>(), "registry credentials loaded");
+    }
     let images = ImageCache::new(images).context("opening the image cache")?;
     let url = args
         .snapshot_url

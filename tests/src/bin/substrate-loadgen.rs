@@ -1,0 +1,241 @@
+//! `substrate-loadgen`: a small closed-loop HTTP/1.1 load generator for the router benchmark
+//! (`hack/bench-router.sh`). For each concurrency level it opens that many keep-alive
+//! connections to each target in turn and sends requests back to back for a fixed time,
+//! then prints requests/s and latency percentiles per target, and the router's added latency
+//! and throughput ratio against the direct connection.
+//!
+//! ```text
+//! substrate-loadgen --target direct=10.203.0.6:8080 \
+//!   --target router=127.0.0.1:8080@hello.demo.actors.resources.substrate.ate.dev \
+//!   --connections 1,16,256 --duration 5s --path /healthz
+//! ```
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+#[derive(Debug, Parser)]
+#[command(about = "Closed-loop HTTP/1.1 load: requests/s and latency per target")]
+struct Args {
+    /// `name=host:port[@Host-header]`; the first one is the baseline. Repeat.
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    /// Concurrency levels (connections), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    connections: Vec<usize>,
+    /// How long each level runs per target (e.g. 5s).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Warm-up before each measurement.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Request path.
+    #[arg(long, default_value = "/healthz")]
+    path: String,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("bad duration unit in {s:?} (ms, s, m)")),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Target {
+    name: String,
+    addr: SocketAddr,
+    host: String,
+}
+
+fn parse_target(s: &str) -> Result<Target> {
+    let (name, rest) = s
+        .split_once('=')
+        .with_context(|| format!("--target {s:?}: expected name=host:port[@Host]"))?;
+    let (addr, host) = match rest.split_once('@') {
+        Some((a, h)) => (a, h.to_string()),
+        None => (rest, rest.to_string()),
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("--target {s:?}: {addr:?} is not an IP:port"))?;
+    Ok(Target {
+        name: name.into(),
+        addr,
+        host,
+    })
+}
+
+#[derive(Debug, Default, Clone)]
+struct Outcome {
+    ok: u64,
+    errors: u64,
+    latencies_us: Vec<u64>,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64
+    }
+}
+
+/// One connection sending requests back to back until `until`; latencies recorded after
+/// `measure_from`.
+async fn connection(t: Target, path: String, measure_from: Instant, until: Instant) -> Outcome {
+    let mut out = Outcome::default();
+    'reconnect: while Instant::now() < until {
+        let Ok(stream) = TcpStream::connect(t.addr).await else {
+            out.errors += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok((mut sender, conn)) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+        else {
+            out.errors += 1;
+            continue;
+        };
+        tokio::spawn(conn);
+        while Instant::now() < until {
+            let req = Request::get(path.as_str())
+                .header(hyper::header::HOST, t.host.as_str())
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let start = Instant::now();
+            let res = match sender.send_request(req).await {
+                Ok(r) => r,
+                Err(_) => {
+                    out.errors += 1;
+                    continue 'reconnect;
+                }
+            };
+            let ok = res.status().is_success();
+            if res.into_body().collect().await.is_err() {
+                out.errors += 1;
+                continue 'reconnect;
+            }
+            if start >= measure_from {
+                if ok {
+                    out.ok += 1;
+                    out.latencies_us.push(start.elapsed().as_micros() as u64);
+                } else {
+                    out.errors += 1;
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn run_level(t: &Target, conns: usize, args: &Args) -> Outcome {
+    let measure_from = Instant::now() + args.warmup;
+    let until = measure_from + args.duration;
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            tokio::spawn(connection(
+                t.clone(),
+                args.path.clone(),
+                measure_from,
+                until,
+            ))
+        })
+        .collect();
+    let mut total = Outcome {
+        elapsed: args.duration,
+        ..Default::default()
+    };
+    for task in tasks {
+        if let Ok(o) = task.await {
+            total.ok += o.ok;
+            total.errors += o.errors;
+            total.latencies_us.extend(o.latencies_us);
+        }
+    }
+    total.latencies_us.sort_unstable();
+    total
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let targets: Vec<Target> = args
+        .targets
+        .iter()
+        .map(|s| parse_target(s))
+        .collect::<Result<_>>()?;
+    if args.connections.is_empty() || args.connections.contains(&0) {
+        bail!("--connections must list positive numbers");
+    }
+    let mut rows = Vec::new();
+    for &c in &args.connections {
+        let mut level = Vec::new();
+        for t in &targets {
+            let o = run_level(t, c, &args).await;
+            if !args.json {
+                println!(
+                    "{:>5} conns  {:<8} {:>9.0} req/s  p50 {:>8.0} µs  p99 {:>8.0} µs  errors {}",
+                    c,
+                    t.name,
+                    o.rps(),
+                    o.pct(0.50),
+                    o.pct(0.99),
+                    o.errors
+                );
+            }
+            level.push((t.name.clone(), o));
+        }
+        if let [(_, base), rest @ ..] = level.as_slice() {
+            for (name, o) in rest {
+                if !args.json {
+                    println!(
+                        "{:>5} conns  {name} vs {}: added p50 {:+.0} µs, added p99 {:+.0} µs, throughput {:.0} %",
+                        c,
+                        targets[0].name,
+                        o.pct(0.5) - base.pct(0.5),
+                        o.pct(0.99) - base.pct(0.99),
+                        100.0 * o.rps() / base.rps()
+                    );
+                }
+            }
+        }
+        rows.push((c, level));
+    }
+    if args.json {
+        let doc: Vec<serde_json::Value> = rows
+            .iter()
+            .flat_map(|(c, level)| {
+                level.iter().map(move |(name, o)| {
+                    serde_json::json!({
+                        "connections": c, "target": name, "rps": o.rps(),
+                        "p50_us": o.pct(0.5), "p99_us": o.pct(0.99), "errors": o.errors,
+                    })
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! Crashes in the middle of a transition, through the whole system (real Valkey, apiserver,
+//! registry, node agent, executors, runsc): SIGKILL of the node agent and of an executor in
+//! the middle of a suspend and of a resume. After each crash the actor must end in a
+//! consistent state — Running, or Suspended at its last good snapshot — with its memory and
+//! files as that state says, and no worker may leak.
+//!
+//! "In the middle" is pinned down by watching the node agent's scratch space: a suspend
+//! creates `node/checkpoints/<uid>/<id>/` right before it asks the executor to checkpoint,
+//! a resume creates `node/restore/<uid>-<digest>/` right before it fetches the snapshot and
+//! asks the executor to restore it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use e2e::{Options, System, eventually, first_int, http, phase};
+use serde_json::{Value, json};
+
+/// Sub-directories of `dir` (none if it does not exist).
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Waits (polling every 5 ms, at most 30 s) for a new entry under `dir` that is not in
+/// `before`; returns how long it took.
+fn wait_new_entry(dir: &Path, before: &[PathBuf], recursive: bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        let mut now = subdirs(dir);
+        if recursive {
+            now = now.iter().flat_map(|d| subdirs(d)).collect();
+        }
+        if now.iter().any(|p| !before.contains(p)) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "nothing new appeared under {} within 30 s",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn checkpoints_dir(sys: &System) -> PathBuf {
+    sys.dir().join("node").join("checkpoints")
+}
+
+fn restore_dir(sys: &System) -> PathBuf {
+    sys.dir().join("node").join("restore")
+}
+
+fn all_checkpoints(sys: &System) -> Vec<PathBuf> {
+    subdirs(&checkpoints_dir(sys))
+        .iter()
+        .flat_map(|d| subdirs(d))
+        .collect()
+}
+
+fn snapshot_uri(a: &Value) -> Option<String> {
+    a["status"]["snapshot"]["uri"].as_str().map(str::to_string)
+}
+
+/// Waits until the actor settles in Running or Suspended (nothing in flight) and returns it.
+fn settled(sys: &System, name: &str) -> Value {
+    let a = eventually(
+        &format!("actor {name} settles in Running or Suspended"),
+        || {
+            let a = sys.actor(name);
+            assert_ne!(
+                phase(&a),
+                "Failed",
+                "a crash must not fail the actor: {a}\n--- node agent log\n{}",
+                sys.log("nodeagent")
+            );
+            matches!(phase(&a), "Running" | "Suspended").then_some(a)
+        },
+    );
+    eprintln!("settled: {} (snapshot {:?})", phase(&a), snapshot_uri(&a));
+    a
+}
+
+/// What the test knows about the actor's memory: the counter value in its last snapshot,
+/// and the value it has while running.
+struct Memory {
+    snapshot: Option<String>,
+    at_snapshot: u64,
+    live: u64,
+}
+
+impl Memory {
+    /// After a suspend attempt ended in `Suspended`: a new snapshot holds the live value; the
+    /// old one (the last good snapshot) holds what it held.
+    fn suspended(&mut self, a: &Value) {
+        assert_eq!(phase(a), "Suspended", "{a}");
+        let uri = snapshot_uri(a);
+        if uri != self.snapshot {
+            self.snapshot = uri;
+            self.at_snapshot = self.live;
+        }
+        self.live = self.at_snapshot;
+    }
+
+    /// Resumes the (Suspended) actor if needed, waits for Running, checks the counter
+    /// continues from what the state says, and bumps it.
+    fn check_running(&mut self, sys: &System, name: &str) -> String {
+        let a = sys.wait_phase(name, "Running");
+        let url = System::actor_url(&a);
+        let n = first_int(&http("GET", &format!("{url}/"), None).expect("GET /"));
+        assert_eq!(
+            n,
+            self.live + 1,
+            "the counter continues from the state the actor is in (snapshot {:?})",
+            self.snapshot
+        );
+        self.live = n;
+        assert_eq!(
+            http("GET", &format!("{url}/file"), None).as_deref(),
+            Some("kept"),
+            "the file written before the first suspend"
+        );
+        url
+    }
+}
+
+#[test]
+fn crashes_mid_transition_leave_actors_consistent_and_workers_free() {
+    let Some(mut sys) = System::start(Options::new("e2e-crash", "10.207.0.0/16", 300)) else {
+        return;
+    };
+    sys.create_actor("crash", json!({}));
+    sys.action("crash", "resume");
+    let a = sys.wait_phase("crash", "Running");
+    let url = System::actor_url(&a);
+    for i in 1..=3 {
+        assert_eq!(
+            first_int(&http("GET", &format!("{url}/"), None).unwrap()),
+            i
+        );
+    }
+    http("PUT", &format!("{url}/file"), Some("kept")).expect("PUT /file");
+    let mut mem = Memory {
+        snapshot: None,
+        at_snapshot: 0,
+        live: 3,
+    };
+
+    // 1. The node agent dies in the middle of a suspend (the checkpoint has started).
+    let before = all_checkpoints(&sys);
+    sys.action("crash", "suspend");
+    let t = wait_new_entry(&checkpoints_dir(&sys), &before, true);
+    sys.kill9_agent();
+    eprintln!("node agent killed {t:?} into a suspend");
+    sys.start_agent();
+    let a = settled(&sys, "crash");
+    if phase(&a) == "Running" {
+        // The agent found the sandbox still running: the suspend was not lost, ask again.
+        sys.action("crash", "suspend");
+    }
+    let a = sys.wait_phase("crash", "Suspended");
+    mem.suspended(&a);
+    assert!(
+        mem.snapshot.is_some(),
+        "a snapshot exists after the suspend: {a}"
+    );
+    sys.assert_no_worker_leak(2);
+
+    // 2. The node agent dies in the middle of a resume (the restore has started).
+    let before = subdirs(&restore_dir(&sys));
+    sys.action("crash", "resume");
+    let t = wait_new_entry(&restore_dir(&sys), &before, false);
+    sys.kill9_agent();
+    eprintln!("node agent killed {t:?} into a resume");
+    sys.start_agent();
+    let a = settled(&sys, "crash");
+    if phase(&a) == "Suspended" {
+        mem.suspended(&a);
+        sys.action("crash", "resume");
+    }
+    mem.check_running(&sys, "crash");
+    sys.assert_no_worker_leak(1);
+
+    // 3. The executor dies in the middle of a suspend.
+    let worker = sys.actor("crash")["status"]["worker"]["name"]
+        .as_str()
+        .expect("bound")
+        .to_string();
+    let before = all_checkpoints(&sys);
+    sys.action("crash", "suspend");
+    wait_new_entry(&checkpoints_dir(&sys), &before, true);
+    kill9_executor(&sys, &worker);
+    let a = settled(&sys, "crash");
+    if phase(&a) == "Running" {
+        sys.action("crash", "suspend");
+    }
+    let a = sys.wait_phase("crash", "Suspended");
+    mem.suspended(&a);
+    sys.assert_no_worker_leak(2);
+
+    // 4. The executor dies in the middle of a resume.
+    let before = subdirs(&restore_dir(&sys));
+    let bound = sys.action("crash", "resume");
+    let worker = bound["status"]["worker"]["name"]
+        .as_str()
+        .expect("bound")
+        .to_string();
+    wait_new_entry(&restore_dir(&sys), &before, false);
+    kill9_executor(&sys, &worker);
+    let a = settled(&sys, "crash");
+    if phase(&a) == "Suspended" {
+        mem.suspended(&a);
+        sys.action("crash", "resume");
+    }
+    let url = mem.check_running(&sys, "crash");
+
+    // Finally a clean suspend: everything released, no sandbox left answering.
+    sys.action("crash", "suspend");
+    let a = sys.wait_phase("crash", "Suspended");
+    assert!(a["status"]["worker"].is_null(), "{a}");
+    sys.assert_no_worker_leak(2);
+    assert!(
+        http("GET", &format!("{url}/"), None).is_none(),
+        "the sandbox is gone"
+    );
+    // Every executor is the agent's child again (no orphan left behind by the crashes).
+    let mut last = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        last = sys.executor_pids();
+        if last.len() == 2 && last[0].1 != last[1].1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        last.len() == 2 && last[0].1 != last[1].1,
+        "exactly one executor per worker, found {last:?}\n--- node agent log\n{}",
+        sys.log("nodeagent")
+    );
+    // A clean stop of the agent stops every executor, adopted ones included.
+    sys.stop_agent();
+    let left = sys.executor_pids();
+    assert!(
+        left.is_empty(),
+        "executors left after the agent stopped: {left:?}"
+    );
+}
+
+/// SIGKILLs the executor process of `worker` (its supervisor, the node agent, restarts it).
+fn kill9_executor(sys: &System, worker: &str) {
+    let pids = sys.executor_pids();
+    let (pid, _) = pids
+        .iter()
+        .find(|(_, w)| w == worker)
+        .unwrap_or_else(|| panic!("no executor process for worker {worker}: {pids:?}"));
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -9 {pid}");
+    eprintln!("executor of {worker} (pid {pid}) killed");
+}

@@ -1,0 +1,355 @@
+//! The router and its DNS against real actors (real runsc sandboxes running the `counter`
+//! demo, restored by the real node agent): cold requests wake suspended actors, concurrent
+//! requests share one wake, WebSocket-style upgrades and large streamed bodies pass
+//! through, and every error the router maps has its status code and body.
+//!
+//! Requests are written by hand on TCP sockets (HTTP/1.1, the proxy's absolute-form or a
+//! Host header) so that nothing between the test and the router buffers or retries.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use e2e::{Options, System, eventually, first_int, phase};
+use serde_json::json;
+
+const SUFFIX: &str = "actors.resources.substrate.ate.dev";
+
+fn host(actor: &str) -> String {
+    format!("{actor}.team-a.{SUFFIX}")
+}
+
+/// A parsed response: status, headers (lower-case names), body.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn connect(router: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(router).expect("connect to the router");
+    s.set_read_timeout(Some(Duration::from_secs(120))).ok();
+    s
+}
+
+/// Reads a response head from `r`.
+fn read_head(r: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).expect("header line");
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    (status, headers)
+}
+
+/// `GET path` with `Host: host` and `Connection: close`.
+fn get(router: SocketAddr, host: &str, path: &str) -> Response {
+    let mut s = connect(router);
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: e2e\r\n\r\n"
+    )
+    .expect("request");
+    let mut r = BufReader::new(s);
+    let (status, headers) = read_head(&mut r);
+    let mut body = String::new();
+    r.read_to_string(&mut body).ok();
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn metric(router_admin: SocketAddr, name: &str) -> f64 {
+    let m = get(router_admin, &router_admin.to_string(), "/metrics").body;
+    m.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name || (k.ends_with(name) && k.ends_with("_total") == name.ends_with("_total")))
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
+
+#[test]
+fn router_wakes_real_actors_and_maps_every_failure() {
+    let Some(mut sys) = System::start(Options::new("e2e-router", "10.208.0.0/16", 400)) else {
+        return;
+    };
+    let r = sys.start_router(&[
+        "--wake-timeout=20s",
+        "--activity-interval=1s",
+        "--connect-timeout=2s",
+    ]);
+    let router_pid = sys.router_pid().expect("router pid");
+
+    // A cold request to a suspended (never started) actor returns the actor's answer.
+    sys.create_actor("one", json!({}));
+    let resp = get(r.http, &host("one"), "/");
+    assert_eq!(resp.status, 200, "{resp:?}\n{}", sys.log("router"));
+    assert_eq!(first_int(&resp.body), 1, "{resp:?}");
+    assert_eq!(phase(&sys.actor("one")), "Running");
+
+    // 100 concurrent requests to one suspended actor: one wake, one restore, all answered,
+    // each counted exactly once by the actor.
+    sys.create_actor("many", json!({}));
+    let resumes_before = metric(r.admin, "router_resumes_total");
+    let threads: Vec<_> = (0..100)
+        .map(|_| {
+            let h = host("many");
+            std::thread::spawn(move || get(r.http, &h, "/"))
+        })
+        .collect();
+    let mut counts: Vec<u64> = threads
+        .into_iter()
+        .map(|t| {
+            let resp = t.join().expect("request thread");
+            assert_eq!(resp.status, 200, "{resp:?}");
+            first_int(&resp.body)
+        })
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (1..=100).collect::<Vec<u64>>(),
+        "each request served once"
+    );
+    assert_eq!(
+        metric(r.admin, "router_resumes_total") - resumes_before,
+        1.0,
+        "one resume for 100 concurrent requests"
+    );
+    let restores = sys
+        .log("nodeagent")
+        .lines()
+        .filter(|l| l.contains("actor running") && l.contains("actor=many"))
+        .count();
+    assert_eq!(restores, 1, "one restore for 100 concurrent requests");
+
+    // Activity is reported: lastActiveTime moves forward after traffic.
+    let before = sys.actor("many")["status"]["lastActiveTime"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get(r.http, &host("many"), "/healthz").status, 200);
+    eventually("lastActiveTime advances after a request", || {
+        let now = sys.actor("many")["status"]["lastActiveTime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (now > before).then_some(())
+    });
+
+    // An upgraded connection (WebSocket handshake) is tunnelled both ways.
+    {
+        let mut s = connect(r.http);
+        write!(
+            s,
+            "GET /echo HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            host("many")
+        )
+        .unwrap();
+        let mut rd = BufReader::new(s.try_clone().unwrap());
+        let (status, headers) = read_head(&mut rd);
+        assert_eq!(status, 101, "{headers:?}");
+        let accept = headers
+            .iter()
+            .find(|(k, _)| k == "sec-websocket-accept")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(accept, Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        for msg in [&b"hello through the router"[..], &[0u8, 1, 2, 255, 254][..]] {
+            s.write_all(msg).unwrap();
+            let mut back = vec![0u8; msg.len()];
+            rd.read_exact(&mut back).unwrap();
+            assert_eq!(back, msg, "echoed verbatim");
+        }
+    }
+
+    // 100 MiB down and up, streamed: the router's peak memory does not grow with it.
+    const BIG: u64 = 100 << 20;
+    let peak_before = peak_rss(router_pid);
+    {
+        let mut s = connect(r.http);
+        write!(
+            s,
+            "GET /bytes/{BIG} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            host("many")
+        )
+        .unwrap();
+        let mut rd = BufReader::with_capacity(1 << 16, s);
+        let (status, headers) = read_head(&mut rd);
+        assert_eq!(status, 200, "{headers:?}");
+        let mut want = counter::Fnv1a64::new();
+        counter::write_pattern(&mut want, 0, BIG).unwrap();
+        let mut got = counter::Fnv1a64::new();
+        std::io::copy(&mut rd, &mut got).unwrap();
+        assert_eq!(got.bytes(), BIG, "the whole body arrived");
+        assert_eq!(got.hash(), want.hash(), "intact");
+    }
+    {
+        let mut s = connect(r.http);
+        write!(
+            s,
+            "POST /sink HTTP/1.1\r\nHost: {}\r\nContent-Length: {BIG}\r\nConnection: close\r\n\r\n",
+            host("many")
+        )
+        .unwrap();
+        let mut want = counter::Fnv1a64::new();
+        counter::write_pattern(&mut want, 0, BIG).unwrap();
+        counter::write_pattern(&mut s, 0, BIG).unwrap();
+        let mut rd = BufReader::new(s);
+        let (status, _) = read_head(&mut rd);
+        let mut body = String::new();
+        rd.read_to_string(&mut body).unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, want.summary(), "the actor received every byte intact");
+    }
+    let growth = peak_rss(router_pid).saturating_sub(peak_before);
+    assert!(
+        growth < 32 << 20,
+        "router peak RSS grew by {} MiB while 200 MiB passed through",
+        growth >> 20
+    );
+
+    // Errors, each with its code and a body that says what happened.
+    let bad = get(r.http, "not a host", "/");
+    assert_eq!(bad.status, 400, "{bad:?}");
+    let elsewhere = get(r.http, "example.com", "/");
+    assert_eq!(elsewhere.status, 404, "{elsewhere:?}");
+    assert!(elsewhere.body.contains(SUFFIX), "{elsewhere:?}");
+    let no_ates = get(r.http, &format!("one.nowhere.{SUFFIX}"), "/");
+    assert_eq!(no_ates.status, 404, "{no_ates:?}");
+    assert!(no_ates.body.contains("nowhere"), "{no_ates:?}");
+    let no_actor = get(r.http, &host("ghost"), "/");
+    assert_eq!(no_actor.status, 404, "{no_actor:?}");
+    assert!(no_actor.body.contains("ghost"), "{no_actor:?}");
+    sys.create_actor("parked", json!({"activation": "Suspended"}));
+    let parked = eventually("the router knows the parked actor", || {
+        let resp = get(r.http, &host("parked"), "/");
+        (resp.status != 404).then_some(resp)
+    });
+    assert_eq!(parked.status, 409, "{parked:?}");
+    assert!(parked.body.contains("activation"), "{parked:?}");
+    let parked = sys.actor("parked");
+    assert!(
+        matches!(phase(&parked), "" | "Suspended") && parked["status"]["worker"].is_null(),
+        "not woken: {parked}"
+    );
+
+    // Free one worker: `one` is suspended.
+    sys.action("one", "suspend");
+    sys.wait_phase("one", "Suspended");
+
+    // The actor refuses the connection (its template names a port nothing listens on): 502.
+    sys.kube.create(&json!({
+        "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+        "metadata": {"name": "wrong-port", "namespace": "team-a"},
+        "spec": {
+            "containers": [{"name": "counter", "image": sys.image, "ports": [{"containerPort": 9999}]}],
+            "workerPoolRef": {"name": sys.pool},
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+        },
+    }));
+    sys.kube.create(&json!({
+        "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "refuses", "namespace": "team-a"},
+        "spec": {"template": {"name": "wrong-port"}},
+    }));
+    let refused = eventually("the router knows the refusing actor", || {
+        let resp = get(r.http, &host("refuses"), "/");
+        (resp.status != 404).then_some(resp)
+    });
+    assert_eq!(refused.status, 502, "{refused:?}");
+    assert!(refused.body.contains("refuses"), "{refused:?}");
+
+    // Both workers busy (`many` and `refuses`): a third actor gets 503 with Retry-After.
+    sys.create_actor("third", json!({}));
+    let busy = eventually("the router knows the third actor", || {
+        let resp = get(r.http, &host("third"), "/");
+        (resp.status != 404).then_some(resp)
+    });
+    assert_eq!(busy.status, 503, "{busy:?}");
+    assert!(busy.header("retry-after").is_some(), "{busy:?}");
+    assert!(busy.body.to_lowercase().contains("worker"), "{busy:?}");
+
+    // An actor that never gets ready (its probe path does not exist): 504 after the wake
+    // timeout. Free a worker for it first.
+    sys.kube.ok(
+        &[
+            "patch",
+            "actor",
+            "third",
+            "-n",
+            "team-a",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"activation":"Suspended"}}"#,
+        ],
+        None,
+    );
+    sys.action("refuses", "suspend");
+    sys.wait_phase("refuses", "Suspended");
+    sys.kube.create(&json!({
+        "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+        "metadata": {"name": "never-ready", "namespace": "team-a"},
+        "spec": {
+            "containers": [{"name": "counter", "image": sys.image, "ports": [{"containerPort": 8080}]}],
+            "workerPoolRef": {"name": sys.pool},
+            "readinessProbe": {"httpGet": {"path": "/not-there", "port": 8080}, "periodSeconds": 1},
+        },
+    }));
+    sys.kube.create(&json!({
+        "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "slow", "namespace": "team-a"},
+        "spec": {"template": {"name": "never-ready"}},
+    }));
+    let t = Instant::now();
+    let slow = eventually("the router knows the slow actor", || {
+        let resp = get(r.http, &host("slow"), "/");
+        (resp.status != 404).then_some(resp)
+    });
+    assert_eq!(slow.status, 504, "{slow:?}");
+    assert!(slow.body.contains("slow"), "{slow:?}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(15),
+        "waited {:?}",
+        t.elapsed()
+    );
+}
