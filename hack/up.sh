@@ -1,22 +1,37 @@
 #!/usr/bin/env bash
-# Starts Substrate on this machine: Valkey and the apiserver (more components to come).
+# Starts the whole of Substrate on this machine, with a demo: Valkey, the apiserver, a local
+# OCI registry with the counter image, the node agent with two gVisor workers, the
+# operator, the router and its DNS; then the demo atespace, template and actor.
 #
-#   hack/up.sh          build, start (or reuse/restart) everything, print what to type next
-#   hack/down.sh        stop it again
+#   hack/up.sh          install what is missing, build, start (or restart) everything,
+#                       print what to type next
+#   hack/down.sh        stop it again (running actors are suspended first)
 #
-# State lives in .substrate/: valkey/ (data), pki/, kubeconfig, logs/, run/ (pids).
-# Ports: SUBSTRATE_VALKEY_PORT (default 6390), SUBSTRATE_APISERVER_PORT (default 6443).
-# SUBSTRATE_APISERVER_BIN=<path> runs that binary instead of building the release one.
-# Running it again is safe: Valkey is reused, the apiserver is rebuilt and restarted.
+# Needs root (gVisor sandboxes, network namespaces). State lives in .substrate/ (or
+# $SUBSTRATE_HOME): kubeconfig, endpoints.env, pki/, valkey/, registry/, node/, snapshots/,
+# logs/, run/. Ports (all on 127.0.0.1): SUBSTRATE_{VALKEY,APISERVER,REGISTRY,ROUTER,
+# ROUTER_ADMIN,DNS}_PORT (6390, 6443, 5000, 8080, 9091, 1053). Workers: SUBSTRATE_ADDR_RANGE
+# (10.203.0.0/16), SUBSTRATE_WORKER_INDEX_BASE (1), SUBSTRATE_NODE_NAME (local).
+# SUBSTRATE_PROFILE=debug uses debug builds. Running it again is safe: running actors are
+# suspended first, data is kept, components are rebuilt and restarted.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 # shellcheck source=hack/lib.sh
 source "$ROOT/hack/lib.sh"
 
+PROFILE="${SUBSTRATE_PROFILE:-release}"
+NODE_NAME="${SUBSTRATE_NODE_NAME:-local}"
+# Worker addresses: one /30 per worker index in this range (an unreachable route for all of
+# it is added to the host before any is used). Index base 1 → 10.203.0.4/30 and up.
+ADDR_RANGE="${SUBSTRATE_ADDR_RANGE:-10.203.0.0/16}"
+WORKER_INDEX_BASE="${SUBSTRATE_WORKER_INDEX_BASE:-1}"
+
 usage() {
-  sed -n '2,10s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
+
+kubectl_() { "$KUBECTL" --kubeconfig "$SUBSTRATE_KUBECONFIG" --request-timeout=20s "$@"; }
 
 apiserver_ready() {
   local auth=()
@@ -28,20 +43,30 @@ apiserver_ready() {
     "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null
 }
 
-build_apiserver() {
-  if [[ -n "${SUBSTRATE_APISERVER_BIN:-}" ]]; then
-    APISERVER_BIN="$SUBSTRATE_APISERVER_BIN"
-    [[ -x "$APISERVER_BIN" ]] || die "SUBSTRATE_APISERVER_BIN=$APISERVER_BIN is not an executable"
-    log "using SUBSTRATE_APISERVER_BIN=$APISERVER_BIN (not building)"
-    return 0
-  fi
-  log "cargo build --release -p apiserver"
-  (cd "$ROOT" && cargo build --release -p apiserver) ||
-    die "building the apiserver failed (compiler output above); fix it, then rerun $0"
-  APISERVER_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/substrate-apiserver"
-  [[ -x "$APISERVER_BIN" ]] ||
-    die "the build succeeded but produced no $APISERVER_BIN: apiserver/Cargo.toml must declare [[bin]] name = \"substrate-apiserver\""
+# --- Build ------------------------------------------------------------------------------
+
+build() {
+  local target="${CARGO_TARGET_DIR:-$ROOT/target}" flags=()
+  [[ "$PROFILE" == release ]] && flags=(--release)
+  [[ "$PROFILE" == release || "$PROFILE" == debug ]] ||
+    die "SUBSTRATE_PROFILE=$PROFILE: use release or debug"
+  log "cargo build ${flags[*]} (apiserver, executor, node agent, operator, router)"
+  (cd "$ROOT" && cargo build "${flags[@]}" -p apiserver -p executor -p nodeagent -p operator -p router --bins) ||
+    die "building Substrate failed (compiler output above); fix it, then rerun $0"
+  BIN_DIR="$target/$PROFILE"
+  local b
+  for b in substrate-apiserver substrate-executor substrate-nodeagent substrate-image substrate-operator substrate-router; do
+    [[ -x "$BIN_DIR/$b" ]] || die "the build succeeded but $BIN_DIR/$b is missing"
+  done
+  # The demo workload: a static binary, so the image needs nothing else.
+  log "building the static counter demo"
+  (cd "$ROOT" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p counter \
+    --target x86_64-unknown-linux-gnu --target-dir "$target/static") ||
+    die "building the counter demo failed (compiler output above)"
+  COUNTER_BIN="$target/static/x86_64-unknown-linux-gnu/release/counter"
 }
+
+# --- Components -------------------------------------------------------------------------
 
 start_apiserver() {
   mkdir -p "$SUBSTRATE_RUN_DIR" "$SUBSTRATE_LOG_DIR" "$SUBSTRATE_PKI_DIR"
@@ -50,17 +75,15 @@ start_apiserver() {
   if port_in_use "$APISERVER_PORT"; then
     die "port $APISERVER_PORT (apiserver) is already in use by $(port_owner "$APISERVER_PORT"); stop that process or pick another port: SUBSTRATE_APISERVER_PORT=<port> $0"
   fi
-
   log "starting the apiserver on https://127.0.0.1:$APISERVER_PORT"
   _rotate_log "$APISERVER_LOG"
   spawn_daemon "$APISERVER_PIDFILE" "$APISERVER_LOG" \
-    "$APISERVER_BIN" \
+    "$BIN_DIR/substrate-apiserver" \
     --bind "127.0.0.1:$APISERVER_PORT" \
     --valkey-url "redis://127.0.0.1:$VALKEY_PORT" \
     --pki-dir "$SUBSTRATE_PKI_DIR" \
     --kubeconfig-out "$SUBSTRATE_KUBECONFIG" \
     --log-format plain
-
   local pid rc=0
   pid="$(read_pidfile "$APISERVER_PIDFILE")"
   wait_for -t 60 -p "$pid" apiserver_ready || rc=$?
@@ -80,33 +103,164 @@ start_apiserver() {
   log "apiserver is ready (pid $pid)"
 }
 
+registry_ready() { curl -fsS --max-time 2 "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null; }
+
+start_registry() {
+  if component_running registry && registry_ready; then
+    log "reusing the running registry on 127.0.0.1:$REGISTRY_PORT"
+    return 0
+  fi
+  component_stop registry
+  if port_in_use "$REGISTRY_PORT"; then
+    die "port $REGISTRY_PORT (OCI registry) is already in use by $(port_owner "$REGISTRY_PORT"); stop it (Debian's docker-registry service: systemctl disable --now docker-registry) or pick another port: SUBSTRATE_REGISTRY_PORT=<port> $0"
+  fi
+  mkdir -p "$REGISTRY_DIR/data"
+  cat >"$REGISTRY_DIR/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $REGISTRY_DIR/data
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$REGISTRY_PORT
+  secret: substrate-local-registry
+EOF
+  log "starting the OCI registry on 127.0.0.1:$REGISTRY_PORT (data in $REGISTRY_DIR/data)"
+  component_start registry "$SUBSTRATE_DOCKER_REGISTRY" serve "$REGISTRY_DIR/config.yml"
+  component_wait registry 30 registry_ready
+}
+
+push_counter_image() {
+  local ref="127.0.0.1:$REGISTRY_PORT/substrate/counter:demo" digest
+  log "pushing the counter image to $ref"
+  digest="$("$BIN_DIR/substrate-image" push --insecure --ref "$ref" \
+    --file "$COUNTER_BIN:/counter:755" --entrypoint /counter \
+    --env PORT=8080 --env DATA_FILE=/data/file --port 8080/tcp)" || die "pushing the counter image to $ref failed (see above)"
+  [[ "$digest" =~ ^sha256:[0-9a-f]{64}$ ]] || die "substrate-image printed '$digest', not a digest"
+  # A digest reference: the node agent's image cache then never asks the registry again.
+  COUNTER_IMAGE="127.0.0.1:$REGISTRY_PORT/substrate/counter@$digest"
+}
+
+workers_registered() {
+  local n
+  # Heartbeats newer than the agent's start: workers of an earlier run do not count.
+  n="$(kubectl_ get workers -o jsonpath='{range .items[*]}{.spec.node} {.spec.pool} {.status.phase} {.status.lastHeartbeatTime}{"\n"}{end}' |
+    awk -v node="$NODE_NAME" -v since="$NODEAGENT_STARTED" \
+      '$1 == node && $2 == "demo" && $3 != "Unhealthy" && $4 >= since' | grep -c .)" || return 1
+  ((n >= 2))
+}
+
+start_nodeagent() {
+  component_stop nodeagent 60
+  mkdir -p "$SUBSTRATE_DIR/node" "$SUBSTRATE_DIR/snapshots"
+  NODEAGENT_STARTED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  log "starting the node agent ($NODE_NAME: pool demo, workers in $ADDR_RANGE)"
+  component_start nodeagent "$BIN_DIR/substrate-nodeagent" \
+    --kubeconfig "$SUBSTRATE_KUBECONFIG" \
+    --node "$NODE_NAME" \
+    --pool-namespace default \
+    --pools demo \
+    --state-dir "$SUBSTRATE_DIR/node" \
+    --snapshot-url "file://$SUBSTRATE_DIR/snapshots" \
+    --insecure-registries "127.0.0.1:$REGISTRY_PORT" \
+    --executor-bin "$BIN_DIR/substrate-executor" \
+    --worker-index-base "$WORKER_INDEX_BASE" \
+    --executor-arg="--addr-range=$ADDR_RANGE" \
+    --executor-arg=--on-shutdown=kill
+  component_wait nodeagent 90 workers_registered
+}
+
+start_operator() {
+  component_stop operator
+  log "starting the operator"
+  component_start operator "$BIN_DIR/substrate-operator" --kubeconfig "$SUBSTRATE_KUBECONFIG"
+  component_wait operator 10 true
+}
+
+router_ready() { curl -fsS --max-time 2 "http://127.0.0.1:$ROUTER_ADMIN_PORT/readyz" >/dev/null; }
+
+start_router() {
+  component_stop router
+  local port
+  for port in "$ROUTER_PORT" "$ROUTER_ADMIN_PORT"; do
+    if port_in_use "$port"; then
+      die "port $port (router) is already in use by $(port_owner "$port"); stop it or pick others: SUBSTRATE_ROUTER_PORT=<port> SUBSTRATE_ROUTER_ADMIN_PORT=<port> $0"
+    fi
+  done
+  log "starting the router on 127.0.0.1:$ROUTER_PORT and its DNS on 127.0.0.1:$DNS_PORT"
+  component_start router "$BIN_DIR/substrate-router" \
+    --kubeconfig "$SUBSTRATE_KUBECONFIG" \
+    --listen "127.0.0.1:$ROUTER_PORT" \
+    --admin-listen "127.0.0.1:$ROUTER_ADMIN_PORT" \
+    --dns-listen "127.0.0.1:$DNS_PORT" \
+    --dns-address 127.0.0.1
+  component_wait router 30 router_ready
+}
+
+# --- The demo ---------------------------------------------------------------------------
+
+apply_demo() {
+  log "applying the demo (config/demo/demo.yaml) with image $COUNTER_IMAGE"
+  sed "s|__COUNTER_IMAGE__|$COUNTER_IMAGE|" "$ROOT/config/demo/demo.yaml" | kubectl_ apply -f - >&2 ||
+    die "kubectl apply of the demo failed (see above)"
+}
+
+template_ready() {
+  [[ "$(kubectl_ get actortemplate counter -n demo -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]
+}
+
+wait_demo() {
+  log "waiting for the counter template's golden snapshot (first boot of the image)"
+  if ! wait_for -t 180 template_ready; then
+    kubectl_ get actortemplate counter -n demo -o yaml >&2 || true
+    tail -n 30 "$(component_log nodeagent)" >&2 || true
+    die "the counter template has no golden snapshot after 180s (template and node agent log above)"
+  fi
+}
+
+write_endpoints() {
+  cat >"$ENDPOINTS_FILE" <<EOF
+# Written by hack/up.sh: where this machine's Substrate listens (host:port).
+APISERVER=127.0.0.1:$APISERVER_PORT
+ROUTER=127.0.0.1:$ROUTER_PORT
+ROUTER_ADMIN=127.0.0.1:$ROUTER_ADMIN_PORT
+DNS=127.0.0.1:$DNS_PORT
+REGISTRY=127.0.0.1:$REGISTRY_PORT
+VALKEY=127.0.0.1:$VALKEY_PORT
+KUBECONFIG=$SUBSTRATE_KUBECONFIG
+EOF
+}
+
 print_next_steps() {
-  local path_line=""
+  local path_line="" cd_line=""
   if [[ "$KUBECTL" == "$SUBSTRATE_TOOLS_DIR/"* ]]; then
-    path_line="export PATH=\"$SUBSTRATE_TOOLS_DIR/bin:\$PATH\"   # kubectl $("$KUBECTL" version --client -o json 2>/dev/null | sed -n 's/.*"gitVersion": *"\(.*\)".*/\1/p')
+    path_line="export PATH=\"$SUBSTRATE_TOOLS_DIR/bin:\$PATH\"
   "
   fi
+  [[ "$PWD" == "$ROOT" ]] || cd_line="cd $ROOT
+  "
   cat <<EOF
 
 Substrate is up.
-  apiserver  https://127.0.0.1:$APISERVER_PORT   log: $APISERVER_LOG
-  valkey     127.0.0.1:$VALKEY_PORT           log: $VALKEY_LOG   data: $SUBSTRATE_VALKEY_DIR
+  apiserver  https://127.0.0.1:$APISERVER_PORT    kubeconfig: $SUBSTRATE_KUBECONFIG
+  router     http://127.0.0.1:$ROUTER_PORT     metrics: http://127.0.0.1:$ROUTER_ADMIN_PORT/metrics
+  DNS        127.0.0.1:$DNS_PORT (udp+tcp)  zone actors.resources.substrate.ate.dev
+  registry   127.0.0.1:$REGISTRY_PORT    valkey: 127.0.0.1:$VALKEY_PORT
+  logs       $SUBSTRATE_LOG_DIR/    endpoints: $ENDPOINTS_FILE
 
-Next, in your shell:
+Next, in your shell (the README's walkthrough has more):
 
-  ${path_line}export KUBECONFIG="$SUBSTRATE_KUBECONFIG"
-  kubectl api-resources --api-group=substrate.ate.dev
-  kubectl create -f - <<'YAML'
-  apiVersion: substrate.ate.dev/v1alpha1
-  kind: Atespace
-  metadata:
-    name: team-a
-  spec:
-    displayName: Team A
-  YAML
-  kubectl get atespaces
+  ${cd_line}${path_line}source $ENDPOINTS_FILE; export KUBECONFIG
+  kubectl get actors -A
+  curl -x http://\$ROUTER http://hello.demo.actors.resources.substrate.ate.dev/
+  kubectl get workers -o wide
 
-Stop with hack/down.sh (data is kept; hack/down.sh --purge deletes it).
+Stop with hack/down.sh (actors are suspended first; hack/down.sh --purge deletes all data).
 EOF
 }
 
@@ -116,13 +270,31 @@ main() {
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
+  [[ "$(id -u)" == 0 ]] ||
+    die "hack/up.sh runs gVisor sandboxes in network namespaces it creates: run it as root (sudo $0)"
   ensure_build_deps
   ensure_valkey
   ensure_kubectl
   ensure_rust
-  build_apiserver
+  ensure_runsc
+  ensure_runtime_deps
+  build
   valkey_start
+  # A running system: keep its actors' memory across the restart below.
+  component_stop router
+  component_stop operator
+  if apiserver_ready 2>/dev/null; then
+    suspend_running_actors
+  fi
   start_apiserver
+  start_registry
+  push_counter_image
+  apply_demo
+  start_nodeagent
+  start_operator
+  start_router
+  wait_demo
+  write_endpoints
   print_next_steps
 }
 
