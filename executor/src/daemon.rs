@@ -55,6 +55,8 @@ pub enum DaemonError {
     Network(#[from] NetError),
     #[error("cannot open the worker")]
     Worker(#[from] WorkerError),
+    #[error("runsc does not run")]
+    Runsc(#[from] crate::runsc::RunscError),
     #[error("recovery failed")]
     Recovery(#[source] WorkerError),
     #[error(transparent)]
@@ -69,6 +71,9 @@ pub async fn run(
     if let Err(e) = crate::reaper::install() {
         warn!(error = %crate::error_chain(&e), "cannot become a child subreaper; deleting sandboxes may be slow");
     }
+    // A runsc that does not run fails the start before anything is created on the host
+    // (a network namespace and veth would otherwise outlive every failed attempt).
+    Runsc::new(cfg.runsc.clone()).version().await?;
     let spec = NetSpec::new(&cfg.worker_name, cfg.index, cfg.range)?;
     let (net, report) = WorkerNet::setup(spec.clone()).await?;
     let info = net.info();

@@ -181,6 +181,34 @@ fn with_condition(old: &[Value], c: Value) -> Vec<Value> {
     out
 }
 
+/// The last line of an executor log that reports an error (colour codes removed), or the
+/// log's path when there is none.
+fn last_error_line(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let plain: String = {
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    // The executor logs its fatal error as one `ERROR` line with the whole cause chain.
+    plain
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once(" ERROR ").map(|(_, m)| m.trim().to_string()))
+        .unwrap_or_else(|| format!("see {}", log.display()))
+}
+
 fn to_crd_snapshot(r: &SnapshotRef) -> Value {
     serde_json::to_value(crds::substrate::SnapshotRef::from(r)).unwrap_or(Value::Null)
 }
@@ -408,10 +436,16 @@ impl Agent {
             .map_err(io_err(&self.cfg.executor_bin))?;
         tracing::info!(worker = name, index = w.index, pid = ?child.id(), "started executor");
         w.child = Some(child);
-        // Wait for the socket.
+        // Wait for the socket; an executor that exits says why in its log.
         for _ in 0..100 {
             if ExecutorClient::connect(&w.socket).await.is_ok() {
                 return Ok(());
+            }
+            if let Some(code) = w.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(AgentError::Invalid(format!(
+                    "executor of worker {name} exited during start-up ({code}): {}",
+                    last_error_line(&log)
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -427,13 +461,13 @@ impl Agent {
         let desired = self.desired_workers().await?;
         let api = self.worker_api();
         for (name, pool) in &desired {
-            if let Err(e) = self.ensure_executor(name).await {
+            let started = self.ensure_executor(name).await;
+            if let Err(e) = &started {
                 tracing::warn!(worker = %name, error = %e, "executor not available");
-                continue;
             }
-            let status = match self.executor(name).await {
-                Ok(mut c) => c.status().await.ok(),
-                Err(_) => None,
+            let status = match (&started, self.executor(name).await) {
+                (Ok(()), Ok(mut c)) => c.status().await.ok(),
+                _ => None,
             };
             let address = status
                 .as_ref()
@@ -465,8 +499,40 @@ impl Agent {
             let mut st = json!({"lastHeartbeatTime": now()});
             match (phase.as_deref(), healthy) {
                 (None | Some("Unhealthy"), true) => st["phase"] = json!("Free"),
-                (Some("Free"), false) => st["phase"] = json!("Unhealthy"),
+                (None | Some("Free"), false) => st["phase"] = json!("Unhealthy"),
                 _ => {}
+            }
+            // `Ready` says whether the worker can take actors and, when not, why (written
+            // on changes only: the scheduler keeps its own conditions in the same list).
+            let ready = match (&started, healthy) {
+                (_, true) => {
+                    condition("Ready", true, "ExecutorReady", "the executor answers", None)
+                }
+                (Err(e), false) => {
+                    condition("Ready", false, "ExecutorUnavailable", &e.to_string(), None)
+                }
+                (Ok(()), false) => condition(
+                    "Ready",
+                    false,
+                    "ExecutorUnreachable",
+                    "the executor does not answer its status call",
+                    None,
+                ),
+            };
+            let conds: Vec<Value> = current
+                .as_ref()
+                .and_then(|w| w.status.as_ref())
+                .map(|s| {
+                    s.conditions
+                        .iter()
+                        .filter_map(|c| serde_json::to_value(c).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let prev = conds.iter().find(|c| c["type"] == "Ready");
+            if prev.is_none_or(|p| p["status"] != ready["status"] || p["reason"] != ready["reason"])
+            {
+                st["conditions"] = json!(with_condition(&conds, ready));
             }
             api.patch_status(
                 name,

@@ -288,6 +288,10 @@ pub struct Options {
     pub snapshot_url: Option<String>,
     /// Extra environment of the node agent (S3 endpoint and credentials).
     pub agent_env: Vec<(String, String)>,
+    /// Extra executor arguments (`--executor-arg` of the node agent).
+    pub executor_args: Vec<String>,
+    /// Wait for the workers to be free before returning from [`System::start`].
+    pub wait_workers: bool,
 }
 
 impl Options {
@@ -299,6 +303,8 @@ impl Options {
             workers: 2,
             snapshot_url: None,
             agent_env: Vec::new(),
+            executor_args: Vec::new(),
+            wait_workers: true,
         }
     }
 }
@@ -404,7 +410,9 @@ impl System {
             dir,
         };
         sys.start_agent();
-        sys.wait_free_workers(sys.opts.workers as usize);
+        if sys.opts.wait_workers {
+            sys.wait_free_workers(sys.opts.workers as usize);
+        }
         Some(sys)
     }
 
@@ -474,6 +482,11 @@ impl System {
             ])
             .arg(format!("--executor-arg=--addr-range={}", o.range))
             .arg(format!("--worker-index-base={}", o.index_base))
+            .args(
+                o.executor_args
+                    .iter()
+                    .map(|a| format!("--executor-arg={a}")),
+            )
             .envs(o.agent_env.iter().map(|(k, v)| (k, v)))
             .stdout(self.log_file("nodeagent"))
             .stderr(self.log_file("nodeagent"));

@@ -261,3 +261,136 @@ fn kill9_executor(sys: &System, worker: &str) {
     assert!(status.success(), "kill -9 {pid}");
     eprintln!("executor of {worker} (pid {pid}) killed");
 }
+
+/// The `Ready` condition of an object: (status, reason, message).
+fn ready(obj: &Value) -> (String, String, String) {
+    let c = obj["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (s("status"), s("reason"), s("message"))
+}
+
+#[test]
+fn bad_inputs_fail_clearly_and_release_the_worker() {
+    let mut opts = Options::new("e2e-bad", "10.209.0.0/16", 500);
+    opts.workers = 1;
+    let Some(sys) = System::start(opts) else {
+        return;
+    };
+
+    // A template whose image does not exist.
+    let missing = format!("{}/substrate/does-not-exist:1", sys.registry_host());
+    sys.kube.create(&json!({
+        "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+        "metadata": {"name": "no-image", "namespace": "team-a"},
+        "spec": {"containers": [{"name": "c", "image": missing}], "workerPoolRef": {"name": sys.pool}},
+    }));
+    sys.kube.create(&json!({
+        "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "imageless", "namespace": "team-a"},
+        "spec": {"template": {"name": "no-image"}},
+    }));
+    sys.action("imageless", "resume");
+    let a = sys.wait_phase("imageless", "Failed");
+    let (status, reason, message) = ready(&a);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ResumeFailed"),
+        "{a}"
+    );
+    assert!(
+        message.contains("does-not-exist") && message.contains("not found"),
+        "the condition names the image and says it is not found: {message}"
+    );
+    assert_eq!(e2e::condition(&a, "Stalled"), Some("True"), "{a}");
+    assert!(a["status"]["worker"].is_null(), "{a}");
+    sys.assert_no_worker_leak(1);
+
+    // A snapshot corrupted in the object store (and not in the node's cache).
+    sys.create_actor("corrupt", json!({}));
+    sys.action("corrupt", "resume");
+    let a = sys.wait_phase("corrupt", "Running");
+    http("GET", &format!("{}/", System::actor_url(&a)), None).expect("GET /");
+    sys.action("corrupt", "suspend");
+    let a = sys.wait_phase("corrupt", "Suspended");
+    let manifest = PathBuf::from(
+        snapshot_uri(&a)
+            .expect("snapshot")
+            .trim_start_matches("file://"),
+    );
+    let victim = subdirs(manifest.parent().unwrap())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "zst"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a .zst file in the snapshot");
+    // A new file (not the cache's hard-linked inode) with one byte flipped in the middle.
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::remove_file(&victim).unwrap();
+    std::fs::write(&victim, &bytes).unwrap();
+    let _ = std::fs::remove_dir_all(sys.dir().join("node").join("snapshot-cache"));
+    sys.action("corrupt", "resume");
+    let a = sys.wait_phase("corrupt", "Failed");
+    let (status, reason, message) = ready(&a);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ResumeFailed"),
+        "{a}"
+    );
+    assert!(
+        message.contains("snapshot"),
+        "the condition says the snapshot is bad: {message}"
+    );
+    assert_eq!(
+        snapshot_uri(&a).as_deref(),
+        Some(
+            manifest
+                .to_str()
+                .map(|m| format!("file://{m}"))
+                .unwrap()
+                .as_str()
+        ),
+        "the snapshot reference is kept (nothing is lost)"
+    );
+    sys.assert_no_worker_leak(1);
+}
+
+#[test]
+fn a_missing_runsc_marks_the_workers_not_ready_with_the_reason() {
+    let mut opts = Options::new("e2e-norunsc", "10.210.0.0/16", 600);
+    opts.workers = 1;
+    opts.wait_workers = false;
+    opts.executor_args = vec!["--runsc-path=/nonexistent/runsc".into()];
+    let Some(sys) = System::start(opts) else {
+        return;
+    };
+    let w = eventually("the worker is registered Unhealthy with a reason", || {
+        let w = sys.workers().into_iter().next()?;
+        (phase(&w) == "Unhealthy" && ready(&w).0 == "False").then_some(w)
+    });
+    let (_, reason, message) = ready(&w);
+    assert_eq!(reason, "ExecutorUnavailable", "{w}");
+    assert!(
+        message.contains("/nonexistent/runsc"),
+        "the condition names the missing runsc: {message}"
+    );
+    // An actor asking for a worker waits with a clear condition instead of landing there.
+    sys.create_actor("waits", json!({}));
+    let a = sys.action("waits", "resume");
+    assert!(a["status"]["worker"].is_null(), "{a}");
+    assert_eq!(e2e::condition(&a, "Scheduled"), Some("False"), "{a}");
+    // Failed starts leave nothing on the host (no network namespace per attempt).
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !netns.contains("substrate-e2e-norunsc"),
+        "a failed executor start left its network namespace: {netns}"
+    );
+}

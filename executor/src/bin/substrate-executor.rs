@@ -155,7 +155,12 @@ async fn main() -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         }
     };
-    executor::daemon::run(cfg, shutdown)
+    let result = executor::daemon::run(cfg, shutdown)
         .await
-        .with_context(|| format!("executor for worker {} failed", args.worker_name))
+        .with_context(|| format!("executor for worker {} failed", args.worker_name));
+    if let Err(e) = &result {
+        // One line with the whole cause chain: the node agent reports it on the Worker.
+        tracing::error!("{e:#}");
+    }
+    result
 }
