@@ -28,7 +28,7 @@ FAILED=()
 walkthrough() {
   (
     export SUBSTRATE_HOME="$ROOT/.substrate/walkthrough-test" SUBSTRATE_PROFILE=debug
-    export SUBSTRATE_NODE_NAME=walkthrough SUBSTRATE_ADDR_RANGE=10.204.0.0/16 SUBSTRATE_WORKER_INDEX_BASE=1
+    export SUBSTRATE_NODE_NAME=walkthrough SUBSTRATE_ADDR_RANGE=10.211.0.0/16 SUBSTRATE_WORKER_INDEX_BASE=1
     export SUBSTRATE_VALKEY_PORT=16390 SUBSTRATE_APISERVER_PORT=16443 SUBSTRATE_REGISTRY_PORT=15000
     export SUBSTRATE_ROUTER_PORT=18080 SUBSTRATE_ROUTER_ADMIN_PORT=19091 SUBSTRATE_DNS_PORT=11053
     "$ROOT/hack/down.sh" --purge >/dev/null 2>&1 || true
@@ -129,7 +129,7 @@ main() {
   fi
   # The end-to-end tests run the workspace's binaries (node agent, executor).
   step "cargo build (binaries)" cargo build "${locked[@]}" --workspace --bins
-  step "cargo test" cargo test "${locked[@]}" "${scope[@]}" "${filters[@]}" "${cargo_args[@]}"
+  step "cargo test" cargo test --no-fail-fast "${locked[@]}" "${scope[@]}" "${filters[@]}" "${cargo_args[@]}"
   if [[ "$(id -u)" == 0 && ${#filters[@]} -eq 0 && ${#cargo_args[@]} -eq 0 ]]; then
     step "README walkthrough" walkthrough
   fi

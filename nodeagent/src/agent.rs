@@ -817,8 +817,11 @@ impl Agent {
     async fn try_resume(&self, actor: &Actor, worker: &str) -> Result<String, AgentError> {
         let key = Self::actor_key(actor)?;
         let uid = actor.metadata.uid.clone().unwrap_or_default();
+        let started = std::time::Instant::now();
         let template = self.template(actor).await?;
         let (spec, _digest) = self.actor_spec(actor, &template).await?;
+        let prepared = started.elapsed();
+        let mut fetched = Duration::ZERO;
         let own = actor.status.as_ref().and_then(|s| s.snapshot.as_ref());
         // Without a snapshot of its own, a new actor resumes from its template's golden one.
         let golden = own.is_none();
@@ -830,42 +833,66 @@ impl Agent {
             worker: worker.into(),
             source,
         };
-        match &snapshot {
-            Some(r) => {
-                let digest = r.manifest_digest.trim_start_matches("sha256:");
-                let dir = self
-                    .cfg
-                    .state_dir
-                    .join("restore")
-                    .join(format!("{uid}-{}", &digest[..digest.len().min(16)]));
-                if !dir.join(".complete").exists() {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    let outcome = self.snapshots.fetch(r, &dir).await?;
-                    if golden {
-                        // The golden actor's checkpoint marker names the golden actor; this
-                        // restore deliberately starts another actor from it.
-                        let marker = dir.join(executor::worker::CHECKPOINT_MARKER);
-                        if marker.exists() {
-                            std::fs::remove_file(&marker).map_err(io_err(&marker))?;
-                        }
-                    }
-                    std::fs::write(dir.join(".complete"), b"").map_err(io_err(&dir))?;
-                    tracing::info!(actor = %key, source = ?outcome.source, bytes = outcome.bytes, "snapshot fetched");
+        // Where the snapshot is unpacked for the executor: per actor and manifest digest.
+        let restore = snapshot.as_ref().map(|r| {
+            let digest = r.manifest_digest.trim_start_matches("sha256:").to_string();
+            let dir = self
+                .cfg
+                .state_dir
+                .join("restore")
+                .join(format!("{uid}-{}", &digest[..digest.len().min(16)]));
+            (r, digest, dir)
+        });
+        if let Some((r, _, dir)) = &restore
+            && !dir.join(".complete").exists()
+        {
+            let t = std::time::Instant::now();
+            let _ = std::fs::remove_dir_all(dir);
+            let outcome = self.snapshots.fetch(r, dir).await?;
+            if golden {
+                // The golden actor's checkpoint marker names the golden actor; this
+                // restore deliberately starts another actor from it.
+                let marker = dir.join(executor::worker::CHECKPOINT_MARKER);
+                if marker.exists() {
+                    std::fs::remove_file(&marker).map_err(io_err(&marker))?;
                 }
-                let files_dir = dir.clone();
-                exec.restore(&key, &format!("restore-{uid}-{digest}"), &spec, &files_dir)
+            }
+            std::fs::write(dir.join(".complete"), b"").map_err(io_err(dir))?;
+            tracing::info!(actor = %key, source = ?outcome.source, bytes = outcome.bytes, "snapshot fetched");
+            fetched = t.elapsed();
+        }
+        let t = std::time::Instant::now();
+        let (how, op) = match &restore {
+            Some((_, digest, dir)) => {
+                let how = if golden { "golden" } else { "restore" };
+                let op = exec
+                    .restore(&key, &format!("restore-{uid}-{digest}"), &spec, dir)
                     .await
                     .map_err(exec_err)?;
+                (how, op)
             }
             None => {
-                exec.run(&key, &format!("run-{uid}"), &spec)
+                let op = exec
+                    .run(&key, &format!("run-{uid}"), &spec)
                     .await
                     .map_err(exec_err)?;
+                ("cold", op)
             }
-        }
+        };
+        let executed = t.elapsed();
+        let runsc = op.timing.map(|t| t.runsc_seconds).unwrap_or_default();
         let status = exec.status().await.map_err(exec_err)?;
         let address = status.network.map(|n| n.worker_ip).unwrap_or_default();
+        let t = std::time::Instant::now();
         self.wait_ready(&template, &address).await?;
+        let ready = t.elapsed();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::info!(
+            actor = %key, worker, how,
+            prepare_ms = ms(prepared), fetch_ms = ms(fetched), executor_ms = ms(executed),
+            runsc_ms = runsc * 1e3, ready_ms = ms(ready), total_ms = ms(started.elapsed()),
+            "resume timing"
+        );
         Ok(address)
     }
 
@@ -886,6 +913,9 @@ impl Agent {
         let path = get.path.unwrap_or_else(|| "/".into());
         let deadline = tokio::time::Instant::now() + budget;
         let mut last = String::new();
+        // Probe again quickly at first (a restored process is usually ready at once; a
+        // cold boot within tens of milliseconds), backing off to the probe's period.
+        let mut pause = Duration::from_millis(10);
         while tokio::time::Instant::now() < deadline {
             match tokio::time::timeout(timeout, http_get(address, get.port as u16, &path)).await {
                 Ok(Ok(code)) if (200..400).contains(&code) => return Ok(()),
@@ -893,7 +923,8 @@ impl Agent {
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = "timed out".into(),
             }
-            tokio::time::sleep(period).await;
+            tokio::time::sleep(pause.min(period)).await;
+            pause *= 2;
         }
         Err(AgentError::NotReady(format!(
             "GET http://{address}:{}{path} did not succeed within {budget:?}: {last}",
