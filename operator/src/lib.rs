@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crds::ate::ActorTemplate;
-use crds::substrate::{Activation, Actor, ActorPhase, Worker};
+use crds::ate::{ActorTemplate, WorkerPool};
+use crds::substrate::{Activation, Actor, ActorPhase, Worker, WorkerPhase};
 
 /// A bound worker silent for this long is considered dead.
 pub const DEAD_WORKER_AFTER: Duration = Duration::from_secs(30);
@@ -112,6 +112,26 @@ fn phase(a: &Actor) -> Option<ActorPhase> {
     a.status.as_ref().and_then(|s| s.phase)
 }
 
+/// A template's kstatus conditions: `Ready`, `Reconciling`, `Stalled`.
+fn template_conditions(
+    ready: bool,
+    reason: &str,
+    message: &str,
+    reconciling: bool,
+    stalled: bool,
+    generation: i64,
+) -> Value {
+    let c = |t: &str, s: bool| {
+        json!({"type": t, "status": if s { "True" } else { "False" }, "reason": reason,
+            "message": message, "lastTransitionTime": now(), "observedGeneration": generation})
+    };
+    json!([
+        c("Ready", ready),
+        c("Reconciling", reconciling),
+        c("Stalled", stalled)
+    ])
+}
+
 fn ns_name(a: &Actor) -> (String, String) {
     (
         a.metadata.namespace.clone().unwrap_or_default(),
@@ -150,6 +170,7 @@ impl Operator {
         let (actors, aw) = reflector::store::<Actor>();
         let (workers, ww) = reflector::store::<Worker>();
         let (templates, tw) = reflector::store::<ActorTemplate>();
+        let (pools, pw) = reflector::store::<WorkerPool>();
         let a = watcher(Api::<Actor>::all(self.client.clone()), Default::default())
             .default_backoff()
             .reflect(aw)
@@ -168,7 +189,18 @@ impl Operator {
         .reflect(tw)
         .applied_objects()
         .map(|_| ());
-        let mut events = std::pin::pin!(futures::stream::select(a, futures::stream::select(w, t)));
+        let p = watcher(
+            Api::<WorkerPool>::all(self.client.clone()),
+            Default::default(),
+        )
+        .default_backoff()
+        .reflect(pw)
+        .applied_objects()
+        .map(|_| ());
+        let mut events = std::pin::pin!(futures::stream::select(
+            futures::stream::select(a, p),
+            futures::stream::select(w, t)
+        ));
         let mut tick = tokio::time::interval(self.cfg.resync);
         loop {
             tokio::select! {
@@ -177,9 +209,26 @@ impl Operator {
                     if let Err(e) = self.pass(&actors, &workers, &templates).await {
                         tracing::warn!(error = %e, "operator pass failed; will retry");
                     }
+                    if let Err(e) = self.pools(&pools, &workers).await {
+                        tracing::warn!(error = %e, "operator pass failed; will retry");
+                    }
                 }
             }
         }
+    }
+
+    /// WorkerPool status for every pool.
+    pub async fn pools(
+        &self,
+        pools: &Store<WorkerPool>,
+        workers: &Store<Worker>,
+    ) -> Result<(), OperatorError> {
+        for p in pools.state() {
+            if let Err(e) = self.pool_status(&p, workers).await {
+                tracing::warn!(pool = ?p.metadata.name, error = %e, "pool status step failed");
+            }
+        }
+        Ok(())
     }
 
     /// One level-triggered pass over everything.
@@ -217,6 +266,27 @@ impl Operator {
             a.metadata.namespace.as_deref() == Some(crds::GOLDEN_ATESPACE)
                 && a.metadata.name.as_deref() == Some(&gname)
         });
+        let templates: Api<ActorTemplate> = Api::namespaced(self.client.clone(), &tns);
+        // kstatus: the new generation is seen and being worked on (once per generation;
+        // a failed boot says Stalled instead, until a retry succeeds).
+        let has = |t: &str| {
+            status.conditions.iter().any(|c| {
+                c.type_ == t && c.status == "True" && c.observed_generation == Some(generation)
+            })
+        };
+        if !has("Reconciling") && !has("Stalled") {
+            let msg = format!("booting the golden actor {}/{gname}", crds::GOLDEN_ATESPACE);
+            templates
+                .patch_status(
+                    &tname,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {
+                        "observedGeneration": generation,
+                        "conditions": template_conditions(false, "GoldenBooting", &msg, true, false, generation),
+                    }})),
+                )
+                .await?;
+        }
         let Some(golden) = golden else {
             let obj: Actor = serde_json::from_value(json!({
                 "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
@@ -261,15 +331,14 @@ impl Operator {
             Some(ActorPhase::Running) => self.action(&golden, "suspend").await?,
             Some(ActorPhase::Suspended) => {
                 let snapshot = gstatus.snapshot.clone();
-                let templates: Api<ActorTemplate> = Api::namespaced(self.client.clone(), &tns);
+                let msg = format!(
+                    "golden snapshot taken from {}/{gname}",
+                    crds::GOLDEN_ATESPACE
+                );
                 let patch = json!({"status": {
                     "snapshot": snapshot,
                     "observedGeneration": generation,
-                    "conditions": [{
-                        "type": "Ready", "status": "True", "reason": "GoldenSnapshotReady",
-                        "message": format!("golden snapshot taken from {}/{gname}", crds::GOLDEN_ATESPACE),
-                        "lastTransitionTime": now(), "observedGeneration": generation,
-                    }],
+                    "conditions": template_conditions(true, "GoldenSnapshotReady", &msg, false, false, generation),
                 }});
                 templates
                     .patch_status(&tname, &PatchParams::default(), &Patch::Merge(patch))
@@ -283,19 +352,105 @@ impl Operator {
                     .find(|c| c.type_ == "Ready")
                     .map(|c| c.message.clone())
                     .unwrap_or_default();
-                let templates: Api<ActorTemplate> = Api::namespaced(self.client.clone(), &tns);
-                let patch = json!({"status": {"conditions": [{
-                    "type": "Ready", "status": "False", "reason": "GoldenBootFailed",
-                    "message": msg, "lastTransitionTime": now(), "observedGeneration": generation,
-                }]}});
-                templates
-                    .patch_status(&tname, &PatchParams::default(), &Patch::Merge(patch))
-                    .await?;
-                // Try again: the failure left the golden actor without a worker.
-                self.action(&golden, "resume").await?;
+                let patch = json!({"status": {
+                    "observedGeneration": generation,
+                    "conditions": template_conditions(false, "GoldenBootFailed", &msg, false, true, generation),
+                }});
+                if !has("Stalled") {
+                    templates
+                        .patch_status(&tname, &PatchParams::default(), &Patch::Merge(patch))
+                        .await?;
+                }
+                // Try again, with backoff: the failure left the golden actor without a
+                // worker, and the cause (a missing image...) may last.
+                if self.retry_due(golden.metadata.uid.as_deref().unwrap_or_default()) {
+                    self.action(&golden, "resume").await?;
+                }
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Whether the next retry of the object with `uid` is due (exponential backoff: at once,
+    /// then [`RETRY_BASE`], doubling up to [`RETRY_MAX`]); records the attempt when it is.
+    fn retry_due(&self, uid: &str) -> bool {
+        let Ok(mut r) = self.retries.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        let entry = r.entry(uid.to_string()).or_insert((0, now));
+        if now < entry.1 {
+            return false;
+        }
+        entry.1 = now + retry_delay(entry.0);
+        entry.0 += 1;
+        true
+    }
+
+    /// WorkerPool status (kstatus): `replicas`, `readyReplicas` (its workers that are Free or
+    /// Bound and heartbeating), `observedGeneration`, `Ready` and `Reconciling`. Written
+    /// only when it changes.
+    async fn pool_status(
+        &self,
+        pool: &WorkerPool,
+        workers: &Store<Worker>,
+    ) -> Result<(), OperatorError> {
+        let ns = pool.metadata.namespace.clone().unwrap_or_default();
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        let generation = pool.metadata.generation.unwrap_or(0);
+        let want = pool.spec.replicas;
+        let ready = workers
+            .state()
+            .iter()
+            .filter(|w| w.spec.pool == name)
+            .filter(|w| {
+                w.status.as_ref().is_some_and(|s| {
+                    matches!(s.phase, Some(WorkerPhase::Free | WorkerPhase::Bound))
+                        && s.last_heartbeat_time
+                            .as_ref()
+                            .is_some_and(|t| age(t) < DEAD_WORKER_AFTER)
+                })
+            })
+            .count() as i32;
+        let ok = ready >= want;
+        let (reason, msg) = if ok {
+            ("WorkersReady", format!("{ready} of {want} workers ready"))
+        } else {
+            (
+                "WorkersNotReady",
+                format!("{ready} of {want} workers ready"),
+            )
+        };
+        let cur = pool.status.clone().unwrap_or_default();
+        let cond = |t: &str| cur.conditions.iter().find(|c| c.type_ == t);
+        let unchanged = cur.observed_generation == Some(generation)
+            && cur.replicas == Some(want)
+            && cur.ready_replicas == Some(ready)
+            && cond("Ready").is_some_and(|c| c.reason == reason);
+        if unchanged {
+            return Ok(());
+        }
+        let keep = |t: &str, status: bool| {
+            cond(t)
+                .filter(|c| (c.status == "True") == status)
+                .map(|c| c.last_transition_time.clone())
+        };
+        let c = |t: &str, status: bool, reason: &str| {
+            json!({"type": t, "status": if status { "True" } else { "False" }, "reason": reason,
+                "message": msg, "observedGeneration": generation,
+                "lastTransitionTime": keep(t, status).map_or_else(|| json!(now()), |t| json!(t))})
+        };
+        let api: Api<WorkerPool> = Api::namespaced(self.client.clone(), &ns);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "observedGeneration": generation, "replicas": want, "readyReplicas": ready,
+                "conditions": [c("Ready", ok, reason), c("Reconciling", !ok, reason)],
+            }})),
+        )
+        .await?;
         Ok(())
     }
 
@@ -352,29 +507,14 @@ impl Operator {
             r.remove(&uid);
         }
         match (a.spec.activation, phase(a)) {
-            (Activation::Always, Some(ActorPhase::Failed)) => {
-                // Retry with exponential backoff: the failure may be lasting (a missing
-                // image), and every attempt costs a worker for a while.
-                let due = {
-                    let Ok(mut r) = self.retries.lock() else {
-                        return Ok(());
-                    };
-                    let now = std::time::Instant::now();
-                    let entry = r.entry(uid).or_insert((0, now));
-                    if now < entry.1 {
-                        false
-                    } else {
-                        entry.1 = now + retry_delay(entry.0);
-                        entry.0 += 1;
-                        true
-                    }
-                };
-                if due {
-                    let (ns, name) = ns_name(a);
-                    tracing::info!(atespace = %ns, actor = %name, "resume failed before; retrying");
-                    self.action(a, "resume").await?;
-                }
+            // Retry with exponential backoff: the failure may be lasting (a missing image),
+            // and every attempt costs a worker for a while.
+            (Activation::Always, Some(ActorPhase::Failed)) if self.retry_due(&uid) => {
+                let (ns, name) = ns_name(a);
+                tracing::info!(atespace = %ns, actor = %name, "resume failed before; retrying");
+                self.action(a, "resume").await?;
             }
+            (Activation::Always, Some(ActorPhase::Failed)) => {}
             (Activation::Always, None | Some(ActorPhase::Suspended)) => {
                 let waiting = status
                     .conditions

@@ -380,3 +380,118 @@ async fn observed_generation_follows_the_spec_of_settled_actors() {
     assert_eq!(a.metadata.generation, Some(2));
     op.abort();
 }
+
+fn cond<'a>(
+    conds: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    t: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    conds.iter().find(|c| c.type_ == t)
+}
+
+#[tokio::test]
+async fn worker_pools_report_ready_replicas_for_kstatus() {
+    let w = world().await;
+    setup(&w, 0).await; // worker w0 of pool p, heartbeating, Free
+    let pools: Api<crds::ate::WorkerPool> = Api::namespaced(w.client.clone(), "default");
+    create(
+        &pools,
+        json!({"apiVersion": "ate.dev/v1alpha1", "kind": "WorkerPool",
+        "metadata": {"name": "p", "namespace": "default"}, "spec": {"replicas": 2}}),
+    )
+    .await;
+    let op = start_operator(&w);
+    let p = eventually("the pool reports 1 of 2 ready", || {
+        let pools = pools.clone();
+        async move {
+            let p = pools.get("p").await.ok()?;
+            (p.status.as_ref()?.ready_replicas == Some(1)).then_some(p)
+        }
+    })
+    .await;
+    let st = p.status.unwrap();
+    assert_eq!(st.replicas, Some(2));
+    assert_eq!(st.observed_generation, p.metadata.generation);
+    assert_eq!(cond(&st.conditions, "Ready").unwrap().status, "False");
+    assert_eq!(cond(&st.conditions, "Reconciling").unwrap().status, "True");
+
+    let workers: Api<Worker> = Api::all(w.client.clone());
+    create(
+        &workers,
+        json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
+        "metadata": {"name": "w1"}, "spec": {"pool": "p", "node": "n", "address": "10.0.0.3"}}),
+    )
+    .await;
+    workers
+        .patch_status(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Free", "lastHeartbeatTime": now_minus(0)}})),
+        )
+        .await
+        .expect("heartbeat");
+    let p = eventually("the pool reports 2 of 2 ready", || {
+        let pools = pools.clone();
+        async move {
+            let p = pools.get("p").await.ok()?;
+            (p.status.as_ref()?.ready_replicas == Some(2)).then_some(p)
+        }
+    })
+    .await;
+    let st = p.status.unwrap();
+    assert_eq!(cond(&st.conditions, "Ready").unwrap().status, "True");
+    assert_eq!(cond(&st.conditions, "Reconciling").unwrap().status, "False");
+    op.abort();
+}
+
+#[tokio::test]
+async fn a_failed_golden_boot_stalls_the_template() {
+    let w = world().await;
+    setup(&w, 0).await;
+    let templates: Api<ActorTemplate> = Api::namespaced(w.client.clone(), "team-a");
+    let op = start_operator(&w);
+    // The golden actor is created and the template says it is reconciling.
+    let t = eventually("the template is Reconciling", || {
+        let templates = templates.clone();
+        async move {
+            let t = templates.get("t").await.ok()?;
+            let st = t.status.clone()?;
+            (cond(&st.conditions, "Reconciling")?.status == "True").then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(t.status.unwrap().observed_generation, t.metadata.generation);
+    let golden: Api<Actor> = Api::namespaced(w.client.clone(), crds::GOLDEN_ATESPACE);
+    eventually("the golden actor is bound", || {
+        let golden = golden.clone();
+        async move {
+            let a = golden.get("team-a-t").await.ok()?;
+            (phase(&a) == "Resuming").then_some(())
+        }
+    })
+    .await;
+    // The node agent gives up: image not found.
+    golden
+        .patch_status("team-a-t", &PatchParams::default(), &Patch::Merge(json!({"status": {
+            "phase": "Failed", "worker": null,
+            "conditions": [{"type": "Ready", "status": "False", "reason": "ResumeFailed",
+                "message": "image 127.0.0.1:5000/x:1 not found", "lastTransitionTime": now_minus(0)}]}})))
+        .await
+        .expect("status");
+    let t = eventually("the template is Stalled", || {
+        let templates = templates.clone();
+        async move {
+            let t = templates.get("t").await.ok()?;
+            let st = t.status.clone()?;
+            (cond(&st.conditions, "Stalled")?.status == "True").then_some(st)
+        }
+    })
+    .await;
+    let ready = cond(&t.conditions, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "GoldenBootFailed")
+    );
+    assert!(ready.message.contains("not found"), "{}", ready.message);
+    assert_eq!(cond(&t.conditions, "Reconciling").unwrap().status, "False");
+    op.abort();
+}
