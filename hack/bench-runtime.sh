@@ -47,8 +47,9 @@ latency() {
   agent_log="$(component_log nodeagent)"
   post demo hello resume || true
   wait_for -t 60 phase_is demo hello Running || die "demo/hello did not start"
-  printf '  %-5s %8s %8s %8s %8s %8s %8s %8s %8s %10s\n' round api→run agent prepare fetch executor runsc ready sched suspend >&2
-  local i t0 t1 line total suspend_ms
+  printf '  %-5s %8s %8s %8s %8s %8s %8s %8s %8s | %8s %8s %8s %8s\n' round api→run agent prepare fetch executor runsc ready sched \
+    suspend ckpt runsc upload >&2
+  local i t0 t1 line sline total suspend_ms
   for ((i = 1; i <= ROUNDS; i++)); do
     t0="$(now_ms)"
     post demo hello suspend
@@ -59,13 +60,15 @@ latency() {
     wait_for -t 60 -i 0.02 phase_is demo hello Running || die "no resume"
     t1="$(now_ms)"
     line="$(plain_log "$agent_log" | grep 'resume timing' | grep 'actor=demo/hello' | tail -n 1)"
+    sline="$(plain_log "$agent_log" | grep 'suspend timing' | grep 'actor=demo/hello' | tail -n 1)"
     total="$(field total_ms <<<"$line")"
-    printf '  %-5s %8d %8.0f %8.1f %8.1f %8.1f %8.1f %8.1f %8.0f %10d\n' "$i" $((t1 - t0)) "$total" \
+    printf '  %-5s %8d %8.0f %8.1f %8.1f %8.1f %8.1f %8.1f %8.0f | %8d %8.0f %8.0f %8.0f\n' "$i" $((t1 - t0)) "$total" \
       "$(field prepare_ms <<<"$line")" "$(field fetch_ms <<<"$line")" "$(field executor_ms <<<"$line")" \
       "$(field runsc_ms <<<"$line")" "$(field ready_ms <<<"$line")" \
-      "$(awk -v a=$((t1 - t0)) -v b="$total" 'BEGIN {print a - b}')" "$suspend_ms" >&2
+      "$(awk -v a=$((t1 - t0)) -v b="$total" 'BEGIN {print a - b}')" "$suspend_ms" \
+      "$(field checkpoint_ms <<<"$sline")" "$(field runsc_ms <<<"$sline")" "$(field upload_ms <<<"$sline")" >&2
   done
-  log "api→run: resume POST to phase Running seen by kubectl polling (20 ms); agent: the node agent's resume; sched = api→run − agent (scheduling, watch delivery, status write, polling)"
+  log "api→run / suspend: POST to the phase seen by kubectl polling (each poll runs kubectl: ~100 ms granularity); agent: the node agent's resume; sched = api→run − agent (scheduling, watch delivery, status writes, polling); ckpt: the agent's checkpoint step (executor call), runsc: the bare runsc checkpoint in it, upload: zstd + object store + manifest"
 }
 
 request() { # ACTOR → body (fails on non-2xx)

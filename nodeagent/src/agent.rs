@@ -117,6 +117,42 @@ struct LocalWorker {
     adopted: Option<i32>,
 }
 
+/// Stops the executor of worker `name` (SIGTERM; SIGKILL after 30 s), whether this agent
+/// started it or adopted it. With `--on-shutdown=kill` it kills its sandbox and removes the
+/// worker's network on the way out.
+async fn stop_executor(name: &str, w: &mut LocalWorker) {
+    let term = |pid: i32, sig| {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    };
+    if let Some(pid) = w.adopted.take() {
+        term(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while pid_alive(pid) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if pid_alive(pid) {
+            tracing::warn!(worker = %name, pid, "adopted executor did not stop within 30s; killing it");
+            term(pid, nix::sys::signal::Signal::SIGKILL);
+        } else {
+            tracing::info!(worker = %name, pid, "adopted executor stopped");
+        }
+    }
+    let Some(child) = w.child.as_mut() else {
+        return;
+    };
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        term(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+        Ok(_) => tracing::info!(worker = %name, "executor stopped"),
+        Err(_) => {
+            tracing::warn!(worker = %name, "executor did not stop within 30s; killing it");
+            let _ = child.kill().await;
+        }
+    }
+    w.child = None;
+}
+
 /// Pid of the process serving the unix socket at `path` (SO_PEERCRED).
 async fn socket_peer_pid(path: &Path) -> Option<i32> {
     let stream = tokio::net::UnixStream::connect(path).await.ok()?;
@@ -276,41 +312,7 @@ impl Agent {
     pub async fn shutdown(&self) {
         let mut workers = self.workers.lock().await;
         for (name, w) in workers.iter_mut() {
-            if let Some(pid) = w.adopted.take() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-                while pid_alive(pid) && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                if pid_alive(pid) {
-                    tracing::warn!(worker = %name, pid, "adopted executor did not stop within 30s; killing it");
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                } else {
-                    tracing::info!(worker = %name, pid, "adopted executor stopped");
-                }
-            }
-            let Some(child) = w.child.as_mut() else {
-                continue;
-            };
-            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
-                Ok(_) => tracing::info!(worker = %name, "executor stopped"),
-                Err(_) => {
-                    tracing::warn!(worker = %name, "executor did not stop within 30s; killing it");
-                    let _ = child.kill().await;
-                }
-            }
+            stop_executor(name, w).await;
         }
     }
 
@@ -542,6 +544,58 @@ impl Agent {
             .await?;
             if let Some(s) = &status {
                 self.kill_stray_sandbox(name, s, actors).await;
+            }
+        }
+        self.retire_workers(&desired).await
+    }
+
+    /// Scale-down: this node's workers no longer desired (fewer replicas, pool deleted)
+    /// go once they are not bound: the `Worker` is deleted first, with its resourceVersion
+    /// as precondition (a concurrent claim by the scheduler wins and the worker stays until
+    /// its actor leaves), then its executor is stopped.
+    async fn retire_workers(&self, desired: &[(String, String)]) -> Result<(), AgentError> {
+        let api = self.worker_api();
+        let node = self.cfg.node.as_str();
+        for w in api.list(&ListParams::default()).await? {
+            let name = w.metadata.name.clone().unwrap_or_default();
+            if w.spec.node.as_deref() != Some(node)
+                || desired.iter().any(|(n, _)| *n == name)
+                || (!self.cfg.pools.is_empty() && !self.cfg.pools.contains(&w.spec.pool))
+            {
+                continue;
+            }
+            if w.status.as_ref().and_then(|s| s.phase) == Some(crds::substrate::WorkerPhase::Bound)
+            {
+                continue;
+            }
+            let dp = kube::api::DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    resource_version: w.metadata.resource_version.clone(),
+                    uid: w.metadata.uid.clone(),
+                }),
+                ..Default::default()
+            };
+            match api.delete(&name, &dp).await {
+                Ok(_) => tracing::info!(worker = %name, "worker retired (scale-down)"),
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            let mut workers = self.workers.lock().await;
+            match workers.remove(&name) {
+                Some(mut local) => stop_executor(&name, &mut local).await,
+                None => {
+                    // Not started by this agent (it restarted since): stop whoever serves
+                    // the worker's socket.
+                    let socket = self.cfg.state_dir.join("run").join(format!("{name}.sock"));
+                    let mut local = LocalWorker {
+                        index: 0,
+                        adopted: socket_peer_pid(&socket).await,
+                        socket,
+                        child: None,
+                    };
+                    stop_executor(&name, &mut local).await;
+                }
             }
         }
         Ok(())
@@ -881,7 +935,12 @@ impl Agent {
         };
         let executed = t.elapsed();
         let runsc = op.timing.map(|t| t.runsc_seconds).unwrap_or_default();
-        let status = exec.status().await.map_err(exec_err)?;
+        // The operation's answer carries the worker's status (a separate Status call would
+        // ask runsc again: ~30 ms).
+        let status = match op.status {
+            Some(s) => s,
+            None => exec.status().await.map_err(exec_err)?,
+        };
         let address = status.network.map(|n| n.worker_ip).unwrap_or_default();
         let t = std::time::Instant::now();
         self.wait_ready(&template, &address).await?;
@@ -937,6 +996,8 @@ impl Agent {
         let ns = actor.metadata.namespace.clone().unwrap_or_default();
         let name = actor.metadata.name.clone().unwrap_or_default();
         let uid = actor.metadata.uid.clone().unwrap_or_default();
+        let started = std::time::Instant::now();
+        let mut runsc_s = 0.0;
         let mut exec = self.executor(worker).await?;
         let exec_err = |source| AgentError::Executor {
             worker: worker.into(),
@@ -959,7 +1020,10 @@ impl Agent {
                     .checkpoint(&key, &format!("checkpoint-{uid}-{id}"), &dir)
                     .await
                 {
-                    Ok(_) => dir,
+                    Ok(done) => {
+                        runsc_s = done.timing.map(|t| t.runsc_seconds).unwrap_or_default();
+                        dir
+                    }
                     Err(e) if e.kind().is_none() && e.sandbox_lost().is_none() => {
                         // The executor went away mid-checkpoint: the next attempt adopts
                         // the sandbox or reuses a checkpoint that finished.
@@ -1005,8 +1069,16 @@ impl Agent {
             meta.image_digests.insert(c.name.clone(), c.image.clone());
         }
         let skey = SnapshotKey::new(ns.clone(), name.clone(), id)?;
+        let checkpointed = started.elapsed();
         let r = self.snapshots.upload(&skey, &dir, meta).await?;
         tracing::info!(atespace = %ns, actor = %name, uri = %r.uri, bytes = r.size, stored = r.compressed_size, "snapshot uploaded");
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::info!(
+            actor = %key, worker,
+            checkpoint_ms = ms(checkpointed), runsc_ms = runsc_s * 1e3,
+            upload_ms = ms(started.elapsed() - checkpointed), bytes = r.size, stored = r.compressed_size,
+            "suspend timing"
+        );
         self.release(
             actor,
             worker,

@@ -287,3 +287,59 @@ fn scenario(node: &str, range: &str, index_base: u32, target: SnapshotTarget) {
     );
     sys.stop_agent();
 }
+
+/// Scaling a pool down retires its free workers: the `Worker` objects go and so do their
+/// executors (and, with `--on-shutdown=kill`, their network namespaces); scaling up again
+/// brings them back.
+#[test]
+fn scaling_a_pool_down_retires_free_workers() {
+    let mut opts = Options::new("e2e-scale", "10.212.0.0/16", 700);
+    opts.workers = 3;
+    let Some(sys) = System::start(opts) else {
+        return;
+    };
+    assert_eq!(sys.executor_pids().len(), 3);
+    sys.kube.ok(
+        &[
+            "patch",
+            "workerpool",
+            &sys.pool,
+            "-n",
+            "default",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":1}}"#,
+        ],
+        None,
+    );
+    eventually("one worker left", || {
+        (sys.workers().len() == 1).then_some(())
+    });
+    eventually("one executor left", || {
+        (sys.executor_pids().len() == 1).then_some(())
+    });
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    let netns = String::from_utf8_lossy(&netns.stdout).into_owned();
+    assert!(
+        !netns.contains("substrate-e2e-scale-e2e-1")
+            && !netns.contains("substrate-e2e-scale-e2e-2"),
+        "retired workers' namespaces are gone: {netns}"
+    );
+    sys.kube.ok(
+        &[
+            "patch",
+            "workerpool",
+            &sys.pool,
+            "-n",
+            "default",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+        ],
+        None,
+    );
+    sys.wait_free_workers(2);
+}
