@@ -12,6 +12,7 @@
 #   hack/bench-router.sh                                 everything (~1 min)
 #   SUBSTRATE_BENCH_DURATION=10s hack/bench-router.sh    longer load phases
 #   SUBSTRATE_BENCH_CONNECTIONS=1,16 ROUNDS=3 hack/bench-router.sh
+#   SUBSTRATE_BENCH_PIN=1 hack/bench-router.sh        sandboxes on CPU 1, router + load on CPU 0
 #
 # Figures and how to read them: docs/benchmarks.md ("Router").
 set -euo pipefail
@@ -26,7 +27,7 @@ ATESPACE=demo
 HOST="$ACTOR.$ATESPACE.actors.resources.substrate.ate.dev"
 
 usage() {
-  sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,18s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 k() { "$KUBECTL" --kubeconfig "$SUBSTRATE_KUBECONFIG" --request-timeout=20s "$@"; }
@@ -61,9 +62,22 @@ main() {
   [[ -n "$addr" ]] || die "actor $ATESPACE/$ACTOR has no worker address"
 
   section "proxy overhead (warm actor, GET /healthz, keep-alive)"
-  "$loadgen" --target "direct=$addr:8080" --target "router=$ROUTER@$HOST" \
+  local pin=() router_pid p
+  if [[ -n "${SUBSTRATE_BENCH_PIN:-}" ]]; then
+    # The sandboxes (runsc) on CPU 1, the router and the load generator on CPU 0: the
+    # sandbox's systrap threads no longer compete with the router.
+    router_pid="$(read_pidfile "$(component_pidfile router)")"
+    for p in $(pgrep -f runsc); do taskset -a -p -c 1 "$p" >/dev/null; done
+    taskset -a -p -c 0 "$router_pid" >/dev/null
+    pin=(taskset -c 0)
+    log "pinned: sandboxes on CPU 1, router and load generator on CPU 0"
+  fi
+  "${pin[@]}" "$loadgen" --target "direct=$addr:8080" --target "router=$ROUTER@$HOST" \
     --connections "${SUBSTRATE_BENCH_CONNECTIONS:-1,16,256}" \
     --duration "${SUBSTRATE_BENCH_DURATION:-5s}" --warmup 1s --path /healthz
+  if [[ -n "${SUBSTRATE_BENCH_PIN:-}" ]]; then
+    for p in $(pgrep -f runsc) "$router_pid"; do taskset -a -p -c "0-$(($(nproc) - 1))" "$p" >/dev/null; done
+  fi
 
   section "cold wake: first byte through the router vs the restore alone"
   local i ttfb worker log restore wake
