@@ -217,26 +217,29 @@ fn with_condition(old: &[Value], c: Value) -> Vec<Value> {
     out
 }
 
+/// `text` without terminal colour codes (ANSI CSI sequences: ESC `[` … final letter), as
+/// the executors' and agents' plain logs contain them.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The last line of an executor log that reports an error (colour codes removed), or the
 /// log's path when there is none.
 fn last_error_line(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let plain: String = {
-        let mut out = String::with_capacity(text.len());
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c == '\x1b' {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    };
+    let plain = strip_ansi(&std::fs::read_to_string(log).unwrap_or_default());
     // The executor logs its fatal error as one `ERROR` line with the whole cause chain.
     plain
         .lines()
@@ -1254,4 +1257,33 @@ async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<u16> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {line:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_colour_codes() {
+        let line = "\x1b[2m2026-12-01T16:59:24Z\x1b[0m \x1b[31mERROR\x1b[0m x: boom";
+        assert_eq!(strip_ansi(line), "2026-12-01T16:59:24Z ERROR x: boom");
+        assert_eq!(strip_ansi("plain"), "plain");
+    }
+
+    #[test]
+    fn the_last_error_line_of_an_executor_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("w.log");
+        std::fs::write(
+            &log,
+            "2026 \x1b[32m INFO\x1b[0m started\n2026 \x1b[31mERROR\x1b[0m substrate_executor: cannot open the worker: no runsc\nError: x\n  2: No such file (os error 2)\n",
+        )
+        .unwrap();
+        assert_eq!(
+            last_error_line(&log),
+            "substrate_executor: cannot open the worker: no runsc"
+        );
+        std::fs::write(&log, "nothing here\n").unwrap();
+        assert!(last_error_line(&log).starts_with("see "));
+    }
 }

@@ -436,23 +436,9 @@ impl System {
 
     /// A component's log so far, without terminal colour codes.
     pub fn log(&self, name: &str) -> String {
-        let raw =
-            std::fs::read_to_string(self.dir().join(format!("{name}.log"))).unwrap_or_default();
-        let mut out = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\x1b' {
-                // CSI: ESC [ parameters final-byte
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        nodeagent::agent::strip_ansi(
+            &std::fs::read_to_string(self.dir().join(format!("{name}.log"))).unwrap_or_default(),
+        )
     }
 
     /// Starts the node agent (again: it adopts the executors and sandboxes still running).
