@@ -257,7 +257,15 @@ impl Operator {
         let tname = t.metadata.name.clone().unwrap_or_default();
         let generation = t.metadata.generation.unwrap_or(0);
         let status = t.status.clone().unwrap_or_default();
-        if status.snapshot.is_some() && status.observed_generation == Some(generation) {
+        // Done when the snapshot is recorded for this generation (`Ready=True` observed at
+        // it): `observedGeneration` alone also moves when a new golden boot starts.
+        let done = status.snapshot.is_some()
+            && status.conditions.iter().any(|c| {
+                c.type_ == "Ready"
+                    && c.status == "True"
+                    && c.observed_generation == Some(generation)
+            });
+        if done {
             return Ok(());
         }
         let gname = golden_name(&tns, &tname);

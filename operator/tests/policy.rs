@@ -495,3 +495,55 @@ async fn a_failed_golden_boot_stalls_the_template() {
     assert_eq!(cond(&t.conditions, "Reconciling").unwrap().status, "False");
     op.abort();
 }
+
+#[tokio::test]
+async fn a_new_template_generation_boots_a_new_golden_actor() {
+    let w = world().await;
+    setup(&w, 0).await;
+    let templates: Api<ActorTemplate> = Api::namespaced(w.client.clone(), "team-a");
+    // Generation 1 already has its golden snapshot.
+    templates
+        .patch_status(
+            "t",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+            "observedGeneration": 1,
+            "snapshot": {"uri": "file:///snap/golden-1/manifest.json"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "GoldenSnapshotReady",
+                "message": "m", "lastTransitionTime": now_minus(0), "observedGeneration": 1}]}})),
+        )
+        .await
+        .expect("status");
+    templates
+        .patch(
+            "t",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"containers": [{"name": "c", "image": "127.0.0.1:5000/x:2"}]}}),
+            ),
+        )
+        .await
+        .expect("new generation");
+    let op = start_operator(&w);
+    let golden: Api<Actor> = Api::namespaced(w.client.clone(), crds::GOLDEN_ATESPACE);
+    // A golden actor for generation 2 is booted, even after the template says Reconciling
+    // at generation 2 (the old snapshot is still recorded meanwhile).
+    let a = eventually("a golden actor for generation 2 is bound", || {
+        let golden = golden.clone();
+        async move {
+            let a = golden.get("team-a-t").await.ok()?;
+            let generation = a
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(operator::GOLDEN_GENERATION)?;
+            (generation == "2" && phase(&a) == "Resuming").then_some(a)
+        }
+    })
+    .await;
+    assert_eq!(a.spec.template.name, "t");
+    let t = templates.get("t").await.unwrap().status.unwrap();
+    assert_eq!(cond(&t.conditions, "Reconciling").unwrap().status, "True");
+    assert_eq!(t.observed_generation, Some(2));
+    op.abort();
+}
