@@ -11,6 +11,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Arguments of a standalone apiserver for tests of other crates: a free loopback port,
+/// `valkey`, its PKI in `dir/pki` and its admin kubeconfig written to `dir/kubeconfig`
+/// (the returned path).
+pub fn apiserver_args(valkey: &ValkeyServer, dir: &Path) -> (crate::config::Args, PathBuf) {
+    use clap::Parser as _;
+    let kubeconfig = dir.join("kubeconfig");
+    let args = crate::config::Args::try_parse_from([
+        "substrate-apiserver".to_string(),
+        "--bind=127.0.0.1:0".into(),
+        format!("--valkey-url={}", valkey.url()),
+        format!("--pki-dir={}", dir.join("pki").display()),
+        format!("--kubeconfig-out={}", kubeconfig.display()),
+    ])
+    .expect("apiserver arguments");
+    (args, kubeconfig)
+}
+
 /// How long to wait for the server to answer `PING` (AOF replay included).
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -22,15 +21,7 @@ async fn world() -> World {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let valkey = apiserver::testing::ValkeyServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    let args = apiserver::config::Args::try_parse_from([
-        "substrate-apiserver".to_string(),
-        "--bind=127.0.0.1:0".into(),
-        format!("--valkey-url={}", valkey.url()),
-        format!("--pki-dir={}", dir.path().join("pki").display()),
-        format!("--kubeconfig-out={}", kubeconfig.display()),
-    ])
-    .expect("args");
+    let (args, kubeconfig) = apiserver::testing::apiserver_args(&valkey, dir.path());
     let running = apiserver::start(&args).await.expect("apiserver starts");
     let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -86,19 +77,24 @@ async fn setup(w: &World, worker_heartbeat_age: i64) {
     create(&templates, json!({"apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
         "metadata": {"name": "t"}, "spec": {"containers": [{"name": "c", "image": "127.0.0.1:5000/x:1"}],
         "workerPoolRef": {"name": "p"}}})).await;
+    free_worker(w, "w0", "10.0.0.2", worker_heartbeat_age).await;
+}
+
+/// A `Free` worker of pool `p` on node `n`, its last heartbeat `heartbeat_age` seconds ago.
+async fn free_worker(w: &World, name: &str, address: &str, heartbeat_age: i64) {
     let workers: Api<Worker> = Api::all(w.client.clone());
     create(
         &workers,
         json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
-        "metadata": {"name": "w0"}, "spec": {"pool": "p", "node": "n", "address": "10.0.0.2"}}),
+        "metadata": {"name": name}, "spec": {"pool": "p", "node": "n", "address": address}}),
     )
     .await;
     workers
         .patch_status(
-            "w0",
+            name,
             &PatchParams::default(),
             &Patch::Merge(json!({"status": {
-            "phase": "Free", "lastHeartbeatTime": now_minus(worker_heartbeat_age)}})),
+            "phase": "Free", "lastHeartbeatTime": now_minus(heartbeat_age)}})),
         )
         .await
         .expect("heartbeat");
@@ -304,21 +300,7 @@ async fn failed_always_actors_are_retried_with_backoff() {
     let w = world().await;
     setup(&w, 0).await;
     // A second worker: the template's golden actor (never booted here) holds one.
-    let workers: Api<Worker> = Api::all(w.client.clone());
-    create(
-        &workers,
-        json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
-        "metadata": {"name": "w1"}, "spec": {"pool": "p", "node": "n", "address": "10.0.0.3"}}),
-    )
-    .await;
-    workers
-        .patch_status(
-            "w1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Free", "lastHeartbeatTime": now_minus(0)}})),
-        )
-        .await
-        .expect("heartbeat");
+    free_worker(&w, "w1", "10.0.0.3", 0).await;
     let actors: Api<Actor> = Api::namespaced(w.client.clone(), "team-a");
     create(&actors, json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
         "metadata": {"name": "flaky"}, "spec": {"template": {"name": "t"}, "activation": "Always"}})).await;
@@ -414,21 +396,7 @@ async fn worker_pools_report_ready_replicas_for_kstatus() {
     assert_eq!(cond(&st.conditions, "Ready").unwrap().status, "False");
     assert_eq!(cond(&st.conditions, "Reconciling").unwrap().status, "True");
 
-    let workers: Api<Worker> = Api::all(w.client.clone());
-    create(
-        &workers,
-        json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
-        "metadata": {"name": "w1"}, "spec": {"pool": "p", "node": "n", "address": "10.0.0.3"}}),
-    )
-    .await;
-    workers
-        .patch_status(
-            "w1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Free", "lastHeartbeatTime": now_minus(0)}})),
-        )
-        .await
-        .expect("heartbeat");
+    free_worker(&w, "w1", "10.0.0.3", 0).await;
     let p = eventually("the pool reports 2 of 2 ready", || {
         let pools = pools.clone();
         async move {

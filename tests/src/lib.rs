@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use serde_json::{Value, json};
 
 /// How long [`eventually`] waits.
@@ -352,15 +351,7 @@ impl System {
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).expect("home");
         let valkey = apiserver::testing::ValkeyServer::start();
-        let kubeconfig = dir.path().join("kubeconfig");
-        let args = apiserver::config::Args::try_parse_from([
-            "substrate-apiserver".to_string(),
-            "--bind=127.0.0.1:0".into(),
-            format!("--valkey-url={}", valkey.url()),
-            format!("--pki-dir={}", dir.path().join("pki").display()),
-            format!("--kubeconfig-out={}", kubeconfig.display()),
-        ])
-        .expect("args");
+        let (args, kubeconfig) = apiserver::testing::apiserver_args(&valkey, dir.path());
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let running = rt
             .block_on(apiserver::start(&args))

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
 use futures::StreamExt;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -68,15 +67,7 @@ pub async fn world() -> World {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let valkey = apiserver::testing::ValkeyServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    let args = apiserver::config::Args::try_parse_from([
-        "substrate-apiserver".to_string(),
-        "--bind=127.0.0.1:0".into(),
-        format!("--valkey-url={}", valkey.url()),
-        format!("--pki-dir={}", dir.path().join("pki").display()),
-        format!("--kubeconfig-out={}", kubeconfig.display()),
-    ])
-    .expect("args");
+    let (args, kubeconfig) = apiserver::testing::apiserver_args(&valkey, dir.path());
     let running = apiserver::start(&args).await.expect("apiserver starts");
     let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
