@@ -229,6 +229,39 @@ pub struct DnsServer {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Attempts at finding a port free for both UDP and TCP when `addr` has port 0.
+const EPHEMERAL_ATTEMPTS: usize = 32;
+
+/// Binds a UDP socket and a TCP listener on the same address. With port 0 the
+/// kernel picks the UDP port, and that port may already be taken for TCP by
+/// another process: then both are dropped and another port is tried.
+async fn bind_pair(
+    addr: SocketAddr,
+) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener, SocketAddr), DnsError> {
+    let bind = |source| DnsError::Bind { addr, source };
+    let attempts = if addr.port() == 0 {
+        EPHEMERAL_ATTEMPTS
+    } else {
+        1
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let udp = tokio::net::UdpSocket::bind(addr).await.map_err(bind)?;
+        let bound = udp.local_addr().map_err(bind)?;
+        match tokio::net::TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < attempts => {
+                tracing::debug!(
+                    port = bound.port(),
+                    "DNS port taken for TCP, trying another"
+                );
+            }
+            Err(e) => return Err(bind(e)),
+        }
+    }
+}
+
 impl DnsServer {
     pub async fn stop(self) {
         (self.stop)();
@@ -238,10 +271,7 @@ impl DnsServer {
 
 /// Binds UDP and TCP on `addr` (TCP on the port UDP got, when `addr` has port 0).
 pub async fn serve(responder: Responder, addr: SocketAddr) -> Result<DnsServer, DnsError> {
-    let bind = |source| DnsError::Bind { addr, source };
-    let udp = tokio::net::UdpSocket::bind(addr).await.map_err(bind)?;
-    let bound = udp.local_addr().map_err(bind)?;
-    let tcp = tokio::net::TcpListener::bind(bound).await.map_err(bind)?;
+    let (udp, tcp, bound) = bind_pair(addr).await?;
     let mut server = hickory_server::Server::new(responder);
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(10), 64);
@@ -257,4 +287,33 @@ pub async fn serve(responder: Responder, addr: SocketAddr) -> Result<DnsServer, 
         stop: Box::new(move || token.cancel()),
         task,
     })
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_ephemeral_pair_shares_one_port() {
+        for _ in 0..20 {
+            let (udp, tcp, bound) = bind_pair("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            assert_ne!(bound.port(), 0);
+            assert_eq!(udp.local_addr().unwrap(), bound);
+            assert_eq!(tcp.local_addr().unwrap(), bound);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fixed_port_taken_for_tcp_is_an_error_naming_the_address() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        // The UDP side of the same port is most likely free; TCP is not.
+        match bind_pair(addr).await {
+            Err(e @ DnsError::Bind { .. }) => {
+                assert!(e.to_string().contains(&addr.to_string()), "{e}")
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("bound {addr} although its TCP port is taken"),
+        }
+    }
 }

@@ -535,28 +535,43 @@ impl System {
     }
 
     /// Starts the router binary with `extra` flags and waits until it is ready.
+    /// The ports are probed free first; another process can take one before the
+    /// router binds it, so a router that exits during start-up is retried on
+    /// fresh ports.
     pub fn start_router(&mut self, extra: &[&str]) -> RouterAddrs {
-        let addrs = RouterAddrs {
-            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            dns: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        };
-        let c = Command::new(workspace_bin("substrate-router"))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg(format!("--listen={}", addrs.http))
-            .arg(format!("--admin-listen={}", addrs.admin))
-            .arg(format!("--dns-listen={}", addrs.dns))
-            .args(extra)
-            .stdout(self.log_file("router"))
-            .stderr(self.log_file("router"))
-            .spawn()
-            .expect("router starts");
-        self.router = Some((KillOnDrop(c), addrs));
-        eventually("the router is ready", || {
-            http("GET", &format!("http://{}/readyz", addrs.admin), None)
-        });
-        addrs
+        for _ in 0..5 {
+            let addrs = RouterAddrs {
+                http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                dns: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            };
+            let c = Command::new(workspace_bin("substrate-router"))
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .arg(format!("--listen={}", addrs.http))
+                .arg(format!("--admin-listen={}", addrs.admin))
+                .arg(format!("--dns-listen={}", addrs.dns))
+                .args(extra)
+                .stdout(self.log_file("router"))
+                .stderr(self.log_file("router"))
+                .spawn()
+                .expect("router starts");
+            let mut router = KillOnDrop(c);
+            let ready = eventually("the router is ready or has exited", || {
+                if let Ok(Some(status)) = router.0.try_wait() {
+                    eprintln!("router exited during start-up ({status}); retrying on other ports");
+                    return Some(false);
+                }
+                http("GET", &format!("http://{}/readyz", addrs.admin), None).map(|_| true)
+            });
+            if ready {
+                self.router = Some((router, addrs));
+                return addrs;
+            }
+            // Already reaped: nothing to signal (its pid may be reused).
+            std::mem::forget(router);
+        }
+        panic!("the router exited during start-up 5 times; see its log");
     }
 
     /// The router process's pid.
