@@ -1161,9 +1161,12 @@ impl Agent {
                 st["snapshot"] = to_crd_snapshot(r);
             }
             let conds = st["conditions"].as_array().cloned().unwrap_or_default();
+            // The binding (Scheduled=True) ends here; a resume requested while the actor
+            // was suspending (Scheduled=False, waiting) stays, so the scheduler binds it
+            // again now that it is suspended.
             let conds: Vec<Value> = conds
                 .into_iter()
-                .filter(|c| c["type"] != "Scheduled")
+                .filter(|c| !(c["type"] == "Scheduled" && c["status"] == "True"))
                 .collect();
             // kstatus: the transition is over; a failed resume is stalled until retried.
             let conds = with_condition(

@@ -343,3 +343,44 @@ fn scaling_a_pool_down_retires_free_workers() {
     );
     sys.wait_free_workers(2);
 }
+
+/// A resume asked for while the actor is still suspending (the router waking an actor the
+/// operator just found idle) is not lost: the actor waits (`Scheduled=False`), then, once
+/// the checkpoint is done and it is `Suspended`, it is bound and restored, memory intact.
+#[test]
+fn a_resume_during_a_suspend_runs_once_the_checkpoint_is_done() {
+    let Some(sys) = System::start(Options::new("e2e-race", "10.213.0.0/16", 800)) else {
+        return;
+    };
+    sys.wait_free_workers(2);
+    sys.create_actor("web", json!({}));
+    sys.action("web", "resume");
+    let running = sys.wait_phase("web", "Running");
+    let url = System::actor_url(&running);
+    for i in 1..=3 {
+        let n = first_int(&http("GET", &format!("{url}/"), None).expect("GET /"));
+        assert_eq!(n, i);
+    }
+
+    let s = sys.action("web", "suspend");
+    assert_eq!(phase(&s), "Suspending");
+    let waiting = sys.action("web", "resume");
+    assert_eq!(phase(&waiting), "Suspending", "{waiting}");
+    assert_eq!(condition(&waiting, "Scheduled"), Some("False"), "{waiting}");
+
+    // It passes through Suspended (a new snapshot) and comes back on its own.
+    let resumed = eventually("the actor resumed after its suspend", || {
+        let a = sys.actor("web");
+        (phase(&a) == "Running"
+            && a["status"]["snapshot"]["uri"].is_string()
+            && condition(&a, "Ready") == Some("True"))
+        .then_some(a)
+    });
+    assert_eq!(condition(&resumed, "Scheduled"), Some("True"), "{resumed}");
+    let url = System::actor_url(&resumed);
+    let n = first_int(&http("GET", &format!("{url}/"), None).expect("GET / after resume"));
+    assert_eq!(
+        n, 4,
+        "the counter continued: restored from the new snapshot"
+    );
+}
