@@ -34,13 +34,13 @@ pub struct Activity {
 /// Marks an actor active while held.
 pub struct Guard {
     activity: Arc<Activity>,
-    key: ActorKey,
+    key: Arc<ActorKey>,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         let mut m = self.activity.lock();
-        if let Some(e) = m.get_mut(&self.key) {
+        if let Some(e) = m.get_mut(&*self.key) {
             e.open = e.open.saturating_sub(1);
             e.touched = true;
         }
@@ -54,9 +54,13 @@ impl Activity {
     }
 
     /// Records traffic for `key` and holds it open until the guard drops.
-    pub fn begin(self: &Arc<Self>, key: &ActorKey) -> Guard {
+    pub fn begin(self: &Arc<Self>, key: &Arc<ActorKey>) -> Guard {
         let mut m = self.lock();
-        let e = m.entry(key.clone()).or_default();
+        // No allocation when the actor is already known (every request but its first).
+        let e = match m.get_mut(&**key) {
+            Some(e) => e,
+            None => m.entry((**key).clone()).or_default(),
+        };
         e.open += 1;
         e.touched = true;
         Guard {
@@ -143,8 +147,8 @@ mod tests {
         let a = Arc::new(Activity::default());
         let k1 = ActorKey::new("s", "one");
         let k2 = ActorKey::new("s", "two");
-        drop(a.begin(&k1));
-        let g = a.begin(&k2);
+        drop(a.begin(&Arc::new(k1.clone())));
+        let g = a.begin(&Arc::new(k2.clone()));
         let mut act = a.take_active();
         act.sort();
         assert_eq!(act, vec![k1.clone(), k2.clone()]);

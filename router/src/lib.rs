@@ -8,6 +8,13 @@
 //! as `status.lastActiveTime` in batches ([`activity`]) so idle suspension knows when an actor
 //! was last used. A DNS responder ([`dns`]) answers for the same names from the same table.
 //!
+//! The proxy runs like Envoy's workers: `--threads` threads (one per CPU by default), each
+//! with its own single-threaded event loop, its own listener on the same address
+//! (`SO_REUSEPORT`, the kernel spreads connections) and its own upstream connection pool, so
+//! a connection is served on one thread from accept to close without cross-thread wake-ups.
+//! The watches, the wakes' control-plane calls, DNS and the admin endpoints run on the main
+//! runtime; the routing table, activity and metrics are shared.
+//!
 //! Listeners: the proxy (`--listen`), the admin endpoints `/healthz`, `/livez`, `/readyz`,
 //! `/metrics` (`--admin-listen`), DNS over UDP and TCP (`--dns-listen`).
 //!
@@ -64,6 +71,8 @@ pub struct Config {
     pub wake_timeout: Duration,
     pub activity_interval: Duration,
     pub connect_timeout: Duration,
+    /// Proxy threads (0: one per CPU).
+    pub threads: usize,
 }
 
 impl Default for Config {
@@ -77,6 +86,7 @@ impl Default for Config {
             wake_timeout: Duration::from_secs(60),
             activity_interval: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            threads: 0,
         }
     }
 }
@@ -88,6 +98,12 @@ pub enum StartError {
     Bind {
         what: &'static str,
         addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting proxy thread {index}")]
+    Thread {
+        index: usize,
         #[source]
         source: std::io::Error,
     },
@@ -104,6 +120,7 @@ pub struct Running {
     pub table: Arc<Table>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
     dns: Option<dns::DnsServer>,
 }
 
@@ -120,7 +137,92 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Each proxy thread ends when its accept loop sees the shutdown; dropping its
+        // runtime closes the connections it still had.
+        for t in std::mem::take(&mut self.threads) {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
     }
+}
+
+/// Binds `addr` with `SO_REUSEPORT`, so each proxy thread can have its own listener.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// The proxy listeners: the first on `addr` (port 0 picks one), the others on the address
+/// the first got.
+fn bind_proxy(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let err = |source| StartError::Bind {
+        what: "the proxy listener",
+        addr,
+        source,
+    };
+    let first = bind_reuseport(addr).map_err(err)?;
+    let bound = first.local_addr().map_err(err)?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(bind_reuseport(bound).map_err(err)?);
+    }
+    Ok(all)
+}
+
+/// Starts proxy thread `index`: a single-threaded runtime serving `listener` with its own
+/// upstream pool.
+fn proxy_thread(
+    index: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>, StartError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| StartError::Thread { index, source })?;
+    std::thread::Builder::new()
+        .name(format!("proxy-{index}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(thread = index, error = %e, "proxy listener unusable");
+                        return;
+                    }
+                };
+                let proxy = Arc::new(Proxy {
+                    suffix: shared.suffix.clone(),
+                    table: shared.table.clone(),
+                    waker: shared.waker.clone(),
+                    activity: shared.activity.clone(),
+                    metrics: shared.metrics.clone(),
+                    client: proxy::upstream_client(shared.connect_timeout, shared.metrics.clone()),
+                });
+                let _ = serve(listener, shutdown, move |peer| {
+                    let (p, conn) = (proxy.clone(), proxy::Conn::new(peer));
+                    move |req| p.clone().handle(req, conn.clone())
+                })
+                .await;
+            })
+        })
+        .map_err(|source| StartError::Thread { index, source })
+}
+
+/// What every proxy thread shares.
+struct Shared {
+    suffix: Suffix,
+    table: Arc<Table>,
+    waker: Arc<Waker>,
+    activity: Arc<Activity>,
+    metrics: Arc<Metrics>,
+    connect_timeout: Duration,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -129,14 +231,16 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
-/// Accepts connections on `listener` and serves them (HTTP/1.1 and h2c) with `handle`.
-fn serve<F, Fut>(
+/// Accepts connections on `listener` and serves them (HTTP/1.1 and h2c); `per_conn` makes
+/// each connection's request handler from its peer address.
+fn serve<C, H, Fut>(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
-    handle: F,
+    per_conn: C,
 ) -> JoinHandle<()>
 where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    C: Fn(SocketAddr) -> H + Send + Sync + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>
         + Send
         + 'static,
@@ -156,10 +260,10 @@ where
                 _ = shutdown.changed() => return,
             };
             let _ = stream.set_nodelay(true);
-            let handle = handle.clone();
+            let handle = per_conn(peer);
             let builder = builder.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| handle(req, peer));
+                let svc = service_fn(handle);
                 if let Err(e) = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await
@@ -196,22 +300,28 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Star
         config.wake_timeout,
         config.connect_timeout,
     );
-    let proxy = Arc::new(Proxy {
+    let shared = Arc::new(Shared {
         suffix: config.suffix.clone(),
         table: table.clone(),
         waker,
         activity: activity.clone(),
         metrics: metrics.clone(),
-        client: proxy::upstream_client(config.connect_timeout, metrics.clone()),
+        connect_timeout: config.connect_timeout,
     });
     let (shutdown, rx) = watch::channel(false);
 
-    let http = bind("the proxy listener", config.listen).await?;
-    let http_addr = http.local_addr().map_err(|source| StartError::Bind {
-        what: "the proxy listener",
-        addr: config.listen,
-        source,
-    })?;
+    let n = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let listeners = bind_proxy(config.listen, n)?;
+    let http_addr = listeners[0]
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            what: "the proxy listener",
+            addr: config.listen,
+            source,
+        })?;
     let admin = bind("the admin listener", config.admin_listen).await?;
     let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
         what: "the admin listener",
@@ -228,29 +338,38 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Star
     };
     let dns_addr = dns.as_ref().map(|d| d.addr);
 
-    let p = proxy.clone();
-    let proxy_task = serve(http, rx.clone(), move |req, peer| {
-        p.clone().handle(req, peer)
-    });
+    let mut threads = Vec::with_capacity(n);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        match proxy_thread(index, listener, shared.clone(), rx.clone()) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                let _ = shutdown.send(true);
+                return Err(e);
+            }
+        }
+    }
     let (m, t) = (metrics.clone(), table.clone());
-    let admin_task = serve(admin, rx, move |req: Request<Incoming>, _peer| {
+    let admin_task = serve(admin, rx, move |_peer| {
         let (m, t) = (m.clone(), t.clone());
-        async move {
-            Ok(match req.uri().path() {
-                "/healthz" | "/livez" => admin_text(200, "ok\n".into(), "text/plain"),
-                "/readyz" if t.ready() => admin_text(200, "ok\n".into(), "text/plain"),
-                "/readyz" => admin_text(
-                    503,
-                    "the routing table has not synced with the apiserver yet\n".into(),
-                    "text/plain",
-                ),
-                "/metrics" => admin_text(
-                    200,
-                    m.encode(),
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-                _ => admin_text(404, "not found\n".into(), "text/plain"),
-            })
+        move |req: Request<Incoming>| {
+            let (m, t) = (m.clone(), t.clone());
+            async move {
+                Ok(match req.uri().path() {
+                    "/healthz" | "/livez" => admin_text(200, "ok\n".into(), "text/plain"),
+                    "/readyz" if t.ready() => admin_text(200, "ok\n".into(), "text/plain"),
+                    "/readyz" => admin_text(
+                        503,
+                        "the routing table has not synced with the apiserver yet\n".into(),
+                        "text/plain",
+                    ),
+                    "/metrics" => admin_text(
+                        200,
+                        m.encode(),
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                    _ => admin_text(404, "not found\n".into(), "text/plain"),
+                })
+            }
         }
     });
     let flush = tokio::spawn(activity::flush_loop(
@@ -259,7 +378,7 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Star
         config.activity_interval,
         metrics.clone(),
     ));
-    tracing::info!(http = %http_addr, admin = %admin_addr, dns = ?dns_addr, suffix = %config.suffix, "router listening");
+    tracing::info!(http = %http_addr, threads = n, admin = %admin_addr, dns = ?dns_addr, suffix = %config.suffix, "router listening");
     Ok(Running {
         http_addr,
         admin_addr,
@@ -267,7 +386,8 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Star
         metrics,
         table,
         shutdown,
-        tasks: vec![proxy_task, admin_task, flush, table_task],
+        tasks: vec![admin_task, flush, table_task],
+        threads,
         dns,
     })
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+
 use clap::{Parser, ValueEnum};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -74,6 +75,10 @@ struct Args {
     /// Timeout of a TCP connect to an actor (e.g. 5s).
     #[arg(long, env = "SUBSTRATE_ROUTER_CONNECT_TIMEOUT", default_value = "5s")]
     connect_timeout: String,
+    /// Proxy threads, each with its own event loop, listener (SO_REUSEPORT) and upstream
+    /// pool; 0 means one per CPU.
+    #[arg(long, env = "SUBSTRATE_ROUTER_THREADS", default_value_t = 0)]
+    threads: usize,
     /// Log format.
     #[arg(
         long,
@@ -101,9 +106,20 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The control plane (watches, wakes, DNS, admin) is light; requests are served on the
+    // proxy threads `router::start` creates.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("control")
+        .enable_all()
+        .build()
+        .context("building the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     init_tracing(args.log_format);
     let dns_listen = match args.dns_listen.as_str() {
@@ -123,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         wake_timeout: duration("wake-timeout", &args.wake_timeout)?,
         activity_interval: duration("activity-interval", &args.activity_interval)?,
         connect_timeout: duration("connect-timeout", &args.connect_timeout)?,
+        threads: args.threads,
     };
     let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;

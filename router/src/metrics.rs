@@ -27,6 +27,8 @@ pub struct Metrics {
     pub open_exchanges: Gauge,
     /// `substrate_router_activity_patches_total`: lastActiveTime writes.
     pub activity_patches: Counter,
+    /// `requests`' counters for codes 100..=599, filled on first use.
+    by_code: Box<[std::sync::OnceLock<Counter>]>,
 }
 
 impl Default for Metrics {
@@ -90,15 +92,34 @@ impl Default for Metrics {
             upstream_connections,
             open_exchanges,
             activity_patches,
+            by_code: (100..600).map(|_| std::sync::OnceLock::new()).collect(),
         }
     }
 }
 
 impl Metrics {
     pub fn request(&self, code: u16) {
-        self.requests
-            .get_or_create(&[("code", code.to_string())])
-            .inc();
+        // The family's counter for a code, looked up (hashing, a lock, an allocation) once.
+        let counter = usize::from(code)
+            .checked_sub(100)
+            .and_then(|i| self.by_code.get(i))
+            .map(|slot| {
+                slot.get_or_init(|| {
+                    self.requests
+                        .get_or_create(&[("code", code.to_string())])
+                        .clone()
+                })
+            });
+        match counter {
+            Some(c) => {
+                c.inc();
+            }
+            None => {
+                self.requests
+                    .get_or_create(&[("code", code.to_string())])
+                    .inc();
+            }
+        }
     }
 
     pub fn wake_failure(&self, reason: &'static str) {

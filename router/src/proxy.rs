@@ -71,14 +71,14 @@ pub fn upstream_client(
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the obsolete `Proxy-Connection`).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
@@ -98,12 +98,21 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 
 /// Removes hop-by-hop headers; with `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<String> = connection_tokens(headers).collect();
-    let upgrade = headers.get(header::UPGRADE).cloned();
-    for name in listed.iter().map(String::as_str).chain(HOP_BY_HOP) {
+    let upgrade = if keep_upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<String> = connection_tokens(headers).collect();
+        for name in &listed {
+            headers.remove(name.as_str());
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    if keep_upgrade && let Some(u) = upgrade {
+    if let Some(u) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
     }
@@ -116,31 +125,123 @@ fn forwarded_for(ip: std::net::IpAddr) -> String {
     }
 }
 
+/// `Forwarded` element for a request from `peer` addressed to `host`.
+fn forwarded_element(peer: SocketAddr, host: &str) -> String {
+    let quoted_host = host.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "for={};host=\"{quoted_host}\";proto=http",
+        forwarded_for(peer.ip())
+    )
+}
+
 /// Sets the forwarding headers for a request from `peer` addressed to `host`.
 pub fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr, host: &str) {
     let ip = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip,
     };
-    let quoted_host = host.replace('\\', "\\\\").replace('"', "\\\"");
-    let this = format!(
-        "for={};host=\"{quoted_host}\";proto=http",
-        forwarded_for(peer.ip())
-    );
+    let this = forwarded_element(peer, host);
     let fwd = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {this}"),
         _ => this,
     };
-    let mut set = |name: &'static str, v: String| {
+    let mut set = |name: HeaderName, v: String| {
         if let Ok(v) = HeaderValue::from_str(&v) {
-            headers.insert(HeaderName::from_static(name), v);
+            headers.insert(name, v);
         }
     };
-    set("x-forwarded-for", xff);
-    set("forwarded", fwd);
-    set("x-forwarded-host", host.to_string());
-    set("x-forwarded-proto", "http".to_string());
+    set(X_FORWARDED_FOR, xff);
+    set(header::FORWARDED, fwd);
+    set(X_FORWARDED_HOST, host.to_string());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// One client connection: its peer, and the route of its last request, reused while the
+/// routing table is unchanged and requests name the same authority (keep-alive clients
+/// mostly do), so a warm request does no parsing, lookup or header formatting.
+pub struct Conn {
+    peer: SocketAddr,
+    last: std::sync::Mutex<Option<Arc<Route>>>,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr) -> Arc<Self> {
+        Arc::new(Self {
+            peer,
+            last: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn cached(&self, authority: &str, generation: u64) -> Option<Arc<Route>> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|r| r.generation == generation && r.authority == authority)
+            .cloned()
+    }
+
+    fn remember(&self, route: Arc<Route>) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(route);
+    }
+}
+
+/// Where requests for one authority from one peer go, with the headers each gets.
+pub struct Route {
+    /// The request authority (`Host`) this was computed for.
+    authority: String,
+    /// [`Table::generation`] it was looked up at.
+    generation: u64,
+    key: Arc<ActorKey>,
+    addr: SocketAddr,
+    upstream: http::uri::Authority,
+    host: Option<HeaderValue>,
+    /// `X-Forwarded-For` and `Forwarded` for a request that brought neither.
+    xff: HeaderValue,
+    forwarded: Option<HeaderValue>,
+}
+
+impl Route {
+    fn new(
+        authority: &str,
+        generation: u64,
+        key: ActorKey,
+        addr: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<Self, String> {
+        let upstream = http::uri::Authority::try_from(addr.to_string())
+            .map_err(|e| format!("actor {key} has an invalid address {addr}: {e}"))?;
+        Ok(Self {
+            authority: authority.to_string(),
+            generation,
+            upstream,
+            host: HeaderValue::from_str(authority).ok(),
+            xff: HeaderValue::from_str(&peer.ip().to_string())
+                .map_err(|e| format!("client address {peer} as a header: {e}"))?,
+            forwarded: HeaderValue::from_str(&forwarded_element(peer, authority)).ok(),
+            key: Arc::new(key),
+            addr,
+        })
+    }
+
+    /// Sets the forwarding headers, from the precomputed values when the request brought
+    /// none of its own.
+    fn add_forwarding(&self, headers: &mut HeaderMap, peer: SocketAddr) {
+        let fresh =
+            !headers.contains_key(X_FORWARDED_FOR) && !headers.contains_key(header::FORWARDED);
+        match (&self.host, &self.forwarded) {
+            (Some(host), Some(fwd)) if fresh => {
+                headers.insert(X_FORWARDED_FOR, self.xff.clone());
+                headers.insert(header::FORWARDED, fwd.clone());
+                headers.insert(X_FORWARDED_HOST, host.clone());
+                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            }
+            _ => add_forwarding(headers, peer, &self.authority),
+        }
+    }
 }
 
 /// A plain-text answer.
@@ -169,14 +270,14 @@ pub fn error_response(e: &WakeError) -> Response<ProxyBody> {
 }
 
 impl Proxy {
-    /// Serves one request.
+    /// Serves one request of connection `conn`.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: Arc<Conn>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
-        let resp = self.route(req, peer).await;
+        let resp = self.route(req, &conn).await;
         self.metrics.request(resp.status().as_u16());
         self.metrics
             .request_latency
@@ -184,7 +285,14 @@ impl Proxy {
         Ok(resp)
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn route(&self, req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
+        // Read before the lookups: a change after it makes the cached route stale.
+        let generation = self.table.generation();
+        if let Some(route) = host::request_authority(&req).and_then(|a| conn.cached(a, generation))
+        {
+            let guard = self.activity.begin(&route.key);
+            return self.forward(req, conn.peer, &route, guard).await;
+        }
         let key = match host::actor_of(&req, &self.suffix) {
             Ok(k) => k,
             Err(e) => return text(e.status(), e.to_string()),
@@ -193,51 +301,55 @@ impl Proxy {
             Ok(a) => a,
             Err(e) => return error_response(&e),
         };
-        if let Some(addr) = self.table.route(&actor) {
-            let guard = self.activity.begin(&key);
-            return self.forward(req, peer, &key, addr, guard).await;
-        }
-        if actor.spec.activation == crds::substrate::Activation::Suspended {
-            return error_response(&WakeError::Suspended { key });
-        }
-        match self.waker.wake(&key).await {
-            Ok(addr) => {
-                let guard = self.activity.begin(&key);
-                self.forward(req, peer, &key, addr, guard).await
+        let (addr, warm) = match self.table.route(&actor) {
+            Some(addr) => (addr, true),
+            None if actor.spec.activation == crds::substrate::Activation::Suspended => {
+                return error_response(&WakeError::Suspended { key });
             }
-            Err(e) => error_response(&e),
+            None => match self.waker.wake(&key).await {
+                Ok(addr) => (addr, false),
+                Err(e) => return error_response(&e),
+            },
+        };
+        let authority = host::request_authority(&req).unwrap_or_default();
+        let route = match Route::new(authority, generation, key, addr, conn.peer) {
+            Ok(r) => Arc::new(r),
+            Err(message) => return text(502, message),
+        };
+        if warm {
+            conn.remember(route.clone());
         }
+        let guard = self.activity.begin(&route.key);
+        self.forward(req, conn.peer, &route, guard).await
     }
 
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
-        key: &ActorKey,
-        addr: SocketAddr,
+        route: &Route,
         guard: Guard,
     ) -> Response<ProxyBody> {
+        let (key, addr) = (&*route.key, route.addr);
         let upgrade = is_upgrade(req.headers());
-        let host = host::request_authority(&req)
-            .unwrap_or_default()
-            .to_string();
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        parts.uri = match Uri::try_from(format!("http://{addr}{pq}")) {
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(route.upstream.clone());
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        parts.uri = match Uri::from_parts(uri) {
             Ok(u) => u,
-            Err(e) => return text(400, format!("invalid request target {pq:?}: {e}")),
+            Err(e) => return text(400, format!("invalid request target: {e}")),
         };
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        if let Ok(h) = HeaderValue::from_str(&host) {
-            parts.headers.insert(header::HOST, h);
+        if let Some(h) = &route.host {
+            parts.headers.insert(header::HOST, h.clone());
         }
-        add_forwarding(&mut parts.headers, peer, &host);
+        route.add_forwarding(&mut parts.headers, peer);
         let open = OpenExchange::new(&self.metrics);
         let resp = match self.client.request(Request::from_parts(parts, body)).await {
             Ok(r) => r,

@@ -103,6 +103,9 @@ pub struct Waker {
     timeout: Duration,
     connect_timeout: Duration,
     flights: Mutex<HashMap<ActorKey, Flight>>,
+    /// The runtime wakes run on (the one `new` was called on): a wake is shared by the
+    /// requests of every proxy thread and outlives the one that started it.
+    runtime: tokio::runtime::Handle,
 }
 
 fn rv(a: &Actor) -> Option<u64> {
@@ -138,6 +141,7 @@ impl Waker {
             timeout,
             connect_timeout,
             flights: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -150,7 +154,7 @@ impl Waker {
                 .or_insert_with(|| {
                     let this = self.clone();
                     let k = key.clone();
-                    let task = tokio::spawn(async move {
+                    let task = self.runtime.spawn(async move {
                         let out = this.run(&k).await;
                         this.flights
                             .lock()

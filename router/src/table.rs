@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::StreamExt;
 use kube::api::Api;
@@ -40,6 +40,8 @@ pub struct Table {
     atespaces: Store<Atespace>,
     templates: Store<ActorTemplate>,
     changed: watch::Sender<u64>,
+    /// Bumped with `changed`; read per request (an atomic load) to validate cached routes.
+    generation: AtomicU64,
     synced: AtomicBool,
 }
 
@@ -55,11 +57,15 @@ impl Table {
             atespaces,
             templates,
             changed,
+            generation: AtomicU64::new(0),
             synced: AtomicBool::new(false),
         });
         let t = table.clone();
         let task = tokio::spawn(async move {
-            let bump = |t: &Table| t.changed.send_modify(|g| *g = g.wrapping_add(1));
+            let bump = |t: &Table| {
+                t.generation.fetch_add(1, Ordering::AcqRel);
+                t.changed.send_modify(|g| *g = g.wrapping_add(1));
+            };
             let a = watcher(Api::<Actor>::all(client.clone()), Default::default())
                 .default_backoff()
                 .reflect(aw)
@@ -105,6 +111,12 @@ impl Table {
     /// Whether the initial lists of all three watches have arrived.
     pub fn ready(&self) -> bool {
         self.synced.load(Ordering::Acquire)
+    }
+
+    /// Changes whenever any watched object changes: what was looked up at one generation
+    /// holds until the next.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// A receiver that changes whenever any watched object changes.

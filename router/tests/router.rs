@@ -216,18 +216,26 @@ async fn http2_proxy_form_and_forwarding_headers() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    for _ in 0..2 {
-        let req = Request::get("/echo?q=1")
+    // The third request reuses the connection's cached route with its precomputed
+    // forwarding headers (it brings none of its own).
+    for i in 0..3 {
+        let mut req = Request::get("/echo?q=1")
             .header("host", host("h"))
             .header("connection", "keep-alive, x-private")
             .header("x-private", "secret")
             .header("keep-alive", "timeout=5")
             .header("te", "trailers")
             .header("proxy-connection", "keep-alive")
-            .header("x-forwarded-for", "10.1.1.1")
             .header("x-end-to-end", "kept")
             .body(Full::new(Bytes::new()))
             .unwrap();
+        let before = if i < 2 {
+            req.headers_mut()
+                .insert("x-forwarded-for", "10.1.1.1".parse().unwrap());
+            "10.1.1.1, "
+        } else {
+            ""
+        };
         // The previous exchange must be finished before the connection takes another.
         sender.ready().await.unwrap();
         let resp = sender.send_request(req).await.unwrap();
@@ -240,7 +248,7 @@ async fn http2_proxy_form_and_forwarding_headers() {
         }
         assert_eq!(h["x-end-to-end"], "kept");
         assert_eq!(h["host"], host("h"));
-        assert_eq!(h["x-forwarded-for"], "10.1.1.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-for"], format!("{before}127.0.0.1"));
         assert_eq!(
             h["forwarded"],
             format!("for=127.0.0.1;host=\"{}\";proto=http", host("h"))
@@ -391,5 +399,61 @@ async fn activity_is_reported_in_batches() {
         (1.0..=5.0).contains(&patches),
         "20 requests within a few flushes give a few writes, not one per request: {patches}"
     );
+    r.stop().await;
+}
+
+/// A keep-alive connection reuses its last route only while nothing changed: requests for
+/// two actors alternate on one connection, and once one of them is suspended the next
+/// request on the same connection wakes it instead of going to its old address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_follows_its_actors() {
+    let w = world().await;
+    w.actor("one", "t", "OnDemand").await;
+    w.actor("two", "t", "OnDemand").await;
+    let r = w.router(WAKE).await;
+    let stream = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut ask = async |actor: &str| {
+        // The previous exchange must be finished before the connection takes another.
+        sender.ready().await.unwrap();
+        let resp = sender.send_request(get("/", &host(actor))).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, 200, "{body:?}");
+        assert_eq!(body, format!("hello from {}", host(actor)));
+    };
+    for actor in ["one", "two", "two", "one", "one"] {
+        ask(actor).await;
+    }
+    assert_eq!(w.restores.load(Ordering::SeqCst), 2);
+
+    // "one" is suspended (as the node agent reports it); the router's table sees it.
+    let api: kube::Api<crds::substrate::Actor> = kube::Api::namespaced(w.client.clone(), ATESPACE);
+    api.patch_status(
+        "one",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"status": {
+            "phase": "Suspended", "worker": null,
+            "conditions": [{"type": "Ready", "status": "False", "reason": "Suspended",
+                            "message": "suspended", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})),
+    )
+    .await
+    .unwrap();
+    let key = router::host::ActorKey::new(ATESPACE, "one");
+    eventually("the router sees the actor suspended", || async {
+        let a = r.table.actor(&key)?;
+        (r.table.route(&a).is_none()).then_some(())
+    })
+    .await;
+    ask("one").await;
+    assert_eq!(
+        w.restores.load(Ordering::SeqCst),
+        3,
+        "the request on the kept-alive connection woke the actor again"
+    );
+    ask("two").await;
     r.stop().await;
 }

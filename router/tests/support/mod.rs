@@ -283,6 +283,7 @@ impl World {
             wake_timeout,
             activity_interval: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
+            threads: 2,
         };
         let r = router::start(config, self.client.clone())
             .await

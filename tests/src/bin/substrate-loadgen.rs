@@ -101,12 +101,17 @@ impl Outcome {
     }
 }
 
+/// Longest a connect or an exchange may take before it counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One connection sending requests back to back until `until`; latencies recorded after
 /// `measure_from`.
 async fn connection(t: Target, path: String, measure_from: Instant, until: Instant) -> Outcome {
     let mut out = Outcome::default();
     'reconnect: while Instant::now() < until {
-        let Ok(stream) = TcpStream::connect(t.addr).await else {
+        let Ok(Ok(stream)) =
+            tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(t.addr)).await
+        else {
             out.errors += 1;
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
@@ -125,18 +130,18 @@ async fn connection(t: Target, path: String, measure_from: Instant, until: Insta
                 .body(Empty::<Bytes>::new())
                 .expect("request");
             let start = Instant::now();
-            let res = match sender.send_request(req).await {
-                Ok(r) => r,
-                Err(_) => {
-                    out.errors += 1;
-                    continue 'reconnect;
-                }
+            // A lost request or a sandbox that went away must not hang the run: it
+            // counts as an error and the connection is replaced.
+            let exchange = async {
+                let res = sender.send_request(req).await.ok()?;
+                let ok = res.status().is_success();
+                res.into_body().collect().await.ok()?;
+                Some(ok)
             };
-            let ok = res.status().is_success();
-            if res.into_body().collect().await.is_err() {
+            let Ok(Some(ok)) = tokio::time::timeout(REQUEST_TIMEOUT, exchange).await else {
                 out.errors += 1;
                 continue 'reconnect;
-            }
+            };
             if start >= measure_from {
                 if ok {
                     out.ok += 1;
