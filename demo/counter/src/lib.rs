@@ -1229,13 +1229,24 @@ pub fn serve(listener: TcpListener, state: Arc<State>) -> io::Result<()> {
             }
         };
         let state = Arc::clone(&state);
-        std::thread::Builder::new()
+        // Out of threads (memory, limits) under a burst of connections: drop this one and
+        // keep serving the others rather than exit.
+        if let Err(e) = std::thread::Builder::new()
             .name("conn".to_string())
+            .stack_size(CONN_STACK)
             .spawn(move || {
                 let _ = serve_connection(stream, &state);
-            })?;
+            })
+        {
+            eprintln!("counter: no thread for a new connection: {e}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
+
+/// Stack of a connection thread: the handlers keep their buffers on the heap, and a small
+/// stack lets a sandbox hold thousands of connections.
+const CONN_STACK: usize = 256 * 1024;
 
 #[cfg(test)]
 mod tests {
