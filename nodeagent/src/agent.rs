@@ -199,6 +199,22 @@ fn condition(
     })
 }
 
+/// The template's golden snapshot when it was taken for the template's current generation
+/// (`Ready=True` observed at it). After a change (a new image...) the old one would restore
+/// a process onto a root filesystem it was not checkpointed with: new actors boot cold until
+/// the operator records the new golden snapshot.
+fn current_golden(t: &ActorTemplate) -> Option<&crds::substrate::SnapshotRef> {
+    let st = t.status.as_ref()?;
+    let generation = t.metadata.generation?;
+    st.conditions
+        .iter()
+        .any(|c| {
+            c.type_ == "Ready" && c.status == "True" && c.observed_generation == Some(generation)
+        })
+        .then_some(st.snapshot.as_ref())
+        .flatten()
+}
+
 /// `conditions` with `c` replacing the condition of the same type (transition time kept when
 /// the status did not change).
 fn with_condition(old: &[Value], c: Value) -> Vec<Value> {
@@ -880,11 +896,13 @@ impl Agent {
         let prepared = started.elapsed();
         let mut fetched = Duration::ZERO;
         let own = actor.status.as_ref().and_then(|s| s.snapshot.as_ref());
-        // Without a snapshot of its own, a new actor resumes from its template's golden one.
+        // Without a snapshot of its own, a new actor resumes from its template's golden one
+        // (when it was taken for the template as it is now); a golden actor boots.
         let golden = own.is_none();
-        let snapshot = own
-            .or(template.status.as_ref().and_then(|s| s.snapshot.as_ref()))
-            .and_then(from_crd_snapshot);
+        let template_golden = (actor.metadata.namespace.as_deref() != Some(crds::GOLDEN_ATESPACE))
+            .then(|| current_golden(&template))
+            .flatten();
+        let snapshot = own.or(template_golden).and_then(from_crd_snapshot);
         let mut exec = self.executor(worker).await?;
         let exec_err = |source| AgentError::Executor {
             worker: worker.into(),
@@ -1265,6 +1283,35 @@ async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_golden_snapshot_counts_only_for_the_generation_it_was_taken_at() {
+        let template = |generation: i64, observed: i64, ready: &str| -> ActorTemplate {
+            serde_json::from_value(json!({
+                "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+                "metadata": {"name": "t", "namespace": "n", "generation": generation},
+                "spec": {"containers": [{"name": "main", "image": "r/x:1"}],
+                         "workerPoolRef": {"name": "p"}},
+                "status": {
+                    "snapshot": {"uri": "file:///s/manifest.json"},
+                    "conditions": [{"type": "Ready", "status": ready, "reason": "R", "message": "",
+                                    "observedGeneration": observed,
+                                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            }))
+            .unwrap()
+        };
+        let uri = |t: &ActorTemplate| current_golden(t).map(|s| s.uri.clone());
+        assert_eq!(
+            uri(&template(2, 2, "True")).as_deref(),
+            Some("file:///s/manifest.json")
+        );
+        assert_eq!(
+            uri(&template(3, 2, "True")),
+            None,
+            "taken for an older template"
+        );
+        assert_eq!(uri(&template(2, 2, "False")), None, "not ready");
+    }
 
     #[test]
     fn strips_colour_codes() {
