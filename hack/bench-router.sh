@@ -13,6 +13,13 @@
 #   SUBSTRATE_BENCH_DURATION=10s hack/bench-router.sh    longer load phases
 #   SUBSTRATE_BENCH_CONNECTIONS=1,16 ROUNDS=3 hack/bench-router.sh
 #   SUBSTRATE_BENCH_PIN=1 hack/bench-router.sh        sandboxes on CPU 1, router + load on CPU 0
+#   SUBSTRATE_BENCH_HAPROXY=0 hack/bench-router.sh     without the HAProxy reference
+#
+# A reference proxy runs in the same load phases: HAProxy (Debian package, installed when
+# missing; HTTP mode, keep-alive both sides, X-Forwarded-For, 127.0.0.1 only), to tell what
+# any second hop costs on this machine from what our router costs. During the load phases
+# the actor's idleTimeout is raised (direct traffic is not seen by the router, so the
+# operator would suspend it) and restored afterwards.
 #
 # Figures and how to read them: docs/benchmarks.md ("Router").
 set -euo pipefail
@@ -27,13 +34,60 @@ ATESPACE=demo
 HOST="$ACTOR.$ATESPACE.actors.resources.substrate.ate.dev"
 
 usage() {
-  sed -n '2,18s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,25s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 k() { "$KUBECTL" --kubeconfig "$SUBSTRATE_KUBECONFIG" --request-timeout=20s "$@"; }
 
 phase() { k get actor "$ACTOR" -n "$ATESPACE" -o jsonpath='{.status.phase}'; }
 is_phase() { [[ "$(phase)" == "$1" ]]; }
+
+HAPROXY_PORT="${SUBSTRATE_BENCH_HAPROXY_PORT:-18181}"
+HAPROXY_DIR="$SUBSTRATE_DIR/bench-haproxy"
+
+# start_haproxy UPSTREAM: HAProxy on 127.0.0.1:$HAPROXY_PORT in front of UPSTREAM, set up as
+# the router is (keep-alive both sides, connection reuse, X-Forwarded-For), one thread per CPU.
+start_haproxy() {
+  mkdir -p "$HAPROXY_DIR"
+  cat >"$HAPROXY_DIR/haproxy.cfg" <<CFG
+global
+    nbthread $(nproc)
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend actor
+backend actor
+    server worker $1
+CFG
+  stop_haproxy
+  haproxy -D -f "$HAPROXY_DIR/haproxy.cfg" -p "$HAPROXY_DIR/haproxy.pid" || die "haproxy did not start"
+  wait_for -t 10 curl -fsS -o /dev/null -H "Host: $HOST" "http://127.0.0.1:$HAPROXY_PORT/healthz" ||
+    die "haproxy does not answer on 127.0.0.1:$HAPROXY_PORT"
+  log "reference: haproxy $(haproxy -v | sed -n 's/^HAProxy version \([^ ]*\).*/\1/p') on 127.0.0.1:$HAPROXY_PORT"
+}
+
+stop_haproxy() {
+  local pid
+  pid="$(cat "$HAPROXY_DIR/haproxy.pid" 2>/dev/null || true)"
+  [[ -z "$pid" ]] || kill "$pid" 2>/dev/null || true
+  rm -f "$HAPROXY_DIR/haproxy.pid"
+}
+
+# restore_idle IDLE: puts the actor's idleTimeout back (unset when IDLE is empty).
+restore_idle() {
+  local patch='{"spec":{"idleTimeout":null}}'
+  [[ -z "$1" ]] || patch="{\"spec\":{\"idleTimeout\":\"$1\"}}"
+  k patch actor "$ACTOR" -n "$ATESPACE" --type=merge -p "$patch" >/dev/null || true
+  stop_haproxy
+}
 
 main() {
   case "${1:-}" in
@@ -61,6 +115,21 @@ main() {
   addr="$(k get actor "$ACTOR" -n "$ATESPACE" -o jsonpath='{.status.worker.address}')"
   [[ -n "$addr" ]] || die "actor $ATESPACE/$ACTOR has no worker address"
 
+  # Direct requests do not reach the router, so they are no activity: keep the actor awake.
+  local idle
+  idle="$(k get actor "$ACTOR" -n "$ATESPACE" -o jsonpath='{.spec.idleTimeout}')"
+  k patch actor "$ACTOR" -n "$ATESPACE" --type=merge -p '{"spec":{"idleTimeout":"1h"}}' >/dev/null
+  # shellcheck disable=SC2064
+  trap "restore_idle '$idle'" EXIT
+
+  local targets=(--target "direct=$addr:8080" --target "router=$ROUTER@$HOST")
+  if [[ "${SUBSTRATE_BENCH_HAPROXY:-1}" != 0 ]]; then
+    ensure_apt haproxy
+    _disable_distro_service haproxy
+    start_haproxy "$addr:8080"
+    targets+=(--target "haproxy=127.0.0.1:$HAPROXY_PORT@$HOST")
+  fi
+
   section "proxy overhead (warm actor, GET /healthz, keep-alive)"
   local pin=() router_pid p
   if [[ -n "${SUBSTRATE_BENCH_PIN:-}" ]]; then
@@ -72,12 +141,14 @@ main() {
     pin=(taskset -c 0)
     log "pinned: sandboxes on CPU 1, router and load generator on CPU 0"
   fi
-  "${pin[@]}" "$loadgen" --target "direct=$addr:8080" --target "router=$ROUTER@$HOST" \
+  "${pin[@]}" "$loadgen" "${targets[@]}" \
     --connections "${SUBSTRATE_BENCH_CONNECTIONS:-1,16,256}" \
     --duration "${SUBSTRATE_BENCH_DURATION:-5s}" --warmup 1s --path /healthz
   if [[ -n "${SUBSTRATE_BENCH_PIN:-}" ]]; then
     for p in $(pgrep -f runsc) "$router_pid"; do taskset -a -p -c "0-$(($(nproc) - 1))" "$p" >/dev/null; done
   fi
+  restore_idle "$idle"
+  trap - EXIT
 
   section "cold wake: first byte through the router vs the restore alone"
   local i ttfb worker log restore wake
