@@ -384,3 +384,64 @@ fn a_resume_during_a_suspend_runs_once_the_checkpoint_is_done() {
         "the counter continued: restored from the new snapshot"
     );
 }
+
+/// A changed template gets a new golden snapshot from a fresh boot, and new actors resume
+/// from that one: the golden actor of the new generation does not restore the old golden
+/// snapshot (which was taken with the old spec; after an image change its process would not
+/// even restore onto the new root filesystem).
+#[test]
+fn a_changed_template_boots_a_new_golden_and_new_actors_use_it() {
+    let Some(mut sys) = System::start(Options::new("e2e-golden", "10.214.0.0/16", 900)) else {
+        return;
+    };
+    sys.wait_free_workers(2);
+    sys.start_operator();
+    let golden = |generation: i64| {
+        eventually(
+            &format!("the golden snapshot of generation {generation}"),
+            || {
+                let t = sys.kube.get("actortemplate", "counter", Some("team-a"));
+                let ready = t["status"]["conditions"].as_array()?.iter().any(|c| {
+                    c["type"] == "Ready"
+                        && c["status"] == "True"
+                        && c["observedGeneration"] == generation
+                });
+                (ready && t["metadata"]["generation"] == generation)
+                    .then(|| t["status"]["snapshot"]["uri"].as_str().map(str::to_string))
+                    .flatten()
+            },
+        )
+    };
+    let first = golden(1);
+
+    let changed_at = jiff::Timestamp::now();
+    sys.kube.ok(&["patch", "actortemplate", "counter", "-n", "team-a", "--type=json", "-p",
+        r#"[{"op":"add","path":"/spec/containers/0/env/-","value":{"name":"VERSION","value":"2"}}]"#], None);
+    let second = golden(2);
+    assert_ne!(
+        first, second,
+        "a new golden snapshot for the new generation"
+    );
+    sys.wait_free_workers(2);
+
+    sys.create_actor("fresh", json!({}));
+    sys.action("fresh", "resume");
+    let running = sys.wait_phase("fresh", "Running");
+    let body = http("GET", &format!("{}/", System::actor_url(&running)), None).expect("GET /");
+    assert_eq!(first_int(&body), 1, "{body}");
+    let boot: jiff::Timestamp = body
+        .split("since boot at ")
+        .nth(1)
+        .expect("boot time in the body")
+        .trim()
+        .parse()
+        .expect("RFC 3339 boot time");
+    assert!(
+        boot >= changed_at
+            .checked_sub(jiff::SignedDuration::from_secs(1))
+            .unwrap(),
+        "the actor's process booted at {boot}, before the template changed at {changed_at}: \
+         the new golden was restored from the old one"
+    );
+    sys.stop_agent();
+}
