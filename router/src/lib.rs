@@ -165,6 +165,11 @@ fn bind_proxy(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, 
         addr,
         source,
     };
+    // SO_REUSEPORT would also let this router share a port with another process of the
+    // same user (a router left running): a plain bind first fails if anyone listens there.
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr).map_err(err)?);
+    }
     let first = bind_reuseport(addr).map_err(err)?;
     let bound = first.local_addr().map_err(err)?;
     let mut all = vec![first];
@@ -390,4 +395,26 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Star
         threads,
         dns,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_threads_share_one_port_and_a_port_in_use_is_refused() {
+        let all = bind_proxy("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let port = all[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        assert!(all.iter().all(|l| l.local_addr().unwrap().port() == port));
+        // Another router (listening with SO_REUSEPORT too) already serves that port.
+        let taken = all[0].local_addr().unwrap();
+        match bind_proxy(taken, 2) {
+            Err(e @ StartError::Bind { .. }) => {
+                assert!(e.to_string().contains(&taken.to_string()), "{e}")
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a second router shares {taken}"),
+        }
+    }
 }
