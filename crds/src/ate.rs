@@ -257,3 +257,22 @@ pub struct ActorTemplateStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotRef>,
 }
+
+impl ActorTemplate {
+    /// The golden snapshot when it was taken for the template's current generation
+    /// (`Ready=True` observed at it). `observedGeneration` alone is not enough: it moves as
+    /// soon as a new golden boot starts, while `snapshot` still names the old one.
+    pub fn current_golden(&self) -> Option<&SnapshotRef> {
+        let st = self.status.as_ref()?;
+        let generation = self.metadata.generation?;
+        st.conditions
+            .iter()
+            .any(|c| {
+                c.type_ == "Ready"
+                    && c.status == "True"
+                    && c.observed_generation == Some(generation)
+            })
+            .then_some(st.snapshot.as_ref())
+            .flatten()
+    }
+}

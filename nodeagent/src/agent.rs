@@ -199,22 +199,6 @@ fn condition(
     })
 }
 
-/// The template's golden snapshot when it was taken for the template's current generation
-/// (`Ready=True` observed at it). After a change (a new image...) the old one would restore
-/// a process onto a root filesystem it was not checkpointed with: new actors boot cold until
-/// the operator records the new golden snapshot.
-fn current_golden(t: &ActorTemplate) -> Option<&crds::substrate::SnapshotRef> {
-    let st = t.status.as_ref()?;
-    let generation = t.metadata.generation?;
-    st.conditions
-        .iter()
-        .any(|c| {
-            c.type_ == "Ready" && c.status == "True" && c.observed_generation == Some(generation)
-        })
-        .then_some(st.snapshot.as_ref())
-        .flatten()
-}
-
 /// `conditions` with `c` replacing the condition of the same type (transition time kept when
 /// the status did not change).
 fn with_condition(old: &[Value], c: Value) -> Vec<Value> {
@@ -900,7 +884,7 @@ impl Agent {
         // (when it was taken for the template as it is now); a golden actor boots.
         let golden = own.is_none();
         let template_golden = (actor.metadata.namespace.as_deref() != Some(crds::GOLDEN_ATESPACE))
-            .then(|| current_golden(&template))
+            .then(|| template.current_golden())
             .flatten();
         let snapshot = own.or(template_golden).and_then(from_crd_snapshot);
         let mut exec = self.executor(worker).await?;
@@ -1300,7 +1284,7 @@ mod tests {
             }))
             .unwrap()
         };
-        let uri = |t: &ActorTemplate| current_golden(t).map(|s| s.uri.clone());
+        let uri = |t: &ActorTemplate| t.current_golden().map(|s| s.uri.clone());
         assert_eq!(
             uri(&template(2, 2, "True")).as_deref(),
             Some("file:///s/manifest.json")

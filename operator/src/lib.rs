@@ -257,15 +257,7 @@ impl Operator {
         let tname = t.metadata.name.clone().unwrap_or_default();
         let generation = t.metadata.generation.unwrap_or(0);
         let status = t.status.clone().unwrap_or_default();
-        // Done when the snapshot is recorded for this generation (`Ready=True` observed at
-        // it): `observedGeneration` alone also moves when a new golden boot starts.
-        let done = status.snapshot.is_some()
-            && status.conditions.iter().any(|c| {
-                c.type_ == "Ready"
-                    && c.status == "True"
-                    && c.observed_generation == Some(generation)
-            });
-        if done {
+        if t.current_golden().is_some() {
             return Ok(());
         }
         let gname = golden_name(&tns, &tname);
