@@ -89,6 +89,11 @@ restore_idle() {
   stop_haproxy
 }
 
+router_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+router_requests() {
+  curl -fsS "http://127.0.0.1:$ROUTER_ADMIN_PORT/metrics" | awk '/^substrate_router_requests_total/ {s += $2} END {printf "%d\n", s}'
+}
+
 main() {
   case "${1:-}" in
     "") ;;
@@ -141,9 +146,17 @@ main() {
     pin=(taskset -c 0)
     log "pinned: sandboxes on CPU 1, router and load generator on CPU 0"
   fi
+  # The router's CPU per request it proxied: its CPU time (user + system, clock ticks from
+  # /proc) over its request counter, across the run (it is idle in the other targets' phases).
+  local rpid ticks0 reqs0
+  rpid="$(read_pidfile "$(component_pidfile router)")"
+  ticks0="$(router_ticks "$rpid")"
+  reqs0="$(router_requests)"
   "${pin[@]}" "$loadgen" "${targets[@]}" \
     --connections "${SUBSTRATE_BENCH_CONNECTIONS:-1,16,256}" \
     --duration "${SUBSTRATE_BENCH_DURATION:-5s}" --warmup 1s --path /healthz
+  awk -v t="$(($(router_ticks "$rpid") - ticks0))" -v r="$(($(router_requests) - reqs0))" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { if (r > 0) printf "  router CPU per proxied request: %.1f µs (%d requests)\n", t / hz * 1e6 / r, r }'
   if [[ -n "${SUBSTRATE_BENCH_PIN:-}" ]]; then
     for p in $(pgrep -f runsc) "$router_pid"; do taskset -a -p -c "0-$(($(nproc) - 1))" "$p" >/dev/null; done
   fi
