@@ -3,7 +3,8 @@
 //!
 //! | query | answer |
 //! |---|---|
-//! | apex `SOA` / `NS` | the zone's SOA / NS |
+//! | apex `SOA` / `NS` | the zone's SOA / NS (`ns.<zone>`, with its addresses as glue) |
+//! | `ns.<zone>` `A`/`AAAA` | this responder's addresses (`--dns-address`), the name server named by SOA and NS |
 //! | `<actor>.<atespace>.<zone>` `A`/`AAAA`, actor exists | the router's addresses (`--dns-address`) |
 //! | an existing name, another type | NOERROR, no data, SOA in authority |
 //! | `<atespace>.<zone>`, atespace exists | NOERROR, no data, SOA in authority |
@@ -50,6 +51,8 @@ pub struct Responder {
     suffix: Suffix,
     soa: Record,
     ns: Record,
+    /// `ns.<zone>`, the name server SOA and NS name: resolvable, with the router's addresses.
+    ns_name: Name,
     addresses: Vec<IpAddr>,
 }
 
@@ -59,6 +62,7 @@ struct Answer {
     answers: Vec<Record>,
     authority_ns: Vec<Record>,
     soa: Vec<Record>,
+    additionals: Vec<Record>,
 }
 
 impl Responder {
@@ -88,12 +92,13 @@ impl Responder {
                 TTL,
             )),
         );
-        let ns = Record::from_rdata(zone, TTL, RData::NS(NS(ns_name)));
+        let ns = Record::from_rdata(zone, TTL, RData::NS(NS(ns_name.clone())));
         Ok(Self {
             table,
             suffix,
             soa,
             ns,
+            ns_name,
             addresses,
         })
     }
@@ -118,13 +123,29 @@ impl Responder {
             answers: vec![],
             authority_ns: vec![],
             soa: vec![self.soa.clone()],
+            additionals: vec![],
         };
+        // The name server's own name comes before an atespace that happens to be called `ns`.
+        if qname.eq_ignore_root(&self.ns_name) {
+            let answers = self.records(qname, qtype);
+            if answers.is_empty() {
+                return no_data(ResponseCode::NoError);
+            }
+            return Answer {
+                code: ResponseCode::NoError,
+                answers,
+                authority_ns: vec![],
+                soa: vec![],
+                additionals: vec![],
+            };
+        }
         match parse_name(&qname.to_ascii(), &self.suffix) {
             ZoneName::Outside => Answer {
                 code: ResponseCode::Refused,
                 answers: vec![],
                 authority_ns: vec![],
                 soa: vec![],
+                additionals: vec![],
             },
             ZoneName::Apex => match qtype {
                 RecordType::SOA => Answer {
@@ -132,12 +153,14 @@ impl Responder {
                     answers: vec![self.soa.clone()],
                     authority_ns: vec![self.ns.clone()],
                     soa: vec![],
+                    additionals: vec![],
                 },
                 RecordType::NS => Answer {
                     code: ResponseCode::NoError,
                     answers: vec![self.ns.clone()],
                     authority_ns: vec![],
                     soa: vec![],
+                    additionals: self.records(&self.ns_name, RecordType::ANY),
                 },
                 _ => no_data(ResponseCode::NoError),
             },
@@ -159,6 +182,7 @@ impl Responder {
                         answers,
                         authority_ns: vec![],
                         soa: vec![],
+                        additionals: vec![],
                     }
                 }
             }
@@ -210,7 +234,7 @@ impl RequestHandler for Responder {
             a.answers.iter(),
             a.authority_ns.iter(),
             a.soa.iter(),
-            std::iter::empty(),
+            a.additionals.iter(),
         );
         match response_handle.send_response(resp).await {
             Ok(info) => info,

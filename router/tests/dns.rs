@@ -106,6 +106,27 @@ async fn dns_answers_for_actors_from_the_watch() {
     assert_eq!(m.answers[0].record_type(), RecordType::SOA);
     let m = udp(dns, &fqdn(SUFFIX), RecordType::NS).await;
     assert_eq!(m.answers[0].record_type(), RecordType::NS);
+    let ns = match &m.answers[0].data {
+        RData::NS(ns) => ns.0.to_ascii(),
+        other => panic!("NS answer {other:?}"),
+    };
+    assert_eq!(ns, fqdn(&format!("ns.{SUFFIX}")));
+    // The name server named by SOA and NS resolves (glue in the NS answer, and asked directly).
+    assert!(
+        m.additionals
+            .iter()
+            .any(|r| matches!(r.data, RData::A(a) if a.0 == std::net::Ipv4Addr::LOCALHOST)),
+        "glue for {ns}: {m:?}"
+    );
+    let m = tcp(dns, &ns, RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        matches!(m.answers[..], [ref r] if matches!(r.data, RData::A(a) if a.0 == std::net::Ipv4Addr::LOCALHOST)),
+        "{m:?}"
+    );
+    let m = udp(dns, &ns, RecordType::MX).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.answers.is_empty() && has_soa(&m));
     // Outside the zone: REFUSED.
     let m = udp(dns, "example.com.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::Refused);
