@@ -23,10 +23,10 @@
 //! | status | when |
 //! |---|---|
 //! | 400 | the host is malformed, or missing |
-//! | 404 | the host is not `<actor>.<atespace>.<suffix>`; the atespace or the actor does not exist (different messages) |
+//! | 404 | the host is not `<actor>.<atespace>.<suffix>`; the atespace or the actor does not exist (different messages; a name the table lacks is checked with one GET on the apiserver first, so an actor created a moment ago is found and waited for) |
 //! | 409 | `spec.activation: Suspended` (not woken by traffic) |
 //! | 502 | the actor refused the connection / closed it before answering; the wake ended in phase `Failed` (with the `Ready` condition's message) |
-//! | 503 | no free worker (`Scheduled=False/NoFreeWorker`, with `Retry-After`); the apiserver refused the resume or is unreachable |
+//! | 503 | no free worker (`Scheduled=False/NoFreeWorker`, with `Retry-After`); the apiserver refused the resume or is unreachable; the apiserver has the actor but the watch did not deliver it within 10 s |
 //! | 504 | the actor did not become ready within `--wake-timeout` |
 
 pub mod activity;
@@ -251,7 +251,9 @@ where
         + 'static,
 {
     tokio::spawn(async move {
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // WebSockets over HTTP/2 (RFC 8441): advertise SETTINGS_ENABLE_CONNECT_PROTOCOL.
+        builder.http2().enable_connect_protocol();
         loop {
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {

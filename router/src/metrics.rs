@@ -27,6 +27,9 @@ pub struct Metrics {
     pub open_exchanges: Gauge,
     /// `substrate_router_activity_patches_total`: lastActiveTime writes.
     pub activity_patches: Counter,
+    /// `substrate_router_fresh_lookups_total`: requests for an actor the apiserver had but
+    /// the routing table did not yet (created a moment before).
+    pub fresh_lookups: Counter,
     /// `requests`' counters for codes 100..=599, filled on first use.
     by_code: Box<[std::sync::OnceLock<Counter>]>,
 }
@@ -76,6 +79,12 @@ impl Default for Metrics {
             "Requests in flight plus upgraded (WebSocket) tunnels",
             open_exchanges.clone(),
         );
+        let fresh_lookups = Counter::default();
+        registry.register(
+            "fresh_lookups",
+            "Requests for an actor the apiserver had and the routing table not yet (created a moment before)",
+            fresh_lookups.clone(),
+        );
         let activity_patches = Counter::default();
         registry.register(
             "activity_patches",
@@ -92,6 +101,7 @@ impl Default for Metrics {
             upstream_connections,
             open_exchanges,
             activity_patches,
+            fresh_lookups,
             by_code: (100..600).map(|_| std::sync::OnceLock::new()).collect(),
         }
     }

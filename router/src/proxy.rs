@@ -5,7 +5,8 @@
 //! Bodies stream both ways (hyper frames are passed through, nothing is buffered); hop-by-hop
 //! headers (RFC 9110 §7.6.1) are removed; `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Host`
 //! and `X-Forwarded-Proto` are set; `Connection: upgrade` requests (WebSocket) are tunnelled
-//! once both sides have switched protocols. There is no overall route timeout, only a connect
+//! once both sides have switched protocols, and so are WebSockets over HTTP/2 (RFC 8441
+//! extended `CONNECT`, translated to the HTTP/1.1 handshake towards the actor). There is no overall route timeout, only a connect
 //! timeout, so long-lived responses are not cut.
 //!
 //! Error answers are plain text naming the actor and what happened (see [`error_response`]).
@@ -80,6 +81,42 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Whether the request is a WebSocket bootstrapped over HTTP/2 (RFC 8441): an extended
+/// `CONNECT` with `:protocol = websocket`.
+pub fn is_websocket_over_h2(req: &Request<Incoming>) -> bool {
+    req.method() == http::Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Turns an RFC 8441 extended `CONNECT` into the HTTP/1.1 opening handshake the actor
+/// understands (RFC 6455 §4.1): `GET` with `Connection: Upgrade`, `Upgrade: websocket` and a
+/// fresh `Sec-WebSocket-Key`; `Sec-WebSocket-Version`, `-Protocol` and `-Extensions` stay.
+fn websocket_h2_to_h1(parts: &mut http::request::Parts) {
+    use base64::Engine as _;
+    parts.method = http::Method::GET;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let nonce: [u8; 16] = rand::random();
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    if let Ok(v) = HeaderValue::from_str(&key) {
+        parts.headers.insert(header::SEC_WEBSOCKET_KEY, v);
+    }
+    if !parts.headers.contains_key(header::SEC_WEBSOCKET_VERSION) {
+        parts.headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+}
 
 /// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -299,7 +336,10 @@ impl Proxy {
         };
         let actor = match WakeError::find(&self.table, &key) {
             Ok(a) => a,
-            Err(e) => return error_response(&e),
+            Err(miss) => match self.waker.find_fresh(&key, miss).await {
+                Ok(a) => a,
+                Err(e) => return error_response(&e),
+            },
         };
         let (addr, warm) = match self.table.route(&actor) {
             Some(addr) => (addr, true),
@@ -331,7 +371,8 @@ impl Proxy {
         guard: Guard,
     ) -> Response<ProxyBody> {
         let (key, addr) = (&*route.key, route.addr);
-        let upgrade = is_upgrade(req.headers());
+        let websocket_over_h2 = is_websocket_over_h2(&req);
+        let upgrade = websocket_over_h2 || is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -345,7 +386,10 @@ impl Proxy {
             Err(e) => return text(400, format!("invalid request target: {e}")),
         };
         parts.version = http::Version::HTTP_11;
-        strip_hop_by_hop(&mut parts.headers, upgrade);
+        strip_hop_by_hop(&mut parts.headers, upgrade && !websocket_over_h2);
+        if websocket_over_h2 {
+            websocket_h2_to_h1(&mut parts);
+        }
         if let Some(h) = &route.host {
             parts.headers.insert(header::HOST, h.clone());
         }
@@ -389,7 +433,15 @@ impl Proxy {
                 }
             });
             let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers, true);
+            if websocket_over_h2 {
+                // RFC 8441 §5: the HTTP/2 side's answer is a 200 to the CONNECT, with no
+                // HTTP/1.1 handshake headers.
+                parts.status = StatusCode::OK;
+                strip_hop_by_hop(&mut parts.headers, false);
+                parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+            } else {
+                strip_hop_by_hop(&mut parts.headers, true);
+            }
             return Response::from_parts(parts, body.boxed());
         }
         let (mut parts, body) = resp.into_parts();

@@ -93,6 +93,14 @@ impl WakeError {
     }
 }
 
+/// Apiserver GETs in flight at most for names missing from the table; beyond that the table's
+/// answer (404) stands.
+pub const MAX_CONFIRMS: usize = 16;
+
+/// How long a request for an actor the apiserver has, but the table not yet, waits for the
+/// watch to deliver it.
+pub const WATCH_CATCH_UP: Duration = Duration::from_secs(10);
+
 type Flight = Shared<BoxFuture<'static, Result<SocketAddr, WakeError>>>;
 
 /// Wakes actors, one flight per actor.
@@ -103,6 +111,9 @@ pub struct Waker {
     timeout: Duration,
     connect_timeout: Duration,
     flights: Mutex<HashMap<ActorKey, Flight>>,
+    /// Bounds the apiserver GETs for names the table does not know ([`Waker::find_fresh`]),
+    /// so traffic for made-up names cannot load the control plane.
+    confirms: Arc<tokio::sync::Semaphore>,
     /// The runtime wakes run on (the one `new` was called on): a wake is shared by the
     /// requests of every proxy thread and outlives the one that started it.
     runtime: tokio::runtime::Handle,
@@ -141,6 +152,7 @@ impl Waker {
             timeout,
             connect_timeout,
             flights: Mutex::new(HashMap::new()),
+            confirms: Arc::new(tokio::sync::Semaphore::new(MAX_CONFIRMS)),
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -177,6 +189,64 @@ impl Waker {
                 .clone()
         };
         flight.await
+    }
+
+    /// The actor `key` names, when the table does not know it (`miss`, its 404): an actor
+    /// created a moment ago may not have reached the watch yet, so one GET asks the apiserver
+    /// and, if the actor exists, the request waits for the watch to deliver it. The 404
+    /// stands when the apiserver has no such actor, cannot be asked, or already has
+    /// [`MAX_CONFIRMS`] of these GETs in flight.
+    pub async fn find_fresh(
+        self: &Arc<Self>,
+        key: &ActorKey,
+        miss: WakeError,
+    ) -> Result<Arc<Actor>, WakeError> {
+        let Ok(permit) = self.confirms.clone().try_acquire_owned() else {
+            return Err(miss);
+        };
+        let mut changes = self.table.subscribe();
+        let api: Api<Actor> = Api::namespaced(self.client.clone(), &key.atespace);
+        let name = key.name.clone();
+        let got = self
+            .runtime
+            .spawn(async move {
+                let _permit = permit;
+                api.get_opt(&name).await
+            })
+            .await;
+        match got {
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => return Err(miss),
+            Ok(Err(e)) => {
+                tracing::debug!(atespace = %key.atespace, actor = %key.name, error = %e, "confirming a missing actor failed");
+                return Err(miss);
+            }
+            Err(e) => {
+                tracing::debug!(atespace = %key.atespace, actor = %key.name, error = %e, "confirming a missing actor ended");
+                return Err(miss);
+            }
+        }
+        self.metrics.fresh_lookups.inc();
+        let deadline = tokio::time::Instant::now() + WATCH_CATCH_UP.min(self.timeout);
+        loop {
+            if let Lookup::Actor(a) = self.table.lookup(key) {
+                return Ok(a);
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() {
+                    return Err(WakeError::ControlPlane { key: key.clone(), message: "the routing table stopped".into() });
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(WakeError::ControlPlane {
+                        key: key.clone(),
+                        message: format!(
+                            "the actor exists but the router's watch has not delivered it within {:?}",
+                            WATCH_CATCH_UP.min(self.timeout)
+                        ),
+                    });
+                }
+            }
+        }
     }
 
     async fn run(&self, key: &ActorKey) -> Result<SocketAddr, WakeError> {

@@ -377,6 +377,66 @@ async fn websocket_upgrades_are_tunnelled_and_keep_the_actor_active() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_over_http2_are_tunnelled() {
+    let w = world().await;
+    w.actor("ws2", "t", "OnDemand").await;
+    let r = w.router(WAKE).await;
+    let stream = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(support::executor(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // A first request wakes the actor and makes sure the server's SETTINGS (with
+    // ENABLE_CONNECT_PROTOCOL) have arrived before the extended CONNECT.
+    let warm = Request::get(format!("http://{}/", host("ws2")))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(h2.send_request(warm).await.unwrap().status(), 200);
+
+    // RFC 8441: CONNECT with :protocol = websocket.
+    let req = Request::connect(format!("http://{}/chat", host("ws2")))
+        .version(http::Version::HTTP_2)
+        .header("sec-websocket-version", "13")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    // The actor saw an HTTP/1.1 opening handshake with a fresh 16-byte key...
+    assert_eq!(resp.headers()["x-seen-method"], "GET");
+    let key = resp.headers()["x-seen-key"].to_str().unwrap().to_string();
+    assert_eq!(key.len(), 24, "base64 of 16 bytes: {key:?}");
+    // ...and its HTTP/1.1-only answer headers do not reach the HTTP/2 client.
+    for h in ["sec-websocket-accept", "upgrade", "connection"] {
+        assert!(
+            !resp.headers().contains_key(h),
+            "{h} in {:?}",
+            resp.headers()
+        );
+    }
+    let up = hyper::upgrade::on(&mut resp).await.expect("tunnel");
+    let mut io = TokioIo::new(up);
+    for msg in ["over h2", "a second frame through the same stream"] {
+        io.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+    // Each tunnel gets its own key.
+    let req = Request::connect(format!("http://{}/chat", host("ws2")))
+        .version(http::Version::HTTP_2)
+        .header("sec-websocket-version", "13")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_ne!(resp.headers()["x-seen-key"].to_str().unwrap(), key);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activity_is_reported_in_batches() {
     let w = world().await;
     w.actor("act", "t", "OnDemand").await;
@@ -455,5 +515,41 @@ async fn a_keep_alive_connection_follows_its_actors() {
         "the request on the kept-alive connection woke the actor again"
     );
     ask("two").await;
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_right_after_the_create_finds_the_new_actor() {
+    let w = world().await;
+    // The router's watch runs 300 ms behind the apiserver, so the table cannot know an actor
+    // created just before the request: only asking the apiserver finds it.
+    let slow = w.slow_client(Duration::from_millis(300)).await;
+    let r = w.router_via(slow, WAKE).await;
+    w.actor("fresh", "t", "OnDemand").await;
+    let (status, _, body) = send(r.http_addr, get("/", &host("fresh"))).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        metric(r.admin_addr, "substrate_router_fresh_lookups_total").await,
+        1.0
+    );
+    // Names the apiserver does not have still get their 404s, each saying what is missing.
+    let (status, _, body) = send(r.http_addr, get("/", &host("ghost"))).await.unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("actor \"ghost\" not found"), "{body}");
+    let (status, _, body) = send(
+        r.http_addr,
+        get("/", &format!("a.nowhere.{}", support::SUFFIX)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("atespace \"nowhere\" does not exist"),
+        "{body}"
+    );
+    assert_eq!(
+        metric(r.admin_addr, "substrate_router_fresh_lookups_total").await,
+        1.0
+    );
     r.stop().await;
 }

@@ -274,6 +274,68 @@ impl World {
 
     /// Starts an in-process router (DNS on a free port).
     pub async fn router(&self, wake_timeout: Duration) -> router::Running {
+        self.router_via(self.client.clone(), wake_timeout).await
+    }
+
+    /// A client of this apiserver whose every answer (watch events too) arrives `delay` late:
+    /// a TCP relay holds each chunk from the apiserver that long (TLS passes through).
+    pub async fn slow_client(&self, delay: Duration) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
+        let target = format!(
+            "{}:{}",
+            config.cluster_url.host().expect("apiserver host"),
+            config.cluster_url.port_u16().expect("apiserver port")
+        );
+        let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = relay.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = relay.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (mut down_r, mut down_w) = down.into_split();
+                let (mut up_r, mut up_w) = up.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut down_r, &mut up_w).await;
+                    let _ = up_w.shutdown().await;
+                });
+                // Chunks keep their order; each is written `delay` after it was read.
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n @ 1..) = up_r.read(&mut buf).await {
+                        if tx
+                            .send((Instant::now() + delay, buf[..n].to_vec()))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    while let Some((due, chunk)) = rx.recv().await {
+                        tokio::time::sleep_until(due.into()).await;
+                        if down_w.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = down_w.shutdown().await;
+                });
+            }
+        });
+        config.cluster_url = format!("https://127.0.0.1:{port}").parse().unwrap();
+        kube::Client::try_from(config).expect("client")
+    }
+
+    /// Starts an in-process router that talks to the apiserver through `client`.
+    pub async fn router_via(
+        &self,
+        client: kube::Client,
+        wake_timeout: Duration,
+    ) -> router::Running {
         let config = router::Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
@@ -285,9 +347,7 @@ impl World {
             connect_timeout: Duration::from_secs(2),
             threads: 2,
         };
-        let r = router::start(config, self.client.clone())
-            .await
-            .expect("router starts");
+        let r = router::start(config, client).await.expect("router starts");
         let admin = r.admin_addr;
         eventually("the router is ready", || async move {
             let (s, _, _) = send(admin, get("/readyz", "admin")).await.ok()?;
@@ -385,10 +445,19 @@ async fn upstream(mut req: Request<Incoming>) -> Result<Response<UpBody>, hyper:
                 }
             }
         });
+        // What the handshake looked like from here, for the tests.
+        let key = req
+            .headers()
+            .get("sec-websocket-key")
+            .cloned()
+            .unwrap_or(http::HeaderValue::from_static(""));
         return Ok(Response::builder()
             .status(101)
             .header("connection", "upgrade")
             .header("upgrade", "websocket")
+            .header("sec-websocket-accept", "computed-by-the-actor")
+            .header("x-seen-method", req.method().as_str())
+            .header("x-seen-key", key)
             .body(full(""))
             .unwrap());
     }
