@@ -10,7 +10,8 @@
 //!
 //! The proxy runs like Envoy's workers: `--threads` threads (one per CPU by default), each
 //! with its own single-threaded event loop, its own listener on the same address
-//! (`SO_REUSEPORT`, the kernel spreads connections) and its own upstream connection pool, so
+//! (`SO_REUSEPORT`, the kernel spreads connections) and its own upstream connection pool
+//! ([`upstream`]), so
 //! a connection is served on one thread from accept to close without cross-thread wake-ups.
 //! The watches, the wakes' control-plane calls, DNS and the admin endpoints run on the main
 //! runtime; the routing table, activity and metrics are shared.
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod resume;
 pub mod table;
+pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -202,19 +204,31 @@ fn proxy_thread(
                         return;
                     }
                 };
+                let pool = upstream::Pool::new(shared.connect_timeout, &shared.metrics);
+                let reaper = {
+                    let pool = pool.clone();
+                    tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(upstream::IDLE_TIMEOUT / 3);
+                        loop {
+                            tick.tick().await;
+                            pool.reap();
+                        }
+                    })
+                };
                 let proxy = Arc::new(Proxy {
                     suffix: shared.suffix.clone(),
                     table: shared.table.clone(),
                     waker: shared.waker.clone(),
                     activity: shared.activity.clone(),
                     metrics: shared.metrics.clone(),
-                    client: proxy::upstream_client(shared.connect_timeout, shared.metrics.clone()),
+                    upstream: pool,
                 });
                 let _ = serve(listener, shutdown, move |peer| {
                     let (p, conn) = (proxy.clone(), proxy::Conn::new(peer));
                     move |req| p.clone().handle(req, conn.clone())
                 })
                 .await;
+                reaper.abort();
             })
         })
         .map_err(|source| StartError::Thread { index, source })

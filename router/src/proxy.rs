@@ -12,12 +12,11 @@
 //! Error answers are plain text naming the actor and what happened (see [`error_response`]).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -26,16 +25,14 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use hyper_util::rt::TokioIo;
 
 use crate::activity::{Activity, Guard};
 use crate::host::{self, ActorKey, Suffix};
 use crate::metrics::Metrics;
 use crate::resume::{WakeError, Waker};
 use crate::table::Table;
+use crate::upstream::{Pool, PooledBody};
 
 /// Seconds a client is told to wait when no worker is free.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -50,25 +47,7 @@ pub struct Proxy {
     pub waker: Arc<Waker>,
     pub activity: Arc<Activity>,
     pub metrics: Arc<Metrics>,
-    pub client: Client<CountingConnector, Incoming>,
-}
-
-/// Builds the pooled upstream client.
-pub fn upstream_client(
-    connect_timeout: Duration,
-    metrics: Arc<Metrics>,
-) -> Client<CountingConnector, Incoming> {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    http.enforce_http(true);
-    // No cap on idle connections per worker: with many concurrent requests the pool opens a
-    // connection whenever none is idle at checkout, and a cap closes the extras as they come
-    // back — a connect/close churn that overflows the actor's listen backlog (SYN drops,
-    // 1 s retransmits; seen at 256 concurrent connections). Idle ones close after 90 s.
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(CountingConnector { http, metrics })
+    pub upstream: Arc<Pool>,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the obsolete `Proxy-Connection`).
@@ -375,27 +354,36 @@ impl Proxy {
         let upgrade = websocket_over_h2 || is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let mut uri = std::mem::take(&mut parts.uri).into_parts();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(route.upstream.clone());
-        if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        parts.uri = match Uri::from_parts(uri) {
-            Ok(u) => u,
-            Err(e) => return text(400, format!("invalid request target: {e}")),
+        // Origin form (`/path?query`) towards the actor, whatever form the client used.
+        parts.uri = match parts.uri.path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') => {
+                if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                    Uri::from(pq.clone())
+                } else {
+                    std::mem::take(&mut parts.uri)
+                }
+            }
+            _ => Uri::from_static("/"),
         };
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers, upgrade && !websocket_over_h2);
         if websocket_over_h2 {
             websocket_h2_to_h1(&mut parts);
         }
-        if let Some(h) = &route.host {
-            parts.headers.insert(header::HOST, h.clone());
+        let host = route
+            .host
+            .clone()
+            .or_else(|| HeaderValue::from_str(route.upstream.as_str()).ok());
+        if let Some(h) = host {
+            parts.headers.insert(header::HOST, h);
         }
         route.add_forwarding(&mut parts.headers, peer);
         let open = OpenExchange::new(&self.metrics);
-        let resp = match self.client.request(Request::from_parts(parts, body)).await {
+        let resp = match self
+            .upstream
+            .send(addr, Request::from_parts(parts, body))
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 let what = if e.is_connect() {
@@ -403,11 +391,8 @@ impl Proxy {
                 } else {
                     "closed the connection before answering"
                 };
-                let cause = std::error::Error::source(&e)
-                    .map(|s| format!(": {s}"))
-                    .unwrap_or_default();
                 tracing::info!(atespace = %key.atespace, actor = %key.name, %addr, error = %e, "upstream failed");
-                return text(502, format!("actor {key} at {addr} {what} ({e}{cause})"));
+                return text(502, format!("actor {key} at {addr} {what} ({e})"));
             }
         };
         let mut resp = resp;
@@ -475,7 +460,7 @@ impl Drop for OpenExchange {
 
 /// A response body that keeps its actor active until it is fully sent (or dropped).
 struct Guarded {
-    inner: Incoming,
+    inner: PooledBody,
     _guard: (Guard, OpenExchange),
 }
 
@@ -499,93 +484,10 @@ impl Body for Guarded {
     }
 }
 
-/// `HttpConnector` that counts open upstream connections in a gauge.
-#[derive(Clone)]
-pub struct CountingConnector {
-    http: HttpConnector,
-    metrics: Arc<Metrics>,
-}
-
-impl tower_service::Service<Uri> for CountingConnector {
-    type Response = Counted;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = Pin<Box<dyn Future<Output = Result<Counted, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.http.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        let fut = self.http.call(dst);
-        let gauge = self.metrics.upstream_connections.clone();
-        Box::pin(async move {
-            let io = fut.await?;
-            gauge.inc();
-            Ok(Counted { io, gauge })
-        })
-    }
-}
-
-/// An upstream connection counted in the gauge until dropped.
-pub struct Counted {
-    io: TokioIo<TcpStream>,
-    gauge: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
-impl Connection for Counted {
-    fn connected(&self) -> Connected {
-        self.io.connected()
-    }
-}
-
-impl hyper::rt::Read for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

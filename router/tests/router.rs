@@ -553,3 +553,108 @@ async fn a_request_right_after_the_create_finds_the_new_actor() {
     );
     r.stop().await;
 }
+
+/// A bare HTTP/1.1 actor on raw TCP: every answer's body is the index of the connection it
+/// came on; `/close-soon` answers, then closes that connection 50 ms later (as an actor with
+/// a short keep-alive timeout would). Returns its address and its accept count.
+async fn counting_actor() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let index = n.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end + 4);
+                    let body = index.to_string();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if head.starts_with("GET /close-soon ") {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_and_replaced_when_the_actor_closes_them() {
+    let w = world().await;
+    let (actor_addr, accepted) = counting_actor().await;
+    support::create(
+        &w.client,
+        &format!("/apis/ate.dev/v1alpha1/namespaces/{ATESPACE}/actortemplates"),
+        serde_json::json!({"apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+               "metadata": {"name": "raw"},
+               "spec": {"containers": [{"name": "main", "image": "127.0.0.1:5000/x:1",
+                                        "ports": [{"containerPort": actor_addr.port()}]}],
+                        "workerPoolRef": {"name": "p"}}}),
+    )
+    .await;
+    w.actor("raw", "raw", "OnDemand").await;
+    let r = w.router(WAKE).await;
+    let stream = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut ask = async |path: &str| {
+        sender.ready().await.unwrap();
+        let resp = sender.send_request(get(path, &host("raw"))).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, 200, "{body:?}");
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    // The wake probes the actor with a connection of its own (index 0); the requests then
+    // share one upstream connection.
+    let first = ask("/").await;
+    for _ in 0..5 {
+        assert_eq!(
+            ask("/").await,
+            first,
+            "one upstream connection for a keep-alive client"
+        );
+    }
+    let before = accepted.load(Ordering::SeqCst);
+    assert_eq!(
+        metric(r.admin_addr, "substrate_router_upstream_open_connections").await,
+        1.0
+    );
+    // The actor closes that connection while it is idle in the pool: the next request goes
+    // on a new one, and the closed one is no longer counted.
+    assert_eq!(ask("/close-soon").await, first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = ask("/").await;
+    assert_ne!(next, first, "a closed connection is not reused");
+    assert_eq!(accepted.load(Ordering::SeqCst), before + 1);
+    assert_eq!(ask("/").await, next);
+    assert_eq!(
+        metric(r.admin_addr, "substrate_router_upstream_open_connections").await,
+        1.0
+    );
+    r.stop().await;
+}

@@ -167,7 +167,7 @@ pub async fn world() -> World {
     }
 }
 
-async fn create(client: &kube::Client, path: &str, body: Value) {
+pub async fn create(client: &kube::Client, path: &str, body: Value) {
     let req = Request::post(path)
         .header("content-type", "application/json")
         .body(serde_json::to_vec(&body).unwrap())
