@@ -252,6 +252,34 @@ fn to_crd_snapshot(r: &SnapshotRef) -> Value {
     serde_json::to_value(crds::substrate::SnapshotRef::from(r)).unwrap_or(Value::Null)
 }
 
+/// The snapshot metadata kept beside an unpacked snapshot (a cached unpack skips the fetch
+/// that returns it).
+const RESTORE_META: &str = ".snapshot-meta.json";
+
+/// `reference` pinned to `digest`: `host/repo:tag` or `host/repo@sha256:..` → `host/repo@digest`.
+fn pin_image(reference: &str, digest: &str) -> String {
+    let repo = match reference.split_once('@') {
+        Some((repo, _)) => repo,
+        None => match reference.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => repo,
+            _ => reference,
+        },
+    };
+    format!("{repo}@{digest}")
+}
+
+/// The image a snapshot was taken with, for the template's first container.
+fn recorded_image_of(meta: &SnapshotMeta, template: &ActorTemplate) -> Option<String> {
+    let c = template.spec.containers.first()?;
+    meta.image_digests.get(&c.name).cloned()
+}
+
+fn read_recorded_image(dir: &Path, template: &ActorTemplate) -> Option<String> {
+    let bytes = std::fs::read(dir.join(RESTORE_META)).ok()?;
+    let meta: SnapshotMeta = serde_json::from_slice(&bytes).ok()?;
+    recorded_image_of(&meta, template)
+}
+
 fn from_crd_snapshot(s: &crds::substrate::SnapshotRef) -> Option<SnapshotRef> {
     SnapshotRef::try_from(s).ok()
 }
@@ -759,17 +787,22 @@ impl Agent {
     }
 
     /// The process to run, from the template's first container and its image config.
+    ///
+    /// `image` (from a snapshot's record) replaces the template's image: a process restores
+    /// onto the root filesystem it was checkpointed with, whatever the template says now.
     async fn actor_spec(
         &self,
         actor: &Actor,
         template: &ActorTemplate,
+        image: Option<&str>,
     ) -> Result<(ActorSpec, String), AgentError> {
         let c = template
             .spec
             .containers
             .first()
             .ok_or_else(|| AgentError::Invalid("the template has no containers".into()))?;
-        let rootfs = self.images.ensure_rootfs(&c.image).await?;
+        let reference = image.unwrap_or(&c.image);
+        let rootfs = self.images.ensure_rootfs(reference).await?;
         let image = &rootfs.config;
         let args = match (c.command.is_empty(), c.args.is_empty()) {
             (false, _) => c.command.iter().chain(&c.args).cloned().collect(),
@@ -778,8 +811,7 @@ impl Agent {
         };
         if args.is_empty() {
             return Err(AgentError::Invalid(format!(
-                "image {} has no entrypoint and the template gives no command",
-                c.image
+                "image {reference} has no entrypoint and the template gives no command"
             )));
         }
         let mut env = ProcessSpec::default().env;
@@ -806,7 +838,29 @@ impl Agent {
             },
             hostname: actor.metadata.name.clone(),
         };
-        Ok((spec, rootfs.manifest_digest))
+        Ok((spec, pin_image(reference, &rootfs.manifest_digest)))
+    }
+
+    /// Where the image an actor's sandbox runs is remembered (survives an agent restart).
+    fn run_image_file(&self, uid: &str) -> PathBuf {
+        self.cfg.state_dir.join("images-running").join(uid)
+    }
+
+    fn remember_image(&self, uid: &str, image: &str) {
+        let f = self.run_image_file(uid);
+        let written = f
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&f, image));
+        if let Err(e) = written {
+            tracing::warn!(file = %f.display(), error = %e, "could not record the actor's image");
+        }
+    }
+
+    fn recorded_run_image(&self, uid: &str) -> Option<String> {
+        let s = std::fs::read_to_string(self.run_image_file(uid)).ok()?;
+        let s = s.trim();
+        (!s.is_empty()).then(|| s.to_string())
     }
 
     fn actor_key(actor: &Actor) -> Result<ActorKey, AgentError> {
@@ -876,8 +930,7 @@ impl Agent {
         let uid = actor.metadata.uid.clone().unwrap_or_default();
         let started = std::time::Instant::now();
         let template = self.template(actor).await?;
-        let (spec, _digest) = self.actor_spec(actor, &template).await?;
-        let prepared = started.elapsed();
+        let mut prepared = started.elapsed();
         let mut fetched = Duration::ZERO;
         let own = actor.status.as_ref().and_then(|s| s.snapshot.as_ref());
         // Without a snapshot of its own, a new actor resumes from its template's golden one
@@ -902,9 +955,14 @@ impl Agent {
                 .join(format!("{uid}-{}", &digest[..digest.len().min(16)]));
             (r, digest, dir)
         });
-        if let Some((r, _, dir)) = &restore
-            && !dir.join(".complete").exists()
+        // The image the snapshot was taken with (recorded in its metadata) is the one it
+        // restores onto.
+        let mut recorded_image = None;
+        if let Some((_, _, dir)) = &restore
+            && dir.join(".complete").exists()
         {
+            recorded_image = read_recorded_image(dir, &template);
+        } else if let Some((r, _, dir)) = &restore {
             let t = std::time::Instant::now();
             let _ = std::fs::remove_dir_all(dir);
             let outcome = self.snapshots.fetch(r, dir).await?;
@@ -916,10 +974,21 @@ impl Agent {
                     std::fs::remove_file(&marker).map_err(io_err(&marker))?;
                 }
             }
+            let meta_file = dir.join(RESTORE_META);
+            let json = serde_json::to_vec(&outcome.meta)
+                .map_err(|e| AgentError::Invalid(format!("snapshot metadata: {e}")))?;
+            std::fs::write(&meta_file, json).map_err(io_err(&meta_file))?;
             std::fs::write(dir.join(".complete"), b"").map_err(io_err(dir))?;
             tracing::info!(actor = %key, source = ?outcome.source, bytes = outcome.bytes, "snapshot fetched");
             fetched = t.elapsed();
+            recorded_image = recorded_image_of(&outcome.meta, &template);
         }
+        let t = std::time::Instant::now();
+        let (spec, image) = self
+            .actor_spec(actor, &template, recorded_image.as_deref())
+            .await?;
+        prepared += t.elapsed();
+        self.remember_image(&uid, &image);
         let t = std::time::Instant::now();
         let (how, op) = match &restore {
             Some((_, digest, dir)) => {
@@ -952,7 +1021,7 @@ impl Agent {
         let ready = t.elapsed();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::info!(
-            actor = %key, worker, how,
+            actor = %key, worker, how, %image,
             prepare_ms = ms(prepared), fetch_ms = ms(fetched), executor_ms = ms(executed),
             runsc_ms = runsc * 1e3, ready_ms = ms(ready), total_ms = ms(started.elapsed()),
             "resume timing"
@@ -1071,7 +1140,12 @@ impl Agent {
         if let Some(t) = &template
             && let Some(c) = t.spec.containers.first()
         {
-            meta.image_digests.insert(c.name.clone(), c.image.clone());
+            // The image this sandbox was started with, pinned by digest; the template's
+            // image (which may have changed since) only when that was not recorded.
+            let ran = self
+                .recorded_run_image(&uid)
+                .unwrap_or_else(|| c.image.clone());
+            meta.image_digests.insert(c.name.clone(), ran);
         }
         let skey = SnapshotKey::new(ns.clone(), name.clone(), id)?;
         let checkpointed = started.elapsed();
@@ -1267,6 +1341,18 @@ async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_are_pinned_by_digest() {
+        let d = "sha256:0123";
+        assert_eq!(
+            pin_image("r.io:5000/a/b:v1", d),
+            "r.io:5000/a/b@sha256:0123"
+        );
+        assert_eq!(pin_image("r.io:5000/a/b", d), "r.io:5000/a/b@sha256:0123");
+        assert_eq!(pin_image("r.io/a/b@sha256:ffff", d), "r.io/a/b@sha256:0123");
+        assert_eq!(pin_image("b:latest", d), "b@sha256:0123");
+    }
 
     #[test]
     fn a_golden_snapshot_counts_only_for_the_generation_it_was_taken_at() {

@@ -426,6 +426,28 @@ impl System {
     }
 
     /// A component's log so far, without terminal colour codes.
+    /// Pushes another version of the counter image as `repository_and_tag`: the same program
+    /// with a `/version` file holding `version` (so a different root filesystem). Returns the
+    /// reference by digest.
+    pub fn push_counter_version(&self, repository_and_tag: &str, version: &str) -> String {
+        let file = self.dir().join(format!("version-{version}"));
+        std::fs::write(&file, version).expect("version file");
+        self.rt
+            .block_on(nodeagent::images::testing::push_counter_with(
+                &self._registry,
+                repository_and_tag,
+                |spec| {
+                    spec.files.push(nodeagent::images::FileSpec {
+                        source: file.clone(),
+                        dest: "/version".into(),
+                        mode: Some(0o644),
+                    })
+                },
+            ))
+            .expect("counter image version built and pushed")
+            .reference
+    }
+
     pub fn log(&self, name: &str) -> String {
         nodeagent::agent::strip_ansi(
             &std::fs::read_to_string(self.dir().join(format!("{name}.log"))).unwrap_or_default(),

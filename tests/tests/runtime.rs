@@ -472,3 +472,82 @@ fn a_changed_template_boots_a_new_golden_and_new_actors_use_it() {
     );
     sys.stop_agent();
 }
+
+/// The `image=` of the node agent's last `resume timing` line for `actor`.
+fn resumed_image(sys: &System, actor: &str) -> String {
+    let log = sys.log("nodeagent");
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("resume timing") && l.contains(&format!("actor=team-a/{actor} ")))
+        .unwrap_or_else(|| panic!("no resume of {actor} in the agent's log:\n{log}"))
+        .to_string();
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("image="))
+        .unwrap_or_else(|| panic!("no image= in {line}"))
+        .to_string()
+}
+
+#[test]
+fn a_suspended_actor_restores_onto_the_image_it_ran_when_the_template_changed() {
+    let Some(sys) = System::start(Options::new("e2e-image", "10.215.0.0/16", 1000)) else {
+        return;
+    };
+    sys.create_actor("keeper", json!({}));
+    sys.action("keeper", "resume");
+    let running = sys.wait_phase("keeper", "Running");
+    for want in 1..=2 {
+        let body = http("GET", &format!("{}/", System::actor_url(&running)), None).expect("GET /");
+        assert_eq!(first_int(&body), want, "{body}");
+    }
+    assert_eq!(
+        resumed_image(&sys, "keeper"),
+        sys.image,
+        "booted on the pushed image"
+    );
+    sys.action("keeper", "suspend");
+    sys.wait_phase("keeper", "Suspended");
+
+    // A new version of the image (another root filesystem) goes into the template.
+    let v2 = sys.push_counter_version("substrate/counter:v2", "2");
+    assert_ne!(v2, sys.image);
+    sys.kube.ok(
+        &[
+            "patch",
+            "actortemplate",
+            "counter",
+            "-n",
+            "team-a",
+            "--type=json",
+            "-p",
+            &format!(r#"[{{"op":"replace","path":"/spec/containers/0/image","value":"{v2}"}}]"#),
+        ],
+        None,
+    );
+
+    // The suspended actor's process comes back on the root filesystem it was checkpointed
+    // with, its memory intact.
+    sys.action("keeper", "resume");
+    let running = sys.wait_phase("keeper", "Running");
+    let body = http("GET", &format!("{}/", System::actor_url(&running)), None).expect("GET /");
+    assert_eq!(first_int(&body), 3, "{body}");
+    assert_eq!(
+        resumed_image(&sys, "keeper"),
+        sys.image,
+        "restored onto the image it ran, not the template's new one"
+    );
+    // ...and keeps it across another suspend and resume (the snapshot records it again).
+    sys.action("keeper", "suspend");
+    sys.wait_phase("keeper", "Suspended");
+    sys.action("keeper", "resume");
+    let running = sys.wait_phase("keeper", "Running");
+    let body = http("GET", &format!("{}/", System::actor_url(&running)), None).expect("GET /");
+    assert_eq!(first_int(&body), 4, "{body}");
+    assert_eq!(resumed_image(&sys, "keeper"), sys.image);
+
+    // A new actor boots on the template's new image.
+    sys.create_actor("newcomer", json!({}));
+    sys.action("newcomer", "resume");
+    sys.wait_phase("newcomer", "Running");
+    assert_eq!(resumed_image(&sys, "newcomer"), v2);
+}

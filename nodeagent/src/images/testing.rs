@@ -434,10 +434,22 @@ pub async fn push_counter(
     registry: &Registry,
     repository_and_tag: &str,
 ) -> Result<PushedImage, TestingError> {
+    push_counter_with(registry, repository_and_tag, |_| {}).await
+}
+
+/// [`push_counter`] with the image spec changed by `edit` first (another version of it:
+/// an extra file, another environment).
+pub async fn push_counter_with(
+    registry: &Registry,
+    repository_and_tag: &str,
+    edit: impl FnOnce(&mut ImageSpec),
+) -> Result<PushedImage, TestingError> {
     let binary = tokio::task::spawn_blocking(counter_binary)
         .await
         .map_err(|e| io("building counter")(std::io::Error::other(e)))??;
-    let image = super::build::build_image(&counter_image_spec(&binary))?;
+    let mut spec = counter_image_spec(&binary);
+    edit(&mut spec);
+    let image = super::build::build_image(&spec)?;
     let tag_reference = registry.reference(repository_and_tag);
     let digest = super::push_image(&image, &tag_reference, &registry.push_options()).await?;
     let repository = repository_and_tag
