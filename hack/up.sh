@@ -210,8 +210,15 @@ apply_demo() {
     die "kubectl apply of the demo failed (see above)"
 }
 
+# Ready=True observed at the template's current generation (a rebuilt image changes the
+# template: the Ready of the previous generation's golden snapshot does not count).
 template_ready() {
-  [[ "$(kubectl_ get actortemplate counter -n demo -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]
+  local got
+  got="$(kubectl_ get actortemplate counter -n demo \
+    -o jsonpath='{.metadata.generation} {.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].observedGeneration}')"
+  local generation status observed
+  read -r generation status observed <<<"$got"
+  [[ "$status" == True && -n "$generation" && "$observed" == "$generation" ]]
 }
 
 wait_demo() {
