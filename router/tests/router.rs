@@ -259,12 +259,7 @@ async fn http2_proxy_form_and_forwarding_headers() {
     }
 
     // HTTP/2 with prior knowledge (h2c): :authority names the actor.
-    let stream = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(support::executor(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = h2c(r.http_addr).await;
     let req = Request::get(format!("http://{}/echo", host("h")))
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -312,6 +307,17 @@ async fn http2_proxy_form_and_forwarding_headers() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.ends_with("\r\n\r\n11"), "{out}");
     r.stop().await;
+}
+
+/// An HTTP/2 (prior knowledge) connection to `addr`.
+async fn h2c(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (h2, conn) =
+        hyper::client::conn::http2::handshake(support::executor(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    h2
 }
 
 async fn last_active(w: &support::World, name: &str) -> jiff::Timestamp {
@@ -381,12 +387,7 @@ async fn websockets_over_http2_are_tunnelled() {
     let w = world().await;
     w.actor("ws2", "t", "OnDemand").await;
     let r = w.router(WAKE).await;
-    let stream = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(support::executor(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = h2c(r.http_addr).await;
     // A first request wakes the actor and makes sure the server's SETTINGS (with
     // ENABLE_CONNECT_PROTOCOL) have arrived before the extended CONNECT.
     let warm = Request::get(format!("http://{}/", host("ws2")))
