@@ -1,13 +1,13 @@
 //! The HTTP proxy: accepts HTTP/1.1 (keep-alive, absolute-form proxy requests) and HTTP/2
-//! (h2c, prior knowledge) from clients and forwards to the actor's worker over pooled HTTP/1.1
-//! connections.
+//! (h2c, prior knowledge) from clients and forwards to the actor's worker over HTTP/1.1
+//! connections from the proxy thread's pool ([`crate::upstream`]).
 //!
 //! Bodies stream both ways (hyper frames are passed through, nothing is buffered); hop-by-hop
 //! headers (RFC 9110 §7.6.1) are removed; `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Host`
 //! and `X-Forwarded-Proto` are set; `Connection: upgrade` requests (WebSocket) are tunnelled
 //! once both sides have switched protocols, and so are WebSockets over HTTP/2 (RFC 8441
-//! extended `CONNECT`, translated to the HTTP/1.1 handshake towards the actor). There is no overall route timeout, only a connect
-//! timeout, so long-lived responses are not cut.
+//! extended `CONNECT`, translated to the HTTP/1.1 handshake towards the actor). There is no
+//! overall route timeout, only a connect timeout, so long-lived responses are not cut.
 //!
 //! Error answers are plain text naming the actor and what happened (see [`error_response`]).
 
