@@ -1168,6 +1168,8 @@ impl Agent {
         )
         .await?;
         let _ = std::fs::remove_dir_all(&dir);
+        // The snapshot records the image now; the next resume records it again.
+        let _ = std::fs::remove_file(self.run_image_file(&uid));
         // Keep the new snapshot and the one before it (a resume racing this suspend may
         // still be reading it); older ones and abandoned uploads go.
         match self
