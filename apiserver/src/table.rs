@@ -625,7 +625,8 @@ mod tests {
                 "Template",
                 "Activation",
                 "Address",
-                "Last Active"
+                "Last Active",
+                "Image"
             ]
         );
         assert_eq!(cols[3]["type"], "date");
@@ -652,7 +653,8 @@ mod tests {
             "metadata": {"name": "a1", "namespace": "team-a", "labels": {"app": "web"},
                          "creationTimestamp": "2025-01-01T11:55:00Z", "resourceVersion": "7"},
             "spec": {"template": {"name": "counter"}, "activation": "OnDemand"},
-            "status": {"phase": "Running", "lastActiveTime": "2025-01-01T09:00:00Z"},
+            "status": {"phase": "Running", "lastActiveTime": "2025-01-01T09:00:00Z",
+                       "image": "r.io/counter@sha256:00ff"},
         })
     }
 
@@ -663,7 +665,15 @@ mod tests {
         assert_eq!(
             r["cells"],
             json!([
-                "a1", "Running", null, "5m", "counter", "OnDemand", null, "3h"
+                "a1",
+                "Running",
+                null,
+                "5m",
+                "counter",
+                "OnDemand",
+                null,
+                "3h",
+                "r.io/counter@sha256:00ff"
             ])
         );
         assert_eq!(
@@ -730,7 +740,7 @@ mod tests {
         assert_eq!(t["kind"], "Table");
         assert_eq!(t["apiVersion"], "meta.k8s.io/v1");
         assert_eq!(t["metadata"], json!({"resourceVersion": "9"}));
-        assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 8);
+        assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 9);
         assert_eq!(t["rows"].as_array().unwrap().len(), 1);
         let t = table(&ACTORS, &[&a], IncludeObject::None, json!({}), false, now());
         assert_eq!(t["columnDefinitions"], json!([]));

@@ -177,6 +177,7 @@ fn create_get_describe_label_annotate_patch_replace_delete() {
         "ACTIVATION",
         "ADDRESS",
         "LAST ACTIVE",
+        "IMAGE",
     ] {
         assert_contains(header, col);
     }

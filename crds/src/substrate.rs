@@ -115,6 +115,12 @@ pub struct AtespaceStatus {
         type_ = "date",
         json_path = ".status.lastActiveTime",
         priority = "1"
+    ),
+    printcolumn(
+        name = "Image",
+        type_ = "string",
+        json_path = ".status.image",
+        priority = "1"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -209,6 +215,11 @@ pub struct ActorStatus {
     /// When the actor last served traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_active_time: Option<Time>,
+    /// The image the actor's process runs, pinned by digest (`<repository>@sha256:...`): the
+    /// one it booted with. A snapshot restores onto the image it was taken with, so after a
+    /// change of the template's image this stays the old one until the actor boots afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Where an actor runs.

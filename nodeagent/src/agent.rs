@@ -877,12 +877,13 @@ impl Agent {
         let uid = actor.metadata.uid.clone().unwrap_or_default();
         let result = self.try_resume(actor, worker).await;
         match result {
-            Ok(address) => {
+            Ok((address, image)) => {
                 self.set_actor_status(&ns, &name, &uid, |st, generation| {
                     if st["phase"] != "Resuming" || st["worker"]["name"] != worker {
                         return false;
                     }
                     st["phase"] = json!("Running");
+                    st["image"] = json!(image);
                     st["lastActiveTime"] = json!(now());
                     st["observedGeneration"] = json!(generation);
                     let conds = st["conditions"].as_array().cloned().unwrap_or_default();
@@ -925,7 +926,12 @@ impl Agent {
     }
 
     /// Fetch, restore (or cold boot), wait for readiness. Returns the worker address.
-    async fn try_resume(&self, actor: &Actor, worker: &str) -> Result<String, AgentError> {
+    /// Returns the worker address and the image the process runs (pinned by digest).
+    async fn try_resume(
+        &self,
+        actor: &Actor,
+        worker: &str,
+    ) -> Result<(String, String), AgentError> {
         let key = Self::actor_key(actor)?;
         let uid = actor.metadata.uid.clone().unwrap_or_default();
         let started = std::time::Instant::now();
@@ -1026,7 +1032,7 @@ impl Agent {
             runsc_ms = runsc * 1e3, ready_ms = ms(ready), total_ms = ms(started.elapsed()),
             "resume timing"
         );
-        Ok(address)
+        Ok((address, image))
     }
 
     async fn wait_ready(&self, template: &ActorTemplate, address: &str) -> Result<(), AgentError> {

@@ -536,6 +536,11 @@ fn a_suspended_actor_restores_onto_the_image_it_ran_when_the_template_changed() 
         sys.image,
         "restored onto the image it ran, not the template's new one"
     );
+    assert_eq!(
+        sys.actor("keeper")["status"]["image"],
+        sys.image,
+        "status.image says which image the actor runs"
+    );
     // ...and keeps it across another suspend and resume (the snapshot records it again).
     sys.action("keeper", "suspend");
     sys.wait_phase("keeper", "Suspended");
@@ -550,4 +555,5 @@ fn a_suspended_actor_restores_onto_the_image_it_ran_when_the_template_changed() 
     sys.action("newcomer", "resume");
     sys.wait_phase("newcomer", "Running");
     assert_eq!(resumed_image(&sys, "newcomer"), v2);
+    assert_eq!(sys.actor("newcomer")["status"]["image"], v2);
 }
