@@ -35,6 +35,9 @@ use crate::metrics::Metrics;
 /// An idle connection older than this is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// How long a request waits for an idle connection to become ready before it takes another.
+pub const READY_WAIT: Duration = Duration::from_millis(500);
+
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -156,10 +159,19 @@ impl Pool {
                 continue;
             }
             let mut sender = idle.sender;
-            // Returned at the end of its response body: its connection task may not have
-            // run since, so wait for it to take the next request (or to report it closed).
-            if sender.ready().await.is_ok() {
+            if sender.is_ready() {
                 return Some(sender);
+            }
+            // Returned at the end of its response body, its connection task may not have run
+            // since: wait for it to take the next request (or to report it closed). Bounded,
+            // because a connection whose answer came before its request body was all sent
+            // (the client stalled) stays busy as long as that client does.
+            match tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                Ok(Ok(())) => return Some(sender),
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::debug!(%addr, "idle upstream connection still busy, not reused");
+                }
             }
         }
     }

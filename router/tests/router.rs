@@ -555,6 +555,20 @@ async fn a_request_right_after_the_create_finds_the_new_actor() {
     r.stop().await;
 }
 
+/// Template `raw`: actors served by the raw-TCP actor on `port`.
+async fn raw_template(w: &support::World, port: u16) {
+    support::create(
+        &w.client,
+        &format!("/apis/ate.dev/v1alpha1/namespaces/{ATESPACE}/actortemplates"),
+        serde_json::json!({"apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+               "metadata": {"name": "raw"},
+               "spec": {"containers": [{"name": "main", "image": "127.0.0.1:5000/x:1",
+                                        "ports": [{"containerPort": port}]}],
+                        "workerPoolRef": {"name": "p"}}}),
+    )
+    .await;
+}
+
 /// A bare HTTP/1.1 actor on raw TCP: every answer's body is the index of the connection it
 /// came on; `/close-soon` answers, then closes that connection 50 ms later (as an actor with
 /// a short keep-alive timeout would). Returns its address and its accept count.
@@ -605,16 +619,7 @@ async fn counting_actor() -> (
 async fn upstream_connections_are_reused_and_replaced_when_the_actor_closes_them() {
     let w = world().await;
     let (actor_addr, accepted) = counting_actor().await;
-    support::create(
-        &w.client,
-        &format!("/apis/ate.dev/v1alpha1/namespaces/{ATESPACE}/actortemplates"),
-        serde_json::json!({"apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
-               "metadata": {"name": "raw"},
-               "spec": {"containers": [{"name": "main", "image": "127.0.0.1:5000/x:1",
-                                        "ports": [{"containerPort": actor_addr.port()}]}],
-                        "workerPoolRef": {"name": "p"}}}),
-    )
-    .await;
+    raw_template(&w, actor_addr.port()).await;
     w.actor("raw", "raw", "OnDemand").await;
     let r = w.router(WAKE).await;
     let stream = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
@@ -657,5 +662,52 @@ async fn upstream_connections_are_reused_and_replaced_when_the_actor_closes_them
         metric(r.admin_addr, "substrate_router_upstream_open_connections").await,
         1.0
     );
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_still_sending_a_stalled_upload_is_not_waited_for() {
+    let w = world().await;
+    let (actor_addr, _) = counting_actor().await;
+    raw_template(&w, actor_addr.port()).await;
+    w.actor("early", "raw", "OnDemand").await;
+    // One proxy thread: one upstream pool for every client.
+    let r = w.router_with(w.client.clone(), WAKE, 1).await;
+    let (status, _, body) = send(r.http_addr, get("/", &host("early"))).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // Client A uploads 1 MB but sends 10 bytes and stalls; the actor answers at once. A's
+    // upstream connection is back in the pool, still waiting for the rest of the upload.
+    let mut a = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
+    a.write_all(
+        format!(
+            "POST /early HTTP/1.1\r\nHost: {}\r\nContent-Length: 1000000\r\n\r\n0123456789",
+            host("early")
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), a.read(&mut head))
+        .await
+        .expect("A's answer")
+        .unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+
+    // Client B is not held behind A's stalled upload: it gets another connection.
+    let (status, _, body) = tokio::time::timeout(
+        Duration::from_secs(5),
+        send(r.http_addr, get("/", &host("early"))),
+    )
+    .await
+    .expect("B waited for A's busy upstream connection")
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    drop(a);
     r.stop().await;
 }

@@ -336,6 +336,16 @@ impl World {
         client: kube::Client,
         wake_timeout: Duration,
     ) -> router::Running {
+        self.router_with(client, wake_timeout, 2).await
+    }
+
+    /// Starts an in-process router with `threads` proxy threads.
+    pub async fn router_with(
+        &self,
+        client: kube::Client,
+        wake_timeout: Duration,
+        threads: usize,
+    ) -> router::Running {
         let config = router::Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
@@ -345,7 +355,7 @@ impl World {
             wake_timeout,
             activity_interval: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
-            threads: 2,
+            threads,
         };
         let r = router::start(config, client).await.expect("router starts");
         let admin = r.admin_addr;
