@@ -6,7 +6,9 @@
 //! it. A request takes the most recently returned idle connection to its actor's address
 //! (LIFO: the fewest connections stay warm), or opens one; the connection comes back when
 //! the response body has been read to its end. A request that a reused connection could not
-//! even send (the actor closed it while idle) is retried once on a new connection. Idle
+//! even send (the actor closed it while idle) is retried once on a new connection; a
+//! connection still busy [`READY_WAIT`] after it came back (its answer arrived before its
+//! client's upload was all sent) is passed over. Idle
 //! connections close after [`IDLE_TIMEOUT`]; there is no cap per address (a cap closes the
 //! extra connections opened under load as they come back, and that connect/close churn
 //! overflows an actor's listen backlog).
