@@ -213,7 +213,6 @@ pub struct Route {
     generation: u64,
     key: Arc<ActorKey>,
     addr: SocketAddr,
-    upstream: http::uri::Authority,
     host: Option<HeaderValue>,
     /// `X-Forwarded-For` and `Forwarded` for a request that brought neither.
     xff: HeaderValue,
@@ -228,12 +227,9 @@ impl Route {
         addr: SocketAddr,
         peer: SocketAddr,
     ) -> Result<Self, String> {
-        let upstream = http::uri::Authority::try_from(addr.to_string())
-            .map_err(|e| format!("actor {key} has an invalid address {addr}: {e}"))?;
         Ok(Self {
             authority: authority.to_string(),
             generation,
-            upstream,
             host: HeaderValue::from_str(authority).ok(),
             xff: HeaderValue::from_str(&peer.ip().to_string())
                 .map_err(|e| format!("client address {peer} as a header: {e}"))?,
@@ -370,10 +366,11 @@ impl Proxy {
         if websocket_over_h2 {
             websocket_h2_to_h1(&mut parts);
         }
+        // The request's own authority; the worker's address only if that is no header value.
         let host = route
             .host
             .clone()
-            .or_else(|| HeaderValue::from_str(route.upstream.as_str()).ok());
+            .or_else(|| HeaderValue::from_str(&addr.to_string()).ok());
         if let Some(h) = host {
             parts.headers.insert(header::HOST, h);
         }

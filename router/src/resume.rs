@@ -227,7 +227,8 @@ impl Waker {
             }
         }
         self.metrics.fresh_lookups.inc();
-        let deadline = tokio::time::Instant::now() + WATCH_CATCH_UP.min(self.timeout);
+        let wait = WATCH_CATCH_UP.min(self.timeout);
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Lookup::Actor(a) = self.table.lookup(key) {
                 return Ok(a);
@@ -240,8 +241,7 @@ impl Waker {
                     return Err(WakeError::ControlPlane {
                         key: key.clone(),
                         message: format!(
-                            "the actor exists but the router's watch has not delivered it within {:?}",
-                            WATCH_CATCH_UP.min(self.timeout)
+                            "the actor exists but the router's watch has not delivered it within {wait:?}"
                         ),
                     });
                 }

@@ -76,6 +76,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Not closed by the actor and not idle for longer than [`IDLE_TIMEOUT`].
+    fn usable(&self) -> bool {
+        !self.sender.is_closed() && self.since.elapsed() <= IDLE_TIMEOUT
+    }
+}
+
 /// The upstream connections of one proxy thread.
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
@@ -97,9 +104,8 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let mut req = req;
         if let Some(mut sender) = self.take_idle(addr).await {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.lease(addr, sender, resp)),
@@ -157,7 +163,7 @@ impl Pool {
                 }
                 idle?
             };
-            if idle.sender.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
+            if !idle.usable() {
                 continue;
             }
             let mut sender = idle.sender;
@@ -197,19 +203,9 @@ impl Pool {
     pub fn reap(&self) {
         let mut all = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         all.retain(|_, list| {
-            list.retain(|i| !i.sender.is_closed() && i.since.elapsed() <= IDLE_TIMEOUT);
+            list.retain(Idle::usable);
             !list.is_empty()
         });
-    }
-
-    /// Idle connections held (for tests and metrics).
-    pub fn idle_count(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(Vec::len)
-            .sum()
     }
 
     async fn connect(
