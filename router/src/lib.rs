@@ -43,9 +43,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -297,11 +295,7 @@ where
 }
 
 fn admin_text(status: u16, body: String, content_type: &'static str) -> Response<ProxyBody> {
-    let mut r = Response::new(
-        http_body_util::Full::new(Bytes::from(body))
-            .map_err(|never: std::convert::Infallible| match never {})
-            .boxed(),
-    );
+    let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
         r.headers_mut().insert(http::header::CONTENT_TYPE, v);

@@ -22,12 +22,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::activity::{Activity, Guard};
+use crate::activity::{Activity, Counters, Guard};
 use crate::host::{self, ActorKey, Suffix};
 use crate::metrics::Metrics;
 use crate::resume::{WakeError, Waker};
@@ -37,8 +35,52 @@ use crate::upstream::{Pool, PooledBody};
 /// Seconds a client is told to wait when no worker is free.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
-/// Response body type of the proxy.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// Response body of the proxy: a whole answer of its own, or the actor's, streamed (not
+/// boxed: one allocation less per request).
+pub enum ProxyBody {
+    Full(Option<Bytes>),
+    Upstream {
+        inner: PooledBody,
+        /// Keeps the actor active and the exchange counted until the body is sent or dropped
+        /// (a tunnel's task holds them instead).
+        _open: Option<(Guard, OpenExchange)>,
+    },
+}
+
+impl ProxyBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self::Full(Some(bytes.into()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut *self {
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(b) => b.is_none(),
+            Self::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
 
 /// Everything a request needs.
 pub struct Proxy {
@@ -51,7 +93,7 @@ pub struct Proxy {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the obsolete `Proxy-Connection`).
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -114,6 +156,11 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 
 /// Removes hop-by-hop headers; with `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages have none: one pass over the names (standard names compare as tags)
+    // instead of a lookup per hop-by-hop name.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     let upgrade = if keep_upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -212,6 +259,8 @@ pub struct Route {
     /// [`Table::generation`] it was looked up at.
     generation: u64,
     key: Arc<ActorKey>,
+    /// The actor's activity counters (held: no lookup per request).
+    activity: Arc<Counters>,
     addr: SocketAddr,
     host: Option<HeaderValue>,
     /// `X-Forwarded-For` and `Forwarded` for a request that brought neither.
@@ -224,6 +273,7 @@ impl Route {
         authority: &str,
         generation: u64,
         key: ActorKey,
+        activity: Arc<Counters>,
         addr: SocketAddr,
         peer: SocketAddr,
     ) -> Result<Self, String> {
@@ -235,6 +285,7 @@ impl Route {
                 .map_err(|e| format!("client address {peer} as a header: {e}"))?,
             forwarded: HeaderValue::from_str(&forwarded_element(peer, authority)).ok(),
             key: Arc::new(key),
+            activity,
             addr,
         })
     }
@@ -258,11 +309,7 @@ impl Route {
 
 /// A plain-text answer.
 pub fn text(status: u16, body: String) -> Response<ProxyBody> {
-    let mut r = Response::new(
-        http_body_util::Full::new(Bytes::from(body + "\n"))
-            .map_err(|never: Infallible| match never {})
-            .boxed(),
-    );
+    let mut r = Response::new(ProxyBody::full(body + "\n"));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -302,7 +349,7 @@ impl Proxy {
         let generation = self.table.generation();
         if let Some(route) = host::request_authority(&req).and_then(|a| conn.cached(a, generation))
         {
-            let guard = self.activity.begin(&route.key);
+            let guard = route.activity.begin();
             return self.forward(req, conn.peer, &route, guard).await;
         }
         let key = match host::actor_of(&req, &self.suffix) {
@@ -327,14 +374,15 @@ impl Proxy {
             },
         };
         let authority = host::request_authority(&req).unwrap_or_default();
-        let route = match Route::new(authority, generation, key, addr, conn.peer) {
+        let counters = self.activity.counters(&key);
+        let route = match Route::new(authority, generation, key, counters, addr, conn.peer) {
             Ok(r) => Arc::new(r),
             Err(message) => return text(502, message),
         };
         if warm {
             conn.remember(route.clone());
         }
-        let guard = self.activity.begin(&route.key);
+        let guard = route.activity.begin();
         self.forward(req, conn.peer, &route, guard).await
     }
 
@@ -424,23 +472,28 @@ impl Proxy {
             } else {
                 strip_hop_by_hop(&mut parts.headers, true);
             }
-            return Response::from_parts(parts, body.boxed());
+            return Response::from_parts(
+                parts,
+                ProxyBody::Upstream {
+                    inner: body,
+                    _open: None,
+                },
+            );
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         Response::from_parts(
             parts,
-            Guarded {
+            ProxyBody::Upstream {
                 inner: body,
-                _guard: (guard, open),
-            }
-            .boxed(),
+                _open: Some((guard, open)),
+            },
         )
     }
 }
 
 /// Counts an exchange (request in flight or tunnel) in the gauge while held.
-struct OpenExchange(prometheus_client::metrics::gauge::Gauge);
+pub struct OpenExchange(prometheus_client::metrics::gauge::Gauge);
 
 impl OpenExchange {
     fn new(m: &Metrics) -> Self {
@@ -452,32 +505,6 @@ impl OpenExchange {
 impl Drop for OpenExchange {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// A response body that keeps its actor active until it is fully sent (or dropped).
-struct Guarded {
-    inner: PooledBody,
-    _guard: (Guard, OpenExchange),
-}
-
-impl Body for Guarded {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

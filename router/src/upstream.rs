@@ -85,7 +85,8 @@ impl Idle {
 
 /// The upstream connections of one proxy thread.
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Keyed by worker address (from our own table, not from clients: a fast hash).
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>>,
     connect_timeout: Duration,
     open: Gauge,
 }
@@ -93,7 +94,7 @@ pub struct Pool {
 impl Pool {
     pub fn new(connect_timeout: Duration, metrics: &Metrics) -> Arc<Self> {
         Arc::new(Self {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::default()),
             connect_timeout,
             open: metrics.upstream_connections.clone(),
         })
