@@ -141,24 +141,31 @@ fn websocket_h2_to_h1(parts: &mut http::request::Parts) {
 
 /// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t == "upgrade")
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> + '_ {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .map(str::trim)
         .filter(|t| !t.is_empty())
 }
 
 /// Removes hop-by-hop headers; with `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages have none: one pass over the names (standard names compare as tags)
-    // instead of a lookup per hop-by-hop name.
-    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+    // One pass over the names (standard names compare as tags) finds the hop-by-hop ones
+    // present, usually none or `Connection: keep-alive`; only those are looked up again.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     let upgrade = if keep_upgrade {
@@ -166,14 +173,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         None
     };
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<String> = connection_tokens(headers).collect();
-        for name in &listed {
-            headers.remove(name.as_str());
-        }
+    // Headers the `Connection` header names (RFC 9110 §7.6.1), beyond the usual options.
+    let listed: Vec<String> = connection_tokens(headers)
+        .filter(|t| {
+            !["keep-alive", "close", "upgrade"]
+                .iter()
+                .any(|o| t.eq_ignore_ascii_case(o))
+        })
+        .map(str::to_ascii_lowercase)
+        .collect();
+    for name in &listed {
+        headers.remove(name.as_str());
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if let Some(u) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
