@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks the router of a RUNNING system (hack/up.sh) against the demo actor `hello`:
 #
-# 1. proxy overhead on a warm actor: substrate-loadgen (tests/src/bin/substrate-loadgen.rs)
+# 1. proxy overhead on a warm actor: substrate-loadgen (loadgen/src/main.rs)
 #    runs the same closed loop against the actor's worker directly and through the router,
 #    at 1, 16 and 256 connections, one after the other in one run; it prints requests/s,
 #    latency p50/p99 and the router's added latency and throughput ratio;
@@ -105,8 +105,8 @@ main() {
   source "$ENDPOINTS_FILE"
   ensure_kubectl
   ensure_rust
-  log "cargo build --release -p e2e --bin substrate-loadgen"
-  (cd "$ROOT" && cargo build --release -p e2e --bin substrate-loadgen) || die "building substrate-loadgen failed"
+  log "cargo build --release -p loadgen"
+  (cd "$ROOT" && cargo build --release -p loadgen) || die "building substrate-loadgen failed"
   local loadgen="${CARGO_TARGET_DIR:-$ROOT/target}/release/substrate-loadgen"
 
   section "machine"
