@@ -3,14 +3,17 @@
 #
 # 1. proxy overhead on a warm actor: substrate-loadgen (loadgen/src/main.rs)
 #    runs the same closed loop against the actor's worker directly and through the router,
-#    at 1, 16 and 256 connections, one after the other in one run; it prints requests/s,
-#    latency p50/p99 and the router's added latency and throughput ratio;
+#    at 1, 16 and 256 connections, in one run: each target's time is cut into rounds run in
+#    rotating order, so the machine's drift hits every target alike; it prints requests/s,
+#    latency p50/p99 and the router's added latency and throughput ratio (median of the
+#    rounds, with their range);
 # 2. cold wake: ROUNDS times, the actor is suspended, then one request goes through the
 #    router; curl's time to first byte is printed beside the executor's restore time
 #    (runsc restore + network, from its log) and the router's wake time (from its log).
 #
 #   hack/bench-router.sh                                 everything (~1 min)
-#   SUBSTRATE_BENCH_DURATION=10s hack/bench-router.sh    longer load phases
+#   SUBSTRATE_BENCH_DURATION=10s hack/bench-router.sh    longer load phases (per target and level)
+#   SUBSTRATE_BENCH_LOAD_ROUNDS=10 hack/bench-router.sh  more, shorter slices (default 5)
 #   SUBSTRATE_BENCH_CONNECTIONS=1,16 ROUNDS=3 hack/bench-router.sh
 #   SUBSTRATE_BENCH_PIN=1 hack/bench-router.sh        sandboxes on CPU 1, router + load on CPU 0
 #   SUBSTRATE_BENCH_HAPROXY=0 hack/bench-router.sh     without the HAProxy reference
@@ -34,7 +37,7 @@ ATESPACE=demo
 HOST="$ACTOR.$ATESPACE.actors.resources.substrate.ate.dev"
 
 usage() {
-  sed -n '2,25s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,/^# Figures/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 k() { "$KUBECTL" --kubeconfig "$SUBSTRATE_KUBECONFIG" --request-timeout=20s "$@"; }
@@ -154,7 +157,8 @@ main() {
   reqs0="$(router_requests)"
   "${pin[@]}" "$loadgen" "${targets[@]}" \
     --connections "${SUBSTRATE_BENCH_CONNECTIONS:-1,16,256}" \
-    --duration "${SUBSTRATE_BENCH_DURATION:-5s}" --warmup 1s --path /healthz
+    --duration "${SUBSTRATE_BENCH_DURATION:-5s}" --rounds "${SUBSTRATE_BENCH_LOAD_ROUNDS:-5}" \
+    --warmup 500ms --path /healthz
   awk -v t="$(($(router_ticks "$rpid") - ticks0))" -v r="$(($(router_requests) - reqs0))" -v hz="$(getconf CLK_TCK)" \
     'BEGIN { if (r > 0) printf "  router CPU per proxied request: %.1f µs (%d requests)\n", t / hz * 1e6 / r, r }'
   if [[ -n "${SUBSTRATE_BENCH_PIN:-}" ]]; then
