@@ -304,7 +304,10 @@ impl Versus {
         self.ratios.iter().copied().fold(f64::INFINITY, f64::min)
     }
     fn ratio_max(&self) -> f64 {
-        self.ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        self.ratios
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
     }
 }
 
@@ -338,7 +341,10 @@ mod tests {
     #[test]
     fn targets_parse_and_bad_ones_are_named() {
         let t = parse_target("router=127.0.0.1:8080@a.b.example").unwrap();
-        assert_eq!((t.name.as_str(), t.host.as_str()), ("router", "a.b.example"));
+        assert_eq!(
+            (t.name.as_str(), t.host.as_str()),
+            ("router", "a.b.example")
+        );
         assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
         let e = parse_target("direct=nowhere").unwrap_err().to_string();
         assert!(e.contains("\"nowhere\" is not an IP:port"), "{e}");
