@@ -280,6 +280,29 @@ fn read_recorded_image(dir: &Path, template: &ActorTemplate) -> Option<String> {
     recorded_image_of(&meta, template)
 }
 
+/// A record this young may belong to an actor the watch has not delivered yet.
+const IMAGE_RECORD_GRACE: Duration = Duration::from_secs(60);
+
+/// The image records in `dir` (`<uid>` files) whose actor is not in `known` (the actors bound
+/// to this node) and that are older than `grace`.
+fn stale_image_records(dir: &Path, known: &HashSet<String>, grace: Duration) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| !known.contains(e.file_name().to_string_lossy().as_ref()))
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= grace)
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
 fn from_crd_snapshot(s: &crds::substrate::SnapshotRef) -> Option<SnapshotRef> {
     SnapshotRef::try_from(s).ok()
 }
@@ -577,7 +600,34 @@ impl Agent {
                 self.kill_stray_sandbox(name, s, actors).await;
             }
         }
+        self.prune_image_records(actors);
         self.retire_workers(&desired).await
+    }
+
+    /// Removes the image records of actors this node no longer runs (deleted while running,
+    /// or whose sandbox was lost and the actor rescued elsewhere): only once the actor watch
+    /// has listed, so an empty store never wipes the records of running actors.
+    fn prune_image_records(&self, actors: &Store<Actor>) {
+        use futures::FutureExt as _;
+        if !matches!(actors.wait_until_ready().now_or_never(), Some(Ok(()))) {
+            return;
+        }
+        let known: HashSet<String> = actors
+            .state()
+            .iter()
+            .filter_map(|a| a.metadata.uid.clone())
+            .collect();
+        let dir = self.cfg.state_dir.join("images-running");
+        for f in stale_image_records(&dir, &known, IMAGE_RECORD_GRACE) {
+            match std::fs::remove_file(&f) {
+                Ok(()) => {
+                    tracing::debug!(file = %f.display(), "removed the image record of an actor no longer here")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %f.display(), error = %e, "could not remove a stale image record")
+                }
+            }
+        }
     }
 
     /// Scale-down: this node's workers no longer desired (fewer replicas, pool deleted)
@@ -1349,6 +1399,26 @@ async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_records_of_actors_no_longer_here_are_stale_after_a_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(120);
+        for (uid, age) in [
+            ("running", Some(old)),
+            ("deleted", Some(old)),
+            ("fresh", None),
+        ] {
+            let f = std::fs::File::create(dir.path().join(uid)).unwrap();
+            if let Some(t) = age {
+                f.set_modified(t).unwrap();
+            }
+        }
+        let known: HashSet<String> = ["running".to_string()].into();
+        let stale = stale_image_records(dir.path(), &known, Duration::from_secs(60));
+        assert_eq!(stale, vec![dir.path().join("deleted")]);
+        assert!(stale_image_records(&dir.path().join("none"), &known, Duration::ZERO).is_empty());
+    }
 
     #[test]
     fn images_are_pinned_by_digest() {
