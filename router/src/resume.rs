@@ -103,6 +103,18 @@ pub const WATCH_CATCH_UP: Duration = Duration::from_secs(10);
 
 type Flight = Shared<BoxFuture<'static, Result<SocketAddr, WakeError>>>;
 
+/// What the apiserver said of a name the table does not know.
+#[derive(Debug, Clone)]
+enum Confirmed {
+    Exists,
+    Missing,
+    /// It could not be asked (the error, for the log).
+    Unknown(String),
+}
+
+/// A GET in flight: when it started, and its answer.
+type Confirming = (Instant, Shared<BoxFuture<'static, Confirmed>>);
+
 /// Wakes actors, one flight per actor.
 pub struct Waker {
     client: kube::Client,
@@ -111,6 +123,9 @@ pub struct Waker {
     timeout: Duration,
     connect_timeout: Duration,
     flights: Mutex<HashMap<ActorKey, Flight>>,
+    /// GETs in flight for names the table does not know, one per name, shared by the
+    /// requests that want it ([`Waker::find_fresh`]).
+    confirming: Mutex<HashMap<ActorKey, Confirming>>,
     /// Bounds the apiserver GETs for names the table does not know ([`Waker::find_fresh`]),
     /// so traffic for made-up names cannot load the control plane.
     confirms: Arc<tokio::sync::Semaphore>,
@@ -152,6 +167,7 @@ impl Waker {
             timeout,
             connect_timeout,
             flights: Mutex::new(HashMap::new()),
+            confirming: Mutex::new(HashMap::new()),
             confirms: Arc::new(tokio::sync::Semaphore::new(MAX_CONFIRMS)),
             runtime: tokio::runtime::Handle::current(),
         })
@@ -193,37 +209,32 @@ impl Waker {
 
     /// The actor `key` names, when the table does not know it (`miss`, its 404): an actor
     /// created a moment ago may not have reached the watch yet, so one GET asks the apiserver
-    /// and, if the actor exists, the request waits for the watch to deliver it. The 404
-    /// stands when the apiserver has no such actor, cannot be asked, or already has
-    /// [`MAX_CONFIRMS`] of these GETs in flight.
+    /// (one per name, shared by all the requests for it) and, if the actor exists, the
+    /// request waits for the watch to deliver it. The 404 stands when the apiserver has no
+    /// such actor, cannot be asked, or already has [`MAX_CONFIRMS`] of these GETs in flight
+    /// for other names.
     pub async fn find_fresh(
         self: &Arc<Self>,
         key: &ActorKey,
         miss: WakeError,
     ) -> Result<Arc<Actor>, WakeError> {
-        let Ok(permit) = self.confirms.clone().try_acquire_owned() else {
-            return Err(miss);
-        };
+        // Subscribed before asking: a watch event during the GET is not missed.
         let mut changes = self.table.subscribe();
-        let api: Api<Actor> = Api::namespaced(self.client.clone(), &key.atespace);
-        let name = key.name.clone();
-        let got = self
-            .runtime
-            .spawn(async move {
-                let _permit = permit;
-                api.get_opt(&name).await
-            })
-            .await;
-        match got {
-            Ok(Ok(Some(_))) => {}
-            Ok(Ok(None)) => return Err(miss),
-            Ok(Err(e)) => {
-                tracing::debug!(atespace = %key.atespace, actor = %key.name, error = %e, "confirming a missing actor failed");
+        let arrived = Instant::now();
+        loop {
+            let Some((started, answer)) = self.confirming(key) else {
                 return Err(miss);
-            }
-            Err(e) => {
-                tracing::debug!(atespace = %key.atespace, actor = %key.name, error = %e, "confirming a missing actor ended");
-                return Err(miss);
+            };
+            match answer.await {
+                Confirmed::Exists => break,
+                // A GET sent before this request came may predate the create the client
+                // saw succeed: ask again (once: the next GET starts after `arrived`).
+                Confirmed::Missing if started < arrived => {}
+                Confirmed::Missing => return Err(miss),
+                Confirmed::Unknown(error) => {
+                    tracing::debug!(atespace = %key.atespace, actor = %key.name, %error, "confirming a missing actor failed");
+                    return Err(miss);
+                }
             }
         }
         self.metrics.fresh_lookups.inc();
@@ -247,6 +258,42 @@ impl Waker {
                 }
             }
         }
+    }
+
+    /// The GET for `key` in flight, or a new one; `None` when [`MAX_CONFIRMS`] are in flight.
+    /// It runs as a task of its own, so it ends (and leaves the map) even when every request
+    /// waiting for it has gone.
+    fn confirming(self: &Arc<Self>, key: &ActorKey) -> Option<Confirming> {
+        let mut confirming = self.confirming.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = confirming.get(key) {
+            return Some(c.clone());
+        }
+        let started = Instant::now();
+        let permit = self.confirms.clone().try_acquire_owned().ok()?;
+        let api: Api<Actor> = Api::namespaced(self.client.clone(), &key.atespace);
+        let this = self.clone();
+        let k = key.clone();
+        let task = self.runtime.spawn(async move {
+            let got = api.get_opt(&k.name).await;
+            this.confirming
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&k);
+            drop(permit);
+            match got {
+                Ok(Some(_)) => Confirmed::Exists,
+                Ok(None) => Confirmed::Missing,
+                Err(e) => Confirmed::Unknown(e.to_string()),
+            }
+        });
+        let c = async move {
+            task.await
+                .unwrap_or_else(|e| Confirmed::Unknown(format!("the lookup task ended: {e}")))
+        }
+        .boxed()
+        .shared();
+        confirming.insert(key.clone(), (started, c.clone()));
+        Some((started, c))
     }
 
     async fn run(&self, key: &ActorKey) -> Result<SocketAddr, WakeError> {

@@ -555,6 +555,44 @@ async fn a_request_right_after_the_create_finds_the_new_actor() {
     r.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_right_after_the_create_shares_one_lookup() {
+    let w = world().await;
+    let slow = w.slow_client(Duration::from_millis(300)).await;
+    let r = w.router_via(slow, WAKE).await;
+    w.actor("burst", "t", "OnDemand").await;
+    // More requests than lookups may be in flight: they share one GET, so none is refused.
+    let n = router::resume::MAX_CONFIRMS * 2 + 8;
+    let reqs = (0..n).map(|_| send(r.http_addr, get("/", &host("burst"))));
+    for res in futures::future::join_all(reqs).await {
+        let (status, _, body) = res.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_sent_before_the_create_is_not_trusted_by_a_request_after_it() {
+    let w = world().await;
+    let slow = w.slow_client(Duration::from_millis(300)).await;
+    let r = w.router_via(slow, WAKE).await;
+    // A first lookup opens the router's connection for GETs (its TLS handshake through the
+    // relay takes several delayed round trips); the next GET goes out at once on it.
+    let (status, _, _) = send(r.http_addr, get("/", &host("ghost"))).await.unwrap();
+    assert_eq!(status, 404);
+    // A request for a name that does not exist yet: its GET is answered "not found" at once,
+    // and the answer reaches the router 300 ms later.
+    let early = tokio::spawn(send(r.http_addr, get("/", &host("late"))));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    w.actor("late", "t", "OnDemand").await;
+    // This request comes after the create; the GET in flight predates it.
+    let (status, _, body) = send(r.http_addr, get("/", &host("late"))).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = early.await.unwrap().unwrap();
+    assert_eq!(status, 404, "asked before the create: {body}");
+    r.stop().await;
+}
+
 /// Template `raw`: actors served by the raw-TCP actor on `port`.
 async fn raw_template(w: &support::World, port: u16) {
     support::create(
