@@ -524,8 +524,7 @@ async fn a_request_right_after_the_create_finds_the_new_actor() {
     let w = world().await;
     // The router's watch runs 300 ms behind the apiserver, so the table cannot know an actor
     // created just before the request: only asking the apiserver finds it.
-    let slow = w.slow_client(Duration::from_millis(300)).await;
-    let r = w.router_via(slow, WAKE).await;
+    let r = w.lagging_router(Duration::from_millis(300), WAKE).await;
     w.actor("fresh", "t", "OnDemand").await;
     let (status, _, body) = send(r.http_addr, get("/", &host("fresh"))).await.unwrap();
     assert_eq!(status, 200, "{body}");
@@ -558,8 +557,7 @@ async fn a_request_right_after_the_create_finds_the_new_actor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_right_after_the_create_shares_one_lookup() {
     let w = world().await;
-    let slow = w.slow_client(Duration::from_millis(300)).await;
-    let r = w.router_via(slow, WAKE).await;
+    let r = w.lagging_router(Duration::from_millis(300), WAKE).await;
     w.actor("burst", "t", "OnDemand").await;
     // More requests than lookups may be in flight: they share one GET, so none is refused.
     let n = router::resume::MAX_CONFIRMS * 2 + 8;
@@ -574,8 +572,7 @@ async fn a_burst_right_after_the_create_shares_one_lookup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_sent_before_the_create_is_not_trusted_by_a_request_after_it() {
     let w = world().await;
-    let slow = w.slow_client(Duration::from_millis(300)).await;
-    let r = w.router_via(slow, WAKE).await;
+    let r = w.lagging_router(Duration::from_millis(300), WAKE).await;
     // A first lookup opens the router's connection for GETs (its TLS handshake through the
     // relay takes several delayed round trips); the next GET goes out at once on it.
     let (status, _, _) = send(r.http_addr, get("/", &host("ghost"))).await.unwrap();

@@ -330,6 +330,13 @@ impl World {
         kube::Client::try_from(config).expect("client")
     }
 
+    /// Starts an in-process router whose apiserver answers (watch events too) arrive `delay`
+    /// late ([`World::slow_client`]): its table cannot know an actor created just before.
+    pub async fn lagging_router(&self, delay: Duration, wake_timeout: Duration) -> router::Running {
+        let slow = self.slow_client(delay).await;
+        self.router_via(slow, wake_timeout).await
+    }
+
     /// Starts an in-process router that talks to the apiserver through `client`.
     pub async fn router_via(
         &self,
