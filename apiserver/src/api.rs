@@ -337,8 +337,10 @@ async fn resource(
     let res = rr.res;
     let ns = rr.namespace.as_deref();
     let name = rr.name.as_deref();
-    let action = matches!(rr.subresource.as_deref(), Some("resume" | "suspend"))
-        && res.kind_id == ACTORS.kind_id;
+    let action = matches!(
+        rr.subresource.as_deref(),
+        Some("resume" | "suspend" | "reset")
+    ) && res.kind_id == ACTORS.kind_id;
     if let Some(sub) = rr.subresource.as_deref()
         && !(sub == "status" && res.has_status)
         && !action
@@ -371,6 +373,11 @@ async fn resource(
                 crate::scheduler::Resumed::Bound(a) => encode(output_for_write(output), 200, &a),
                 crate::scheduler::Resumed::Waiting(a) => encode(output_for_write(output), 202, &a),
             },
+            Some("reset") => encode(
+                output_for_write(output),
+                200,
+                &state.scheduler.reset(ns, name).await?,
+            ),
             _ => encode(
                 output_for_write(output),
                 200,

@@ -207,10 +207,10 @@ fn resource_discovery(r: &ResourceInfo) -> Value {
     d
 }
 
-/// Imperative actions served as POST subresources (the scheduler's resume and suspend).
+/// Imperative actions served as POST subresources (the scheduler's resume, suspend, reset).
 fn action_subresources(r: &ResourceInfo) -> &'static [&'static str] {
     if r.kind_id == crds::resources::ACTORS.kind_id {
-        &["resume", "suspend"]
+        &["resume", "suspend", "reset"]
     } else {
         &[]
     }
@@ -449,6 +449,7 @@ mod tests {
                 "actors/status",
                 "actors/resume",
                 "actors/suspend",
+                "actors/reset",
                 "workers",
                 "workers/status"
             ]

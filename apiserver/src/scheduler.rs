@@ -442,6 +442,39 @@ impl Scheduler {
             .ok_or_else(|| ApiError::not_found(&ACTORS, name))
     }
 
+    /// Forgets a settled actor's snapshot (its memory and filesystem) and the image it ran:
+    /// its next resume boots from its template as the template is now (the golden snapshot of
+    /// its current generation, or a cold boot). This is how a suspended actor moves onto its
+    /// template's new image; its name, spec and labels stay. Refused (409) while the actor
+    /// runs or is between states: suspend it first.
+    pub async fn reset(&self, ns: &str, name: &str) -> Result<Value, ApiError> {
+        let mut busy = None;
+        let out = self
+            .registry
+            .guaranteed_update(&ACTORS, Some(ns), name, |cur| {
+                busy = None;
+                let p = phase(cur);
+                if matches!(p, "Running" | "Resuming" | "Suspending") {
+                    busy = Some(p.to_string());
+                    return None;
+                }
+                let mut new = cur.clone();
+                let status = new.get_mut("status")?.as_object_mut()?;
+                let had = status.remove("snapshot").is_some() | status.remove("image").is_some();
+                had.then_some(new)
+            })
+            .await?
+            .ok_or_else(|| ApiError::not_found(&ACTORS, name))?;
+        match busy {
+            Some(p) => Err(ApiError::conflict_msg(
+                &ACTORS,
+                name,
+                &format!("the actor is {p}: suspend it first, then reset it"),
+            )),
+            None => Ok(out),
+        }
+    }
+
     /// One pass: binds waiting actors while free workers exist (oldest request first) and
     /// releases orphaned workers.
     pub async fn pass(&self) -> Result<(), ApiError> {

@@ -361,3 +361,52 @@ fn stale_or_unhealthy_workers_are_not_used_and_orphans_are_released() {
     // The bound worker of a1 points back: it is never marked.
     assert!(condition(&get(&w, &format!("{API}/workers/good")), "Orphaned").is_none());
 }
+
+#[test]
+fn reset_forgets_a_suspended_actors_snapshot_and_refuses_a_running_one() {
+    let Some(w) = support::world() else { return };
+    setup(&w, 1);
+    actor(&w, "old");
+    let r = resume(&w, "old");
+    assert_eq!(r.code, 200, "{}", r.body);
+    merge_status(
+        &w,
+        &actor_path("old"),
+        &json!({"phase": "Running", "image": "127.0.0.1:5000/counter@sha256:01"}),
+    );
+    // Running: refused, with what to do, and nothing written.
+    let rv = w.actors_rv();
+    let r = w.http("POST", &format!("{}/reset", actor_path("old")), None);
+    assert_eq!(r.code, 409, "{}", r.body);
+    assert!(
+        r.message()
+            .contains("the actor is Running: suspend it first"),
+        "{}",
+        r.body
+    );
+    assert_eq!(w.actors_rv(), rv, "a refused reset writes nothing");
+    // Suspended with a snapshot: the snapshot and the image it ran are forgotten.
+    let r = w.http("POST", &format!("{}/suspend", actor_path("old")), None);
+    assert_eq!(r.code, 200, "{}", r.body);
+    finish_suspend(&w, "old");
+    let before = get(&w, &actor_path("old"));
+    assert_eq!(before["status"]["snapshot"]["uri"], "file:///tmp/snap/1");
+    let r = w.http("POST", &format!("{}/reset", actor_path("old")), None);
+    assert_eq!(r.code, 200, "{}", r.body);
+    let after = r.json();
+    assert!(after["status"].get("snapshot").is_none(), "{}", r.body);
+    assert!(after["status"].get("image").is_none(), "{}", r.body);
+    assert_eq!(after["status"]["phase"], "Suspended");
+    assert_eq!(after["spec"], before["spec"], "the spec stays");
+    assert_eq!(get(&w, &actor_path("old"))["status"], after["status"]);
+    // Again: nothing left to forget, nothing written.
+    let rv = w.actors_rv();
+    let r = w.http("POST", &format!("{}/reset", actor_path("old")), None);
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(w.actors_rv(), rv);
+    // Only POST; unknown actors 404.
+    let r = w.http("GET", &format!("{}/reset", actor_path("old")), None);
+    assert_eq!(r.code, 405, "{}", r.body);
+    let r = w.http("POST", &format!("{}/reset", actor_path("ghost")), None);
+    assert_eq!(r.code, 404, "{}", r.body);
+}

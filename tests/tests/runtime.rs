@@ -558,4 +558,16 @@ fn a_suspended_actor_restores_onto_the_image_it_ran_when_the_template_changed() 
     sys.wait_phase("newcomer", "Running");
     assert_eq!(resumed_image(&sys, "newcomer"), v2);
     assert_eq!(sys.actor("newcomer")["status"]["image"], v2);
+
+    // `reset` moves the suspended actor onto the new image: its snapshot is forgotten, so
+    // its next resume boots from the template as it is now (memory and files start afresh).
+    sys.action("keeper", "suspend");
+    sys.wait_phase("keeper", "Suspended");
+    let reset = sys.action("keeper", "reset");
+    assert!(reset["status"].get("snapshot").is_none(), "{reset}");
+    sys.action("keeper", "resume");
+    let running = sys.wait_phase("keeper", "Running");
+    assert_eq!(count(&running), 1, "a fresh process");
+    assert_eq!(resumed_image(&sys, "keeper"), v2);
+    assert_eq!(sys.actor("keeper")["status"]["image"], v2);
 }
