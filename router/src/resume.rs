@@ -101,7 +101,59 @@ pub const MAX_CONFIRMS: usize = 16;
 /// watch to deliver it.
 pub const WATCH_CATCH_UP: Duration = Duration::from_secs(10);
 
-type Flight = Shared<BoxFuture<'static, Result<SocketAddr, WakeError>>>;
+/// Work in flight for an actor: when it started, and its outcome, shared.
+type Flight<V> = (Instant, Shared<BoxFuture<'static, V>>);
+
+/// Work per actor shared by every request that asks for it while it runs (single flight).
+/// Each flight is a task of its own, so it ends, and leaves the map, even when every request
+/// waiting for it has gone.
+struct Flights<V> {
+    running: Mutex<HashMap<ActorKey, Flight<V>>>,
+}
+
+impl<V: Clone + Send + Sync + 'static> Flights<V> {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The flight for `key`, or a new one running `start`'s work on `runtime` (`None` when
+    /// `start` gives none). `ended` is the outcome of a task that panicked or was cancelled.
+    fn join_or_start<F>(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        key: &ActorKey,
+        start: impl FnOnce() -> Option<F>,
+        ended: fn(&ActorKey, String) -> V,
+    ) -> Option<Flight<V>>
+    where
+        F: std::future::Future<Output = V> + Send + 'static,
+    {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = running.get(key) {
+            return Some(f.clone());
+        }
+        // Before the work can begin: a flight never started later than its work did.
+        let started = Instant::now();
+        let work = start()?;
+        let this = self.clone();
+        let k = key.clone();
+        let task = runtime.spawn(async move {
+            let out = work.await;
+            this.running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&k);
+            out
+        });
+        let k = key.clone();
+        let outcome = async move { task.await.unwrap_or_else(|e| ended(&k, e.to_string())) };
+        let flight = (started, outcome.boxed().shared());
+        running.insert(key.clone(), flight.clone());
+        Some(flight)
+    }
+}
 
 /// What the apiserver said of a name the table does not know.
 #[derive(Debug, Clone)]
@@ -112,9 +164,6 @@ enum Confirmed {
     Unknown(String),
 }
 
-/// A GET in flight: when it started, and its answer.
-type Confirming = (Instant, Shared<BoxFuture<'static, Confirmed>>);
-
 /// Wakes actors, one flight per actor.
 pub struct Waker {
     client: kube::Client,
@@ -122,10 +171,10 @@ pub struct Waker {
     metrics: Arc<Metrics>,
     timeout: Duration,
     connect_timeout: Duration,
-    flights: Mutex<HashMap<ActorKey, Flight>>,
+    flights: Arc<Flights<Result<SocketAddr, WakeError>>>,
     /// GETs in flight for names the table does not know, one per name, shared by the
     /// requests that want it ([`Waker::find_fresh`]).
-    confirming: Mutex<HashMap<ActorKey, Confirming>>,
+    confirming: Arc<Flights<Confirmed>>,
     /// Bounds the apiserver GETs for names the table does not know ([`Waker::find_fresh`]),
     /// so traffic for made-up names cannot load the control plane.
     confirms: Arc<tokio::sync::Semaphore>,
@@ -166,8 +215,8 @@ impl Waker {
             metrics,
             timeout,
             connect_timeout,
-            flights: Mutex::new(HashMap::new()),
-            confirming: Mutex::new(HashMap::new()),
+            flights: Flights::new(),
+            confirming: Flights::new(),
             confirms: Arc::new(tokio::sync::Semaphore::new(MAX_CONFIRMS)),
             runtime: tokio::runtime::Handle::current(),
         })
@@ -175,34 +224,20 @@ impl Waker {
 
     /// Wakes `key` (or joins the wake in progress) and returns where it serves.
     pub async fn wake(self: &Arc<Self>, key: &ActorKey) -> Result<SocketAddr, WakeError> {
-        let flight = {
-            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-            flights
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    let this = self.clone();
-                    let k = key.clone();
-                    let task = self.runtime.spawn(async move {
-                        let out = this.run(&k).await;
-                        this.flights
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&k);
-                        out
-                    });
-                    let k = key.clone();
-                    async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(WakeError::ControlPlane {
-                                key: k,
-                                message: format!("wake task ended: {e}"),
-                            })
-                        })
-                    }
-                    .boxed()
-                    .shared()
+        let start = || {
+            let (this, k) = (self.clone(), key.clone());
+            Some(async move { this.run(&k).await })
+        };
+        let started = self
+            .flights
+            .join_or_start(&self.runtime, key, start, |key, e| {
+                Err(WakeError::ControlPlane {
+                    key: key.clone(),
+                    message: format!("wake task ended: {e}"),
                 })
-                .clone()
+            });
+        let Some((_, flight)) = started else {
+            unreachable!("a wake always starts when none is in flight")
         };
         flight.await
     }
@@ -261,39 +296,25 @@ impl Waker {
     }
 
     /// The GET for `key` in flight, or a new one; `None` when [`MAX_CONFIRMS`] are in flight.
-    /// It runs as a task of its own, so it ends (and leaves the map) even when every request
-    /// waiting for it has gone.
-    fn confirming(self: &Arc<Self>, key: &ActorKey) -> Option<Confirming> {
-        let mut confirming = self.confirming.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = confirming.get(key) {
-            return Some(c.clone());
-        }
-        let started = Instant::now();
-        let permit = self.confirms.clone().try_acquire_owned().ok()?;
-        let api: Api<Actor> = Api::namespaced(self.client.clone(), &key.atespace);
-        let this = self.clone();
-        let k = key.clone();
-        let task = self.runtime.spawn(async move {
-            let got = api.get_opt(&k.name).await;
-            this.confirming
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&k);
-            drop(permit);
-            match got {
-                Ok(Some(_)) => Confirmed::Exists,
-                Ok(None) => Confirmed::Missing,
-                Err(e) => Confirmed::Unknown(e.to_string()),
-            }
-        });
-        let c = async move {
-            task.await
-                .unwrap_or_else(|e| Confirmed::Unknown(format!("the lookup task ended: {e}")))
-        }
-        .boxed()
-        .shared();
-        confirming.insert(key.clone(), (started, c.clone()));
-        Some((started, c))
+    fn confirming(self: &Arc<Self>, key: &ActorKey) -> Option<Flight<Confirmed>> {
+        let start = || {
+            let permit = self.confirms.clone().try_acquire_owned().ok()?;
+            let api: Api<Actor> = Api::namespaced(self.client.clone(), &key.atespace);
+            let name = key.name.clone();
+            Some(async move {
+                let got = api.get_opt(&name).await;
+                drop(permit);
+                match got {
+                    Ok(Some(_)) => Confirmed::Exists,
+                    Ok(None) => Confirmed::Missing,
+                    Err(e) => Confirmed::Unknown(e.to_string()),
+                }
+            })
+        };
+        self.confirming
+            .join_or_start(&self.runtime, key, start, |_, e| {
+                Confirmed::Unknown(format!("the lookup task ended: {e}"))
+            })
     }
 
     async fn run(&self, key: &ActorKey) -> Result<SocketAddr, WakeError> {
