@@ -617,8 +617,7 @@ impl Agent {
             .iter()
             .filter_map(|a| a.metadata.uid.clone())
             .collect();
-        let dir = self.cfg.state_dir.join("images-running");
-        for f in stale_image_records(&dir, &known, IMAGE_RECORD_GRACE) {
+        for f in stale_image_records(&self.run_image_dir(), &known, IMAGE_RECORD_GRACE) {
             match std::fs::remove_file(&f) {
                 Ok(()) => {
                     tracing::debug!(file = %f.display(), "removed the image record of an actor no longer here")
@@ -891,9 +890,14 @@ impl Agent {
         Ok((spec, pin_image(reference, &rootfs.manifest_digest)))
     }
 
-    /// Where the image an actor's sandbox runs is remembered (survives an agent restart).
+    /// Where the images the sandboxes run are remembered, a file per actor uid (survives an
+    /// agent restart).
+    fn run_image_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("images-running")
+    }
+
     fn run_image_file(&self, uid: &str) -> PathBuf {
-        self.cfg.state_dir.join("images-running").join(uid)
+        self.run_image_dir().join(uid)
     }
 
     fn remember_image(&self, uid: &str, image: &str) {
