@@ -190,9 +190,7 @@ async fn run_level(t: &Target, conns: usize, duration: Duration, args: &Args) ->
     };
     for task in tasks {
         if let Ok(o) = task.await {
-            total.ok += o.ok;
-            total.errors += o.errors;
-            total.latencies_us.extend(o.latencies_us);
+            total.absorb(o);
         }
     }
     total.latencies_us.sort_unstable();
@@ -220,8 +218,7 @@ async fn main() -> Result<()> {
             let mut this = vec![(f64::NAN, f64::NAN); targets.len()];
             for k in 0..targets.len() {
                 let i = (r + k) % targets.len();
-                let mut o = run_level(&targets[i], c, slice, &args).await;
-                o.latencies_us.sort_unstable();
+                let o = run_level(&targets[i], c, slice, &args).await;
                 this[i] = (o.rps(), o.pct(0.5));
                 merged[i].absorb(o);
             }
