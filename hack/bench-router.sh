@@ -6,7 +6,8 @@
 #    at 1, 16 and 256 connections, in one run: each target's time is cut into rounds run in
 #    rotating order, so the machine's drift hits every target alike; it prints requests/s,
 #    latency p50/p99 and the router's added latency and throughput ratio (median of the
-#    rounds, with their range);
+#    rounds, with their range); then the router's and HAProxy's CPU per proxied request,
+#    user and system (/proc ticks over each one's request counter);
 # 2. cold wake: ROUNDS times, the actor is suspended, then one request goes through the
 #    router; curl's time to first byte is printed beside the executor's restore time
 #    (runsc restore + network, from its log) and the router's wake time (from its log).
@@ -69,6 +70,10 @@ frontend fe
     default_backend actor
 backend actor
     server worker $1
+frontend stats
+    bind 127.0.0.1:$((HAPROXY_PORT + 1))
+    stats enable
+    stats uri /stats
 CFG
   stop_haproxy
   haproxy -D -f "$HAPROXY_DIR/haproxy.cfg" -p "$HAPROXY_DIR/haproxy.pid" || die "haproxy did not start"
@@ -92,9 +97,23 @@ restore_idle() {
   stop_haproxy
 }
 
-router_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# cpu_ticks PID: its user and system CPU time so far (clock ticks, all threads, from /proc).
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 router_requests() {
   curl -fsS "http://127.0.0.1:$ROUTER_ADMIN_PORT/metrics" | awk '/^substrate_router_requests_total/ {s += $2} END {printf "%d\n", s}'
+}
+# HAProxy's request count on the proxied frontend (its stats page, CSV `req_tot`).
+haproxy_requests() {
+  curl -fsS "http://127.0.0.1:$((HAPROXY_PORT + 1))/stats;csv" |
+    awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "req_tot") c = i }
+             $1 == "fe" && $2 == "FRONTEND" { print $c }'
+}
+# cpu_per_request NAME "USER0 SYS0" "USER1 SYS1" REQUESTS: CPU per proxied request, split.
+cpu_per_request() {
+  awk -v name="$1" -v a="$2" -v b="$3" -v r="$4" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    split(a, x, " "); split(b, y, " "); u = (y[1] - x[1]) / hz * 1e6; s = (y[2] - x[2]) / hz * 1e6
+    if (r > 0) printf "  %s CPU per proxied request: %.1f µs (user %.1f + system %.1f; %d requests)\n", name, (u + s) / r, u / r, s / r, r
+  }'
 }
 
 main() {
@@ -149,18 +168,26 @@ main() {
     pin=(taskset -c 0)
     log "pinned: sandboxes on CPU 1, router and load generator on CPU 0"
   fi
-  # The router's CPU per request it proxied: its CPU time (user + system, clock ticks from
-  # /proc) over its request counter, across the run (it is idle in the other targets' phases).
-  local rpid ticks0 reqs0
+  # The router's (and HAProxy's) CPU per request it proxied: its CPU time (user and system,
+  # clock ticks from /proc) over its request counter, across the run (each is idle in the
+  # other targets' phases).
+  local rpid rcpu0 reqs0 hpid="" hcpu0="" hreqs0=""
   rpid="$(read_pidfile "$(component_pidfile router)")"
-  ticks0="$(router_ticks "$rpid")"
+  rcpu0="$(cpu_ticks "$rpid")"
   reqs0="$(router_requests)"
+  if [[ "${SUBSTRATE_BENCH_HAPROXY:-1}" != 0 ]]; then
+    hpid="$(cat "$HAPROXY_DIR/haproxy.pid")"
+    hcpu0="$(cpu_ticks "$hpid")"
+    hreqs0="$(haproxy_requests)"
+  fi
   "${pin[@]}" "$loadgen" "${targets[@]}" \
     --connections "${SUBSTRATE_BENCH_CONNECTIONS:-1,16,256}" \
     --duration "${SUBSTRATE_BENCH_DURATION:-5s}" --rounds "${SUBSTRATE_BENCH_LOAD_ROUNDS:-5}" \
     --warmup 500ms --path /healthz
-  awk -v t="$(($(router_ticks "$rpid") - ticks0))" -v r="$(($(router_requests) - reqs0))" -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { if (r > 0) printf "  router CPU per proxied request: %.1f µs (%d requests)\n", t / hz * 1e6 / r, r }'
+  cpu_per_request router "$rcpu0" "$(cpu_ticks "$rpid")" "$(($(router_requests) - reqs0))"
+  if [[ -n "$hpid" ]]; then
+    cpu_per_request haproxy "$hcpu0" "$(cpu_ticks "$hpid")" "$(($(haproxy_requests) - hreqs0))"
+  fi
   if [[ -n "${SUBSTRATE_BENCH_PIN:-}" ]]; then
     for p in $(pgrep -f runsc) "$router_pid"; do taskset -a -p -c "0-$(($(nproc) - 1))" "$p" >/dev/null; done
   fi
