@@ -114,6 +114,23 @@ wait_for() {
   done
 }
 
+# check_disk DIR GIB WHAT: warns, with the numbers, when the filesystem that holds DIR (or
+# its nearest existing parent) has less than GIB GiB free. A build that runs out of disk
+# fails much later, as a linker "Bus error" or "No space left on device".
+check_disk() {
+  local dir="$1" need="$2" what="$3" avail_kib
+  while [[ ! -d "$dir" && "$dir" != / ]]; do
+    dir="$(dirname "$dir")"
+  done
+  avail_kib="$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 { print $4 }')" || return 0
+  [[ "$avail_kib" =~ ^[0-9]+$ ]] || return 0
+  if ((avail_kib < need * 1024 * 1024)); then
+    warn "only $((avail_kib / 1024)) MiB free on the disk of $dir; $what needs about $need GiB (free some space, or point CARGO_TARGET_DIR at a bigger disk)"
+    return 1
+  fi
+  return 0
+}
+
 # path_prepend DIR: puts DIR first on PATH (once).
 path_prepend() {
   case ":$PATH:" in
@@ -238,14 +255,14 @@ _apt_update_once() {
 
 # _apt_install [-t RELEASE] PKG...: apt-get install, noninteractive, no recommends.
 _apt_install() {
-  local target=()
+  local release=()
   if [[ "${1:-}" == -t ]]; then
-    target=(-t "$2")
+    release=(-t "$2")
     shift 2
   fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get -q -y install --no-install-recommends \
     -o DPkg::Lock::Timeout=300 -o Dpkg::Use-Pty=0 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-    "${target[@]}" "$@" >&2
+    "${release[@]}" "$@" >&2
 }
 
 # ensure_apt PKG...: installs the Debian packages that are not installed yet.

@@ -116,6 +116,10 @@ main() {
   fi
   export SUBSTRATE_REQUIRE_MOTO=1
 
+  # A clean run fills ~2.6 GiB of target/ (debug binaries and tests, clippy's data, the
+  # static demo); say so now rather than fail at a link step twenty minutes in.
+  check_disk "${CARGO_TARGET_DIR:-$ROOT/target}" 4 "a clean build of the workspace and its tests" || true
+
   cd "$ROOT"
   if [[ -n "$walk_only" ]]; then
     step "README walkthrough" walkthrough

@@ -50,6 +50,8 @@ build() {
   [[ "$PROFILE" == release ]] && flags=(--release)
   [[ "$PROFILE" == release || "$PROFILE" == debug ]] ||
     die "SUBSTRATE_PROFILE=$PROFILE: use release or debug"
+  [[ -x "$target/$PROFILE/substrate-router" ]] ||
+    check_disk "$target" 3 "a first $PROFILE build of Substrate" || true
   log "cargo build ${flags[*]} (apiserver, executor, node agent, operator, router)"
   (cd "$ROOT" && cargo build "${flags[@]}" -p apiserver -p executor -p nodeagent -p operator -p router --bins) ||
     die "building Substrate failed (compiler output above); fix it, then rerun $0"
