@@ -838,6 +838,14 @@ impl Registry {
         applied_part(res, &mut config, subresource);
         let id = ManagerId::new(manager, Operation::Apply, subresource);
         let schema = apply::schema::root(res);
+        if let Some(d) = apply::typed::duplicate_item(schema, &config) {
+            // Kubernetes: "duplicate entries for key"; which of the two would be meant?
+            return Err(ApiError::invalid(
+                res,
+                name,
+                &[FieldError::duplicate(d.field, JsonText(&d.value))],
+            ));
+        }
         let ignore = apply::ignored(subresource);
         for _ in 0..MAX_RETRIES {
             let Some(live) = self.get_opt(res, ns, name).await? else {
@@ -1493,6 +1501,15 @@ fn random_suffix() -> String {
     (0..5)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect()
+}
+
+/// A JSON value shown as JSON (`"a"`, `80`, `{"k":"v"}`) where a field error takes `Debug`.
+struct JsonText<'a>(&'a Value);
+
+impl std::fmt::Debug for JsonText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {

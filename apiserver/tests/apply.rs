@@ -574,3 +574,105 @@ fn owner_references_by_merge_patch() {
         managers(&obj)
     );
 }
+
+/// A list applied in a new order reads back in that order, as from Kubernetes (a GitOps tool
+/// comparing its manifest's list with the live one, item by item, then sees no drift); items
+/// another manager owns stay next to their neighbours; a configuration naming one key twice
+/// is refused with the field and nothing is written.
+#[test]
+fn applied_lists_keep_the_configurations_order_and_duplicates_are_refused() {
+    let Some(w) = support::world() else { return };
+    w.atespace("team-a");
+    let template = |env: &str| {
+        format!(
+            "apiVersion: ate.dev/v1alpha1\nkind: ActorTemplate\nmetadata:\n  name: lists\n  namespace: team-a\nspec:\n  workerPoolRef: {{name: small}}\n  containers:\n  - name: app\n    image: counter:1\n    env: [{env}]\n"
+        )
+    };
+    let env_names = |w: &World| {
+        w.jsonpath(
+            "actortemplates.ate.dev",
+            "lists",
+            "team-a",
+            "{.spec.containers[0].env[*].name}",
+        )
+    };
+    w.apply_stdin(
+        &template("{name: A, value: '1'}, {name: B, value: '2'}"),
+        &["--server-side"],
+    );
+    assert_eq!(env_names(&w), "A B");
+    // Another manager adds M between A and B.
+    let r = w.http(
+        "PATCH",
+        "/apis/ate.dev/v1alpha1/namespaces/team-a/actortemplates/lists?fieldManager=editor",
+        Some((
+            "application/json-patch+json",
+            br#"[{"op": "add", "path": "/spec/containers/0/env/1", "value": {"name": "M", "value": "m"}}]"#,
+        )),
+    );
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(env_names(&w), "A M B");
+    // kubectl's manifest now says C, B, A: its order wins, and M, which it does not name,
+    // stays before B as it was (Kubernetes gives the same order).
+    w.apply_stdin(
+        &template("{name: C, value: '3'}, {name: B, value: '2'}, {name: A, value: '1'}"),
+        &["--server-side"],
+    );
+    assert_eq!(env_names(&w), "M C B A");
+    // B dropped from the manifest goes; the rest keep their order.
+    w.apply_stdin(
+        &template("{name: C, value: '3'}, {name: A, value: '1'}"),
+        &["--server-side"],
+    );
+    assert_eq!(env_names(&w), "M C A");
+
+    // One key twice: 422 with the second item's path, and the object is untouched.
+    let rv = w.jsonpath(
+        "actortemplates.ate.dev",
+        "lists",
+        "team-a",
+        "{.metadata.resourceVersion}",
+    );
+    let out = w.stdin(
+        &template("{name: C, value: '3'}, {name: C, value: '4'}"),
+        &["apply", "--server-side"],
+    );
+    assert!(!out.success(), "{out}");
+    assert_contains(
+        &out.stderr,
+        "spec.containers[0].env[1].name: Duplicate value: \"C\"",
+    );
+    let out = w.stdin(
+        "apiVersion: substrate.ate.dev/v1alpha1\nkind: Actor\nmetadata:\n  name: fin\n  namespace: team-a\n  finalizers: [x.io/a, x.io/a]\nspec:\n  template: {name: counter}\n",
+        &["apply", "--server-side"],
+    );
+    assert!(!out.success(), "{out}");
+    assert_contains(
+        &out.stderr,
+        "metadata.finalizers[1]: Duplicate value: \"x.io/a\"",
+    );
+    assert!(
+        w.get_json("actor", "fin", "team-a").is_none(),
+        "nothing created"
+    );
+    assert_eq!(
+        w.jsonpath(
+            "actortemplates.ate.dev",
+            "lists",
+            "team-a",
+            "{.metadata.resourceVersion}",
+        ),
+        rv,
+        "nothing written"
+    );
+    // The same through create (no apply): env is a list map, a key twice is refused too.
+    let out = w.stdin(
+        &template("{name: D}, {name: D}").replace("name: lists", "name: other"),
+        &["create"],
+    );
+    assert!(!out.success(), "{out}");
+    assert_contains(
+        &out.stderr,
+        "spec.containers[0].env[1].name: Duplicate value: \"D\"",
+    );
+}

@@ -455,7 +455,29 @@ pub fn validate_actor_template_spec(spec: &ActorTemplateSpec) -> Vec<FieldError>
                 "an OCI image reference",
             ));
         }
+        // `env` and `ports` are list maps in the published schema (keyed by name, and by
+        // containerPort and protocol): one key twice is refused, as a CRD's would be.
+        let mut names = std::collections::BTreeSet::new();
+        for (j, e) in c.env.iter().enumerate() {
+            if !names.insert(e.name.as_str()) {
+                errs.push(FieldError::duplicate(
+                    format!("{at}.env[{j}].name"),
+                    &e.name,
+                ));
+            }
+        }
+        let mut keys = std::collections::BTreeSet::new();
         for (j, p) in c.ports.iter().enumerate() {
+            let proto = p.protocol.as_deref().unwrap_or("TCP"); // Kubernetes' default
+            if !keys.insert((p.container_port, proto)) {
+                errs.push(FieldError::duplicate(
+                    format!("{at}.ports[{j}]"),
+                    format_args!(
+                        "{{\"containerPort\":{},\"protocol\":{proto:?}}}",
+                        p.container_port
+                    ),
+                ));
+            }
             if !(1..=65535).contains(&p.container_port) {
                 errs.push(FieldError::invalid(
                     format!("{at}.ports[{j}].containerPort"),
@@ -603,6 +625,27 @@ mod tests {
                 "spec.containers[1].name",
                 "spec.containers[1].image",
                 "spec.workerPoolRef.name"
+            ]
+        );
+        // env and ports are list maps: a key twice is refused; a port without a protocol
+        // is TCP's.
+        let spec: ActorTemplateSpec = serde_json::from_value(serde_json::json!({
+            "containers": [{"name": "a", "image": "x",
+                "env": [{"name": "E", "value": "1"}, {"name": "F"}, {"name": "E", "value": "2"}],
+                "ports": [{"containerPort": 80}, {"containerPort": 80, "protocol": "UDP"},
+                          {"containerPort": 80, "protocol": "TCP"}]}],
+            "workerPoolRef": {"name": "p"}
+        }))
+        .unwrap();
+        let errs: Vec<String> = validate_actor_template_spec(&spec)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                "spec.containers[0].env[2].name: Duplicate value: \"E\"",
+                "spec.containers[0].ports[2]: Duplicate value: {\"containerPort\":80,\"protocol\":\"TCP\"}"
             ]
         );
     }

@@ -3,7 +3,7 @@
 //! ([`compare`]), the merge of an applied configuration into a live object ([`merge`]) and
 //! the removal of nodes by path ([`remove`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
@@ -81,6 +81,76 @@ fn element_of(kind: &ListKind, item: &Value) -> PathElement {
         ListKind::Map(keys) => PathElement::key_of(item, keys),
         _ => PathElement::value_of(item),
     }
+}
+
+/// An item of a list map or set named twice in `value`: Kubernetes refuses such an applied
+/// configuration ("duplicate entries for key"), as it cannot tell which of the two is meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    /// The second item's field path as Kubernetes writes it: `metadata.finalizers[2]`, or
+    /// `spec.containers[1].name` for a list keyed by one field.
+    pub field: String,
+    /// The repeated value, or key field value.
+    pub value: Value,
+}
+
+/// The first [`Duplicate`] in `value`, depth first.
+pub fn duplicate_item(schema: &Value, value: &Value) -> Option<Duplicate> {
+    fn walk(schema: &Value, value: &Value, at: &str) -> Option<Duplicate> {
+        let sh = shape(schema, value);
+        let join = |k: &str| {
+            if at.is_empty() {
+                k.to_string()
+            } else {
+                format!("{at}.{k}")
+            }
+        };
+        match (sh, value) {
+            (Shape::List(s), Value::Array(items)) => {
+                let kind = list_kind(s);
+                let mut seen = BTreeSet::new();
+                for (i, item) in items.iter().enumerate() {
+                    let pe = element_of(&kind, item);
+                    if !seen.insert(pe) {
+                        return Some(match &kind {
+                            ListKind::Map(keys) if keys.len() == 1 => Duplicate {
+                                field: format!("{at}[{i}].{}", keys[0]),
+                                value: item.get(&keys[0]).cloned().unwrap_or(Value::Null),
+                            },
+                            ListKind::Map(keys) => Duplicate {
+                                field: format!("{at}[{i}]"),
+                                value: Value::Object(
+                                    keys.iter()
+                                        .filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone())))
+                                        .collect(),
+                                ),
+                            },
+                            _ => Duplicate {
+                                field: format!("{at}[{i}]"),
+                                value: item.clone(),
+                            },
+                        });
+                    }
+                }
+                let item_schema = Shape::items(s);
+                items
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, item)| walk(item_schema, item, &format!("{at}[{i}]")))
+            }
+            (Shape::Leaf, _) => None,
+            (_, Value::Object(_)) => {
+                children(sh, value)
+                    .into_iter()
+                    .find_map(|(pe, v, s, _)| match pe {
+                        PathElement::Field(k) => walk(s, v, &join(&k)),
+                        _ => None,
+                    })
+            }
+            _ => None,
+        }
+    }
+    walk(schema, value, "")
 }
 
 /// The fields `value` sets (structured-merge-diff's `ToFieldSet`): every leaf, every list
@@ -195,8 +265,8 @@ fn without_nulls(v: &Value) -> Value {
 }
 
 /// Merges an applied configuration `rhs` into `lhs`: leaves and atomic nodes are replaced,
-/// structs and maps merged field by field, list maps and sets item by item (the live order is
-/// kept, new items are appended in the configuration's order). A null removes the field.
+/// structs and maps merged field by field, list maps and sets item by item in
+/// structured-merge-diff's order (see [`merge_list`]). A null removes the field.
 pub fn merge(schema: &Value, lhs: &Value, rhs: &Value) -> Value {
     let sh = shape(schema, rhs);
     match (sh, lhs, rhs) {
@@ -221,29 +291,88 @@ pub fn merge(schema: &Value, lhs: &Value, rhs: &Value) -> Value {
             Value::Object(out)
         }
         (Shape::List(s), Value::Array(l), Value::Array(r)) => {
-            let kind = list_kind(s);
-            let items = Shape::items(s);
-            let rc: Vec<(PathElement, &Value)> =
-                r.iter().map(|v| (element_of(&kind, v), v)).collect();
-            let mut out: Vec<Value> = Vec::with_capacity(l.len() + r.len());
-            let mut seen = BTreeSet::new();
-            for lv in l {
-                let pe = element_of(&kind, lv);
-                match rc.iter().find(|(p, _)| *p == pe) {
-                    Some((_, rv)) => out.push(merge(items, lv, rv)),
-                    None => out.push(lv.clone()),
-                }
-                seen.insert(pe);
-            }
-            for (pe, rv) in &rc {
-                if seen.insert(pe.clone()) {
-                    out.push(without_nulls(rv));
-                }
-            }
-            Value::Array(out)
+            Value::Array(merge_list(Shape::items(s), &list_kind(s), l, r))
         }
         _ => without_nulls(rhs),
     }
+}
+
+/// Merges the items of a list map or set as structured-merge-diff's `visitListItems` does, so
+/// that an applied list reads back in the order Kubernetes gives it: the configuration's items
+/// in the configuration's order, and the live items it does not name kept, in their live
+/// order, each before the applied item that followed it when that one's turn comes. Live
+/// `[a, b]` with `[c, a]` applied gives `[c, a, b]`; with `[b, a]`, `[b, a]`; live `[a, m, b]`
+/// with `[c, b, a]`, `[m, c, b, a]`. A GitOps tool that compares its manifest's list with the
+/// live one, item by item, sees no difference after an apply.
+///
+/// Of items with equal keys only the first counts (the apiserver refuses an applied
+/// configuration with duplicates before merging, see [`duplicate_item`]); a later live
+/// duplicate of an applied item is dropped, one of an item not applied is kept.
+fn merge_list(items: &Value, kind: &ListKind, l: &[Value], r: &[Value]) -> Vec<Value> {
+    let lhs: Vec<PathElement> = l.iter().map(|v| element_of(kind, v)).collect();
+    let mut live: BTreeMap<&PathElement, &Value> = BTreeMap::new();
+    for (pe, v) in lhs.iter().zip(l) {
+        live.entry(pe).or_insert(v);
+    }
+    let mut applied: BTreeMap<PathElement, &Value> = BTreeMap::new();
+    let mut rhs: Vec<PathElement> = Vec::with_capacity(r.len());
+    for v in r {
+        let pe = element_of(kind, v);
+        if !applied.contains_key(&pe) {
+            applied.insert(pe.clone(), v);
+            rhs.push(pe);
+        }
+    }
+    // The items both sides have, in the configuration's order; `next` is the first of them
+    // not written yet. A live item that is shared but not `next` waits for its turn.
+    let mut shared = rhs.iter().filter(|pe| live.contains_key(pe));
+    let mut next = shared.next();
+    let mut written: BTreeSet<&PathElement> = BTreeSet::new();
+    let mut out = Vec::with_capacity(l.len().max(r.len()));
+    let (mut li, mut ri) = (0, 0);
+    while li < lhs.len() || ri < rhs.len() {
+        if li < lhs.len() && ri < rhs.len() {
+            let pe = &lhs[li];
+            if *pe == rhs[ri] {
+                if written.insert(pe) {
+                    out.push(merge(items, live[pe], applied[pe]));
+                }
+                li += 1;
+                ri += 1;
+                next = shared.next();
+                continue;
+            }
+            if applied.contains_key(pe) && next.is_some_and(|n| n != pe) {
+                li += 1;
+                continue;
+            }
+        }
+        if li < lhs.len() {
+            let pe = &lhs[li];
+            if !applied.contains_key(pe) {
+                out.push(l[li].clone());
+                li += 1;
+                continue;
+            }
+            if written.contains(pe) || ri == rhs.len() {
+                li += 1;
+                continue;
+            }
+        }
+        let pe = &rhs[ri];
+        if written.insert(pe) {
+            let rv = applied[pe];
+            out.push(match live.get(pe) {
+                Some(lv) => merge(items, lv, rv),
+                None => without_nulls(rv),
+            });
+        }
+        ri += 1;
+        if next == Some(pe) {
+            next = shared.next();
+        }
+    }
+    out
 }
 
 /// The child of `v` named by `pe`, as (container index or key) for removal.
@@ -345,6 +474,102 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_items_of_sets_and_list_maps_are_found_with_their_path() {
+        let dup = |schema: &Value, v: Value| duplicate_item(schema, &v);
+        let actors = root(&ACTORS);
+        assert_eq!(
+            dup(actors, json!({"metadata": {"finalizers": ["a", "b", "a"]}})),
+            Some(Duplicate {
+                field: "metadata.finalizers[2]".into(),
+                value: json!("a")
+            })
+        );
+        assert_eq!(
+            dup(
+                root(&ACTOR_TEMPLATES),
+                json!({"spec": {"containers": [
+                    {"name": "a", "env": [{"name": "E"}, {"name": "E", "value": "2"}]}
+                ]}})
+            ),
+            Some(Duplicate {
+                field: "spec.containers[0].env[1].name".into(),
+                value: json!("E")
+            })
+        );
+        assert_eq!(
+            dup(
+                root(&ACTOR_TEMPLATES),
+                json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}, {"name": "a"}]}})
+            ),
+            Some(Duplicate {
+                field: "spec.containers[2].name".into(),
+                value: json!("a")
+            })
+        );
+        // Atomic lists may repeat values; distinct items are no duplicates.
+        assert_eq!(
+            dup(
+                root(&ACTOR_TEMPLATES),
+                json!({"spec": {"containers": [{"name": "a", "command": ["x", "x"]}, {"name": "b"}]}})
+            ),
+            None
+        );
+        assert_eq!(
+            dup(actors, json!({"metadata": {"finalizers": ["a", "b"]}})),
+            None
+        );
+    }
+
+    /// structured-merge-diff's list order, case by case (sets and list maps alike).
+    #[test]
+    fn merged_lists_read_back_in_kubernetes_order() {
+        let schema = root(&ACTORS);
+        let fin = |live: Value, applied: Value| {
+            let out = merge(
+                schema,
+                &json!({"metadata": {"finalizers": live}}),
+                &json!({"metadata": {"finalizers": applied}}),
+            );
+            out["metadata"]["finalizers"].clone()
+        };
+        // Reordered by the configuration.
+        assert_eq!(fin(json!(["a", "b"]), json!(["b", "a"])), json!(["b", "a"]));
+        assert_eq!(
+            fin(json!(["a", "b", "c"]), json!(["c", "b", "a"])),
+            json!(["c", "b", "a"])
+        );
+        // A new item goes where the configuration puts it, not at the end.
+        assert_eq!(
+            fin(json!(["a", "b"]), json!(["x", "a"])),
+            json!(["x", "a", "b"])
+        );
+        assert_eq!(
+            fin(json!(["a", "b"]), json!(["a", "x", "b"])),
+            json!(["a", "x", "b"])
+        );
+        // Items the configuration does not name stay next to their neighbours.
+        assert_eq!(
+            fin(json!(["a", "m", "b"]), json!(["b", "a"])),
+            json!(["m", "b", "a"])
+        );
+        assert_eq!(
+            fin(json!(["m", "a", "n"]), json!(["a"])),
+            json!(["m", "a", "n"])
+        );
+        assert_eq!(fin(json!(["a", "b"]), json!(["c"])), json!(["a", "b", "c"]));
+        // Duplicates: one of an applied item is dropped, one of another item kept.
+        assert_eq!(
+            fin(json!(["a", "b", "a"]), json!(["b", "a"])),
+            json!(["b", "a"])
+        );
+        assert_eq!(
+            fin(json!(["m", "m", "a"]), json!(["a"])),
+            json!(["m", "m", "a"])
+        );
+        assert_eq!(fin(json!(["a"]), json!(["b", "b"])), json!(["a", "b"]));
+    }
+
+    #[test]
     fn merge_lists_by_key_and_atomic_lists_whole() {
         let schema = root(&ACTOR_TEMPLATES);
         let live = json!({"spec": {"containers": [
@@ -356,12 +581,14 @@ mod tests {
             {"name": "a", "command": ["3"], "env": [{"name": "F", "value": "2"}]}
         ]}});
         let out = merge(schema, &live, &cfg);
+        // Kubernetes' order: the configuration's items as it orders them, `b` (not applied)
+        // still after `a`.
         assert_eq!(
             out,
             json!({"spec": {"containers": [
+                {"name": "c", "image": "z"},
                 {"name": "a", "image": "x", "command": ["3"], "env": [{"name": "E", "value": "1"}, {"name": "F", "value": "2"}]},
-                {"name": "b", "image": "y"},
-                {"name": "c", "image": "z"}
+                {"name": "b", "image": "y"}
             ]}})
         );
         let mut pruned = out.clone();
@@ -371,8 +598,10 @@ mod tests {
         q.push(PathElement::key_of(&json!({"name": "a"}), &["name".into()]));
         q.push(PathElement::Field("image".into()));
         remove(&mut pruned, &[p, q].into_iter().collect());
-        assert_eq!(pruned["spec"]["containers"].as_array().unwrap().len(), 2);
-        assert!(pruned["spec"]["containers"][0].get("image").is_none());
+        assert_eq!(
+            pruned["spec"]["containers"],
+            json!([{"name": "c", "image": "z"}, {"name": "a", "command": ["3"], "env": [{"name": "E", "value": "1"}, {"name": "F", "value": "2"}]}])
+        );
         // A null in the configuration removes the field.
         let out = merge(
             root(&ACTORS),
