@@ -636,7 +636,10 @@ impl Agent {
     async fn retire_workers(&self, desired: &[(String, String)]) -> Result<(), AgentError> {
         let api = self.worker_api();
         let node = self.cfg.node.as_str();
-        for w in api.list(&ListParams::default()).await? {
+        // This node's workers only (the apiserver filters by the selectable field), not every
+        // worker of the cluster at each heartbeat.
+        let lp = ListParams::default().fields(&format!("spec.node={node}"));
+        for w in api.list(&lp).await? {
             let name = w.metadata.name.clone().unwrap_or_default();
             if w.spec.node.as_deref() != Some(node)
                 || desired.iter().any(|(n, _)| *n == name)
