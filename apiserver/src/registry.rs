@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crds::resources::{ATESPACES, Kind, ResourceInfo};
-use crds::validation::FieldError;
+use crds::validation::{FieldError, Json};
 
 use crate::apply::{self, ManagerId, Operation};
 use crate::auth::UserInfo;
@@ -843,7 +843,7 @@ impl Registry {
             return Err(ApiError::invalid(
                 res,
                 name,
-                &[FieldError::duplicate(d.field, JsonText(&d.value))],
+                &[FieldError::duplicate(d.field, Json(&d.value))],
             ));
         }
         let ignore = apply::ignored(subresource);
@@ -1501,15 +1501,6 @@ fn random_suffix() -> String {
     (0..5)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect()
-}
-
-/// A JSON value shown as JSON (`"a"`, `80`, `{"k":"v"}`) where a field error takes `Debug`.
-struct JsonText<'a>(&'a Value);
-
-impl std::fmt::Debug for JsonText<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -121,6 +121,16 @@ impl FieldError {
     }
 }
 
+/// A JSON value shown as JSON (`"a"`, `80`, `{"containerPort":80}`) where a [`FieldError`]
+/// takes `Debug` (which would print `String("a")`).
+pub struct Json<'a>(pub &'a serde_json::Value);
+
+impl fmt::Debug for Json<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.field, self.kind.text())?;
@@ -472,9 +482,8 @@ pub fn validate_actor_template_spec(spec: &ActorTemplateSpec) -> Vec<FieldError>
             if !keys.insert((p.container_port, proto)) {
                 errs.push(FieldError::duplicate(
                     format!("{at}.ports[{j}]"),
-                    format_args!(
-                        "{{\"containerPort\":{},\"protocol\":{proto:?}}}",
-                        p.container_port
+                    Json(
+                        &serde_json::json!({"containerPort": p.container_port, "protocol": proto}),
                     ),
                 ));
             }
