@@ -334,9 +334,8 @@ fn merge_list(items: &Value, kind: &ListKind, l: &[Value], r: &[Value]) -> Vec<V
         if li < lhs.len() && ri < rhs.len() {
             let pe = &lhs[li];
             if *pe == rhs[ri] {
-                if written.insert(pe) {
-                    out.push(merge(items, live[pe], applied[pe]));
-                }
+                written.insert(pe);
+                out.push(merge(items, live[pe], applied[pe]));
                 li += 1;
                 ri += 1;
                 next = shared.next();
@@ -359,14 +358,14 @@ fn merge_list(items: &Value, kind: &ListKind, l: &[Value], r: &[Value]) -> Vec<V
                 continue;
             }
         }
+        // `rhs` has each key once, so its items are written here or above, never both.
         let pe = &rhs[ri];
-        if written.insert(pe) {
-            let rv = applied[pe];
-            out.push(match live.get(pe) {
-                Some(lv) => merge(items, lv, rv),
-                None => without_nulls(rv),
-            });
-        }
+        written.insert(pe);
+        let rv = applied[pe];
+        out.push(match live.get(pe) {
+            Some(lv) => merge(items, lv, rv),
+            None => without_nulls(rv),
+        });
         ri += 1;
         if next == Some(pe) {
             next = shared.next();
