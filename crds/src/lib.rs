@@ -46,6 +46,38 @@ pub mod conditions {
     pub const STALLED: &str = "Stalled";
 }
 
+/// How liveness of workers is judged, shared by the node agent, the executors and the operator.
+///
+/// A dead node *agent* is not a dead *sandbox*: the executors keep their sandboxes serving
+/// while the agent restarts. The rule that keeps an actor from ever having two live copies
+/// (or silently going back in time) is a fence by time:
+///
+/// * the node agent heartbeats every `Worker` of its node at least every
+///   [`HEARTBEAT_INTERVAL`](liveness::HEARTBEAT_INTERVAL) and talks to each executor as
+///   often;
+/// * an executor that has heard nothing from its agent for
+///   [`SANDBOX_FENCE_AFTER`](liveness::SANDBOX_FENCE_AFTER) stops its sandbox (it fences
+///   itself: nobody could record a suspend for it any more);
+/// * the operator releases an actor bound to a silent worker to its last good snapshot only
+///   after [`DEAD_WORKER_AFTER`](liveness::DEAD_WORKER_AFTER), which is longer than the fence
+///   plus a heartbeat, so by then the sandbox is known stopped. A `Worker` that is deleted
+///   (its pod or node gone) releases its actor at once.
+pub mod liveness {
+    use std::time::Duration;
+
+    /// The node agent heartbeats its workers (and pings its executors) at least this often.
+    pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+    /// An executor not contacted by its node agent for this long stops its sandbox.
+    pub const SANDBOX_FENCE_AFTER: Duration = Duration::from_secs(20);
+    /// A bound worker whose heartbeat is older than this is dead: its sandbox has fenced
+    /// itself, and its actor goes back to its last good snapshot.
+    pub const DEAD_WORKER_AFTER: Duration = Duration::from_secs(30);
+
+    const _: () = assert!(
+        SANDBOX_FENCE_AFTER.as_secs() + HEARTBEAT_INTERVAL.as_secs() <= DEAD_WORKER_AFTER.as_secs()
+    );
+}
+
 /// Well-known labels.
 pub mod labels {
     /// Set on actors: the pool of the worker the actor is bound to.
