@@ -24,6 +24,8 @@ pub use substrate::{Actor, Atespace, Worker};
 pub const SUBSTRATE_GROUP: &str = "substrate.ate.dev";
 /// API group of the CRD kinds.
 pub const ATE_GROUP: &str = "ate.dev";
+/// API group of `Lease` (served for the operator's leader election).
+pub const COORDINATION_GROUP: &str = "coordination.k8s.io";
 /// The one version of both groups.
 pub const VERSION: &str = "v1alpha1";
 /// Category shared by every kind, so `kubectl get substrate` lists them all.
@@ -44,6 +46,25 @@ pub mod conditions {
     pub const RECONCILING: &str = "Reconciling";
     /// kstatus: progress stopped on an error that needs a change of input.
     pub const STALLED: &str = "Stalled";
+    /// Whether an actor is bound to a worker (`False` while a resume waits for one).
+    pub const SCHEDULED: &str = "Scheduled";
+
+    /// Condition reasons set by the operator.
+    pub mod reasons {
+        /// `Ready=False` on an actor released from a dead worker (deleted, or its node agent
+        /// silent for [`DEAD_WORKER_AFTER`](crate::liveness::DEAD_WORKER_AFTER)).
+        pub const WORKER_LOST: &str = "WorkerLost";
+        /// A template's golden actor is booting.
+        pub const GOLDEN_BOOTING: &str = "GoldenBooting";
+        /// A template's golden snapshot is recorded.
+        pub const GOLDEN_SNAPSHOT_READY: &str = "GoldenSnapshotReady";
+        /// A template's golden actor failed to boot (`Stalled=True`).
+        pub const GOLDEN_BOOT_FAILED: &str = "GoldenBootFailed";
+        /// A worker pool has as many ready workers as it wants.
+        pub const WORKERS_READY: &str = "WorkersReady";
+        /// A worker pool has fewer ready workers than it wants.
+        pub const WORKERS_NOT_READY: &str = "WorkersNotReady";
+    }
 }
 
 /// How liveness of workers is judged, shared by the node agent, the executors and the operator.

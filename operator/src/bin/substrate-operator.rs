@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use operator::{Operator, OperatorConfig};
+use operator::{LeaderConfig, Operator, OperatorConfig};
 
 /// Flags; each can also come from the environment.
 #[derive(Debug, Parser)]
@@ -24,12 +24,25 @@ struct Args {
         default_value = ".substrate/kubeconfig"
     )]
     kubeconfig: PathBuf,
-    /// Period of the full reconcile pass, in seconds.
-    #[arg(long, env = "SUBSTRATE_OPERATOR_RESYNC_SECONDS", default_value_t = 2)]
+    /// Safety-net period, in seconds: an object without a deadline of its own is reconciled
+    /// again after this long even without a watch event.
+    #[arg(long, env = "SUBSTRATE_OPERATOR_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
     /// Idle timeout of OnDemand actors that set none (a duration such as `5m`).
     #[arg(long, env = "SUBSTRATE_DEFAULT_IDLE_TIMEOUT", default_value = "5m")]
     default_idle_timeout: String,
+    /// Run the controllers only while holding the leader lease (several replicas: one acts).
+    #[arg(long, env = "SUBSTRATE_OPERATOR_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Atespace of the leader lease.
+    #[arg(long, env = "SUBSTRATE_OPERATOR_LEASE_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader lease.
+    #[arg(long, env = "SUBSTRATE_OPERATOR_LEASE_NAME", default_value = "substrate-operator")]
+    lease_name: String,
+    /// This replica's identity in the lease (default: hostname, pid and a nonce).
+    #[arg(long, env = "SUBSTRATE_OPERATOR_IDENTITY")]
+    identity: Option<String>,
 }
 
 #[tokio::main]
@@ -54,20 +67,34 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("loading the kubeconfig")?;
     let client = kube::Client::try_from(config).context("building the API client")?;
-    let op = Operator::new(
-        client,
-        OperatorConfig {
-            resync: Duration::from_secs(args.resync_seconds.max(1)),
-            default_idle_timeout: idle,
-        },
-    );
+    let cfg = OperatorConfig {
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        default_idle_timeout: idle,
+    };
+    let op = if args.leader_elect {
+        let identity = args
+            .identity
+            .clone()
+            .unwrap_or_else(operator::leader::default_identity);
+        tracing::info!(%identity, lease = %args.lease_name, atespace = %args.lease_namespace, "leader election on");
+        Operator::elected(
+            client,
+            cfg,
+            LeaderConfig::new(&args.lease_namespace, &args.lease_name, &identity),
+        )
+    } else {
+        Operator::new(client, cfg)
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tracing::info!("operator starting");
-    tokio::select! {
-        _ = op.run() => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
-        _ = term.recv() => tracing::info!("terminated"),
-    }
+    // On a signal the controllers stop and the lease is released.
+    op.run_until(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+            _ = term.recv() => tracing::info!("terminated"),
+        }
+    })
+    .await;
     Ok(())
 }

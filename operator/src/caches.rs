@@ -1,0 +1,154 @@
+//! The watch caches (kube-runtime reflectors): one watch per kind, shared by every controller.
+//! Each object a watch touches (created, changed, deleted, relisted) is also handed to the
+//! controllers that care about that kind, over unbounded channels, so a slow controller never
+//! stalls a watch.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use futures::channel::mpsc;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::de::DeserializeOwned;
+
+use crds::ate::{ActorTemplate, WorkerPool};
+use crds::substrate::{Actor, Worker};
+
+/// The stores of every kind the operator watches.
+#[derive(Clone)]
+pub struct Caches {
+    pub actors: Store<Actor>,
+    pub workers: Store<Worker>,
+    pub templates: Store<ActorTemplate>,
+    pub pools: Store<WorkerPool>,
+}
+
+/// The keys (`namespace/name`, or `name` for cluster-scoped kinds) of every cached object,
+/// sorted: for tests comparing the caches with the apiserver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheKeys {
+    pub actors: Vec<String>,
+    pub workers: Vec<String>,
+    pub templates: Vec<String>,
+    pub pools: Vec<String>,
+}
+
+/// The streams of touched objects, one per consumer, and the watch futures feeding them.
+pub(crate) struct Feeds {
+    pub(crate) watches: Vec<BoxFuture<'static, ()>>,
+    pub(crate) templates: mpsc::UnboundedReceiver<ActorTemplate>,
+    pub(crate) golden_actors: mpsc::UnboundedReceiver<Actor>,
+    pub(crate) lifecycle_actors: mpsc::UnboundedReceiver<Actor>,
+    pub(crate) dead_worker_actors: mpsc::UnboundedReceiver<Actor>,
+    pub(crate) dead_worker_workers: mpsc::UnboundedReceiver<Worker>,
+    pub(crate) pool_workers: mpsc::UnboundedReceiver<Worker>,
+    pub(crate) pools: mpsc::UnboundedReceiver<WorkerPool>,
+}
+
+fn key<K: kube::Resource>(o: &K) -> String {
+    let meta = o.meta();
+    match &meta.namespace {
+        Some(ns) => format!("{ns}/{}", meta.name.as_deref().unwrap_or_default()),
+        None => meta.name.clone().unwrap_or_default(),
+    }
+}
+
+fn keys<K>(s: &Store<K>) -> Vec<String>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    let mut out: Vec<String> = s.state().iter().map(|o| key(o.as_ref())).collect();
+    out.sort();
+    out
+}
+
+/// A watch of `api` into `writer`, handing every touched object to `subscribers`.
+fn watch<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    subscribers: Vec<mpsc::UnboundedSender<K>>,
+) -> BoxFuture<'static, ()>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .for_each(move |r| {
+            match r {
+                Ok(o) => {
+                    for s in &subscribers {
+                        let _ = s.unbounded_send(o.clone());
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(kind = %K::kind(&Default::default()), error = %e, "watch failed; retrying with backoff")
+                }
+            }
+            futures::future::ready(())
+        })
+        .boxed()
+}
+
+impl Caches {
+    /// The caches and the watches that fill them (not started: see [`Feeds::watches`]).
+    pub(crate) fn new(client: kube::Client) -> (Caches, Feeds) {
+        let (actors, aw) = reflector::store::<Actor>();
+        let (workers, ww) = reflector::store::<Worker>();
+        let (templates, tw) = reflector::store::<ActorTemplate>();
+        let (pools, pw) = reflector::store::<WorkerPool>();
+        let (t_tx, t_rx) = mpsc::unbounded();
+        let (ga_tx, ga_rx) = mpsc::unbounded();
+        let (la_tx, la_rx) = mpsc::unbounded();
+        let (da_tx, da_rx) = mpsc::unbounded();
+        let (dw_tx, dw_rx) = mpsc::unbounded();
+        let (pw_tx, pw_rx) = mpsc::unbounded();
+        let (p_tx, p_rx) = mpsc::unbounded();
+        let watches = vec![
+            watch(Api::<Actor>::all(client.clone()), aw, vec![ga_tx, la_tx, da_tx]),
+            watch(Api::<Worker>::all(client.clone()), ww, vec![dw_tx, pw_tx]),
+            watch(Api::<ActorTemplate>::all(client.clone()), tw, vec![t_tx]),
+            watch(Api::<WorkerPool>::all(client), pw, vec![p_tx]),
+        ];
+        (
+            Caches {
+                actors,
+                workers,
+                templates,
+                pools,
+            },
+            Feeds {
+                watches,
+                templates: t_rx,
+                golden_actors: ga_rx,
+                lifecycle_actors: la_rx,
+                dead_worker_actors: da_rx,
+                dead_worker_workers: dw_rx,
+                pool_workers: pw_rx,
+                pools: p_rx,
+            },
+        )
+    }
+
+    /// The keys of every cached object.
+    pub fn keys(&self) -> CacheKeys {
+        CacheKeys {
+            actors: keys(&self.actors),
+            workers: keys(&self.workers),
+            templates: keys(&self.templates),
+            pools: keys(&self.pools),
+        }
+    }
+
+    /// The cached worker named `name`.
+    pub(crate) fn worker(&self, name: &str) -> Option<std::sync::Arc<Worker>> {
+        self.workers
+            .get(&reflector::ObjectRef::new(name))
+    }
+}
