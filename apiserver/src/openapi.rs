@@ -80,6 +80,10 @@ fn definition_name(group: &str, version: &str, kind: &str) -> String {
     if group.is_empty() {
         return format!("io.k8s.api.core.{version}.{kind}");
     }
+    // Kubernetes' own groups: `coordination.k8s.io` → `io.k8s.api.coordination`.
+    if let Some(short) = group.strip_suffix(".k8s.io") {
+        return format!("io.k8s.api.{short}.{version}.{kind}");
+    }
     let reversed: Vec<&str> = group.split('.').rev().collect();
     format!("{}.{version}.{kind}", reversed.join("."))
 }

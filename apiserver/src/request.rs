@@ -83,7 +83,10 @@ pub fn parse(method: &http::Method, path: &str, query: &Query) -> Result<Target,
         return Ok(Target::NonResource);
     }
     let (group, version) = (parts[1], parts[2]);
-    if resources::ALL.iter().all(|r| r.group != group) || version != crds::VERSION {
+    if resources::ALL
+        .iter()
+        .all(|r| r.group != group || r.version != version)
+    {
         return Err(ApiError::path_not_found());
     }
     let mut rest = &parts[3..];

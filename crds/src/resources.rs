@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::validation::{self, FieldError, NameRule};
 use crate::{Actor, ActorTemplate, Atespace, Worker, WorkerPool};
+use k8s_openapi::api::coordination::v1::Lease;
 
 /// Which kind a [`ResourceInfo`] describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,6 +22,8 @@ pub enum Kind {
     Worker,
     WorkerPool,
     ActorTemplate,
+    /// `coordination.k8s.io/v1` `Lease` (leader election of the operator).
+    Lease,
 }
 
 /// Everything the apiserver needs to know to serve one resource.
@@ -145,14 +148,80 @@ pub static ACTOR_TEMPLATES: ResourceInfo = ResourceInfo {
     name_rule: NameRule::Subdomain,
 };
 
+/// `coordination.k8s.io/v1` leases, as Kubernetes serves them: the operator's replicas elect
+/// their leader with one (served so the standalone apiserver needs no Kubernetes).
+pub static LEASES: ResourceInfo = ResourceInfo {
+    kind_id: Kind::Lease,
+    group: crate::COORDINATION_GROUP,
+    version: "v1",
+    kind: "Lease",
+    list_kind: "LeaseList",
+    plural: "leases",
+    singular: "lease",
+    short_names: &[],
+    categories: &[],
+    namespaced: true,
+    selectable_fields: &[],
+    has_status: false,
+    spec_optional: true,
+    is_crd: false,
+    name_rule: NameRule::Subdomain,
+};
+
 /// Every kind, in discovery order.
-pub static ALL: [&ResourceInfo; 5] = [
+pub static ALL: [&ResourceInfo; 6] = [
     &ATESPACES,
     &ACTORS,
     &WORKERS,
     &WORKER_POOLS,
     &ACTOR_TEMPLATES,
+    &LEASES,
 ];
+
+/// The structural schema of a `Lease` (Kubernetes' `LeaseSpec`), and its printer columns.
+fn lease_crd() -> CustomResourceDefinition {
+    let time = |d: &str| serde_json::json!({"type": "string", "format": "date-time", "description": d});
+    let int = |d: &str| serde_json::json!({"type": "integer", "format": "int32", "description": d});
+    let string = |d: &str| serde_json::json!({"type": "string", "description": d});
+    let schema = serde_json::json!({
+        "type": "object",
+        "description": "Lease defines a lease concept.",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "description": "LeaseSpec is a specification of a Lease.",
+                "properties": {
+                    "acquireTime": time("acquireTime is a time when the current lease was acquired."),
+                    "holderIdentity": string("holderIdentity contains the identity of the holder of a current lease."),
+                    "leaseDurationSeconds": int("leaseDurationSeconds is a duration that candidates for a lease need to wait to force acquire it."),
+                    "leaseTransitions": int("leaseTransitions is the number of transitions of a lease between holders."),
+                    "preferredHolder": string("PreferredHolder signals to a lease holder that the lease has a more optimal holder and should be given up."),
+                    "renewTime": time("renewTime is a time when the current holder of a lease has last updated the lease."),
+                    "strategy": string("Strategy indicates the strategy for picking the leader for coordinated leader election."),
+                },
+            },
+        },
+    });
+    let crd = serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": LEASES.qualified()},
+        "spec": {
+            "group": LEASES.group,
+            "names": {"kind": LEASES.kind, "listKind": LEASES.list_kind, "plural": LEASES.plural, "singular": LEASES.singular},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": LEASES.version, "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": schema},
+                "additionalPrinterColumns": [
+                    {"name": "Holder", "type": "string", "jsonPath": ".spec.holderIdentity"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+            }],
+        },
+    });
+    // A literal of the right shape: decoding cannot fail.
+    serde_json::from_value(crd).unwrap_or_default()
+}
 
 /// Looks a resource up by group and plural.
 pub fn find(group: &str, plural: &str) -> Option<&'static ResourceInfo> {
@@ -199,6 +268,7 @@ impl ResourceInfo {
             Kind::Worker => Worker::crd(),
             Kind::WorkerPool => WorkerPool::crd(),
             Kind::ActorTemplate => ActorTemplate::crd(),
+            Kind::Lease => lease_crd(),
         }
     }
 
@@ -210,7 +280,7 @@ impl ResourceInfo {
     /// [`ResourceInfo::schema`], generated once per kind: generating a CRD is expensive and
     /// the write path needs the schema on every request (unknown-field detection).
     pub fn schema_ref(&self) -> &'static Value {
-        static SCHEMAS: [std::sync::OnceLock<Value>; 5] = [const { std::sync::OnceLock::new() }; 5];
+        static SCHEMAS: [std::sync::OnceLock<Value>; 6] = [const { std::sync::OnceLock::new() }; 6];
         SCHEMAS[self.kind_id as usize].get_or_init(|| {
             self.crd()
                 .spec
@@ -265,6 +335,9 @@ impl ResourceInfo {
                 let mut e = validation::validate_metadata(&t.metadata, self.name_rule);
                 e.extend(validation::validate_actor_template_spec(&t.spec));
                 e
+            }),
+            Kind::Lease => roundtrip::<Lease>(obj, |l| {
+                validation::validate_metadata(&l.metadata, self.name_rule)
             }),
         }
     }
