@@ -180,7 +180,8 @@ pub static ALL: [&ResourceInfo; 6] = [
 
 /// The structural schema of a `Lease` (Kubernetes' `LeaseSpec`), and its printer columns.
 fn lease_crd() -> CustomResourceDefinition {
-    let time = |d: &str| serde_json::json!({"type": "string", "format": "date-time", "description": d});
+    let time =
+        |d: &str| serde_json::json!({"type": "string", "format": "date-time", "description": d});
     let int = |d: &str| serde_json::json!({"type": "integer", "format": "int32", "description": d});
     let string = |d: &str| serde_json::json!({"type": "string", "description": d});
     let schema = serde_json::json!({

@@ -111,7 +111,11 @@ impl Caches {
         let (pw_tx, pw_rx) = mpsc::unbounded();
         let (p_tx, p_rx) = mpsc::unbounded();
         let watches = vec![
-            watch(Api::<Actor>::all(client.clone()), aw, vec![ga_tx, la_tx, da_tx]),
+            watch(
+                Api::<Actor>::all(client.clone()),
+                aw,
+                vec![ga_tx, la_tx, da_tx],
+            ),
             watch(Api::<Worker>::all(client.clone()), ww, vec![dw_tx, pw_tx]),
             watch(Api::<ActorTemplate>::all(client.clone()), tw, vec![t_tx]),
             watch(Api::<WorkerPool>::all(client), pw, vec![p_tx]),
@@ -148,7 +152,6 @@ impl Caches {
 
     /// The cached worker named `name`.
     pub(crate) fn worker(&self, name: &str) -> Option<std::sync::Arc<Worker>> {
-        self.workers
-            .get(&reflector::ObjectRef::new(name))
+        self.workers.get(&reflector::ObjectRef::new(name))
     }
 }

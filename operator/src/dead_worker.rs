@@ -145,13 +145,11 @@ pub(crate) async fn reconcile(a: Arc<Actor>, ctx: Arc<Ctx>) -> Result<Action, Op
     match decide(&a, worker.as_deref(), now) {
         Verdict::NotBound => Ok(Action::requeue(ctx.cfg.resync)),
         Verdict::Alive { recheck_after } => Ok(Action::requeue(recheck_after.min(ctx.cfg.resync))),
-        Verdict::Release { worker, why } => {
-            match release(&ctx, &a, &worker, why, now).await? {
-                Outcome::Gone => Ok(ctx.gone("dead_worker", &uid)),
-                Outcome::Refused => Ok(Action::requeue(crate::lifecycle::REFUSED_RETRY)),
-                Outcome::Done => Ok(Action::requeue(ctx.cfg.resync)),
-            }
-        }
+        Verdict::Release { worker, why } => match release(&ctx, &a, &worker, why, now).await? {
+            Outcome::Gone => Ok(ctx.gone("dead_worker", &uid)),
+            Outcome::Refused => Ok(Action::requeue(crate::lifecycle::REFUSED_RETRY)),
+            Outcome::Done => Ok(Action::requeue(ctx.cfg.resync)),
+        },
     }
 }
 
@@ -219,9 +217,11 @@ mod tests {
     }
 
     fn worker(heartbeat: &str) -> Worker {
-        serde_json::from_value(json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
+        serde_json::from_value(
+            json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
             "metadata": {"name": "w0"}, "spec": {"pool": "p"},
-            "status": {"phase": "Bound", "lastHeartbeatTime": heartbeat}}))
+            "status": {"phase": "Bound", "lastHeartbeatTime": heartbeat}}),
+        )
         .unwrap()
     }
 
@@ -273,11 +273,23 @@ mod tests {
         let types: Vec<_> = st.conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Other", "Ready"]);
         let ready = &st.conditions[1];
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reasons::WORKER_LOST));
-        assert!(ready.message.contains("silent for 30s"), "{}", ready.message);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reasons::WORKER_LOST)
+        );
+        assert!(
+            ready.message.contains("silent for 30s"),
+            "{}",
+            ready.message
+        );
         assert_eq!(ready.observed_generation, Some(3));
         let out = released(&actor("Running"), "w0", Lost::Deleted, now).unwrap();
-        assert!(out["status"]["conditions"][1]["message"].as_str().unwrap().contains("deleted"));
+        assert!(
+            out["status"]["conditions"][1]["message"]
+                .as_str()
+                .unwrap()
+                .contains("deleted")
+        );
         // Bound elsewhere meanwhile: nothing to release.
         assert!(released(&actor("Running"), "w9", Lost::Deleted, now).is_none());
     }

@@ -309,18 +309,22 @@ mod tests {
     }
 
     fn template(status: Value) -> ActorTemplate {
-        serde_json::from_value(json!({"apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+        serde_json::from_value(
+            json!({"apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
             "metadata": {"name": "t", "namespace": "team-a", "generation": 2},
             "spec": {"containers": [{"name": "c", "image": "i"}], "workerPoolRef": {"name": "p"}},
-            "status": status}))
+            "status": status}),
+        )
         .unwrap()
     }
 
     fn golden(generation: i64, status: Value) -> Actor {
-        serde_json::from_value(json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        serde_json::from_value(
+            json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
             "metadata": {"name": "team-a-t", "namespace": "ate-golden",
                 "annotations": {GOLDEN_GENERATION: generation.to_string()}},
-            "spec": {"template": {"namespace": "team-a", "name": "t"}}, "status": status}))
+            "spec": {"template": {"namespace": "team-a", "name": "t"}}, "status": status}),
+        )
         .unwrap()
     }
 
@@ -338,19 +342,34 @@ mod tests {
         assert_eq!(p.act, GoldenAct::Create);
         let t = template(json!({"conditions": [cond("Reconciling", "True", 2)]}));
         let g = golden(2, json!({"phase": "Suspended"}));
-        assert_eq!(decide(&t, Some(&g), None, now), Plan { mark_reconciling: false, act: GoldenAct::Resume, requeue_after: None });
+        assert_eq!(
+            decide(&t, Some(&g), None, now),
+            Plan {
+                mark_reconciling: false,
+                act: GoldenAct::Resume,
+                requeue_after: None
+            }
+        );
         let g = golden(2, json!({"phase": "Running"}));
         assert_eq!(decide(&t, Some(&g), None, now).act, GoldenAct::Suspend);
-        let g = golden(2, json!({"phase": "Suspended", "snapshot": {"uri": "file:///g"}}));
+        let g = golden(
+            2,
+            json!({"phase": "Suspended", "snapshot": {"uri": "file:///g"}}),
+        );
         let GoldenAct::Record(Some(s)) = decide(&t, Some(&g), None, now).act else {
             panic!()
         };
         assert_eq!(s.uri, "file:///g");
         // An older generation's golden actor is replaced.
-        let g = golden(1, json!({"phase": "Suspended", "snapshot": {"uri": "file:///g"}}));
+        let g = golden(
+            1,
+            json!({"phase": "Suspended", "snapshot": {"uri": "file:///g"}}),
+        );
         assert_eq!(decide(&t, Some(&g), None, now).act, GoldenAct::Delete);
         // Done: nothing more.
-        let t = template(json!({"snapshot": {"uri": "file:///g"}, "conditions": [cond("Ready", "True", 2)]}));
+        let t = template(
+            json!({"snapshot": {"uri": "file:///g"}, "conditions": [cond("Ready", "True", 2)]}),
+        );
         assert_eq!(decide(&t, Some(&g), None, now).act, GoldenAct::Nothing);
     }
 
@@ -358,18 +377,31 @@ mod tests {
     fn a_failed_boot_stalls_once_and_retries_with_backoff() {
         let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t = template(json!({"conditions": [cond("Reconciling", "True", 2)]}));
-        let g = golden(2, json!({"phase": "Failed", "conditions": [
+        let g = golden(
+            2,
+            json!({"phase": "Failed", "conditions": [
             {"type": "Ready", "status": "False", "reason": "ResumeFailed", "message": "image not found",
-             "lastTransitionTime": "2026-01-01T00:00:00Z"}]}));
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+        );
         let p = decide(&t, Some(&g), None, now);
-        let GoldenAct::Failed { stall: Some(msg), retry: Some(r) } = p.act else {
+        let GoldenAct::Failed {
+            stall: Some(msg),
+            retry: Some(r),
+        } = p.act
+        else {
             panic!("{p:?}")
         };
         assert_eq!(msg, "image not found");
         let t = template(json!({"conditions": [cond("Stalled", "True", 2)]}));
         let p = decide(&t, Some(&g), Some(r), now);
         assert!(!p.mark_reconciling);
-        assert_eq!(p.act, GoldenAct::Failed { stall: None, retry: None });
+        assert_eq!(
+            p.act,
+            GoldenAct::Failed {
+                stall: None,
+                retry: None
+            }
+        );
         assert_eq!(p.requeue_after, Some(crate::RETRY_BASE));
     }
 }

@@ -156,7 +156,10 @@ pub fn next_spec(
             };
         }
         Step::TakeOver => {
-            let had_holder = spec.holder_identity.as_deref().is_some_and(|h| !h.is_empty());
+            let had_holder = spec
+                .holder_identity
+                .as_deref()
+                .is_some_and(|h| !h.is_empty());
             spec.holder_identity = Some(me.into());
             spec.lease_duration_seconds = Some(duration.as_secs().max(1) as i32);
             spec.acquire_time = t.clone();
@@ -206,7 +209,9 @@ impl Elector {
         }
         let spec = cur.as_ref().and_then(|l| l.spec.as_ref());
         let step = decide(
-            cur.as_ref().map(|l| l.spec.as_ref().cloned().unwrap_or_default()).as_ref(),
+            cur.as_ref()
+                .map(|l| l.spec.as_ref().cloned().unwrap_or_default())
+                .as_ref(),
             self.observed.as_ref(),
             &self.cfg.identity,
             now,
@@ -317,15 +322,21 @@ impl Elector {
         {
             Ok(_) => tracing::info!(lease = %self.cfg.name, "lease released"),
             Err(e) if is_not_found(&e) => {}
-            Err(e) => tracing::warn!(lease = %self.cfg.name, error = %e, "releasing the lease failed"),
+            Err(e) => {
+                tracing::warn!(lease = %self.cfg.name, error = %e, "releasing the lease failed")
+            }
         }
     }
 }
 
 /// Campaigns for the lease forever; runs `work()` while leading and drops it when the lease
 /// is lost.
-pub async fn run_elected<W, F>(client: kube::Client, cfg: LeaderConfig, metrics: Arc<Metrics>, work: W)
-where
+pub async fn run_elected<W, F>(
+    client: kube::Client,
+    cfg: LeaderConfig,
+    metrics: Arc<Metrics>,
+    work: W,
+) where
     W: Fn() -> F,
     F: Future<Output = ()>,
 {
@@ -396,9 +407,15 @@ mod tests {
     fn a_missing_lease_is_created_and_our_own_renewed() {
         let now = Instant::now();
         assert_eq!(decide(None, None, "a", now, P), Step::Create);
-        assert_eq!(decide(Some(&spec(Some("a"))), None, "a", now, P), Step::Renew);
+        assert_eq!(
+            decide(Some(&spec(Some("a"))), None, "a", now, P),
+            Step::Renew
+        );
         assert_eq!(decide(Some(&spec(None)), None, "a", now, P), Step::TakeOver);
-        assert_eq!(decide(Some(&spec(Some(""))), None, "a", now, P), Step::TakeOver);
+        assert_eq!(
+            decide(Some(&spec(Some(""))), None, "a", now, P),
+            Step::TakeOver
+        );
     }
 
     #[test]
@@ -408,11 +425,18 @@ mod tests {
         let o = observe(None, "10", t0);
         assert_eq!(decide(Some(&s), Some(&o), "a", t0, P), Step::Wait(P));
         let near = t0 + Duration::from_secs(14);
-        assert_eq!(decide(Some(&s), Some(&o), "a", near, P), Step::Wait(Duration::from_secs(1)));
+        assert_eq!(
+            decide(Some(&s), Some(&o), "a", near, P),
+            Step::Wait(Duration::from_secs(1))
+        );
         // Renewed meanwhile (a new resourceVersion): the clock restarts.
         let o2 = observe(Some(o.clone()), "11", near);
         assert_eq!(o2.seen_at, near);
-        assert_eq!(observe(Some(o.clone()), "10", near), o, "unchanged keeps the first sighting");
+        assert_eq!(
+            observe(Some(o.clone()), "10", near),
+            o,
+            "unchanged keeps the first sighting"
+        );
         let later = t0 + Duration::from_secs(15);
         assert_eq!(decide(Some(&s), Some(&o2), "a", later, P), Step::Wait(P));
         assert_eq!(decide(Some(&s), Some(&o), "a", later, P), Step::TakeOver);
@@ -436,6 +460,9 @@ mod tests {
         assert_eq!(n.renew_time, Some(MicroTime(later)));
         assert_eq!(n.acquire_time, Some(MicroTime(now)));
         let c = next_spec(None, &Step::Create, "a", LEASE_DURATION, now);
-        assert_eq!((c.lease_transitions, c.lease_duration_seconds), (Some(0), Some(15)));
+        assert_eq!(
+            (c.lease_transitions, c.lease_duration_seconds),
+            (Some(0), Some(15))
+        );
     }
 }

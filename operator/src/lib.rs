@@ -216,7 +216,10 @@ pub(crate) fn fmt_time(t: jiff::Timestamp) -> String {
 }
 
 /// `now - t`, zero when `t` is in the future.
-pub(crate) fn age(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time, now: jiff::Timestamp) -> Duration {
+pub(crate) fn age(
+    t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    now: jiff::Timestamp,
+) -> Duration {
     let d = now.as_millisecond() - t.0.as_millisecond();
     Duration::from_millis(d.max(0) as u64)
 }

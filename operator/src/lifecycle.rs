@@ -71,7 +71,9 @@ pub enum Act {
     /// Suspend a running actor whose spec says `Suspended`.
     Suspend,
     /// Suspend an `OnDemand` actor idle for `timeout`.
-    IdleSuspend { timeout: Duration },
+    IdleSuspend {
+        timeout: Duration,
+    },
 }
 
 /// How the resume-retry state of the actor changes.
@@ -231,7 +233,10 @@ pub(crate) async fn reconcile(a: Arc<Actor>, ctx: Arc<Ctx>) -> Result<Action, Op
             Some("suspend")
         }
     };
-    let mut requeue = d.requeue_after.unwrap_or(ctx.cfg.resync).min(ctx.cfg.resync);
+    let mut requeue = d
+        .requeue_after
+        .unwrap_or(ctx.cfg.resync)
+        .min(ctx.cfg.resync);
     if let Some(verb) = verb {
         match act::actor_action(&ctx.client, &ns, &name, verb).await? {
             Outcome::Done => {}
@@ -247,9 +252,11 @@ mod tests {
     use super::*;
 
     fn actor(spec: serde_json::Value, status: serde_json::Value) -> Actor {
-        serde_json::from_value(json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        serde_json::from_value(
+            json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
             "metadata": {"name": "a", "namespace": "team-a", "uid": "u1", "generation": 1},
-            "spec": spec, "status": status}))
+            "spec": spec, "status": status}),
+        )
         .unwrap()
     }
 
@@ -293,7 +300,10 @@ mod tests {
     fn always_actors_resume_unless_waiting_and_failed_ones_back_off() {
         let now = ts("2026-01-01T00:00:00Z");
         let spec = json!({"template": {"name": "t"}, "activation": "Always"});
-        let a = actor(spec.clone(), json!({"phase": "Suspended", "observedGeneration": 1}));
+        let a = actor(
+            spec.clone(),
+            json!({"phase": "Suspended", "observedGeneration": 1}),
+        );
         assert_eq!(decide(&a, true, None, IDLE, now).act, Act::Resume);
         let waiting = actor(
             spec.clone(),
@@ -328,7 +338,11 @@ mod tests {
             let a = actor(spec.clone(), json!({"phase": p, "worker": {"name": "w"}}));
             assert_eq!(decide(&a, true, None, IDLE, now).act, Act::Suspend, "{p}");
             // Its worker is dead: left to the dead-worker controller.
-            assert_eq!(decide(&a, false, None, IDLE, now), Decision::nothing(), "{p}");
+            assert_eq!(
+                decide(&a, false, None, IDLE, now),
+                Decision::nothing(),
+                "{p}"
+            );
         }
     }
 
@@ -337,8 +351,14 @@ mod tests {
         let now = ts("2026-01-01T00:00:00Z");
         let spec = json!({"template": {"name": "t"}, "activation": "Suspended"});
         let a = actor(spec.clone(), json!({"phase": "Suspended"}));
-        assert_eq!(decide(&a, true, None, IDLE, now).observed_generation, Some(1));
-        let a = actor(spec.clone(), json!({"phase": "Suspending", "worker": {"name": "w"}}));
+        assert_eq!(
+            decide(&a, true, None, IDLE, now).observed_generation,
+            Some(1)
+        );
+        let a = actor(
+            spec.clone(),
+            json!({"phase": "Suspending", "worker": {"name": "w"}}),
+        );
         assert_eq!(decide(&a, true, None, IDLE, now).observed_generation, None);
         let a = actor(spec, json!({"phase": "Suspended", "observedGeneration": 1}));
         assert_eq!(decide(&a, true, None, IDLE, now), Decision::nothing());
@@ -354,7 +374,8 @@ mod tests {
         a.metadata.namespace = Some(crds::GOLDEN_ATESPACE.into());
         assert_eq!(decide(&a, true, None, IDLE, now), Decision::nothing());
         a.metadata.namespace = Some("team-a".into());
-        a.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+        a.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
         assert_eq!(decide(&a, true, None, IDLE, now), Decision::nothing());
     }
 }

@@ -64,8 +64,16 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for (name, help, arr) in [
-            ("ate_operator_reconciles_total", "Reconciles run.", &self.reconciles),
-            ("ate_operator_reconcile_errors_total", "Reconciles that failed.", &self.errors),
+            (
+                "ate_operator_reconciles_total",
+                "Reconciles run.",
+                &self.reconciles,
+            ),
+            (
+                "ate_operator_reconcile_errors_total",
+                "Reconciles that failed.",
+                &self.errors,
+            ),
             (
                 "ate_operator_objects_gone_total",
                 "Reconciles that found their object deleted on the apiserver.",
@@ -82,8 +90,16 @@ impl Metrics {
             }
         }
         for (name, help, v) in [
-            ("ate_operator_leader_acquired_total", "Times this replica became the leader.", &self.leader_acquired),
-            ("ate_operator_leader_lost_total", "Times this replica stopped leading.", &self.leader_lost),
+            (
+                "ate_operator_leader_acquired_total",
+                "Times this replica became the leader.",
+                &self.leader_acquired,
+            ),
+            (
+                "ate_operator_leader_lost_total",
+                "Times this replica stopped leading.",
+                &self.leader_lost,
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -108,7 +124,13 @@ mod tests {
         m.failed("nope");
         assert_eq!(m.counts("lifecycle").reconciles, 2);
         let text = m.render();
-        assert!(text.contains("ate_operator_reconciles_total{controller=\"lifecycle\"} 2"), "{text}");
-        assert!(text.contains("ate_operator_objects_gone_total{controller=\"pool\"} 1"), "{text}");
+        assert!(
+            text.contains("ate_operator_reconciles_total{controller=\"lifecycle\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ate_operator_objects_gone_total{controller=\"pool\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -116,7 +116,9 @@ pub(crate) async fn reconcile(p: Arc<WorkerPool>, ctx: Arc<Ctx>) -> Result<Actio
         }
     }
     Ok(Action::requeue(
-        plan.requeue_after.unwrap_or(ctx.cfg.resync).min(ctx.cfg.resync),
+        plan.requeue_after
+            .unwrap_or(ctx.cfg.resync)
+            .min(ctx.cfg.resync),
     ))
 }
 
@@ -125,16 +127,20 @@ mod tests {
     use super::*;
 
     fn pool(status: Value) -> WorkerPool {
-        serde_json::from_value(json!({"apiVersion": "ate.dev/v1alpha1", "kind": "WorkerPool",
+        serde_json::from_value(
+            json!({"apiVersion": "ate.dev/v1alpha1", "kind": "WorkerPool",
             "metadata": {"name": "p", "namespace": "default", "generation": 1},
-            "spec": {"replicas": 2}, "status": status}))
+            "spec": {"replicas": 2}, "status": status}),
+        )
         .unwrap()
     }
 
     fn worker(pool: &str, phase: &str, heartbeat: &str) -> Worker {
-        serde_json::from_value(json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
+        serde_json::from_value(
+            json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Worker",
             "metadata": {"name": "w"}, "spec": {"pool": pool},
-            "status": {"phase": phase, "lastHeartbeatTime": heartbeat}}))
+            "status": {"phase": phase, "lastHeartbeatTime": heartbeat}}),
+        )
         .unwrap()
     }
 
@@ -152,7 +158,10 @@ mod tests {
         let patch = plan.patch.unwrap();
         assert_eq!(patch["status"]["readyReplicas"], 2);
         assert_eq!(patch["status"]["conditions"][0]["status"], "True");
-        assert_eq!(patch["status"]["conditions"][0]["reason"], reasons::WORKERS_READY);
+        assert_eq!(
+            patch["status"]["conditions"][0]["reason"],
+            reasons::WORKERS_READY
+        );
         // The Bound worker's heartbeat expires first, in 10 s.
         assert_eq!(plan.requeue_after, Some(Duration::from_millis(10_200)));
         // Written already: no patch.

@@ -141,9 +141,15 @@ mod tests {
             assert_eq!(s.record(k.clone(), &format!("a{i}"), at), Record::Counted);
         }
         // Another kind or controller is logged on its own.
-        assert_eq!(s.record(key("pool", "api 500 InternalError"), "p", t0), Record::Log);
+        assert_eq!(
+            s.record(key("pool", "api 500 InternalError"), "p", t0),
+            Record::Log
+        );
         assert_eq!(s.record(key("lifecycle", "http"), "b", t0), Record::Log);
-        assert!(s.flush(t0 + Duration::from_secs(5)).is_empty(), "not over yet");
+        assert!(
+            s.flush(t0 + Duration::from_secs(5)).is_empty(),
+            "not over yet"
+        );
         let lines = s.flush(t0 + Duration::from_secs(10));
         assert_eq!(
             lines,
@@ -154,7 +160,13 @@ mod tests {
             }]
         );
         // A new interval: the next failure is logged in full again.
-        assert_eq!(s.record(k.clone(), "a", t0 + Duration::from_secs(11)), Record::Log);
-        assert!(s.flush(t0 + Duration::from_secs(30)).is_empty(), "nothing suppressed");
+        assert_eq!(
+            s.record(k.clone(), "a", t0 + Duration::from_secs(11)),
+            Record::Log
+        );
+        assert!(
+            s.flush(t0 + Duration::from_secs(30)).is_empty(),
+            "nothing suppressed"
+        );
     }
 }

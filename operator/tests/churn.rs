@@ -56,7 +56,14 @@ async fn deleting_an_atespace_of_thousands_of_actors_does_not_starve_other_work(
     // The template's golden actor takes one worker.
     free_worker(&w, "w2", "10.0.0.4").await;
     let _beats = heartbeats(&w, &["w0", "w1", "w2"]);
-    running_actor(&w, "team-a", "runner", "w0", json!({"template": {"name": "t"}})).await;
+    running_actor(
+        &w,
+        "team-a",
+        "runner",
+        "w0",
+        json!({"template": {"name": "t"}}),
+    )
+    .await;
 
     let op = Operator::new(w.client.clone(), config());
     let metrics = op.metrics();
@@ -76,10 +83,14 @@ async fn deleting_an_atespace_of_thousands_of_actors_does_not_starve_other_work(
         })
         .await;
     // The operator has seen them all (it records observedGeneration on each).
-    eventually("the operator caches every actor", Duration::from_secs(120), || {
-        let keys = op.cache_keys();
-        async move { (keys?.actors.len() > CHURN).then_some(()) }
-    })
+    eventually(
+        "the operator caches every actor",
+        Duration::from_secs(120),
+        || {
+            let keys = op.cache_keys();
+            async move { (keys?.actors.len() > CHURN).then_some(()) }
+        },
+    )
     .await;
 
     // Delete the atespace: thousands of actors go at once.
@@ -101,7 +112,13 @@ async fn deleting_an_atespace_of_thousands_of_actors_does_not_starve_other_work(
     create(&actors, json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
         "metadata": {"name": "always"}, "spec": {"template": {"name": "t"}, "activation": "Always"}})).await;
     let (suspended, resumed) = tokio::join!(
-        until_phase(&w, "team-a", "runner", "Suspending", Duration::from_secs(30)),
+        until_phase(
+            &w,
+            "team-a",
+            "runner",
+            "Suspending",
+            Duration::from_secs(30)
+        ),
         until_phase(&w, "team-a", "always", "Resuming", Duration::from_secs(30)),
     );
     eprintln!(
@@ -118,11 +135,15 @@ async fn deleting_an_atespace_of_thousands_of_actors_does_not_starve_other_work(
     // The operator's caches hold exactly the apiserver's objects.
     let want = apiserver_actors(&w).await;
     assert!(want.iter().all(|k| !k.starts_with("churn/")), "{want:?}");
-    eventually("the operator's actor cache matches the apiserver", Duration::from_secs(30), || {
-        let keys = op.cache_keys();
-        let want = want.clone();
-        async move { (keys?.actors == want).then_some(()) }
-    })
+    eventually(
+        "the operator's actor cache matches the apiserver",
+        Duration::from_secs(30),
+        || {
+            let keys = op.cache_keys();
+            let want = want.clone();
+            async move { (keys?.actors == want).then_some(()) }
+        },
+    )
     .await;
     let keys = op.cache_keys().expect("caches");
     let workers: BTreeSet<&str> = keys.workers.iter().map(String::as_str).collect();
@@ -139,7 +160,11 @@ async fn deleting_an_atespace_of_thousands_of_actors_does_not_starve_other_work(
     };
     let after = gone(&metrics);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(gone(&metrics), after, "the operator keeps acting on deleted actors");
+    assert_eq!(
+        gone(&metrics),
+        after,
+        "the operator keeps acting on deleted actors"
+    );
     assert!(after <= CHURN as u64, "{after} requests on deleted actors");
     let errors: u64 = operator::metrics::CONTROLLERS
         .iter()
@@ -159,8 +184,12 @@ async fn a_spec_change_is_acted_on_at_once() {
     free_worker(&w, "w1", "10.0.0.3").await;
     let _beats = heartbeats(&w, &["w0", "w1"]);
     let actors: Api<Actor> = Api::namespaced(w.client.clone(), "team-a");
-    create(&actors, json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
-        "metadata": {"name": "x"}, "spec": {"template": {"name": "t"}}})).await;
+    create(
+        &actors,
+        json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "x"}, "spec": {"template": {"name": "t"}}}),
+    )
+    .await;
     // No periodic pass helps: the safety resync is an hour.
     let op = Operator::new(
         w.client.clone(),
@@ -170,19 +199,27 @@ async fn a_spec_change_is_acted_on_at_once() {
         },
     );
     let task = tokio::spawn(op.clone().run());
-    eventually("the operator caches the actor", Duration::from_secs(30), || {
-        let keys = op.cache_keys();
-        async move { keys?.actors.contains(&"team-a/x".to_string()).then_some(()) }
-    })
+    eventually(
+        "the operator caches the actor",
+        Duration::from_secs(30),
+        || {
+            let keys = op.cache_keys();
+            async move { keys?.actors.contains(&"team-a/x".to_string()).then_some(()) }
+        },
+    )
     .await;
     // Let the first reconcile settle (observedGeneration).
-    eventually("observedGeneration is recorded", Duration::from_secs(30), || {
-        let actors = actors.clone();
-        async move {
-            let a = actors.get("x").await.ok()?;
-            (a.status?.observed_generation == Some(1)).then_some(())
-        }
-    })
+    eventually(
+        "observedGeneration is recorded",
+        Duration::from_secs(30),
+        || {
+            let actors = actors.clone();
+            async move {
+                let a = actors.get("x").await.ok()?;
+                (a.status?.observed_generation == Some(1)).then_some(())
+            }
+        },
+    )
     .await;
     let t = Instant::now();
     actors

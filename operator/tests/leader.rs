@@ -53,8 +53,12 @@ fn acted(op: &Operator) -> u64 {
 
 async fn always_actor(w: &World, name: &str) {
     let actors: Api<Actor> = Api::namespaced(w.client.clone(), "team-a");
-    create(&actors, json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
-        "metadata": {"name": name}, "spec": {"template": {"name": "t"}, "activation": "Always"}})).await;
+    create(
+        &actors,
+        json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": name}, "spec": {"template": {"name": "t"}, "activation": "Always"}}),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +100,10 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_goes() {
         async move { (holder(&leases).await.as_deref() == Some("op-b")).then_some(()) }
     })
     .await;
-    eprintln!("op-b took over {:?} after op-a stopped (lease duration 3s)", t.elapsed());
+    eprintln!(
+        "op-b took over {:?} after op-a stopped (lease duration 3s)",
+        t.elapsed()
+    );
     let lease = leases.get("substrate-operator").await.expect("lease");
     assert_eq!(lease.spec.unwrap().lease_transitions, Some(1));
     always_actor(&w, "x2").await;
@@ -126,10 +133,14 @@ async fn a_leader_shutting_down_releases_the_lease() {
     // A standby takes a released lease at once, without waiting out its duration.
     let b = elected_for(&w, "op-b", Duration::from_secs(120));
     let b_task = tokio::spawn(b.clone().run());
-    eventually("op-b takes the released lease", Duration::from_secs(30), || {
-        let leases = leases.clone();
-        async move { (holder(&leases).await.as_deref() == Some("op-b")).then_some(()) }
-    })
+    eventually(
+        "op-b takes the released lease",
+        Duration::from_secs(30),
+        || {
+            let leases = leases.clone();
+            async move { (holder(&leases).await.as_deref() == Some("op-b")).then_some(()) }
+        },
+    )
     .await;
     b_task.abort();
 }

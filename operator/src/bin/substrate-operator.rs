@@ -35,10 +35,18 @@ struct Args {
     #[arg(long, env = "SUBSTRATE_OPERATOR_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
     /// Atespace of the leader lease.
-    #[arg(long, env = "SUBSTRATE_OPERATOR_LEASE_NAMESPACE", default_value = "default")]
+    #[arg(
+        long,
+        env = "SUBSTRATE_OPERATOR_LEASE_NAMESPACE",
+        default_value = "default"
+    )]
     lease_namespace: String,
     /// Name of the leader lease.
-    #[arg(long, env = "SUBSTRATE_OPERATOR_LEASE_NAME", default_value = "substrate-operator")]
+    #[arg(
+        long,
+        env = "SUBSTRATE_OPERATOR_LEASE_NAME",
+        default_value = "substrate-operator"
+    )]
     lease_name: String,
     /// This replica's identity in the lease (default: hostname, pid and a nonce).
     #[arg(long, env = "SUBSTRATE_OPERATOR_IDENTITY")]
