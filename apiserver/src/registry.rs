@@ -4,6 +4,7 @@
 //! no-op updates, managedFields through [`crate::apply`]) on top of the Valkey [`Store`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
@@ -122,14 +123,17 @@ impl Selectors {
     }
 }
 
-/// Encodes a continue token (`{"v":"meta.k8s.io/v1","rv":N,"start":"ns/name"}`, base64url).
-fn encode_continue(rv: u64, key: &ObjectKey) -> String {
+/// Encodes a continue token (`{"v":"meta.k8s.io/v1","rv":N,"start":"ns/name"}`, base64url):
+/// the next page is the state at `rv` after the key `start`. `rv` `None` is Kubernetes'
+/// "inconsistent" token (`-1`): the remainder at the latest state.
+fn encode_continue(rv: Option<u64>, key: &ObjectKey) -> String {
     use base64::Engine;
+    let rv = rv.map_or(json!(-1), |rv| json!(rv));
     let raw = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{}/{}", key.namespace, key.name)});
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.to_string())
 }
 
-fn decode_continue(token: &str) -> Result<(u64, ObjectKey), ApiError> {
+fn decode_continue(token: &str) -> Result<(Option<u64>, ObjectKey), ApiError> {
     use base64::Engine;
     let bad = || {
         ApiError::bad_request(
@@ -143,7 +147,10 @@ fn decode_continue(token: &str) -> Result<(u64, ObjectKey), ApiError> {
     if v["v"] != "meta.k8s.io/v1" {
         return Err(bad());
     }
-    let rv = v["rv"].as_u64().ok_or_else(bad)?;
+    let rv = match v["rv"].as_i64() {
+        Some(-1) => None,
+        _ => Some(v["rv"].as_u64().filter(|rv| *rv > 0).ok_or_else(bad)?),
+    };
     let start = v["start"].as_str().ok_or_else(bad)?;
     let (ns, name) = start.split_once('/').ok_or_else(bad)?;
     Ok((
@@ -154,6 +161,14 @@ fn decode_continue(token: &str) -> Result<(u64, ObjectKey), ApiError> {
         },
     ))
 }
+
+/// How long a list waits for the watch cache to reach a resourceVersion a client asked for.
+const WAIT_FOR_RV: Duration = Duration::from_secs(3);
+/// How long a consistent list waits for the watch cache to reach Valkey's resourceVersion.
+const WAIT_FOR_CONSISTENT: Duration = Duration::from_secs(10);
+
+/// Kubernetes' answer to a continue token whose resourceVersion the history no longer holds.
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
 
 /// The generic registry.
 #[derive(Clone)]
@@ -192,8 +207,15 @@ impl Registry {
             .map_err(|e| ApiError::from_storage(res, name, e))
     }
 
-    /// Lists objects. `resourceVersion` unset: consistent read from Valkey through its indexes;
-    /// `0` or `NotOlderThan`: from the watch cache.
+    /// Lists objects, always from the watch cache; every page of a paginated list is a slice
+    /// of one snapshot, and reports its resourceVersion (carried by the continue token).
+    ///
+    /// `resourceVersion` unset (and an inconsistent continue token): a consistent read, served
+    /// once the cache has reached Valkey's current resourceVersion; `0` or `NotOlderThan`:
+    /// the cache as it is (after reaching the given rv); `Exact`: the state at exactly that rv,
+    /// rebuilt from the cache's history (410 when it no longer reaches back); a continue token:
+    /// the state at the token's rv (410 `Expired` with an inconsistent token once it is too old,
+    /// as Kubernetes answers).
     pub async fn list(
         &self,
         res: &ResourceInfo,
@@ -212,7 +234,12 @@ impl Registry {
             (Some(a), _) => Some(a.to_string()),
             (None, b) => b.map(str::to_string),
         };
-        let ns = if res.namespaced { ns } else { None };
+        // Cluster-scoped objects are stored under the namespace "".
+        let ns = if res.namespaced {
+            ns
+        } else {
+            Some(String::new())
+        };
         if opts.continue_token.is_some() && opts.resource_version.is_some() {
             return Err(ApiError::bad_request(
                 "specifying resource version is not allowed when using continue",
@@ -233,139 +260,69 @@ impl Registry {
                 ))
             })?),
         };
-        match (requested_rv, opts.rv_match) {
-            (None, _) => self.list_consistent(res, ns.as_deref(), &sel, opts).await,
-            (Some(rv), Some(RvMatch::Exact)) => {
-                let cache = self.store.cache(rkey(res));
-                if rv != cache.rv() {
-                    cache
-                        .wait_for_rv(rv, std::time::Duration::from_secs(3))
-                        .await
-                        .map_err(|e| ApiError::from_storage(res, "", e))?;
-                }
-                if cache.rv() != rv {
-                    return Err(ApiError::gone(format!(
-                        "too old resource version: {rv} ({}): exact lists are served at the latest resourceVersion only",
-                        cache.rv()
-                    )));
-                }
-                Ok(self.list_cached(res, ns.as_deref(), &sel))
-            }
-            (Some(rv), _) => {
-                let cache = self.store.cache(rkey(res));
-                if rv > 0 {
-                    cache
-                        .wait_for_rv(rv, std::time::Duration::from_secs(3))
-                        .await
-                        .map_err(|e| ApiError::from_storage(res, "", e))?;
-                }
-                Ok(self.list_cached(res, ns.as_deref(), &sel))
-            }
-        }
-    }
-
-    fn list_cached(&self, res: &ResourceInfo, ns: Option<&str>, sel: &Selectors) -> ListResult {
-        let (rv, objs) = self.store.cache(rkey(res)).snapshot(ns);
-        let items = objs
-            .iter()
-            .filter(|o| sel.matches(o))
-            .map(|o| o.as_ref().clone())
-            .collect();
-        ListResult {
-            items,
-            rv,
-            continue_token: None,
-        }
-    }
-
-    async fn list_consistent(
-        &self,
-        res: &ResourceInfo,
-        ns: Option<&str>,
-        sel: &Selectors,
-        opts: &ListOptions,
-    ) -> Result<ListResult, ApiError> {
-        let rk = rkey(res);
-        // A single named object (kubectl delete/wait send `metadata.name=x`).
-        if let Some(name) = sel.field.name()
-            && (ns.is_some() || !res.namespaced)
-        {
-            let rv = self.current_rv(res).await?;
-            let items = self
-                .get_opt(res, ns, name)
-                .await?
-                .into_iter()
-                .filter(|o| sel.matches(o))
-                .collect();
-            return Ok(ListResult {
-                items,
-                rv,
-                continue_token: None,
-            });
-        }
-        // Every page reports the first page's resourceVersion (carried in the token), so a
-        // watch started from it sees every change made while the client was paging.
-        let (mut list_rv, mut start_after) = match &opts.continue_token {
-            Some(t) => {
-                let (rv, key) = decode_continue(t)?;
-                (Some(rv), Some(key))
-            }
-            None => (None, None),
-        };
-        let mut terms = sel.label.index_terms();
-        terms.extend(sel.field.index_terms());
-        let mut items = Vec::new();
-        let page_size = opts.limit.map(|l| l.clamp(1, 5000));
-        loop {
-            let page = self
-                .store
-                .list(
-                    rk,
-                    &ListRequest {
-                        namespace: ns.map(str::to_string),
-                        terms: terms.clone(),
-                        start_after: start_after.clone(),
-                        limit: page_size,
-                    },
-                )
+        let cache = self.store.cache(rkey(res));
+        let wait = |rv: u64, timeout: Duration| async move {
+            cache
+                .wait_for_rv(rv, timeout)
                 .await
-                .map_err(|e| ApiError::from_storage(res, "", e))?;
-            list_rv.get_or_insert(page.rv);
-            let n = page.items.len();
-            for (i, obj) in page.items.into_iter().enumerate() {
-                if sel.matches(&obj) {
-                    items.push(obj);
-                    if let Some(limit) = opts.limit
-                        && items.len() >= limit
-                    {
-                        let more = i + 1 < n || page.next.is_some();
-                        let token = more.then(|| {
-                            let last = &items[items.len() - 1];
-                            encode_continue(
-                                list_rv.unwrap_or(page.rv),
-                                &okey(
-                                    meta_str(last, "namespace"),
-                                    meta_str(last, "name").unwrap_or_default(),
-                                ),
-                            )
-                        });
-                        return Ok(ListResult {
-                            items,
-                            rv: list_rv.unwrap_or(page.rv),
-                            continue_token: token,
-                        });
-                    }
+                .map_err(|e| ApiError::from_storage(res, "", e))
+        };
+        let (at, start_after) = match (&opts.continue_token, requested_rv, opts.rv_match) {
+            (Some(token), _, _) => match decode_continue(token)? {
+                (Some(rv), key) => {
+                    wait(rv, WAIT_FOR_RV).await?;
+                    (Some(rv), Some(key))
                 }
+                (None, key) => {
+                    wait(self.current_rv(res).await?, WAIT_FOR_CONSISTENT).await?;
+                    (None, Some(key))
+                }
+            },
+            (None, None, _) => {
+                wait(self.current_rv(res).await?, WAIT_FOR_CONSISTENT).await?;
+                (None, None)
             }
-            match page.next {
-                Some(next) if opts.limit.is_some() => start_after = Some(next),
-                _ => break,
+            (None, Some(0), Some(RvMatch::Exact)) => {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    "resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+                ));
             }
-        }
+            (None, Some(rv), Some(RvMatch::Exact)) => {
+                wait(rv, WAIT_FOR_RV).await?;
+                (Some(rv), None)
+            }
+            (None, Some(rv), _) => {
+                if rv > 0 {
+                    wait(rv, WAIT_FOR_RV).await?;
+                }
+                (None, None)
+            }
+        };
+        let req = ListRequest {
+            namespace: ns,
+            name: sel.field.name().map(str::to_string),
+            start_after,
+            limit: opts.limit,
+            at,
+        };
+        let page = match cache.list(&req, &|o| sel.matches(o)) {
+            Ok(page) => page,
+            Err(StorageError::TooOld { .. }) if opts.continue_token.is_some() => {
+                let mut e = ApiError::gone(CONTINUE_EXPIRED);
+                e.continue_token = req
+                    .start_after
+                    .as_ref()
+                    .map(|key| encode_continue(None, key));
+                return Err(e);
+            }
+            Err(e) => return Err(ApiError::from_storage(res, "", e)),
+        };
         Ok(ListResult {
-            items,
-            rv: list_rv.unwrap_or(0),
-            continue_token: None,
+            items: page.items.iter().map(|o| o.as_ref().clone()).collect(),
+            rv: page.rv,
+            continue_token: page.next.map(|key| encode_continue(Some(page.rv), &key)),
         })
     }
 
@@ -1524,8 +1481,10 @@ mod tests {
             namespace: "team-a".into(),
             name: "x".into(),
         };
-        let t = encode_continue(42, &k);
-        assert_eq!(decode_continue(&t).unwrap(), (42, k));
+        let t = encode_continue(Some(42), &k);
+        assert_eq!(decode_continue(&t).unwrap(), (Some(42), k.clone()));
+        let t = encode_continue(None, &k);
+        assert_eq!(decode_continue(&t).unwrap(), (None, k));
         assert!(decode_continue("garbage!").is_err());
     }
 

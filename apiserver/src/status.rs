@@ -21,6 +21,9 @@ pub struct ApiError {
     pub details: Option<Box<Value>>,
     /// Seconds a client should wait before retrying (`Retry-After`).
     pub retry_after: Option<u64>,
+    /// `metadata.continue` of the Status (an expired list continue token's inconsistent
+    /// replacement).
+    pub continue_token: Option<String>,
 }
 
 pub(crate) fn details(res: &ResourceInfo, name: &str) -> Value {
@@ -35,6 +38,7 @@ impl ApiError {
             message: message.into(),
             details: None,
             retry_after: None,
+            continue_token: None,
         }
     }
     pub(crate) fn with_details(mut self, d: Value) -> Self {
@@ -210,6 +214,9 @@ impl ApiError {
         });
         if let Some(d) = &self.details {
             s["details"] = (**d).clone();
+        }
+        if let Some(c) = &self.continue_token {
+            s["metadata"] = json!({"continue": c});
         }
         if let Some(r) = self.retry_after {
             let d = s

@@ -312,6 +312,8 @@ async fn list_filters_and_paginates() {
         stored.insert(key_of(&c), c);
     }
     let rv_now = store.current_rv(RES).await.expect("rv");
+    let cache = store.cache(RES);
+    cache.wait_for_rv(rv_now, WAIT).await.expect("cache");
 
     let namespaces = [
         None,
@@ -329,13 +331,14 @@ async fn list_filters_and_paginates() {
     ];
     for ns in namespaces {
         for terms in term_sets {
+            let matches = |o: &Value| {
+                let t = terms_of(o);
+                terms.iter().all(|x| t.iter().any(|y| y == x))
+            };
             let expected: Vec<&Value> = stored
                 .values()
                 .filter(|o| ns.is_none_or(|ns| o["metadata"]["namespace"] == ns))
-                .filter(|o| {
-                    let t = terms_of(o);
-                    terms.iter().all(|x| t.iter().any(|y| y == x))
-                })
+                .filter(|o| matches(o))
                 .collect();
             // Ordered by "<ns>/<name>" bytes.
             let members: Vec<String> = expected.iter().map(|o| key_of(o).member()).collect();
@@ -348,17 +351,16 @@ async fn list_filters_and_paginates() {
                 let mut start_after = None;
                 let mut pages = 0;
                 loop {
-                    let page = store
+                    let page = cache
                         .list(
-                            RES,
                             &ListRequest {
                                 namespace: ns.map(str::to_string),
-                                terms: terms.iter().map(|s| s.to_string()).collect(),
                                 start_after: start_after.clone(),
                                 limit,
+                                ..Default::default()
                             },
+                            &matches,
                         )
-                        .await
                         .expect("list");
                     pages += 1;
                     assert_eq!(page.rv, rv_now);
@@ -366,7 +368,7 @@ async fn list_filters_and_paginates() {
                         assert!(page.items.len() <= l);
                     }
                     if let Some(next) = &page.next {
-                        assert_eq!(Some(next), page.items.last().map(key_of).as_ref());
+                        assert_eq!(Some(next), page.items.last().map(|o| key_of(o)).as_ref());
                     }
                     got.extend(page.items);
                     match page.next {
@@ -375,90 +377,236 @@ async fn list_filters_and_paginates() {
                     }
                     assert!(pages < 100, "pagination does not terminate");
                 }
-                let got: Vec<&Value> = got.iter().collect();
+                let got: Vec<&Value> = got.iter().map(|o| o.as_ref()).collect();
                 assert_eq!(got, expected, "ns={ns:?} terms={terms:?} limit={limit:?}");
+                if let Some(l) = limit {
+                    // No empty last page: a page is followed by another only if one matches.
+                    assert_eq!(pages, expected.len().div_ceil(l).max(1));
+                }
             }
         }
     }
 
     // A start_after key outside the namespace.
-    let page = store
+    let page = cache
         .list(
-            RES,
             &ListRequest {
                 namespace: Some("team".into()),
                 start_after: Some(key("team-a", "o99")),
                 limit: Some(2),
                 ..Default::default()
             },
+            &|_| true,
         )
-        .await
         .expect("list");
     assert_eq!(
-        page.items.iter().map(key_of).collect::<Vec<_>>(),
+        page.items.iter().map(|o| key_of(o)).collect::<Vec<_>>(),
         vec![key("team", "o00"), key("team", "o01")]
     );
 
-    // The cache agrees with Valkey, in the same order.
+    // One name in a namespace.
+    let page = cache
+        .list(
+            &ListRequest {
+                namespace: Some("team".into()),
+                name: Some("o03".into()),
+                ..Default::default()
+            },
+            &|_| true,
+        )
+        .expect("list");
+    assert_eq!(
+        page.items.iter().map(|o| key_of(o)).collect::<Vec<_>>(),
+        vec![key("team", "o03")]
+    );
+}
+
+#[tokio::test]
+async fn list_at_an_older_rv_is_the_state_then() {
+    let server = ValkeyServer::start();
+    let store = connect(&server, StoreOptions::default()).await;
+    let mut objs = BTreeMap::new();
+    for o in fixture() {
+        let c = create(&store, &o).await;
+        objs.insert(key_of(&c), c);
+    }
+    let then = store.current_rv(RES).await.expect("rv");
+    // Delete, modify (also out of and into a selection) and create.
+    let victim = objs[&key("team", "o02")].clone();
     store
-        .cache(RES)
-        .wait_for_rv(rv_now, WAIT)
+        .delete(
+            RES,
+            &key_of(&victim),
+            rv(&victim),
+            &victim,
+            &terms_of(&victim),
+        )
         .await
-        .expect("cache");
-    for ns in namespaces {
-        let (crv, items) = store.cache(RES).snapshot(ns);
-        let page = store
-            .list(
-                RES,
-                &ListRequest {
-                    namespace: ns.map(str::to_string),
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("list");
-        assert_eq!(crv, page.rv);
-        assert_eq!(
-            items.iter().map(|v| &**v).collect::<Vec<_>>(),
-            page.items.iter().collect::<Vec<_>>()
+        .expect("delete");
+    let old = objs[&key("team", "o01")].clone();
+    update(&store, &old, &obj("team", "o01", &[("app", "web")], 99)).await;
+    let old = objs[&key("team", "o00")].clone();
+    let mid = update(&store, &old, &obj("team", "o00", &[("app", "db")], 98)).await;
+    update(&store, &mid, &obj("team", "o00", &[("app", "db")], 97)).await;
+    create(&store, &obj("team", "o015", &[("app", "web")], 5)).await;
+    let now = store.current_rv(RES).await.expect("rv");
+    let cache = store.cache(RES);
+    cache.wait_for_rv(now, WAIT).await.expect("cache");
+
+    let web = |o: &Value| o["metadata"]["labels"]["app"] == "web";
+    for (filter, name) in [
+        (&(|_: &Value| true) as &dyn Fn(&Value) -> bool, "all"),
+        (&web, "web"),
+    ] {
+        let want: Vec<&Value> = objs.values().filter(|o| filter(o)).collect();
+        for limit in [None, Some(1), Some(4)] {
+            let mut got = Vec::new();
+            let mut start_after = None;
+            loop {
+                let page = cache
+                    .list(
+                        &ListRequest {
+                            start_after: start_after.clone(),
+                            limit,
+                            at: Some(then),
+                            ..Default::default()
+                        },
+                        filter,
+                    )
+                    .expect("list at then");
+                assert_eq!(page.rv, then);
+                got.extend(page.items);
+                match page.next {
+                    Some(n) => start_after = Some(n),
+                    None => break,
+                }
+            }
+            let got: Vec<&Value> = got.iter().map(|o| o.as_ref()).collect();
+            assert_eq!(got, want, "{name} limit={limit:?}");
+        }
+    }
+    // The current state is served as before.
+    let page = cache
+        .list(&ListRequest::default(), &|_| true)
+        .expect("list now");
+    assert_eq!(page.rv, now);
+    assert_eq!(page.items.len(), objs.len());
+
+    // A new store loads its history from the stream and derives the previous states.
+    let fresh = connect(&server, StoreOptions::default()).await;
+    let page = fresh
+        .cache(RES)
+        .list(
+            &ListRequest {
+                at: Some(then),
+                ..Default::default()
+            },
+            &|_| true,
+        )
+        .expect("list at then after a load");
+    assert_eq!(
+        page.items.iter().map(|o| o.as_ref()).collect::<Vec<_>>(),
+        objs.values().collect::<Vec<_>>()
+    );
+    // With a short history, the first event of a key in it has no known previous state
+    // (o00's last update), so nothing before it can be rebuilt; before the history: too old.
+    let small = connect(
+        &server,
+        StoreOptions {
+            history: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    for at in [now - 2, now - 3] {
+        let r = small.cache(RES).list(
+            &ListRequest {
+                at: Some(at),
+                ..Default::default()
+            },
+            &|_| true,
+        );
+        assert!(
+            matches!(r, Err(StorageError::TooOld { requested, .. }) if requested == at),
+            "{r:?}"
         );
     }
+    // At now - 1: o02 deleted, o015 not created yet (undoing a create needs no previous state).
+    let page = small
+        .cache(RES)
+        .list(
+            &ListRequest {
+                at: Some(now - 1),
+                ..Default::default()
+            },
+            &|_| true,
+        )
+        .expect("list at now - 1");
+    let keys: Vec<ObjectKey> = page.items.iter().map(|o| key_of(o)).collect();
+    assert_eq!(keys.len(), objs.len() - 1);
+    assert!(!keys.contains(&key("team", "o015")) && !keys.contains(&key("team", "o02")));
+}
+
+/// Every object in Valkey (of `ns` when given), in key order, read from Valkey itself.
+async fn valkey_objects(server: &ValkeyServer, store: &Store, ns: Option<&str>) -> Vec<Value> {
+    let mut c = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg("substrate:{substrate.ate.dev/actors}:all")
+        .arg("-")
+        .arg("+")
+        .arg("BYLEX")
+        .query_async(&mut c)
+        .await
+        .expect("ZRANGE");
+    let mut out = Vec::new();
+    for m in members {
+        let k = ObjectKey::from_member(&m).expect("member");
+        if ns.is_some_and(|ns| k.namespace != ns) {
+            continue;
+        }
+        out.push(store.get(RES, &k).await.expect("get").expect("exists"));
+    }
+    out
+}
+
+/// The members of the intersection of index term sets, sorted.
+async fn term_members(conn: &mut redis::aio::MultiplexedConnection, terms: &[&str]) -> Vec<String> {
+    let mut cmd = redis::cmd("SINTER");
+    for t in terms {
+        cmd.arg(format!("substrate:{{substrate.ate.dev/actors}}:i:{t}"));
+    }
+    let mut m: Vec<String> = cmd.query_async(conn).await.expect("SINTER");
+    m.sort();
+    m
 }
 
 #[tokio::test]
 async fn indexes_follow_updates_and_deletes() {
     let server = ValkeyServer::start();
     let store = connect(&server, StoreOptions::default()).await;
-    let by = |terms: &[&str]| ListRequest {
-        terms: terms.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
-    let names = |items: &[Value]| -> Vec<String> {
-        items
-            .iter()
-            .map(|o| {
-                o["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect()
-    };
+    let mut raw = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
 
     let a = create(&store, &obj("ns", "a", &[("app", "web")], 0)).await;
     let b = create(&store, &obj("ns", "b", &[("app", "web")], 0)).await;
     let a2 = update(&store, &a, &obj("ns", "a", &[("app", "api")], 1)).await;
-    let web = store.list(RES, &by(&["l:app=web"])).await.expect("list");
-    assert_eq!(names(&web.items), vec!["b"]);
-    let api = store.list(RES, &by(&["l:app=api"])).await.expect("list");
-    assert_eq!(names(&api.items), vec!["a"]);
-    let any = store.list(RES, &by(&["lk:app"])).await.expect("list");
-    assert_eq!(names(&any.items), vec!["a", "b"]);
+    assert_eq!(term_members(&mut raw, &["l:app=web"]).await, vec!["ns/b"]);
+    assert_eq!(term_members(&mut raw, &["l:app=api"]).await, vec!["ns/a"]);
+    assert_eq!(
+        term_members(&mut raw, &["lk:app"]).await,
+        vec!["ns/a", "ns/b"]
+    );
 
     // Dropping the label removes the object from every term of it.
     let a3 = update(&store, &a2, &obj("ns", "a", &[], 2)).await;
-    let any = store.list(RES, &by(&["lk:app"])).await.expect("list");
-    assert_eq!(names(&any.items), vec!["b"]);
+    assert_eq!(term_members(&mut raw, &["lk:app"]).await, vec!["ns/b"]);
     assert!(
         !raw_keys(&server)
             .await
@@ -483,12 +631,7 @@ async fn indexes_follow_updates_and_deletes() {
     .map(String::from)
     .collect();
     assert_eq!(left, expected, "no dangling objects, index sets or members");
-    let all = store
-        .list(RES, &ListRequest::default())
-        .await
-        .expect("list");
-    assert!(all.items.is_empty());
-    assert_eq!(all.rv, 6);
+    assert_eq!(store.current_rv(RES).await.expect("rv"), 6);
 }
 
 #[tokio::test]
@@ -638,19 +781,9 @@ async fn watch_with_snapshot_has_no_gap_and_no_dup_under_writes() {
                 EventType::Deleted => assert!(state.remove(&ev.key).is_some()),
             }
         }
-        let page = store
-            .list(
-                RES,
-                &ListRequest {
-                    namespace: ns.map(str::to_string),
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("list");
         assert_eq!(
             state.into_values().collect::<Vec<_>>(),
-            page.items,
+            valkey_objects(&server, &store, ns).await,
             "ns={ns:?} start={start}"
         );
     }

@@ -15,13 +15,14 @@
 //!   `tokio::sync::watch` channel, so a watcher costs one receiver.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{EventType, ObjectKey, ResourceKey, StorageError, WatchEvent};
+use super::{EventType, ListPage, ListRequest, ObjectKey, ResourceKey, StorageError, WatchEvent};
 
 /// An event as read from the stream, before the cache attaches `prev`.
 #[derive(Debug, Clone)]
@@ -223,6 +224,54 @@ impl WatchCache {
         (st.rv, snapshot_of(&st, namespace))
     }
 
+    /// One page of the state at `req.at` (the current rv when `None`), in key order: the
+    /// objects after `req.start_after` (in `req.namespace`) that `filter` accepts, at most
+    /// `req.limit` of them. Every page of a list served at one rv is a slice of the same
+    /// snapshot, whatever was written in between.
+    ///
+    /// The state at an older rv is the current state with the history events newer than that
+    /// rv undone (each event keeps the object's previous state). [`StorageError::TooOld`] when
+    /// the history no longer reaches back to `req.at`; an `at` ahead of the cache is served at
+    /// the cache's rv (wait with [`WatchCache::wait_for_rv`] first).
+    pub fn list(
+        &self,
+        req: &ListRequest,
+        filter: &dyn Fn(&Value) -> bool,
+    ) -> Result<ListPage, StorageError> {
+        let st = self.shared.read();
+        let at = req.at.map_or(st.rv, |at| at.min(st.rv));
+        let range = KeyRange::new(req);
+        let undone = undo_since(&st, at, &range)?;
+        let current = st
+            .objects
+            .range((range.lower.clone(), Bound::Unbounded))
+            .take_while(|(k, _)| range.upper_ok(k))
+            .map(|(k, v)| (k, Some(v)));
+        let undone_iter = undone.iter().map(|(k, v)| (k, v.as_ref()));
+        let limit = req.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let mut items = Vec::new();
+        let mut last = None;
+        let mut next = None;
+        for (key, obj) in merge_overriding(current, undone_iter) {
+            let Some(obj) = obj else { continue };
+            if !filter(obj) {
+                continue;
+            }
+            if items.len() == limit {
+                // Another match remains: the page ends at the last returned key.
+                next = last.take();
+                break;
+            }
+            items.push(obj.clone());
+            last = Some(key);
+        }
+        Ok(ListPage {
+            rv: at,
+            items,
+            next: next.cloned(),
+        })
+    }
+
     /// Waits until the cache reflects at least `rv`.
     pub async fn wait_for_rv(&self, rv: u64, timeout: Duration) -> Result<(), StorageError> {
         let mut rx = self.shared.tx.subscribe();
@@ -337,6 +386,114 @@ impl Watcher {
     pub fn rv(&self) -> u64 {
         self.pos
     }
+}
+
+/// The keys a list request covers: after `start_after`, inside `namespace`, or one name.
+struct KeyRange<'a> {
+    lower: Bound<ObjectKey>,
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+}
+
+impl<'a> KeyRange<'a> {
+    fn new(req: &'a ListRequest) -> Self {
+        let namespace = req.namespace.as_deref();
+        let name = req.name.as_deref().filter(|_| namespace.is_some());
+        // The first key of a namespace is above `<ns>/` (names are not empty).
+        let ns_lower = namespace.map(|ns| ObjectKey::new(ns, name.unwrap_or("")));
+        let lower = match (&req.start_after, ns_lower) {
+            (Some(after), Some(lo)) if *after < lo => Bound::Included(lo),
+            (Some(after), _) => Bound::Excluded(after.clone()),
+            (None, Some(lo)) => Bound::Included(lo),
+            (None, None) => Bound::Unbounded,
+        };
+        Self {
+            lower,
+            namespace,
+            name,
+        }
+    }
+
+    /// Whether `key`, at or above the lower bound, is still inside the range.
+    fn upper_ok(&self, key: &ObjectKey) -> bool {
+        self.namespace.is_none_or(|ns| key.namespace == ns)
+            && self.name.is_none_or(|n| key.name == n)
+    }
+
+    fn contains(&self, key: &ObjectKey) -> bool {
+        let above = match &self.lower {
+            Bound::Included(lo) => key >= lo,
+            Bound::Excluded(lo) => key > lo,
+            Bound::Unbounded => true,
+        };
+        above && self.upper_ok(key)
+    }
+}
+
+/// The state at `at` of every key in `range` that changed after `at`: the previous state of
+/// its first event after `at` (`None`: it did not exist).
+fn undo_since(
+    st: &State,
+    at: u64,
+    range: &KeyRange<'_>,
+) -> Result<BTreeMap<ObjectKey, Option<Arc<Value>>>, StorageError> {
+    let mut undone = BTreeMap::new();
+    if at >= st.rv {
+        return Ok(undone);
+    }
+    if at < st.oldest {
+        return Err(StorageError::TooOld {
+            requested: at,
+            oldest: st.oldest,
+        });
+    }
+    let first = st.history.partition_point(|e| e.rv <= at);
+    for ev in st.history.range(first..) {
+        if undone.contains_key(&ev.key) || !range.contains(&ev.key) {
+            continue;
+        }
+        let before = match ev.kind {
+            EventType::Added => None,
+            EventType::Modified | EventType::Deleted => match &ev.prev {
+                Some(p) => Some(p.clone()),
+                // The history was loaded at startup and does not hold this key's state before
+                // its first event: nothing before that event can be rebuilt.
+                None => {
+                    return Err(StorageError::TooOld {
+                        requested: at,
+                        oldest: ev.rv,
+                    });
+                }
+            },
+        };
+        undone.insert(ev.key.clone(), before);
+    }
+    Ok(undone)
+}
+
+/// Merges two key-ordered sequences; on equal keys the second wins.
+fn merge_overriding<'a, A, B>(
+    a: A,
+    b: B,
+) -> impl Iterator<Item = (&'a ObjectKey, Option<&'a Arc<Value>>)>
+where
+    A: Iterator<Item = (&'a ObjectKey, Option<&'a Arc<Value>>)>,
+    B: Iterator<Item = (&'a ObjectKey, Option<&'a Arc<Value>>)>,
+{
+    let mut a = a.peekable();
+    let mut b = b.peekable();
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some((ka, _)), Some((kb, _))) => match ka.cmp(kb) {
+            std::cmp::Ordering::Less => a.next(),
+            std::cmp::Ordering::Greater => b.next(),
+            std::cmp::Ordering::Equal => {
+                a.next();
+                b.next()
+            }
+        },
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    })
 }
 
 fn snapshot_of(st: &State, namespace: Option<&str>) -> Vec<Arc<Value>> {
@@ -595,6 +752,101 @@ mod tests {
         let (rv, items, mut w) = c.watch_with_snapshot(Some("t"));
         assert_eq!((rv, items.len()), (4, 1));
         assert!(w.try_next().is_none());
+    }
+
+    fn names(items: &[Arc<Value>]) -> Vec<String> {
+        items
+            .iter()
+            .map(|o| {
+                let m = &o["metadata"];
+                format!(
+                    "{}/{}@{}",
+                    m["namespace"].as_str().unwrap_or_default(),
+                    m["name"].as_str().unwrap_or_default(),
+                    m["resourceVersion"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    fn list(
+        c: &WatchCache,
+        at: Option<u64>,
+        ns: Option<&str>,
+        after: Option<ObjectKey>,
+        limit: Option<usize>,
+    ) -> Result<ListPage, StorageError> {
+        c.list(
+            &ListRequest {
+                namespace: ns.map(str::to_string),
+                start_after: after,
+                limit,
+                at,
+                ..Default::default()
+            },
+            &|_| true,
+        )
+    }
+
+    #[test]
+    fn list_at_an_older_rv_undoes_newer_events() {
+        let c = cache(100);
+        c.apply([
+            ev(1, EventType::Added, "a", "x"),
+            ev(2, EventType::Added, "a", "y"),
+            ev(3, EventType::Added, "b", "z"),
+        ])
+        .expect("apply");
+        // Page 1 at rv 3, then writes, then page 2 at rv 3.
+        let p1 = list(&c, None, None, None, Some(1)).expect("page 1");
+        assert_eq!((p1.rv, names(&p1.items)), (3, vec!["a/x@1".to_string()]));
+        c.apply([
+            ev(4, EventType::Deleted, "a", "y"),
+            ev(5, EventType::Added, "a", "xa"),
+            ev(6, EventType::Modified, "b", "z"),
+            ev(7, EventType::Modified, "b", "z"),
+            ev(8, EventType::Deleted, "a", "x"),
+        ])
+        .expect("apply");
+        let p2 = list(&c, Some(3), None, p1.next, Some(1)).expect("page 2");
+        assert_eq!((p2.rv, names(&p2.items)), (3, vec!["a/y@2".to_string()]));
+        let p3 = list(&c, Some(3), None, p2.next, Some(1)).expect("page 3");
+        assert_eq!(names(&p3.items), vec!["b/z@3"]);
+        assert!(p3.next.is_none());
+        // The current state and an intermediate one.
+        let now = list(&c, None, None, None, None).expect("now");
+        assert_eq!(
+            (now.rv, names(&now.items)),
+            (8, vec!["a/xa@5".to_string(), "b/z@7".to_string()])
+        );
+        let mid = list(&c, Some(6), Some("b"), None, None).expect("rv 6");
+        assert_eq!(names(&mid.items), vec!["b/z@6"]);
+        let mid = list(&c, Some(5), Some("a"), None, None).expect("rv 5");
+        assert_eq!(names(&mid.items), vec!["a/x@1", "a/xa@5"]);
+        // Ahead of the cache: served at the cache's rv.
+        assert_eq!(list(&c, Some(99), None, None, None).expect("ahead").rv, 8);
+    }
+
+    #[test]
+    fn list_before_the_history_is_too_old() {
+        let c = cache(2);
+        c.apply((1..=4).map(|i| ev(i, EventType::Added, "a", &format!("o{i}"))))
+            .expect("apply");
+        assert_eq!(c.oldest_rv(), 2);
+        assert!(matches!(
+            list(&c, Some(1), None, None, None),
+            Err(StorageError::TooOld {
+                requested: 1,
+                oldest: 2
+            })
+        ));
+        assert_eq!(
+            list(&c, Some(2), None, None, None)
+                .expect("rv 2")
+                .items
+                .len(),
+            2
+        );
     }
 
     #[tokio::test]

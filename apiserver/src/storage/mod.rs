@@ -177,25 +177,28 @@ pub enum StorageError {
     Corrupt { key: String, reason: String },
 }
 
-/// A list query. Results are ordered by `"<namespace>/<name>"`.
+/// A list query, served by [`WatchCache::list`]. Results are ordered by `"<namespace>/<name>"`.
 #[derive(Clone, Debug, Default)]
 pub struct ListRequest {
-    /// Only objects of this namespace; `None` for all.
+    /// Only objects of this namespace (`""` for cluster-scoped ones); `None` for all.
     pub namespace: Option<String>,
-    /// AND of exact index terms (as passed to [`Store::create`]); empty for no filter.
-    pub terms: Vec<String>,
+    /// Only the object of this name; used only together with `namespace` (a point lookup).
+    pub name: Option<String>,
     /// Continue after this key (exclusive).
     pub start_after: Option<ObjectKey>,
-    /// Page size; `None` (or 0) for everything.
+    /// Page size: at most this many objects; `None` (or 0) for everything.
     pub limit: Option<usize>,
+    /// The state at this resourceVersion; `None` for the cache's current one.
+    pub at: Option<u64>,
 }
 
-/// One page of a list, read atomically at `rv`.
+/// One page of a list: a slice of the state at `rv`.
 #[derive(Clone, Debug)]
 pub struct ListPage {
     pub rv: u64,
-    pub items: Vec<Value>,
-    /// `Some(last returned key)` iff more items remain.
+    /// With their own `metadata.resourceVersion` (at most `rv`).
+    pub items: Vec<Arc<Value>>,
+    /// `Some(last returned key)` iff more matching objects remain.
     pub next: Option<ObjectKey>,
 }
 

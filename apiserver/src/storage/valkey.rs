@@ -39,9 +39,11 @@
 //! lower than the cache's rv (Valkey lost data or was flushed) or when the stream does not
 //! continue the cache's state (trimmed past the cache's position, or rewritten).
 //!
-//! Reads: [`Store::get`] is a plain `GET`; [`Store::list`] is one read-only script
-//! (`#!lua flags=no-writes`) returning the counter and a page together, from the `all` range
-//! or from `SINTER` of the term sets (filtered and sorted by bytes inside the script).
+//! Reads: [`Store::get`] is a plain `GET` and [`Store::current_rv`] reads the counter; lists
+//! are served by the watch caches ([`WatchCache::list`]), which a consistent list first lets
+//! catch up with the counter. Loading a cache is one read-only script (`#!lua
+//! flags=no-writes`, `scripts/load.lua`) returning the counter and every object together. The
+//! term sets are kept for a Valkey-side query but no read uses them today.
 //!
 //! Limits: the multi-stream `XREAD` is the one command that assumes a single node (on a
 //! cluster the feed would issue one `XREAD` per shard). Data loss is detected by the counter
@@ -60,14 +62,12 @@ use redis::{AsyncConnectionConfig, Script};
 use serde_json::Value;
 
 use super::cache::{Loaded, StreamEvent, WatchCache};
-use super::{
-    EventType, ListPage, ListRequest, ObjectKey, ResourceKey, StorageError, stored_json, with_rv,
-};
+use super::{EventType, ObjectKey, ResourceKey, StorageError, stored_json, with_rv};
 
 static CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/create.lua")));
 static UPDATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/update.lua")));
 static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/delete.lua")));
-static LIST: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/list.lua")));
+static LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/load.lua")));
 
 /// How long one `XREAD` blocks; also the period of the data-loss check when idle.
 const BLOCK: Duration = Duration::from_secs(1);
@@ -349,21 +349,6 @@ impl Store {
         Ok(with_rv(parse_json(&okey, &json)?, rv))
     }
 
-    /// One page of a list, read atomically with its rv from Valkey.
-    pub async fn list(
-        &self,
-        res: ResourceKey,
-        req: &ListRequest,
-    ) -> Result<ListPage, StorageError> {
-        let keys = self.keys(res);
-        let (rv, items, next) = list_raw(&mut self.inner.conn.clone(), keys, req).await?;
-        let items = items
-            .into_iter()
-            .map(|(member, raw)| parse_stored(&format!("{}{member}", keys.object_prefix), &raw))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ListPage { rv, items, next })
-    }
-
     /// The resource's current resourceVersion in Valkey.
     pub async fn current_rv(&self, res: ResourceKey) -> Result<u64, StorageError> {
         let k = &self.keys(res).rv;
@@ -375,62 +360,27 @@ impl Store {
     }
 }
 
-/// Pages of a list as `(rv, [(member, stored value)], next)`.
-type RawPage = (u64, Vec<(String, String)>, Option<ObjectKey>);
-
-async fn list_raw<C: redis::aio::ConnectionLike>(
+/// The whole state of one resource as `(rv, [(member, stored value)])`, read atomically.
+async fn load_raw<C: redis::aio::ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
-    req: &ListRequest,
-) -> Result<RawPage, StorageError> {
-    let after = req.start_after.as_ref().map(ObjectKey::member);
-    let (min, max, ns_prefix) = match &req.namespace {
-        Some(ns) => {
-            let lo = format!("{ns}/");
-            let min = match &after {
-                Some(a) if *a >= lo => format!("({a}"),
-                _ => format!("[{lo}"),
-            };
-            (min, format!("({ns}0"), lo)
-        }
-        None => (
-            after
-                .as_ref()
-                .map_or_else(|| "-".to_string(), |a| format!("({a}")),
-            "+".to_string(),
-            String::new(),
-        ),
-    };
-    let mut inv = LIST.prepare_invoke();
-    inv.key(&keys.rv).key(&keys.all);
-    for t in &req.terms {
-        inv.key(keys.term(t));
-    }
-    inv.arg(&keys.object_prefix)
-        .arg(req.limit.unwrap_or(0))
-        .arg(min)
-        .arg(max)
-        .arg(ns_prefix)
-        .arg(after.unwrap_or_default());
+) -> Result<(u64, Vec<(String, String)>), StorageError> {
+    let mut inv = LOAD.prepare_invoke();
+    inv.key(&keys.rv).key(&keys.all).arg(&keys.object_prefix);
     let reply: Vec<String> = inv.invoke_async(conn).await?;
     let mut it = reply.into_iter();
-    let (Some(rv), Some(next)) = (it.next(), it.next()) else {
+    let Some(rv) = it.next() else {
         return Err(StorageError::Corrupt {
             key: keys.all.clone(),
-            reason: "short list reply".into(),
+            reason: "empty load reply".into(),
         });
     };
     let rv = parse_u64(&keys.rv, &rv)?;
-    let next = if next.is_empty() {
-        None
-    } else {
-        Some(member_key(&keys.all, &next)?)
-    };
     let mut items = Vec::new();
     while let (Some(m), Some(v)) = (it.next(), it.next()) {
         items.push((m, v));
     }
-    Ok((rv, items, next))
+    Ok((rv, items))
 }
 
 /// Loads the state of one resource and its retained history (entries <= the state's rv).
@@ -440,7 +390,7 @@ async fn load<C: redis::aio::ConnectionLike>(
     keys: &Keys,
     history: usize,
 ) -> Result<Loaded, StorageError> {
-    let (rv, raw, _) = list_raw(conn, keys, &ListRequest::default()).await?;
+    let (rv, raw) = load_raw(conn, keys).await?;
     let mut objects = Vec::with_capacity(raw.len());
     for (member, value) in raw {
         let okey = format!("{}{member}", keys.object_prefix);
