@@ -31,6 +31,7 @@
 //! | 504 | the actor did not become ready within `--wake-timeout` |
 
 pub mod activity;
+pub mod binding;
 pub mod dns;
 pub mod host;
 pub mod metrics;
@@ -202,14 +203,23 @@ fn proxy_thread(
                         return;
                     }
                 };
-                let pool = upstream::Pool::new(shared.connect_timeout, &shared.metrics);
+                let bindings = shared.table.bindings().clone();
+                let pool =
+                    upstream::Pool::new(shared.connect_timeout, &shared.metrics, bindings.clone());
                 let reaper = {
                     let pool = pool.clone();
                     tokio::spawn(async move {
                         let mut tick = tokio::time::interval(upstream::IDLE_TIMEOUT / 3);
+                        let mut ended = bindings.subscribe();
+                        let mut watching = true;
                         loop {
-                            tick.tick().await;
-                            pool.reap();
+                            tokio::select! {
+                                _ = tick.tick() => pool.reap(),
+                                r = ended.changed(), if watching => match r {
+                                    Ok(()) => pool.drop_ended(),
+                                    Err(_) => watching = false,
+                                },
+                            }
                         }
                     })
                 };

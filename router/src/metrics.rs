@@ -23,6 +23,9 @@ pub struct Metrics {
     pub wake_latency: Histogram,
     /// `substrate_router_upstream_open_connections`: open upstream TCP connections (pooled ones too).
     pub upstream_connections: Gauge,
+    /// `substrate_router_upstream_retries_total`: requests sent again on a new connection
+    /// after a pooled one failed before answering.
+    pub upstream_retries: Counter,
     /// `substrate_router_open_exchanges`: requests in flight plus upgraded tunnels.
     pub open_exchanges: Gauge,
     /// `substrate_router_activity_patches_total`: lastActiveTime writes.
@@ -73,6 +76,12 @@ impl Default for Metrics {
             "Open TCP connections to actors, idle pooled ones included",
             upstream_connections.clone(),
         );
+        let upstream_retries = Counter::default();
+        registry.register(
+            "upstream_retries",
+            "Requests sent again on a new connection after a pooled one failed before answering (closed by the actor while idle)",
+            upstream_retries.clone(),
+        );
         let open_exchanges = Gauge::default();
         registry.register(
             "open_exchanges",
@@ -99,6 +108,7 @@ impl Default for Metrics {
             request_latency,
             wake_latency,
             upstream_connections,
+            upstream_retries,
             open_exchanges,
             activity_patches,
             fresh_lookups,

@@ -26,10 +26,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::activity::{Activity, Counters, Guard};
+use crate::binding::Binding;
 use crate::host::{self, ActorKey, Suffix};
 use crate::metrics::Metrics;
 use crate::resume::{WakeError, Waker};
-use crate::table::Table;
+use crate::table::{Table, Target};
 use crate::upstream::{Pool, PooledBody};
 
 /// Seconds a client is told to wait when no worker is free.
@@ -277,6 +278,8 @@ pub struct Route {
     /// The actor's activity counters (held: no lookup per request).
     activity: Arc<Counters>,
     addr: SocketAddr,
+    /// The binding the actor was routable by: its pooled connections only.
+    binding: Binding,
     host: Option<HeaderValue>,
     /// `X-Forwarded-For` and `Forwarded` for a request that brought neither.
     xff: HeaderValue,
@@ -289,7 +292,7 @@ impl Route {
         generation: u64,
         key: ActorKey,
         activity: Arc<Counters>,
-        addr: SocketAddr,
+        target: Target,
         peer: SocketAddr,
     ) -> Result<Self, String> {
         Ok(Self {
@@ -301,7 +304,8 @@ impl Route {
             forwarded: HeaderValue::from_str(&forwarded_element(peer, authority)).ok(),
             key: Arc::new(key),
             activity,
-            addr,
+            addr: target.addr,
+            binding: target.binding,
         })
     }
 
@@ -378,19 +382,19 @@ impl Proxy {
                 Err(e) => return error_response(&e),
             },
         };
-        let (addr, warm) = match self.table.route(&actor) {
-            Some(addr) => (addr, true),
+        let (target, warm) = match self.table.route(&actor) {
+            Some(target) => (target, true),
             None if actor.spec.activation == crds::substrate::Activation::Suspended => {
                 return error_response(&WakeError::Suspended { key });
             }
             None => match self.waker.wake(&key).await {
-                Ok(addr) => (addr, false),
+                Ok(target) => (target, false),
                 Err(e) => return error_response(&e),
             },
         };
         let authority = host::request_authority(&req).unwrap_or_default();
         let counters = self.activity.counters(&key);
-        let route = match Route::new(authority, generation, key, counters, addr, conn.peer) {
+        let route = match Route::new(authority, generation, key, counters, target, conn.peer) {
             Ok(r) => Arc::new(r),
             Err(message) => return text(502, message),
         };
@@ -441,7 +445,7 @@ impl Proxy {
         let open = OpenExchange::new(&self.metrics);
         let resp = match self
             .upstream
-            .send(addr, Request::from_parts(parts, body))
+            .send(addr, route.binding, Request::from_parts(parts, body))
             .await
         {
             Ok(r) => r,

@@ -18,7 +18,7 @@ use crds::substrate::{Activation, Actor, ActorPhase};
 
 use crate::host::ActorKey;
 use crate::metrics::Metrics;
-use crate::table::{Lookup, Table, condition, phase};
+use crate::table::{Lookup, Table, Target, condition, phase};
 
 /// Condition the scheduler sets while an actor waits for a worker.
 pub const SCHEDULED: &str = "Scheduled";
@@ -171,7 +171,7 @@ pub struct Waker {
     metrics: Arc<Metrics>,
     timeout: Duration,
     connect_timeout: Duration,
-    flights: Arc<Flights<Result<SocketAddr, WakeError>>>,
+    flights: Arc<Flights<Result<Target, WakeError>>>,
     /// GETs in flight for names the table does not know, one per name, shared by the
     /// requests that want it ([`Waker::find_fresh`]).
     confirming: Arc<Flights<Confirmed>>,
@@ -223,7 +223,7 @@ impl Waker {
     }
 
     /// Wakes `key` (or joins the wake in progress) and returns where it serves.
-    pub async fn wake(self: &Arc<Self>, key: &ActorKey) -> Result<SocketAddr, WakeError> {
+    pub async fn wake(self: &Arc<Self>, key: &ActorKey) -> Result<Target, WakeError> {
         let start = || {
             let (this, k) = (self.clone(), key.clone());
             Some(async move { this.run(&k).await })
@@ -317,10 +317,10 @@ impl Waker {
             })
     }
 
-    async fn run(&self, key: &ActorKey) -> Result<SocketAddr, WakeError> {
+    async fn run(&self, key: &ActorKey) -> Result<Target, WakeError> {
         let start = Instant::now();
         let out = self.run_inner(key, start).await;
-        if let Ok(addr) = out {
+        if let Ok(Target { addr, .. }) = out {
             // The actor just became ready: give its listener a second chance before the
             // requests go (one probe per wake, not per request).
             if !self.probe(addr).await {
@@ -329,7 +329,7 @@ impl Waker {
             }
         }
         match &out {
-            Ok(addr) => {
+            Ok(Target { addr, .. }) => {
                 self.metrics
                     .wake_latency
                     .observe(start.elapsed().as_secs_f64());
@@ -343,15 +343,15 @@ impl Waker {
         out
     }
 
-    async fn run_inner(&self, key: &ActorKey, start: Instant) -> Result<SocketAddr, WakeError> {
+    async fn run_inner(&self, key: &ActorKey, start: Instant) -> Result<Target, WakeError> {
         let deadline = tokio::time::Instant::from_std(start + self.timeout);
         let mut changes = self.table.subscribe();
         let actor = WakeError::find(&self.table, key)?;
         if actor.spec.activation == Activation::Suspended {
             return Err(WakeError::Suspended { key: key.clone() });
         }
-        if let Some(addr) = self.table.route(&actor) {
-            return Ok(addr);
+        if let Some(target) = self.table.route(&actor) {
+            return Ok(target);
         }
         // Events older than the resume's answer say nothing about this wake.
         let mut since: Option<u64> = None;
@@ -377,8 +377,8 @@ impl Waker {
             if actor.spec.activation == Activation::Suspended {
                 return Err(WakeError::Suspended { key: key.clone() });
             }
-            if let Some(addr) = self.table.route(&actor) {
-                return Ok(addr);
+            if let Some(target) = self.table.route(&actor) {
+                return Ok(target);
             }
             let fresh = match (since, rv(&actor)) {
                 (Some(s), Some(r)) => r >= s,

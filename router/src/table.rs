@@ -3,7 +3,9 @@
 //! costs no control-plane call.
 //!
 //! Every actor event bumps a generation counter ([`Table::subscribe`]) that wakes requests
-//! waiting for an actor to become ready.
+//! waiting for an actor to become ready, and keeps the actors' bindings
+//! ([`crate::binding`]) current: a routable actor is bound, one that stops being routable or
+//! is deleted is unbound.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use tokio::sync::watch;
 use crds::ate::ActorTemplate;
 use crds::substrate::{Activation, Actor, ActorPhase, Atespace};
 
+use crate::binding::{Binding, Bindings, Placement};
 use crate::host::ActorKey;
 
 /// Port an actor serves on when its template names none.
@@ -34,6 +37,13 @@ pub enum Lookup {
     Actor(Arc<Actor>),
 }
 
+/// Where a request for a routable actor goes: the address, and the binding it is there by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub binding: Binding,
+}
+
 /// The in-memory view of the apiserver the router and the DNS responder answer from.
 pub struct Table {
     actors: Store<Actor>,
@@ -43,6 +53,7 @@ pub struct Table {
     /// Bumped with `changed`; read per request (an atomic load) to validate cached routes.
     generation: AtomicU64,
     synced: AtomicBool,
+    bindings: Arc<Bindings>,
 }
 
 impl Table {
@@ -59,6 +70,7 @@ impl Table {
             changed,
             generation: AtomicU64::new(0),
             synced: AtomicBool::new(false),
+            bindings: Arc::default(),
         });
         let t = table.clone();
         let task = tokio::spawn(async move {
@@ -66,11 +78,16 @@ impl Table {
                 t.generation.fetch_add(1, Ordering::AcqRel);
                 t.changed.send_modify(|g| *g = g.wrapping_add(1));
             };
+            let observer = t.clone();
             let a = watcher(Api::<Actor>::all(client.clone()), Default::default())
                 .default_backoff()
                 .reflect(aw)
-                .touched_objects()
-                .map(|_| 0u8);
+                .map(move |e| {
+                    if let Ok(e) = e {
+                        observer.observe(&e);
+                    }
+                    0u8
+                });
             let s = watcher(Api::<Atespace>::all(client.clone()), Default::default())
                 .default_backoff()
                 .reflect(sw)
@@ -106,6 +123,34 @@ impl Table {
             }
         });
         (table, task)
+    }
+
+    /// Keeps the bindings current with an actor event (the store has applied it already).
+    fn observe(&self, event: &watcher::Event<Actor>) {
+        match event {
+            watcher::Event::Apply(a) | watcher::Event::InitApply(a) => {
+                if self.route(a).is_none() {
+                    self.bindings.unbind(uid(a), version(a));
+                }
+            }
+            watcher::Event::Delete(a) => self.bindings.remove(uid(a)),
+            watcher::Event::Init => {}
+            // A relist: actors deleted while the watch was away sent no delete.
+            watcher::Event::InitDone => {
+                let present: std::collections::HashSet<String> = self
+                    .actors
+                    .state()
+                    .iter()
+                    .map(|a| uid(a).to_string())
+                    .collect();
+                self.bindings.retain(|u| present.contains(u));
+            }
+        }
+    }
+
+    /// The actors' bindings (the upstream pools follow them).
+    pub fn bindings(&self) -> &Arc<Bindings> {
+        &self.bindings
     }
 
     /// Whether the initial lists of all three watches have arrived.
@@ -177,16 +222,37 @@ impl Table {
             .unwrap_or(DEFAULT_PORT)
     }
 
-    /// Where to send a request for `actor` now: `Some` only when it is `Running` with
-    /// `Ready=True` and an address.
-    pub fn route(&self, actor: &Actor) -> Option<SocketAddr> {
+    /// Where to send a request for `actor` now, and by which binding: `Some` only when it is
+    /// `Running` with `Ready=True` and an address.
+    pub fn route(&self, actor: &Actor) -> Option<Target> {
         let st = actor.status.as_ref()?;
-        if st.phase != Some(ActorPhase::Running) || !is_ready(actor) {
+        let ready = condition(actor, crds::conditions::READY)?;
+        if st.phase != Some(ActorPhase::Running) || ready.status != "True" {
             return None;
         }
-        let ip: IpAddr = st.worker.as_ref()?.address.as_deref()?.parse().ok()?;
-        Some(SocketAddr::new(ip, self.port_of(actor)))
+        let worker = st.worker.as_ref()?;
+        let ip: IpAddr = worker.address.as_deref()?.parse().ok()?;
+        let addr = SocketAddr::new(ip, self.port_of(actor));
+        let binding = self.bindings.bind(
+            uid(actor),
+            Placement {
+                worker: &worker.name,
+                addr,
+                ready_since: Some(ready.last_transition_time.0),
+                version: version(actor),
+            },
+        );
+        Some(Target { addr, binding })
     }
+}
+
+fn uid(actor: &Actor) -> &str {
+    actor.metadata.uid.as_deref().unwrap_or_default()
+}
+
+/// The actor's resourceVersion, when numeric (it orders the versions of one object).
+fn version(actor: &Actor) -> Option<u64> {
+    actor.metadata.resource_version.as_deref()?.parse().ok()
 }
 
 /// `status.conditions[type=Ready].status == "True"`.
