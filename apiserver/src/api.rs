@@ -6,16 +6,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use crds::resources::{ACTORS, ATESPACES, ResourceInfo};
+use crds::resources::{ATESPACES, ResourceInfo};
 
 use crate::auth::{self, Attributes, Authenticator, UserInfo};
 use crate::negotiate::{self, BodyFormat, Output, PatchType};
-use crate::registry::{DeleteOptions, PatchBody, Registry, Selectors, Written};
-use crate::request::{self, ListOptions, Query, ResourceRequest, Target, Verb, WriteOptions};
+use crate::registry::{PatchBody, Registry, Selectors, Written};
+use crate::request::{
+    self, DeleteOptions, ListOptions, Query, ResourceRequest, Target, Verb, WriteOptions,
+};
 use crate::status::ApiError;
 use crate::{discovery, openapi, table, watch};
 
@@ -72,6 +74,10 @@ fn error_response(e: &ApiError) -> Response<Body> {
     {
         r.headers_mut().insert(header::RETRY_AFTER, v);
     }
+    if let Some(allow) = e.allow {
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
     r
 }
 
@@ -94,6 +100,10 @@ fn add_warnings(r: &mut Response<Body>, warnings: &[String]) {
     }
 }
 
+/// The longest request URI (path and query) served: what hyper's HTTP/1.1 parser accepts
+/// (it answers longer ones with a bare 414 itself), so HTTP/2 behaves the same.
+pub const MAX_URI_LEN: usize = u16::MAX as usize - 1;
+
 /// Entry point for every request.
 pub async fn handle(
     state: Arc<AppState>,
@@ -101,15 +111,26 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = std::time::Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let (resp, user) = match route(&state, chain, req).await {
-        Ok((r, u)) => (r, u),
-        Err((e, u)) => (error_response(&e), u),
+    let (parts, body) = req.into_parts();
+    let body = RequestBody::new(body, &parts);
+    let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    let (mut resp, user) = if uri_len > MAX_URI_LEN {
+        (error_response(&ApiError::uri_too_long(MAX_URI_LEN)), None)
+    } else {
+        match route(&state, chain, &parts, &body).await {
+            Ok((r, u)) => (r, u),
+            Err((e, u)) => (error_response(&e), u),
+        }
     };
+    // Whatever the handler did not read is read and dropped before the answer, so the client
+    // gets it instead of a reset connection (an error answered before the body was read).
+    if !body.finish().await && parts.version < http::Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     tracing::debug!(
-        method = %method,
-        path = %path,
+        method = %parts.method,
+        path = %parts.uri.path(),
         status = resp.status().as_u16(),
         user = user.as_deref().unwrap_or("-"),
         micros = started.elapsed().as_micros() as u64,
@@ -118,13 +139,117 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// How much of a request body the server reads and drops after answering without reading it
+/// all (an error, or a 413): Go's net/http reads 256 KiB; an API client's body is at most a
+/// few MiB (the limit), so reading up to this much lets it finish sending and read the
+/// answer. Past this (or [`DRAIN_TIME`]) the connection is closed instead.
+const DRAIN_BYTES: usize = 64 << 20;
+/// How long draining a body may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The request body, read at most once by a handler ([`read_body`]); what is left is drained
+/// by [`RequestBody::finish`].
+pub struct RequestBody {
+    body: std::sync::Mutex<Option<Incoming>>,
+    /// The client waits for `100 Continue` before sending the body: an unread body is then
+    /// never sent, and draining it would ask for it.
+    expects_continue: bool,
+    /// A body partly read and then abandoned (over the limit) that could not be drained.
+    undrained: std::sync::atomic::AtomicBool,
+}
+
+impl RequestBody {
+    fn new(body: Incoming, parts: &http::request::Parts) -> Self {
+        let expects_continue = parts
+            .headers
+            .get(header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        Self {
+            body: std::sync::Mutex::new(Some(body)),
+            expects_continue,
+            undrained: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn take(&self) -> Option<Incoming> {
+        self.body.lock().ok().and_then(|mut b| b.take())
+    }
+
+    /// Reads the body, at most `limit` bytes: 413 past it (after draining the rest).
+    async fn read(&self, limit: usize) -> Result<Bytes, ApiError> {
+        let Some(mut body) = self.take() else {
+            return Ok(Bytes::new());
+        };
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    if !drain(&mut body, buf.len() + data.len()).await {
+                        self.undrained
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Err(ApiError::too_large(limit));
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Drains what no handler read; false when the connection should close instead (the body
+    /// is too long or too slow, or was never sent because the client waits for `100
+    /// Continue`).
+    async fn finish(&self) -> bool {
+        if self.undrained.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        let Some(mut body) = self.take() else {
+            return true;
+        };
+        if http_body::Body::is_end_stream(&body) {
+            return true;
+        }
+        if self.expects_continue {
+            return false;
+        }
+        drain(&mut body, 0).await
+    }
+}
+
+/// Reads and drops the rest of `body` (`read` bytes of the request were read already), up to
+/// [`DRAIN_BYTES`] in all and [`DRAIN_TIME`]; whether it reached the end.
+async fn drain(body: &mut Incoming, read: usize) -> bool {
+    let mut total = read;
+    let all = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Some(data) = frame.data_ref() {
+                total += data.len();
+                if total > DRAIN_BYTES {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIME, all).await.unwrap_or(false)
+}
+
 type Routed = Result<(Response<Body>, Option<String>), (ApiError, Option<String>)>;
 
-async fn route(state: &AppState, chain: PeerChain, req: Request<Incoming>) -> Routed {
-    let path = req.uri().path().to_string();
-    let query = Query::parse(req.uri().query());
+async fn route(
+    state: &AppState,
+    chain: PeerChain,
+    parts: &http::request::Parts,
+    body: &RequestBody,
+) -> Routed {
+    let path = parts.uri.path();
+    let query = Query::parse(parts.uri.query());
     // Health and version are public, as in Kubernetes.
-    match path.as_str() {
+    match path {
         "/healthz" | "/livez" => return Ok((text(200, "ok"), None)),
         "/readyz" => {
             return Ok((
@@ -141,18 +266,18 @@ async fn route(state: &AppState, chain: PeerChain, req: Request<Incoming>) -> Ro
         "/version" => return Ok((json_response(200, &version()), None)),
         _ => {}
     }
-    let user = Authenticator::user(&chain, req.headers());
+    let user = Authenticator::user(&chain, &parts.headers);
     let Some(user) = user else {
         return Err((ApiError::unauthorized(), None));
     };
     let uname = Some(user.name.clone());
-    let target = request::parse(req.method(), &path, &query).map_err(|e| (e, uname.clone()))?;
+    let target = request::parse(&parts.method, path, &query).map_err(|e| (e, uname.clone()))?;
     let r = match target {
-        Target::NonResource => non_resource(&req, &path),
+        Target::NonResource => non_resource(parts, path),
         Target::CoreNamespaces { name, verb } => {
-            core_namespaces(state, &user, name, verb, &query, &req).await
+            core_namespaces(state, &user, name, verb, &query).await
         }
-        Target::Resource(rr) => resource(state, &user, rr, &query, req).await,
+        Target::Resource(rr) => resource(state, &user, rr, &query, parts, body).await,
     };
     match r {
         Ok(resp) => Ok((resp, uname)),
@@ -174,12 +299,12 @@ fn version() -> Value {
     })
 }
 
-fn non_resource(req: &Request<Incoming>, path: &str) -> Result<Response<Body>, ApiError> {
-    if req.method() != Method::GET {
-        return Err(ApiError::method_not_allowed(req.method().as_str()));
+fn non_resource(parts: &http::request::Parts, path: &str) -> Result<Response<Body>, ApiError> {
+    if parts.method != Method::GET {
+        return Err(ApiError::method_not_allowed(parts.method.as_str(), "GET"));
     }
-    let accept = req
-        .headers()
+    let accept = parts
+        .headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
@@ -249,11 +374,13 @@ fn authorize(
     .map_err(ApiError::forbidden_msg)
 }
 
+/// Reads the request body (413 past the limit; a declared length over it is refused before
+/// reading).
 async fn read_body(
     state: &AppState,
-    req: Request<Incoming>,
-) -> Result<(http::request::Parts, Bytes), ApiError> {
-    let (parts, body) = req.into_parts();
+    parts: &http::request::Parts,
+    body: &RequestBody,
+) -> Result<Bytes, ApiError> {
     if let Some(len) = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -263,19 +390,7 @@ async fn read_body(
     {
         return Err(ApiError::too_large(state.max_body));
     }
-    let collected = Limited::new(body, state.max_body)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ApiError::too_large(state.max_body)
-            } else {
-                ApiError::bad_request(format!("reading the request body: {e}"))
-            }
-        })?;
-    Ok((parts, collected.to_bytes()))
+    body.read(state.max_body).await
 }
 
 fn decode_object(format: BodyFormat, body: &[u8]) -> Result<Value, ApiError> {
@@ -332,24 +447,17 @@ async fn resource(
     user: &UserInfo,
     rr: ResourceRequest,
     query: &Query,
-    req: Request<Incoming>,
+    parts: &http::request::Parts,
+    req_body: &RequestBody,
 ) -> Result<Response<Body>, ApiError> {
     let res = rr.res;
     let ns = rr.namespace.as_deref();
     let name = rr.name.as_deref();
-    let action = matches!(
-        rr.subresource.as_deref(),
-        Some("resume" | "suspend" | "reset")
-    ) && res.kind_id == ACTORS.kind_id;
-    if let Some(sub) = rr.subresource.as_deref()
-        && !(sub == "status" && res.has_status)
-        && !action
-    {
-        return Err(ApiError::path_not_found());
-    }
-    if action && rr.verb != Verb::Create {
-        return Err(ApiError::method_not_allowed(req.method().as_str()));
-    }
+    // `request::parse` admits only `status` (kinds with status) and the actors' actions.
+    let action = rr
+        .subresource
+        .as_deref()
+        .is_some_and(|s| request::ACTIONS.contains(&s));
     authorize(
         user,
         rr.verb.as_str(),
@@ -359,8 +467,8 @@ async fn resource(
         ns,
         name,
     )?;
-    let accept = req
-        .headers()
+    let accept = parts
+        .headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
@@ -441,18 +549,24 @@ async fn resource(
             Ok(r)
         }
         Verb::Create => {
-            let wo = with_manager(WriteOptions::from_query(query)?, req.headers());
-            let (parts, body) = read_body(state, req).await?;
-            let obj = decode_object(negotiate::body_format(content_type(&parts))?, &body)?;
+            let wo = with_manager(
+                WriteOptions::from_query(query, "CreateOptions")?,
+                &parts.headers,
+            );
+            let body = read_body(state, parts, req_body).await?;
+            let obj = decode_object(negotiate::body_format(content_type(parts))?, &body)?;
             let Written { object, warnings } = registry.create(user, res, ns, obj, &wo).await?;
             let mut r = encode(output_for_write(output), 201, &object);
             add_warnings(&mut r, &warnings);
             Ok(r)
         }
         Verb::Update => {
-            let wo = with_manager(WriteOptions::from_query(query)?, req.headers());
-            let (parts, body) = read_body(state, req).await?;
-            let obj = decode_object(negotiate::body_format(content_type(&parts))?, &body)?;
+            let wo = with_manager(
+                WriteOptions::from_query(query, "UpdateOptions")?,
+                &parts.headers,
+            );
+            let body = read_body(state, parts, req_body).await?;
+            let obj = decode_object(negotiate::body_format(content_type(parts))?, &body)?;
             let Written { object, warnings } = registry
                 .update(
                     user,
@@ -469,9 +583,9 @@ async fn resource(
             Ok(r)
         }
         Verb::Patch => {
-            let wo = WriteOptions::from_query(query)?;
-            let (parts, body) = read_body(state, req).await?;
-            let ptype = negotiate::patch_type(content_type(&parts))?;
+            let wo = WriteOptions::from_query(query, "PatchOptions")?;
+            let body = read_body(state, parts, req_body).await?;
+            let ptype = negotiate::patch_type(content_type(parts))?;
             if ptype == PatchType::Apply {
                 return apply_patch(state, user, &rr, query, output, wo, &body).await;
             }
@@ -501,7 +615,7 @@ async fn resource(
                 }
                 PatchType::Strategic | PatchType::Apply => {
                     return Err(ApiError::unsupported_media_type(
-                        content_type(&parts).unwrap_or(""),
+                        content_type(parts).unwrap_or(""),
                         negotiate::PATCH_TYPES,
                     ));
                 }
@@ -522,28 +636,19 @@ async fn resource(
             Ok(r)
         }
         Verb::Delete => {
-            let wo = WriteOptions::from_query(query)?;
-            let (_, body) = read_body(state, req).await?;
-            let opts = DeleteOptions::from_body(&body)?;
+            let body = read_body(state, parts, req_body).await?;
+            let opts = DeleteOptions::parse(query, content_type(parts), &body)?;
             let obj = registry
-                .delete(
-                    user,
-                    res,
-                    ns,
-                    name.unwrap_or_default(),
-                    &opts,
-                    wo.dry_run || opts.dry_run,
-                )
+                .delete(user, res, ns, name.unwrap_or_default(), &opts, opts.dry_run)
                 .await?;
             Ok(encode(output_for_write(output), 200, &obj))
         }
         Verb::DeleteCollection => {
-            let wo = WriteOptions::from_query(query)?;
             let lo = ListOptions::from_query(query)?;
-            let (_, body) = read_body(state, req).await?;
-            let opts = DeleteOptions::from_body(&body)?;
+            let body = read_body(state, parts, req_body).await?;
+            let opts = DeleteOptions::parse(query, content_type(parts), &body)?;
             let items = registry
-                .delete_collection(user, res, ns, &lo, &opts, wo.dry_run || opts.dry_run)
+                .delete_collection(user, res, ns, &lo, &opts, opts.dry_run)
                 .await?;
             let rv = registry.current_rv(res).await?;
             Ok(encode(
@@ -612,16 +717,7 @@ async fn apply_patch(
 
 /// A 422 about `PatchOptions`, worded as Kubernetes' `ValidatePatchOptions`.
 fn patch_options_invalid(field: &str, kind: &str, reason: &str, detail: &str) -> ApiError {
-    ApiError::new(
-        422,
-        "Invalid",
-        format!("PatchOptions.meta.k8s.io \"\" is invalid: {field}: {kind}: {detail}"),
-    )
-    .with_details(json!({
-        "group": "meta.k8s.io",
-        "kind": "PatchOptions",
-        "causes": [{"reason": reason, "message": format!("{kind}: {detail}"), "field": field}],
-    }))
+    ApiError::options_invalid("PatchOptions", field, reason, &format!("{kind}: {detail}"))
 }
 
 /// Fills `fieldManager` from the User-Agent's product (`kubectl/v1.32.4 (...)` → `kubectl`)
@@ -658,11 +754,7 @@ async fn core_namespaces(
     name: Option<String>,
     verb: Verb,
     query: &Query,
-    req: &Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    if req.method() != Method::GET {
-        return Err(ApiError::method_not_allowed(req.method().as_str()));
-    }
     authorize(
         user,
         verb.as_str(),
@@ -689,7 +781,8 @@ async fn core_namespaces(
                 &json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {"resourceVersion": out.rv.to_string()}, "items": items}),
             ))
         }
-        _ => Err(ApiError::method_not_allowed("WATCH")),
+        // Standalone namespaces are read-only and not watchable.
+        _ => Err(ApiError::method_not_allowed("WATCH", "GET")),
     }
 }
 

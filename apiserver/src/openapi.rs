@@ -372,6 +372,16 @@ const LIST_PARAMS: &[Param] = &[
     TIMEOUT_SECONDS,
     WATCH,
 ];
+/// The standalone namespaces are listed, not watched (`watch` is 405 there).
+const NAMESPACE_LIST_PARAMS: &[Param] = &[
+    CONTINUE,
+    FIELD_SELECTOR,
+    LABEL_SELECTOR,
+    LIMIT,
+    RESOURCE_VERSION,
+    RESOURCE_VERSION_MATCH,
+    TIMEOUT_SECONDS,
+];
 const WRITE_PARAMS: &[Param] = &[DRY_RUN, FIELD_MANAGER, FIELD_VALIDATION];
 const PATCH_PARAMS: &[Param] = &[DRY_RUN, FIELD_MANAGER, FIELD_VALIDATION, FORCE];
 const DELETE_PARAMS: &[Param] = &[
@@ -490,7 +500,28 @@ impl Operation<'_> {
             };
             responses.insert(code.to_string(), resp);
         }
-        responses.insert("401".into(), json!({"description": "Unauthorized"}));
+        // Every failure is a `Status`; these are the codes each action really answers.
+        let status_ref = format!("{META}.Status");
+        for (code, text) in error_responses(self.action) {
+            let resp = match flavor {
+                Flavor::V3 => {
+                    let content: Map<String, Value> = PRODUCES
+                        .iter()
+                        .map(|t| {
+                            (
+                                t.to_string(),
+                                json!({"schema": {"$ref": flavor.reference(&status_ref)}}),
+                            )
+                        })
+                        .collect();
+                    json!({"description": text, "content": content})
+                }
+                Flavor::V2 => {
+                    json!({"description": text, "schema": {"$ref": flavor.reference(&status_ref)}})
+                }
+            };
+            responses.insert(code.to_string(), resp);
+        }
         let body_def = match self.body {
             Body::None => None,
             Body::Object => Some((self.object.to_string(), true)),
@@ -540,6 +571,38 @@ impl Operation<'_> {
         op["x-kubernetes-group-version-kind"] = self.gvk.clone();
         op
     }
+}
+
+/// The failures an operation answers with a `Status` (kube-apiserver documents only 401; a
+/// fuzzer checking status-code conformance needs them all). 5xx are not listed but 503 (the
+/// store is unreachable) and 504 (a resourceVersion the cache did not reach in time).
+fn error_responses(action: Action) -> Vec<(&'static str, &'static str)> {
+    let mut v = vec![
+        ("400", "BadRequest"),
+        ("401", "Unauthorized"),
+        ("403", "Forbidden"),
+        ("404", "NotFound"),
+        ("406", "NotAcceptable"),
+        ("414", "RequestURITooLong"),
+    ];
+    let writes = [
+        ("409", "Conflict"),
+        ("413", "RequestEntityTooLarge"),
+        ("415", "UnsupportedMediaType"),
+        ("422", "Invalid"),
+    ];
+    match action {
+        Action::Get => {}
+        Action::List => v.extend([("410", "Expired"), ("422", "Invalid"), ("504", "Timeout")]),
+        Action::DeleteCollection => {
+            v.extend(writes);
+            v.extend([("410", "Expired"), ("504", "Timeout")]);
+        }
+        Action::Post | Action::Put | Action::Patch | Action::Delete => v.extend(writes),
+    }
+    v.push(("503", "ServiceUnavailable"));
+    v.sort_unstable();
+    v
 }
 
 /// `substrate.ate.dev` → `SubstrateAteDev`, `v1alpha1` → `V1alpha1`.
@@ -835,7 +898,7 @@ fn namespace_paths(flavor: Flavor) -> Vec<(String, Value)> {
         (
             "/api/v1/namespaces".to_string(),
             json!({
-                "get": op(Action::List, "listCoreV1Namespace", "list or watch objects of kind Namespace", LIST_PARAMS, "io.k8s.api.core.v1.NamespaceList"),
+                "get": op(Action::List, "listCoreV1Namespace", "list objects of kind Namespace", NAMESPACE_LIST_PARAMS, "io.k8s.api.core.v1.NamespaceList"),
                 "parameters": [pretty],
             }),
         ),

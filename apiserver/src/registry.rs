@@ -1223,38 +1223,8 @@ pub enum PatchBody {
     Merge(Value),
 }
 
-/// `DeleteOptions` a client may send.
-#[derive(Debug, Default, Clone)]
-pub struct DeleteOptions {
-    pub precondition_uid: Option<String>,
-    pub precondition_rv: Option<String>,
-    pub dry_run: bool,
-}
-
-impl DeleteOptions {
-    pub fn from_body(body: &[u8]) -> Result<Self, ApiError> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self::default());
-        }
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
-        let pre = v.get("preconditions");
-        Ok(Self {
-            precondition_uid: pre
-                .and_then(|p| p.get("uid"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            precondition_rv: pre
-                .and_then(|p| p.get("resourceVersion"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            dry_run: v
-                .get("dryRun")
-                .and_then(Value::as_array)
-                .is_some_and(|a| a.iter().any(|x| x == "All")),
-        })
-    }
-}
+/// `DeleteOptions` a client may send (decoded and validated by `request.rs`).
+pub use crate::request::DeleteOptions;
 
 impl ApiError {
     fn with_kind_details(mut self, res: &ResourceInfo, name: &str) -> Self {

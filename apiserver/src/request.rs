@@ -59,17 +59,58 @@ pub enum Target {
     NonResource,
 }
 
-/// Parses a resource path. `Err` for a path under `/apis/<our group>` that names no resource.
+/// What a resource path addresses, which decides the methods it allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `/apis/<g>/<v>/<plural>` of a namespaced resource: every namespace, list/watch only
+    /// (deletecollection and create are namespaced, as in Kubernetes).
+    AllNamespaces,
+    /// The collection of a cluster-scoped resource, or of a namespaced one in a namespace.
+    Collection,
+    /// One object.
+    Item,
+    /// The `status` subresource.
+    Status,
+    /// An action subresource of actors (`resume`, `suspend`, `reset`).
+    Action,
+}
+
+impl Shape {
+    /// The `Allow` header of a 405 on this path.
+    fn allow(self) -> &'static str {
+        match self {
+            Self::AllNamespaces => "GET",
+            Self::Collection => "GET, POST, DELETE",
+            Self::Item => "GET, PUT, PATCH, DELETE",
+            Self::Status => "GET, PUT, PATCH",
+            Self::Action => "POST",
+        }
+    }
+}
+
+/// The actions `POST .../actors/<name>/<action>` (served by the scheduler).
+pub const ACTIONS: &[&str] = &["resume", "suspend", "reset"];
+
+/// Parses a resource path. `Err` for a path under `/apis/<our group>` that names no resource
+/// (404) or a method the path does not allow (405 with `Allow`).
+///
+/// As kube-apiserver's `RequestInfoFactory`: `?watch` turns a GET of a collection into a
+/// watch (a GET of one object stays a get); the legacy `/watch/` prefix watches a collection
+/// or one object, never a subresource; DELETE of a collection is deletecollection, which
+/// (like create) needs a namespace for a namespaced resource.
 pub fn parse(method: &http::Method, path: &str, query: &Query) -> Result<Target, ApiError> {
     let parts: Vec<&str> = path
         .trim_matches('/')
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
-    let watch_param = query.flag("watch");
+    let watch_param = query.kube_bool("watch").unwrap_or(false);
     if parts.len() >= 3 && parts[0] == "api" && parts[1] == "v1" && parts[2] == "namespaces" {
         if parts.len() > 4 {
             return Ok(Target::NonResource);
+        }
+        if method != http::Method::GET {
+            return Err(ApiError::method_not_allowed(method.as_str(), "GET"));
         }
         let name = parts.get(3).map(|s| s.to_string());
         let verb = match (name.is_some(), watch_param) {
@@ -116,30 +157,38 @@ pub fn parse(method: &http::Method, path: &str, query: &Query) -> Result<Target,
         // Namespaced objects are only addressable inside their namespace.
         return Err(ApiError::path_not_found());
     }
-    let watching = legacy_watch || watch_param;
-    let verb = match (method.as_str(), name.is_some()) {
-        ("GET", true) if watching => Verb::Watch,
-        ("GET", true) => Verb::Get,
-        ("GET", false) if watching => Verb::Watch,
-        ("GET", false) => Verb::List,
-        ("POST", false) => Verb::Create,
-        ("POST", true) if subresource.is_some() => Verb::Create,
-        ("PUT", true) => Verb::Update,
-        ("PATCH", true) => Verb::Patch,
-        ("DELETE", true) => Verb::Delete,
-        ("DELETE", false) => Verb::DeleteCollection,
-        (m, _) => return Err(ApiError::method_not_allowed(m)),
+    let shape = match (name.is_some(), subresource.as_deref()) {
+        (false, _) if res.namespaced && namespace.is_none() => Shape::AllNamespaces,
+        (false, _) => Shape::Collection,
+        (true, None) => Shape::Item,
+        (true, Some("status")) if res.has_status => Shape::Status,
+        (true, Some(a)) if ACTIONS.contains(&a) && res.kind_id == resources::ACTORS.kind_id => {
+            Shape::Action
+        }
+        (true, Some(_)) => return Err(ApiError::path_not_found()),
     };
-    if verb == Verb::Watch && name.is_some() {
-        // `/watch/.../name` is a watch of one object: express it as a field selector.
-        return Ok(Target::Resource(ResourceRequest {
-            res,
-            verb,
-            namespace,
-            name,
-            subresource,
-        }));
+    if legacy_watch {
+        // `/watch/...` serves collections and single objects; a subresource has no watch.
+        if matches!(shape, Shape::Status | Shape::Action) {
+            return Err(ApiError::path_not_found());
+        }
+        if method != http::Method::GET {
+            return Err(ApiError::method_not_allowed(method.as_str(), "GET"));
+        }
     }
+    let verb = match (shape, method.as_str()) {
+        (_, "GET") if legacy_watch => Verb::Watch,
+        (Shape::AllNamespaces | Shape::Collection, "GET") if watch_param => Verb::Watch,
+        (Shape::AllNamespaces | Shape::Collection, "GET") => Verb::List,
+        (Shape::Collection, "POST") => Verb::Create,
+        (Shape::Collection, "DELETE") => Verb::DeleteCollection,
+        (Shape::Item | Shape::Status, "GET") => Verb::Get,
+        (Shape::Item | Shape::Status, "PUT") => Verb::Update,
+        (Shape::Item | Shape::Status, "PATCH") => Verb::Patch,
+        (Shape::Item, "DELETE") => Verb::Delete,
+        (Shape::Action, "POST") => Verb::Create,
+        (_, m) => return Err(ApiError::method_not_allowed(m, shape.allow())),
+    };
     Ok(Target::Resource(ResourceRequest {
         res,
         verb,
@@ -174,20 +223,14 @@ impl Query {
     pub fn all(&self, key: &str) -> &[String] {
         self.map.get(key).map(Vec::as_slice).unwrap_or(&[])
     }
-    pub fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true") | Some("1") | Some("")) && self.map.contains_key(key)
+    /// A boolean query parameter read as Kubernetes reads them (apimachinery's
+    /// `Convert_Slice_string_To_bool`): `None` when absent; `0` and `false` (in any case) are
+    /// false; any other value, the empty one included (`?watch`), is true.
+    pub fn kube_bool(&self, key: &str) -> Option<bool> {
+        self.get(key)
+            .map(|v| !(v == "0" || v.eq_ignore_ascii_case("false")))
     }
-    fn bool_param(&self, key: &str) -> Result<Option<bool>, ApiError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some("true") | Some("1") => Ok(Some(true)),
-            Some("false") | Some("0") | Some("") => Ok(Some(false)),
-            Some(v) => Err(ApiError::bad_request(format!(
-                "invalid value {v:?} for query parameter {key:?}: want true or false"
-            ))),
-        }
-    }
-    fn int_param(&self, key: &str) -> Result<Option<i64>, ApiError> {
+    pub fn int_param(&self, key: &str) -> Result<Option<i64>, ApiError> {
         match self.get(key) {
             None | Some("") => Ok(None),
             Some(v) => v.parse().map(Some).map_err(|_| {
@@ -217,7 +260,9 @@ pub struct ListOptions {
     pub rv_match: Option<RvMatch>,
     pub allow_bookmarks: bool,
     pub send_initial_events: Option<bool>,
-    pub timeout_seconds: Option<u64>,
+    /// `timeoutSeconds` as given: unset or 0 is the default watch length, a negative one ends
+    /// a watch at once (kube-apiserver allows negative values: its timer fires immediately).
+    pub timeout_seconds: Option<i64>,
 }
 
 impl ListOptions {
@@ -250,12 +295,9 @@ impl ListOptions {
                 .filter(|c| !c.is_empty())
                 .map(str::to_string),
             rv_match,
-            allow_bookmarks: q.bool_param("allowWatchBookmarks")?.unwrap_or(false),
-            send_initial_events: q.bool_param("sendInitialEvents")?,
-            timeout_seconds: q
-                .int_param("timeoutSeconds")?
-                .filter(|t| *t > 0)
-                .map(|t| t as u64),
+            allow_bookmarks: q.kube_bool("allowWatchBookmarks").unwrap_or(false),
+            send_initial_events: q.kube_bool("sendInitialEvents"),
+            timeout_seconds: q.int_param("timeoutSeconds")?,
         })
     }
 }
@@ -278,20 +320,34 @@ pub struct WriteOptions {
     pub force: bool,
 }
 
+/// `dryRun` values: `All` (or nothing) is all Kubernetes supports; anything else is a 422 of
+/// the request's options kind (`CreateOptions`, `DeleteOptions`, ...), as kube's
+/// `ValidateDryRun`. Returns whether the request is a dry run.
+pub fn dry_run(values: &[String], kind: &str) -> Result<bool, ApiError> {
+    if values.iter().any(|v| v != "All") {
+        let shown = serde_json::to_string(values).unwrap_or_default();
+        return Err(ApiError::options_invalid(
+            kind,
+            "dryRun",
+            "FieldValueNotSupported",
+            &format!("Unsupported value: {shown}: supported values: \"All\""),
+        ));
+    }
+    Ok(!values.is_empty())
+}
+
 impl WriteOptions {
-    pub fn from_query(q: &Query) -> Result<Self, ApiError> {
-        let mut dry_run = false;
-        for v in q.all("dryRun") {
-            match v.as_str() {
-                "All" => dry_run = true,
-                "" => {}
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "Invalid dryRun value {other:?}: supported values: \"All\""
-                    )));
-                }
-            }
-        }
+    /// The options of a write whose options kind is `kind` (`CreateOptions`,
+    /// `UpdateOptions`, `PatchOptions`, `DeleteOptions`), from the query.
+    pub fn from_query(q: &Query, kind: &str) -> Result<Self, ApiError> {
+        // `?dryRun=` (empty) is no dry run, as an absent one.
+        let values: Vec<String> = q
+            .all("dryRun")
+            .iter()
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .collect();
+        let dry_run = dry_run(&values, kind)?;
         // Kubernetes defaults to Warn for requests that do not say; kubectl sends Strict.
         let field_validation = match q.get("fieldValidation") {
             None | Some("") | Some("Warn") => FieldValidation::Warn,
@@ -318,8 +374,112 @@ impl WriteOptions {
             dry_run,
             field_manager,
             field_validation,
-            force: q.bool_param("force")?.unwrap_or(false),
+            force: q.kube_bool("force").unwrap_or(false),
         })
+    }
+}
+
+/// `DeleteOptions`: from the request body when there is one (JSON or YAML, `kind`
+/// `DeleteOptions` if given), else from the query (`dryRun`, `gracePeriodSeconds`,
+/// `propagationPolicy`, `orphanDependents`). A body that does not decode as `DeleteOptions`
+/// is a 400 and options Kubernetes would not accept a 422, so a delete whose options cannot be
+/// read never happens. `dryRun=All` in the query counts even with a body (Kubernetes would
+/// ignore the query then; a client that asked for a dry run anywhere gets one).
+#[derive(Debug, Default, Clone)]
+pub struct DeleteOptions {
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+    pub dry_run: bool,
+}
+
+/// The wire form of `meta.k8s.io/v1` `DeleteOptions` (unknown fields ignored, as Kubernetes'
+/// decoder does for it).
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct DeleteOptionsBody {
+    kind: Option<String>,
+    #[allow(dead_code)] // decoded for its type check only
+    grace_period_seconds: Option<i64>,
+    preconditions: Option<PreconditionsBody>,
+    orphan_dependents: Option<bool>,
+    propagation_policy: Option<String>,
+    dry_run: Option<Vec<String>>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PreconditionsBody {
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+const PROPAGATION_POLICIES: &[&str] = &["Foreground", "Background", "Orphan"];
+
+impl DeleteOptions {
+    pub fn parse(query: &Query, content_type: Option<&str>, body: &[u8]) -> Result<Self, ApiError> {
+        let query_dry_run = WriteOptions::from_query(query, "DeleteOptions")?.dry_run;
+        let decoded = if body.iter().all(u8::is_ascii_whitespace) {
+            let _ = query.int_param("gracePeriodSeconds")?;
+            DeleteOptionsBody {
+                orphan_dependents: query.kube_bool("orphanDependents"),
+                propagation_policy: query.get("propagationPolicy").map(str::to_string),
+                ..DeleteOptionsBody::default()
+            }
+        } else {
+            Self::decode(content_type, body)?
+        };
+        let dry_run = dry_run(decoded.dry_run.as_deref().unwrap_or(&[]), "DeleteOptions")?;
+        if let Some(p) = &decoded.propagation_policy {
+            if decoded.orphan_dependents.is_some() {
+                return Err(ApiError::options_invalid(
+                    "DeleteOptions",
+                    "propagationPolicy",
+                    "FieldValueInvalid",
+                    &format!(
+                        "Invalid value: {p:?}: orphanDependents and deletionPropagation cannot be both set"
+                    ),
+                ));
+            }
+            if !PROPAGATION_POLICIES.contains(&p.as_str()) {
+                return Err(ApiError::options_invalid(
+                    "DeleteOptions",
+                    "propagationPolicy",
+                    "FieldValueNotSupported",
+                    &format!(
+                        "Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                    ),
+                ));
+            }
+        }
+        let pre = decoded.preconditions.unwrap_or_default();
+        Ok(Self {
+            precondition_uid: pre.uid,
+            precondition_rv: pre.resource_version,
+            dry_run: dry_run || query_dry_run,
+        })
+    }
+
+    fn decode(content_type: Option<&str>, body: &[u8]) -> Result<DeleteOptionsBody, ApiError> {
+        let bad = |e: &dyn std::fmt::Display| {
+            ApiError::bad_request(format!("couldn't decode the body as DeleteOptions: {e}"))
+        };
+        let v: serde_json::Value = match crate::negotiate::body_format(content_type)? {
+            crate::negotiate::BodyFormat::Json => {
+                serde_json::from_slice(body).map_err(|e| bad(&e))?
+            }
+            crate::negotiate::BodyFormat::Yaml => {
+                let text = std::str::from_utf8(body).map_err(|e| bad(&e))?;
+                serde_saphyr::from_str(text).map_err(|e| bad(&e))?
+            }
+        };
+        if !v.is_object() {
+            return Err(bad(&"the body is not an object"));
+        }
+        let decoded: DeleteOptionsBody = serde_json::from_value(v).map_err(|e| bad(&e))?;
+        if let Some(k) = decoded.kind.as_deref().filter(|k| *k != "DeleteOptions") {
+            return Err(bad(&format!("kind {k:?} is not DeleteOptions")));
+        }
+        Ok(decoded)
     }
 }
 
@@ -397,14 +557,121 @@ mod tests {
     }
 
     #[test]
-    fn write_options() {
-        let o = WriteOptions::from_query(&Query::parse(Some(
-            "dryRun=All&fieldValidation=Strict&fieldManager=kubectl",
-        )))
+    fn methods_by_path_shape() {
+        let allow = |m: &str, path: &str| {
+            let e = p(m, path, "").unwrap_err();
+            assert_eq!(e.code, 405, "{m} {path}");
+            e.allow
+        };
+        let g = "/apis/substrate.ate.dev/v1alpha1";
+        // The all-atespaces path of a namespaced kind is read-only.
+        assert_eq!(allow("DELETE", &format!("{g}/actors")), Some("GET"));
+        assert_eq!(allow("POST", &format!("{g}/actors")), Some("GET"));
+        assert_eq!(
+            allow("DELETE", "/apis/ate.dev/v1alpha1/workerpools"),
+            Some("GET")
+        );
+        // Cluster-scoped collections take deletecollection.
+        let Target::Resource(r) = p("DELETE", &format!("{g}/atespaces"), "").unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.verb, Verb::DeleteCollection);
+        assert_eq!(
+            allow("DELETE", &format!("{g}/namespaces/a/actors/x/status")),
+            Some("GET, PUT, PATCH")
+        );
+        assert_eq!(
+            allow("GET", &format!("{g}/namespaces/a/actors/x/resume")),
+            Some("POST")
+        );
+        assert!(p("GET", &format!("{g}/namespaces/a/actors/x/logs"), "").is_err());
+        assert!(p("POST", &format!("{g}/namespaces/a/workers/x/resume"), "").is_err());
+    }
+
+    #[test]
+    fn watch_only_on_collections() {
+        let verb = |path: &str, q: &str| match p("GET", path, q).unwrap() {
+            Target::Resource(r) => r.verb,
+            other => panic!("{other:?}"),
+        };
+        let g = "/apis/substrate.ate.dev/v1alpha1";
+        assert_eq!(verb(&format!("{g}/actors"), "watch=2"), Verb::Watch);
+        assert_eq!(verb(&format!("{g}/actors"), "watch"), Verb::Watch);
+        assert_eq!(verb(&format!("{g}/actors"), "watch=FALSE"), Verb::List);
+        assert_eq!(verb(&format!("{g}/actors"), "watch=0"), Verb::List);
+        let item = format!("{g}/namespaces/a/actors/x");
+        assert_eq!(verb(&item, "watch=1"), Verb::Get);
+        assert_eq!(verb(&format!("{item}/status"), "watch=1"), Verb::Get);
+        assert_eq!(
+            verb(&format!("{g}/watch/namespaces/a/actors/x"), ""),
+            Verb::Watch
+        );
+        assert_eq!(
+            p(
+                "GET",
+                &format!("{g}/watch/namespaces/a/actors/x/status"),
+                ""
+            )
+            .unwrap_err()
+            .code,
+            404
+        );
+    }
+
+    #[test]
+    fn delete_options() {
+        let parse = |q: &str, ct: Option<&str>, body: &str| {
+            DeleteOptions::parse(&Query::parse(Some(q)), ct, body.as_bytes())
+        };
+        let json = Some("application/json");
+        assert!(parse("", None, "").is_ok_and(|o| !o.dry_run));
+        assert!(parse("dryRun=All", None, "").is_ok_and(|o| o.dry_run));
+        assert!(parse("", json, r#"{"dryRun":["All"]}"#).is_ok_and(|o| o.dry_run));
+        let o = parse(
+            "",
+            None,
+            r#"{"preconditions":{"uid":"u","resourceVersion":"5"}}"#,
+        )
         .unwrap();
+        assert_eq!(
+            (o.precondition_uid.as_deref(), o.precondition_rv.as_deref()),
+            (Some("u"), Some("5"))
+        );
+        for bad in [
+            r#"{"dryRun":"All"}"#,
+            "0",
+            "[]",
+            "null",
+            r#"{"kind":"Pod"}"#,
+        ] {
+            assert_eq!(parse("", json, bad).unwrap_err().code, 400, "{bad}");
+        }
+        assert_eq!(
+            parse("", json, r#"{"dryRun":["Al"]}"#).unwrap_err().code,
+            422
+        );
+        assert_eq!(
+            parse("propagationPolicy=X", None, "").unwrap_err().code,
+            422
+        );
+        assert_eq!(parse("", Some("text/plain"), "{}").unwrap_err().code, 415);
+    }
+
+    #[test]
+    fn write_options() {
+        let q = |s: &str| WriteOptions::from_query(&Query::parse(Some(s)), "CreateOptions");
+        let o = q("dryRun=All&fieldValidation=Strict&fieldManager=kubectl").unwrap();
         assert!(o.dry_run);
         assert_eq!(o.field_validation, FieldValidation::Strict);
-        assert!(WriteOptions::from_query(&Query::parse(Some("dryRun=Some"))).is_err());
-        assert!(WriteOptions::from_query(&Query::parse(Some("fieldValidation=Loud"))).is_err());
+        let e = q("dryRun=Some").unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                422,
+                "CreateOptions.meta.k8s.io \"\" is invalid: dryRun: Unsupported value: [\"Some\"]: supported values: \"All\""
+            )
+        );
+        assert!(q("fieldValidation=Loud").is_err());
+        assert!(!q("dryRun=").unwrap().dry_run);
     }
 }

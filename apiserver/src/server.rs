@@ -14,6 +14,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, AppState};
 
+/// Largest HTTP/2 header list accepted (bytes, as HPACK-decoded).
+const MAX_HEADER_LIST: u32 = 1 << 20;
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -106,7 +109,13 @@ pub async fn serve(
             let chain = Arc::new(state.auth.peer(tls.get_ref().1.peer_certificates()));
             let svc = service_fn(move |req| api::handle(state.clone(), chain.clone(), req));
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http2().max_concurrent_streams(1000);
+            // Header lists up to 1 MiB over HTTP/2 (Go's default, so kube-apiserver's): with
+            // h2's 16 KiB default a long URL is a connection error (too many CONTINUATION
+            // frames) instead of an answer; `api::handle` answers URIs over its limit 414.
+            builder
+                .http2()
+                .max_concurrent_streams(1000)
+                .max_header_list_size(MAX_HEADER_LIST);
             if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with error");
             }

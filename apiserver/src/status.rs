@@ -24,6 +24,8 @@ pub struct ApiError {
     /// `metadata.continue` of the Status (an expired list continue token's inconsistent
     /// replacement).
     pub continue_token: Option<String>,
+    /// The methods the resource allows (the `Allow` header of a 405).
+    pub allow: Option<&'static str>,
 }
 
 pub(crate) fn details(res: &ResourceInfo, name: &str) -> Value {
@@ -39,6 +41,7 @@ impl ApiError {
             details: None,
             retry_after: None,
             continue_token: None,
+            allow: None,
         }
     }
     pub(crate) fn with_details(mut self, d: Value) -> Self {
@@ -124,12 +127,16 @@ impl ApiError {
         )
         .with_details(json!({"name": name, "group": res.group, "kind": res.kind, "causes": causes}))
     }
-    pub fn method_not_allowed(method: &str) -> Self {
-        Self::new(
+    /// 405 for `method` on a path that allows only `allow` (e.g. `"GET, POST"`), which is
+    /// sent as the `Allow` header, as kube-apiserver does.
+    pub fn method_not_allowed(method: &str, allow: &'static str) -> Self {
+        let mut e = Self::new(
             405,
             "MethodNotAllowed",
             format!("the server does not allow this method on the requested resource ({method})"),
-        )
+        );
+        e.allow = Some(allow);
+        e
     }
     pub fn unsupported_media_type(got: &str, accepted: &[&str]) -> Self {
         Self::new(
@@ -164,6 +171,44 @@ impl ApiError {
     pub fn timeout(msg: impl Into<String>) -> Self {
         Self::new(504, "Timeout", msg)
     }
+    /// A read or watch from a resourceVersion the cache did not reach within the wait: kube's
+    /// `NewTooLargeResourceVersionError` (504 `Timeout`, cause `ResourceVersionTooLarge`,
+    /// retry after 1 s).
+    pub fn too_large_resource_version(rv: u64, current: u64) -> Self {
+        let mut e = Self::new(
+            504,
+            "Timeout",
+            format!("Timeout: Too large resource version: {rv}, current: {current}"),
+        )
+        .with_details(json!({
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+        }));
+        e.retry_after = Some(1);
+        e
+    }
+    /// 422 about request options (`CreateOptions`, `DeleteOptions`, ...), worded as
+    /// Kubernetes' `ValidateXOptions`: `<kind>.meta.k8s.io "" is invalid: <field>: <detail>`
+    /// with one cause.
+    pub fn options_invalid(kind: &str, field: &str, cause: &str, detail: &str) -> Self {
+        Self::new(
+            422,
+            "Invalid",
+            format!("{kind}.meta.k8s.io \"\" is invalid: {field}: {detail}"),
+        )
+        .with_details(json!({
+            "group": "meta.k8s.io",
+            "kind": kind,
+            "causes": [{"reason": cause, "message": detail, "field": field}],
+        }))
+    }
+    /// 414: the request URI is longer than the server reads.
+    pub fn uri_too_long(limit: usize) -> Self {
+        Self::new(
+            414,
+            "RequestURITooLong",
+            format!("the request URI is too long: limit is {limit} bytes"),
+        )
+    }
     pub fn internal(msg: impl Into<String>) -> Self {
         Self::new(
             500,
@@ -187,13 +232,7 @@ impl ApiError {
                 Self::gone(format!("too old resource version: {requested} ({oldest})"))
             }
             StorageError::Expired => Self::gone("the watch cache was reset; relist"),
-            StorageError::Timeout { rv, .. } => Self::timeout(format!(
-                "Too large resource version: {rv}, current: {}",
-                match e {
-                    StorageError::Timeout { current, .. } => current,
-                    _ => 0,
-                }
-            )),
+            StorageError::Timeout { rv, current } => Self::too_large_resource_version(rv, current),
             other => {
                 tracing::error!(resource = %res.qualified(), name, error = %other, "storage failure");
                 Self::unavailable(format!("storage is unavailable: {other}"))
@@ -250,6 +289,25 @@ mod tests {
         assert_eq!(s["message"], "actors.substrate.ate.dev \"x\" not found");
         assert_eq!(s["code"], 404);
         assert_eq!(s["details"]["kind"], "actors");
+    }
+
+    #[test]
+    fn too_large_resource_version_reads_like_kubernetes() {
+        let e = ApiError::from_storage(&ACTORS, "", StorageError::Timeout { rv: 10, current: 4 });
+        let s = e.to_status();
+        assert_eq!(
+            (s["code"].as_u64(), s["reason"].as_str()),
+            (Some(504), Some("Timeout"))
+        );
+        assert_eq!(
+            s["message"],
+            "Timeout: Too large resource version: 10, current: 4"
+        );
+        assert_eq!(
+            s["details"]["causes"][0]["reason"],
+            "ResourceVersionTooLarge"
+        );
+        assert_eq!(s["details"]["retryAfterSeconds"], 1);
     }
 
     #[test]

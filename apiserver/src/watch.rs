@@ -25,6 +25,8 @@ use crate::table;
 
 /// How often an idle watch that allows bookmarks gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
+/// How long a watch from a resourceVersion ahead of the cache waits for it (kube: 3 s).
+const RV_WAIT: Duration = Duration::from_secs(3);
 
 /// What to watch.
 pub struct WatchRequest {
@@ -206,7 +208,7 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
         if send_initial || requested_rv.is_none_or(|rv| rv == 0) {
             if let Some(rv) = requested_rv.filter(|rv| *rv > 0) {
                 cache
-                    .wait_for_rv(rv, Duration::from_secs(3))
+                    .wait_for_rv(rv, RV_WAIT)
                     .await
                     .map_err(|e| ApiError::from_storage(req.res, "", e))?;
             }
@@ -214,6 +216,15 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
             (if send_initial { objs } else { Vec::new() }, w, rv)
         } else {
             let rv = requested_rv.unwrap_or(0);
+            // A resourceVersion the cache has not reached: wait a little for it (it may be a
+            // write still on its way through the feed), then answer 504 as kube-apiserver's
+            // watch cache does, instead of a stream that waits forever.
+            if rv > cache.rv() {
+                cache
+                    .wait_for_rv(rv, RV_WAIT)
+                    .await
+                    .map_err(|e| ApiError::from_storage(req.res, "", e))?;
+            }
             match cache.watch_from(rv) {
                 Ok(w) => (Vec::new(), w, rv),
                 Err(StorageError::TooOld { requested, oldest }) => {
@@ -235,10 +246,19 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
             }
         };
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
-    let timeout = Duration::from_secs(
-        o.timeout_seconds
-            .unwrap_or_else(|| 1800 + rand::random::<u64>() % 1800),
-    );
+    let timeout = match o.timeout_seconds {
+        // kube-apiserver allows a negative timeout: its timer fires at once and the watch
+        // ends. Here it ends before any event, deterministically.
+        Some(t) if t < 0 => {
+            drop(tx);
+            return Ok(StreamBody::new(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ));
+        }
+        Some(t) if t > 0 => Duration::from_secs(t.unsigned_abs()),
+        // Unset or 0: between 30 and 60 minutes, as kube's --min-request-timeout default.
+        _ => Duration::from_secs(1800 + rand::random::<u64>() % 1800),
+    };
     tokio::spawn(async move {
         let mut enc = Encoder {
             res: req.res,

@@ -2091,7 +2091,9 @@ fn bad_input_over_http() {
         &format!("{actors}?dryRun=Some"),
         Some(("application/json", good.to_string().as_bytes())),
     );
-    assert_eq!(r.code, 400, "{}", r.body);
+    // As kube-apiserver's ValidateCreateOptions: 422 CreateOptions.
+    assert_eq!(r.code, 422, "{}", r.body);
+    assert_eq!(r.json()["details"]["kind"], "CreateOptions");
     assert_eq!(w.actors_rv(), rv);
 }
 
