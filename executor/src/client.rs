@@ -191,9 +191,20 @@ impl ExecutorClient {
             .map_err(|s| ClientError::from_status("kill", s))
     }
 
+    /// The worker's status; the call is contact from the node agent (it holds off the
+    /// sandbox fence: a ping).
     pub async fn status(&mut self) -> Result<proto::WorkerStatus, ClientError> {
+        self.status_request(false).await
+    }
+
+    /// The worker's status without counting as contact (does not hold off the fence).
+    pub async fn probe(&mut self) -> Result<proto::WorkerStatus, ClientError> {
+        self.status_request(true).await
+    }
+
+    async fn status_request(&mut self, probe: bool) -> Result<proto::WorkerStatus, ClientError> {
         self.inner
-            .status(proto::StatusRequest {})
+            .status(proto::StatusRequest { probe })
             .await
             .map(tonic::Response::into_inner)
             .map_err(|s| ClientError::from_status("status", s))

@@ -12,6 +12,10 @@
 //! actor (executor upgrades and crashes do not cost the actor its state, and the node agent
 //! alone decides when an actor is checkpointed or killed). [`ShutdownPolicy::Kill`] kills
 //! the sandbox and removes the worker network (for decommissioning a worker).
+//!
+//! The fence: a watchdog checks every second (or a quarter of the fence time) whether the
+//! node agent has been silent for [`DaemonConfig::fence_after`] (every gRPC call but a
+//! status probe is contact) and, if so, stops the sandbox (see `worker` module docs).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -46,6 +50,9 @@ pub struct DaemonConfig {
     pub runsc: RunscConfig,
     pub on_shutdown: ShutdownPolicy,
     pub recovery_wait: Duration,
+    /// Stop the sandbox after this long without contact from the node agent
+    /// (default [`crds::liveness::SANDBOX_FENCE_AFTER`]).
+    pub fence_after: Duration,
 }
 
 /// Why the executor stopped with an error.
@@ -105,6 +112,20 @@ pub async fn run(
             }
         })
     };
+    let watchdog = {
+        let worker = worker.clone();
+        let after = cfg.fence_after;
+        let period = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                if let Err(e) = worker.fence_if_silent(after).await {
+                    warn!(worker = %worker.config().name, error = %crate::error_chain(&e), "fencing the sandbox failed; retrying");
+                }
+            }
+        })
+    };
+    info!(worker = %cfg.worker_name, fence_after_s = cfg.fence_after.as_secs_f64(), "sandbox fence armed");
     let (why_tx, mut why_rx) = tokio::sync::mpsc::channel::<WorkerError>(1);
     let stop = async move {
         let failed = async move {
@@ -121,7 +142,9 @@ pub async fn run(
             }
         }
     };
-    grpc::serve(worker.clone(), listener, stop).await?;
+    let served = grpc::serve(worker.clone(), listener, stop).await;
+    watchdog.abort();
+    served?;
     recovering.abort();
     if let Ok(e) = why_rx.try_recv() {
         return Err(DaemonError::Recovery(e));

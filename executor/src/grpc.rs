@@ -12,6 +12,9 @@
 //!
 //! Every error carries the kind in the `substrate-error-kind` metadata entry; a failed
 //! checkpoint also carries `substrate-sandbox-lost: true|false`.
+//!
+//! Every call except a `Status` probe is contact from the node agent ([`Worker::touch`],
+//! recorded when the call arrives): it holds off the sandbox fence.
 
 use std::fs;
 use std::io;
@@ -30,8 +33,8 @@ use crate::bundle::{ActorSpec, ProcessSpec};
 use crate::proto;
 use crate::proto::executor_server::{Executor, ExecutorServer};
 use crate::worker::{
-    CheckpointInfo, ErrorKind, Network, OpOutcome, Phase, Runtime, Timing, Worker, WorkerError,
-    WorkerStatus,
+    CheckpointInfo, ErrorKind, FenceInfo, Network, OpOutcome, Phase, Runtime, Timing, Worker,
+    WorkerError, WorkerStatus,
 };
 
 /// Metadata key naming the [`ErrorKind`] of a failed call.
@@ -156,6 +159,15 @@ pub fn checkpoint_to_proto(c: &CheckpointInfo) -> proto::CheckpointInfo {
     }
 }
 
+pub fn fence_to_proto(f: &FenceInfo) -> proto::FenceInfo {
+    proto::FenceInfo {
+        actor: f.actor.clone(),
+        fenced_at_unix_ms: f.fenced_at_unix_ms,
+        silent_seconds: f.silent_seconds,
+        operation_id: f.operation_id.clone(),
+    }
+}
+
 pub fn status_to_proto(s: &WorkerStatus) -> proto::WorkerStatus {
     proto::WorkerStatus {
         worker: s.worker.clone(),
@@ -177,6 +189,7 @@ pub fn status_to_proto(s: &WorkerStatus) -> proto::WorkerStatus {
         }),
         runsc_version: s.runsc_version.clone(),
         last_checkpoint: s.last_checkpoint.as_ref().map(checkpoint_to_proto),
+        fenced: s.fenced.as_ref().map(fence_to_proto),
     }
 }
 
@@ -231,6 +244,7 @@ impl<R: Runtime, N: Network> Executor for ExecutorService<R, N> {
         &self,
         req: Request<proto::RunRequest>,
     ) -> Result<Response<proto::OperationResponse>, Status> {
+        self.worker.touch();
         let r = req.into_inner();
         let actor = parse_actor(&r.actor)?;
         let spec = spec_from_proto(r.spec)?;
@@ -249,6 +263,7 @@ impl<R: Runtime, N: Network> Executor for ExecutorService<R, N> {
         &self,
         req: Request<proto::RestoreRequest>,
     ) -> Result<Response<proto::OperationResponse>, Status> {
+        self.worker.touch();
         let r = req.into_inner();
         let actor = parse_actor(&r.actor)?;
         let spec = spec_from_proto(r.spec)?;
@@ -268,6 +283,7 @@ impl<R: Runtime, N: Network> Executor for ExecutorService<R, N> {
         &self,
         req: Request<proto::CheckpointRequest>,
     ) -> Result<Response<proto::CheckpointResponse>, Status> {
+        self.worker.touch();
         let r = req.into_inner();
         let actor = parse_actor(&r.actor)?;
         let dir = parse_dir("image_dir", &r.image_dir)?;
@@ -291,6 +307,7 @@ impl<R: Runtime, N: Network> Executor for ExecutorService<R, N> {
         &self,
         req: Request<proto::KillRequest>,
     ) -> Result<Response<proto::OperationResponse>, Status> {
+        self.worker.touch();
         let r = req.into_inner();
         let actor = parse_actor(&r.actor)?;
         let worker = self.worker.clone();
@@ -306,8 +323,11 @@ impl<R: Runtime, N: Network> Executor for ExecutorService<R, N> {
 
     async fn status(
         &self,
-        _req: Request<proto::StatusRequest>,
+        req: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::WorkerStatus>, Status> {
+        if !req.get_ref().probe {
+            self.worker.touch();
+        }
         let s = self.worker.status().await.map_err(|e| to_status(&e))?;
         Ok(Response::new(status_to_proto(&s)))
     }

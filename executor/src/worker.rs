@@ -30,6 +30,15 @@
 //! - every other container in the worker's runsc root is killed and deleted;
 //! - when the worker network had to be recreated, an adopted sandbox lost its interface
 //!   and is killed.
+//!
+//! # The fence ([`Worker::fence_if_silent`])
+//! Every call from the node agent is *contact* ([`Worker::touch`], at the start of each gRPC
+//! call except a status probe). A worker whose sandbox runs and that has had no contact for
+//! the fence time stops the sandbox and records a [`FenceInfo`] (persisted, reported in
+//! status until the next boot): a dead agent must not leave a sandbox serving past the point
+//! where the control plane releases its actor to its last good snapshot (see
+//! `crds::liveness`). An operation in flight holds the fence off until it ends; the silence
+//! is measured from the last contact, not from the end of the operation.
 
 use std::fs::{self, File};
 use std::future::Future;
@@ -212,6 +221,17 @@ pub struct CheckpointInfo {
     pub runsc_seconds: f64,
 }
 
+/// A sandbox stopped by the fence (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FenceInfo {
+    pub actor: String,
+    pub fenced_at_unix_ms: i64,
+    /// How long the worker had not heard from its node agent.
+    pub silent_seconds: f64,
+    /// The operation that had started the sandbox.
+    pub operation_id: String,
+}
+
 /// What `<state-dir>/state.json` holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PersistedState {
@@ -224,6 +244,9 @@ pub struct PersistedState {
     pub image_dir: Option<PathBuf>,
     pub op_started_unix_ms: Option<i64>,
     pub last_checkpoint: Option<CheckpointInfo>,
+    /// Idle because the fence stopped the sandbox (cleared by the next boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<FenceInfo>,
 }
 
 /// The worker as reported by `status`.
@@ -239,6 +262,8 @@ pub struct WorkerStatus {
     pub network: NetInfo,
     pub runsc_version: String,
     pub last_checkpoint: Option<CheckpointInfo>,
+    /// Set while the worker is idle because the fence stopped its sandbox.
+    pub fenced: Option<FenceInfo>,
 }
 
 /// Where the time of an operation went.
@@ -451,6 +476,8 @@ pub struct Worker<R: Runtime, N: Network> {
     ready: tokio::sync::watch::Sender<bool>,
     /// A container could not be removed: sweep the runsc root before the next boot.
     sweep_needed: AtomicBool,
+    /// The last contact from the node agent (the fence's clock).
+    last_contact: Mutex<Instant>,
 }
 
 enum BootKind<'a> {
@@ -577,6 +604,7 @@ impl<R: Runtime, N: Network> Worker<R, N> {
             had_state_file,
             ready: tokio::sync::watch::Sender::new(false),
             sweep_needed: AtomicBool::new(false),
+            last_contact: Mutex::new(Instant::now()),
         })
     }
 
@@ -589,6 +617,66 @@ impl<R: Runtime, N: Network> Worker<R, N> {
 
     pub fn config(&self) -> &WorkerConfig {
         &self.cfg
+    }
+
+    /// Records contact from the node agent: the fence's clock starts again.
+    pub fn touch(&self) {
+        *self.last_contact.lock().expect("contact lock poisoned") = Instant::now();
+    }
+
+    /// How long the worker has not heard from its node agent.
+    pub fn silent_for(&self) -> Duration {
+        self.last_contact
+            .lock()
+            .expect("contact lock poisoned")
+            .elapsed()
+    }
+
+    /// The fence: when the worker has not heard from its node agent for `after` and a
+    /// sandbox runs here, stops it (its state is lost: the actor comes back from its last
+    /// good snapshot) and records why. Waits for an operation in flight (it holds the fence
+    /// off) and for recovery. Returns what it fenced, if anything.
+    pub async fn fence_if_silent(&self, after: Duration) -> Result<Option<FenceInfo>, WorkerError> {
+        if self.silent_for() < after {
+            return Ok(None);
+        }
+        self.wait_ready().await;
+        let _guard = self.op_lock.lock().await;
+        let silent = self.silent_for();
+        if silent < after {
+            return Ok(None);
+        }
+        let cur = self.current();
+        let Some(actor) = cur.actor.as_deref().and_then(|a| a.parse::<ActorKey>().ok()) else {
+            return Ok(None);
+        };
+        if cur.phase == Phase::Idle {
+            return Ok(None);
+        }
+        let cid = actor.container_id();
+        let live = self
+            .container(&cid)
+            .await?
+            .is_some_and(|c| c.status.is_live());
+        if !live {
+            // It stopped on its own: reported as exited, not fenced.
+            return Ok(None);
+        }
+        warn!(worker = %self.cfg.name, actor = %actor, silent_s = silent.as_secs_f64(), fence_after_s = after.as_secs_f64(), "no contact from the node agent; fencing: stopping the sandbox");
+        self.remove_container(&cid).await?;
+        let _ = fs::remove_dir_all(self.bundle_dir(&cid));
+        let info = FenceInfo {
+            actor: actor.to_string(),
+            fenced_at_unix_ms: now_unix_ms(),
+            silent_seconds: silent.as_secs_f64(),
+            operation_id: cur.operation_id.clone().unwrap_or_default(),
+        };
+        self.persist(PersistedState {
+            fenced: Some(info.clone()),
+            ..self.idle_state(&cur)
+        })?;
+        warn!(worker = %self.cfg.name, actor = %actor, silent_s = silent.as_secs_f64(), "sandbox fenced: stopped for lack of contact from the node agent; the worker is free");
+        Ok(Some(info))
     }
 
     pub fn runtime(&self) -> &R {
@@ -710,6 +798,7 @@ impl<R: Runtime, N: Network> Worker<R, N> {
             network: self.net.info(),
             runsc_version: self.runsc_version.clone(),
             last_checkpoint: state.last_checkpoint.clone(),
+            fenced: state.fenced.clone(),
         }
     }
 
@@ -1554,6 +1643,43 @@ mod tests {
         assert_eq!(k.status.phase, Phase::Idle);
         assert!(w.kill(&a, "op4-retry").await.unwrap().already_done);
         assert!(w.runtime().list_now().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_fence_stops_a_sandbox_whose_agent_went_silent_and_says_so() {
+        let e = env();
+        let w = worker(&e, FakeRuntime::default()).await;
+        let a = key("team/a");
+        let after = Duration::from_millis(300);
+        // Idle: nothing to fence, however long the silence.
+        tokio::time::sleep(after).await;
+        assert_eq!(w.fence_if_silent(after).await.unwrap(), None);
+        w.touch();
+        w.run(&a, "op1", &e.spec).await.unwrap();
+        // Contact keeps the sandbox.
+        for _ in 0..4 {
+            tokio::time::sleep(after / 3).await;
+            w.touch();
+            assert_eq!(w.fence_if_silent(after).await.unwrap(), None);
+        }
+        assert_eq!(w.status().await.unwrap().phase, Phase::Running);
+        // Silence stops it, and the status says it was fenced (not crashed).
+        tokio::time::sleep(after).await;
+        let fenced = w.fence_if_silent(after).await.unwrap().expect("fenced");
+        assert_eq!(fenced.actor, "team/a");
+        assert_eq!(fenced.operation_id, "op1");
+        assert!(fenced.silent_seconds >= after.as_secs_f64());
+        assert!(w.runtime().list_now().is_empty(), "the sandbox is gone");
+        let st = w.status().await.unwrap();
+        assert_eq!(st.phase, Phase::Idle);
+        assert_eq!(st.actor, None);
+        assert_eq!(st.fenced.as_ref(), Some(&fenced));
+        // Persisted: a restarted executor still reports it; the next boot clears it.
+        drop(w);
+        let w = worker(&e, FakeRuntime::default()).await;
+        assert_eq!(w.status().await.unwrap().fenced, Some(fenced));
+        w.run(&a, "op2", &e.spec).await.unwrap();
+        assert_eq!(w.status().await.unwrap().fenced, None);
     }
 
     #[tokio::test]

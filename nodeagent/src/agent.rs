@@ -11,6 +11,14 @@
 //!   new snapshot, worker freed; `Running` whose sandbox is gone → back to `Suspended` at its
 //!   last good snapshot. One operation per actor at a time; everything is retried on the
 //!   next pass, and every executor call is idempotent (keyed by actor and operation id).
+//! * **Fencing** (`crds::liveness`): each executor stops its sandbox when it has not heard
+//!   from the agent for `SANDBOX_FENCE_AFTER`; the operator releases an actor whose worker
+//!   has not heartbeated for `DEAD_WORKER_AFTER`. So the agent talks to an executor only
+//!   while it holds a *lease* on the worker: a heartbeat of that `Worker` written less than
+//!   [`LEASE`] ago. Every pass probes each executor (a status call that is not contact),
+//!   writes the heartbeat, and then pings the executor (contact): a sandbox therefore never
+//!   outlives the last heartbeat by more than `LEASE + SANDBOX_FENCE_AFTER`, which is less
+//!   than `DEAD_WORKER_AFTER`, however the agent dies or loses the apiserver.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,6 +39,14 @@ use executor::{ActorKey, ActorSpec, ExecutorClient, ProcessSpec};
 
 use crate::images::ImageCache;
 use crate::snapshots::{SnapshotKey, SnapshotMeta, SnapshotRef, SnapshotStore};
+
+/// How long after a heartbeat of a `Worker` was written the agent may still contact its
+/// executor (each contact gives the sandbox `SANDBOX_FENCE_AFTER` more): the gap between
+/// the fence and the operator's dead-worker rule, less one second because heartbeat times
+/// are written with a resolution of a second.
+pub const LEASE: Duration = Duration::from_secs(
+    crds::liveness::DEAD_WORKER_AFTER.as_secs() - crds::liveness::SANDBOX_FENCE_AFTER.as_secs() - 1,
+);
 
 /// Committed snapshots kept per actor (the newest is the one its status records).
 const SNAPSHOTS_KEPT: usize = 2;
@@ -54,6 +70,8 @@ pub enum AgentError {
     Invalid(String),
     #[error("readiness: {0}")]
     NotReady(String),
+    #[error("no recent heartbeat of worker {worker}: its executor is not contacted (the sandbox fence)")]
+    NoLease { worker: String },
     #[error("I/O on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -78,6 +96,7 @@ impl AgentError {
             }
             AgentError::Kube(kube::Error::Api(e)) => e.code >= 500 || e.code == 429,
             AgentError::Kube(_) => true,
+            AgentError::NoLease { .. } => true,
             _ => false,
         }
     }
@@ -98,7 +117,8 @@ pub struct AgentConfig {
     pub executor_bin: PathBuf,
     /// Extra arguments for every executor (runsc path, platform, address range...).
     pub executor_args: Vec<String>,
-    /// Heartbeat and resync period.
+    /// Heartbeat, executor ping and resync period (at most
+    /// [`crds::liveness::HEARTBEAT_INTERVAL`]: longer would let leases lapse).
     pub heartbeat: Duration,
     /// runsc platform recorded in snapshot metadata.
     pub platform: String,
@@ -171,6 +191,8 @@ pub struct Agent {
     snapshots: SnapshotStore,
     workers: tokio::sync::Mutex<BTreeMap<String, LocalWorker>>,
     in_flight: Mutex<HashSet<String>>,
+    /// Per worker: when its last successful heartbeat was stamped (see [`LEASE`]).
+    leases: Mutex<BTreeMap<String, std::time::Instant>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
@@ -321,6 +343,7 @@ impl Agent {
             snapshots,
             workers: tokio::sync::Mutex::new(BTreeMap::new()),
             in_flight: Mutex::new(HashSet::new()),
+            leases: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -342,7 +365,9 @@ impl Agent {
             .reflect(writer)
             .applied_objects();
         let mut stream = std::pin::pin!(stream);
-        let mut tick = tokio::time::interval(self.cfg.heartbeat);
+        let period = self.cfg.heartbeat.min(crds::liveness::HEARTBEAT_INTERVAL);
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 ev = stream.next() => match ev {
@@ -413,7 +438,27 @@ impl Agent {
         Ok(i)
     }
 
+    /// A client of `worker`'s executor, for calls that are contact (they hold off its
+    /// sandbox fence): only while this agent holds the worker's lease, a heartbeat written
+    /// less than [`LEASE`] ago.
     async fn executor(&self, worker: &str) -> Result<ExecutorClient, AgentError> {
+        let held = self
+            .leases
+            .lock()
+            .ok()
+            .and_then(|l| l.get(worker).copied())
+            .is_some_and(|at| at.elapsed() < LEASE);
+        if !held {
+            return Err(AgentError::NoLease {
+                worker: worker.into(),
+            });
+        }
+        self.executor_unleased(worker).await
+    }
+
+    /// A client of `worker`'s executor whatever the lease: for status probes (not
+    /// contact) and the ping right after a heartbeat.
+    async fn executor_unleased(&self, worker: &str) -> Result<ExecutorClient, AgentError> {
         let socket = self
             .cfg
             .state_dir
@@ -521,8 +566,10 @@ impl Agent {
             if let Err(e) = &started {
                 tracing::warn!(worker = %name, error = %e, "executor not available");
             }
-            let status = match (&started, self.executor(name).await) {
-                (Ok(()), Ok(mut c)) => c.status().await.ok(),
+            // A probe: not contact, so the fence is not held off before the heartbeat
+            // below is known to be written.
+            let status = match (&started, self.executor_unleased(name).await) {
+                (Ok(()), Ok(mut c)) => c.probe().await.ok(),
                 _ => None,
             };
             let address = status
@@ -552,6 +599,9 @@ impl Agent {
                 .and_then(|s| s.phase)
                 .map(|p| format!("{p:?}"));
             let healthy = status.is_some();
+            // Taken before the time is stamped: the lease never outlasts what the
+            // operator sees.
+            let stamped = std::time::Instant::now();
             let mut st = json!({"lastHeartbeatTime": now()});
             match (phase.as_deref(), healthy) {
                 (None | Some("Unhealthy"), true) => st["phase"] = json!("Free"),
@@ -596,6 +646,16 @@ impl Agent {
                 &Patch::Merge(json!({"status": st})),
             )
             .await?;
+            if let Ok(mut l) = self.leases.lock() {
+                l.insert(name.clone(), stamped);
+            }
+            // The ping: contact, now that the heartbeat is written.
+            if healthy
+                && let Ok(mut c) = self.executor(name).await
+                && let Err(e) = c.status().await
+            {
+                tracing::warn!(worker = %name, error = %e, "executor ping failed");
+            }
             if let Some(s) = &status {
                 self.kill_stray_sandbox(name, s, actors).await;
             }
@@ -1262,16 +1322,28 @@ impl Agent {
                 Ok(proto::Phase::Running | proto::Phase::Checkpointing)
             );
         if !running {
-            tracing::warn!(actor = %key, worker, phase = status.phase, "sandbox gone; actor back to its last good snapshot");
-            self.release(
-                actor,
-                worker,
-                "Suspended",
-                "SandboxLost",
-                "the sandbox stopped; resumes from the last good snapshot",
-                None,
-            )
-            .await?;
+            let fenced = status.fenced.as_ref().filter(|f| f.actor == key);
+            let (reason, message) = match fenced {
+                Some(f) => {
+                    tracing::warn!(actor = %key, worker, silent_s = f.silent_seconds, "sandbox fenced while the node agent was away; actor back to its last good snapshot");
+                    (
+                        "SandboxFenced",
+                        format!(
+                            "the executor stopped the sandbox after {:.0}s without its node agent (the fence); resumes from the last good snapshot",
+                            f.silent_seconds
+                        ),
+                    )
+                }
+                None => {
+                    tracing::warn!(actor = %key, worker, phase = status.phase, "sandbox gone; actor back to its last good snapshot");
+                    (
+                        "SandboxLost",
+                        "the sandbox stopped; resumes from the last good snapshot".to_string(),
+                    )
+                }
+            };
+            self.release(actor, worker, "Suspended", reason, &message, None)
+                .await?;
         }
         Ok(())
     }

@@ -75,6 +75,11 @@ struct Args {
         default_value_t = 600
     )]
     recovery_wait_seconds: u64,
+    /// The sandbox fence: stop the sandbox after this many seconds without a call from the
+    /// node agent (it pings every few seconds), so that a dead agent never leaves a sandbox
+    /// running past the point where the control plane releases its actor.
+    #[arg(long, env = "SUBSTRATE_EXECUTOR_FENCE_AFTER_SECONDS", default_value_t = crds::liveness::SANDBOX_FENCE_AFTER.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    fence_after_seconds: u64,
     /// Limit for runsc run/restore, seconds.
     #[arg(
         long,
@@ -145,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
         state_dir,
         on_shutdown: args.on_shutdown,
         recovery_wait: Duration::from_secs(args.recovery_wait_seconds),
+        fence_after: Duration::from_secs(args.fence_after_seconds),
     };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -166,6 +166,7 @@ pub fn daemon_config(name: &str, index: u32, dir: &Path) -> DaemonConfig {
         state_dir,
         on_shutdown: ShutdownPolicy::Kill,
         recovery_wait: Duration::from_secs(60),
+        fence_after: crds::liveness::SANDBOX_FENCE_AFTER,
     }
 }
 

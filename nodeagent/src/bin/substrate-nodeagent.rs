@@ -69,8 +69,9 @@ struct Args {
     /// address block; agents sharing a host need disjoint ranges).
     #[arg(long, env = "SUBSTRATE_WORKER_INDEX_BASE", default_value_t = 1)]
     worker_index_base: u32,
-    /// Heartbeat and resync period in seconds.
-    #[arg(long, env = "SUBSTRATE_HEARTBEAT_SECONDS", default_value_t = 5)]
+    /// Heartbeat, executor ping and resync period in seconds (at most the default: the
+    /// executors' fence and the operator's dead-worker rule count on it).
+    #[arg(long, env = "SUBSTRATE_HEARTBEAT_SECONDS", default_value_t = crds::liveness::HEARTBEAT_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=crds::liveness::HEARTBEAT_INTERVAL.as_secs()))]
     heartbeat_seconds: u64,
 }
 
@@ -122,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
         state_dir,
         executor_bin: args.executor_bin.clone(),
         executor_args,
-        heartbeat: Duration::from_secs(args.heartbeat_seconds.max(1)),
+        heartbeat: Duration::from_secs(args.heartbeat_seconds),
         platform: args.platform.clone(),
         index_base: args.worker_index_base,
     };
