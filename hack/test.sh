@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check and test: cargo fmt --check, clippy -D warnings, cargo test, and (as
-# root) the README walkthrough against a whole system started by hack/up.sh.
+# Runs every check and test: cargo fmt --check, clippy -D warnings, cargo test, the API
+# fuzz (hack/fuzz-api.sh), and (as root) the README walkthrough against a whole system
+# started by hack/up.sh.
 #
 #   hack/test.sh                      everything (what CI runs)
 #   hack/test.sh FILTER               cargo test --workspace FILTER (no walkthrough)
@@ -18,7 +19,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 source "$ROOT/hack/lib.sh"
 
 usage() {
-  sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 FAILED=()
@@ -105,6 +106,7 @@ main() {
   ensure_runtime_deps
   ensure_moto
   ensure_lua
+  ensure_schemathesis
   export SUBSTRATE_VALKEY_SERVER="$VALKEY_SERVER" SUBSTRATE_VALKEY_CLI="$VALKEY_CLI"
   export SUBSTRATE_KUBECTL="$KUBECTL"
   # The runtime and S3 tests skip without their prerequisites when run by hand; here the
@@ -134,6 +136,10 @@ main() {
   # The end-to-end tests run the workspace's binaries (node agent, executor).
   step "cargo build (binaries)" cargo build "${locked[@]}" --workspace --bins
   step "cargo test" cargo test --no-fail-fast "${locked[@]}" "${scope[@]}" "${filters[@]}" "${cargo_args[@]}"
+  if [[ ${#filters[@]} -eq 0 && ${#cargo_args[@]} -eq 0 ]]; then
+    # The apiserver from its own OpenAPI: no 5xx, no dropped connection, documented codes.
+    step "api fuzz (schemathesis)" "$ROOT/hack/fuzz-api.sh"
+  fi
   if [[ "$(id -u)" == 0 && ${#filters[@]} -eq 0 && ${#cargo_args[@]} -eq 0 ]]; then
     step "README walkthrough" walkthrough
   fi
