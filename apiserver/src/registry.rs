@@ -123,17 +123,30 @@ impl Selectors {
     }
 }
 
-/// Encodes a continue token (`{"v":"meta.k8s.io/v1","rv":N,"start":"ns/name"}`, base64url):
-/// the next page is the state at `rv` after the key `start`. `rv` `None` is Kubernetes'
-/// "inconsistent" token (`-1`): the remainder at the latest state.
-fn encode_continue(rv: Option<u64>, key: &ObjectKey) -> String {
+/// The resource a continue token belongs to (`<plural>.<group>`): resourceVersions are
+/// counted per resource, so a token is only valid for the resource that issued it.
+fn token_resource(res: &ResourceInfo) -> String {
+    format!("{}.{}", res.plural, res.group)
+}
+
+/// Encodes a continue token (`{"v":"meta.k8s.io/v1","r":"<plural>.<group>","rv":N,
+/// "start":"ns/name"}`, base64url): the next page of resource `r` is the state at `rv` after
+/// the key `start`. `rv` `None` is Kubernetes' "inconsistent" token (`-1`): the remainder at
+/// the latest state.
+fn encode_continue(res: &ResourceInfo, rv: Option<u64>, key: &ObjectKey) -> String {
     use base64::Engine;
     let rv = rv.map_or(json!(-1), |rv| json!(rv));
-    let raw = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{}/{}", key.namespace, key.name)});
+    let raw = json!({"v": "meta.k8s.io/v1", "r": token_resource(res), "rv": rv,
+        "start": format!("{}/{}", key.namespace, key.name)});
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.to_string())
 }
 
-fn decode_continue(token: &str) -> Result<(Option<u64>, ObjectKey), ApiError> {
+/// Decodes a continue token issued for `res` (400 for a malformed token or one of another
+/// resource, whose resourceVersion means nothing here).
+fn decode_continue(
+    res: &ResourceInfo,
+    token: &str,
+) -> Result<(Option<u64>, ObjectKey), ApiError> {
     use base64::Engine;
     let bad = || {
         ApiError::bad_request(
@@ -146,6 +159,12 @@ fn decode_continue(token: &str) -> Result<(Option<u64>, ObjectKey), ApiError> {
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     if v["v"] != "meta.k8s.io/v1" {
         return Err(bad());
+    }
+    if v["r"].as_str() != Some(token_resource(res).as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "continue key is not valid: the continue token was issued for another resource than {}; relist without it",
+            token_resource(res)
+        )));
     }
     let rv = match v["rv"].as_i64() {
         Some(-1) => None,
@@ -268,7 +287,7 @@ impl Registry {
                 .map_err(|e| ApiError::from_storage(res, "", e))
         };
         let (at, start_after) = match (&opts.continue_token, requested_rv, opts.rv_match) {
-            (Some(token), _, _) => match decode_continue(token)? {
+            (Some(token), _, _) => match decode_continue(res, token)? {
                 (Some(rv), key) => {
                     wait(rv, WAIT_FOR_RV).await?;
                     (Some(rv), Some(key))
@@ -314,7 +333,7 @@ impl Registry {
                 e.continue_token = req
                     .start_after
                     .as_ref()
-                    .map(|key| encode_continue(None, key));
+                    .map(|key| encode_continue(res, None, key));
                 return Err(e);
             }
             Err(e) => return Err(ApiError::from_storage(res, "", e)),
@@ -322,7 +341,7 @@ impl Registry {
         Ok(ListResult {
             items: page.items.iter().map(|o| o.as_ref().clone()).collect(),
             rv: page.rv,
-            continue_token: page.next.map(|key| encode_continue(Some(page.rv), &key)),
+            continue_token: page.next.map(|key| encode_continue(res, Some(page.rv), &key)),
         })
     }
 
@@ -1444,6 +1463,7 @@ pub type SharedRegistry = Arc<Registry>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crds::resources::{ACTORS, WORKER_POOLS};
 
     #[test]
     fn continue_tokens_roundtrip() {
@@ -1451,11 +1471,15 @@ mod tests {
             namespace: "team-a".into(),
             name: "x".into(),
         };
-        let t = encode_continue(Some(42), &k);
-        assert_eq!(decode_continue(&t).unwrap(), (Some(42), k.clone()));
-        let t = encode_continue(None, &k);
-        assert_eq!(decode_continue(&t).unwrap(), (None, k));
-        assert!(decode_continue("garbage!").is_err());
+        let t = encode_continue(&ACTORS, Some(42), &k);
+        assert_eq!(decode_continue(&ACTORS, &t).unwrap(), (Some(42), k.clone()));
+        // resourceVersions are counted per resource: another resource's token is refused.
+        let e = decode_continue(&WORKER_POOLS, &t).unwrap_err();
+        assert_eq!(e.code, 400);
+        assert!(e.message.contains("another resource"), "{}", e.message);
+        let t = encode_continue(&ACTORS, None, &k);
+        assert_eq!(decode_continue(&ACTORS, &t).unwrap(), (None, k));
+        assert!(decode_continue(&ACTORS, "garbage!").is_err());
     }
 
     #[test]
