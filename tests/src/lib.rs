@@ -525,7 +525,10 @@ impl System {
 
     /// SIGKILLs the supervised node agent (a crash; its supervisor restarts it); its pid.
     pub fn kill9_supervised_agent(&self) -> u32 {
-        assert!(self.opts.supervised_agent, "the node agent is not supervised");
+        assert!(
+            self.opts.supervised_agent,
+            "the node agent is not supervised"
+        );
         let pid = eventually("the supervised node agent's pid", || self.agent_pid());
         let ok = Command::new("kill")
             .args(["-KILL", &pid.to_string()])

@@ -422,7 +422,10 @@ fn a_node_agent_crash_is_a_blip_the_actor_keeps_running_with_its_memory() {
     sys.start_operator();
     let url = System::actor_url(&a);
     for i in 1..=4 {
-        assert_eq!(first_int(&http("GET", &format!("{url}/"), None).unwrap()), i);
+        assert_eq!(
+            first_int(&http("GET", &format!("{url}/"), None).unwrap()),
+            i
+        );
     }
     let executors = sys.executor_pids();
     assert_eq!(executors.len(), 1, "{executors:?}");
@@ -495,7 +498,10 @@ fn a_sandbox_fences_itself_when_its_agent_is_away_and_the_actor_returns_to_its_s
     let a = sys.wait_phase("fenced", "Running");
     let url = System::actor_url(&a);
     for i in 1..=2 {
-        assert_eq!(first_int(&http("GET", &format!("{url}/"), None).unwrap()), i);
+        assert_eq!(
+            first_int(&http("GET", &format!("{url}/"), None).unwrap()),
+            i
+        );
     }
     sys.action("fenced", "suspend");
     let a = sys.wait_phase("fenced", "Suspended");
@@ -504,7 +510,10 @@ fn a_sandbox_fences_itself_when_its_agent_is_away_and_the_actor_returns_to_its_s
     let a = sys.wait_phase("fenced", "Running");
     let url = System::actor_url(&a);
     for i in 3..=4 {
-        assert_eq!(first_int(&http("GET", &format!("{url}/"), None).unwrap()), i);
+        assert_eq!(
+            first_int(&http("GET", &format!("{url}/"), None).unwrap()),
+            i
+        );
     }
     let worker = a["status"]["worker"]["name"]
         .as_str()
@@ -518,7 +527,10 @@ fn a_sandbox_fences_itself_when_its_agent_is_away_and_the_actor_returns_to_its_s
             .is_none()
             .then_some(())
     });
-    eprintln!("sandbox stopped {:?} after the agent was killed", killed_at.elapsed());
+    eprintln!(
+        "sandbox stopped {:?} after the agent was killed",
+        killed_at.elapsed()
+    );
     let exec_log = std::fs::read_to_string(
         sys.dir()
             .join("node")
