@@ -2,7 +2,9 @@
 # Stops what hack/up.sh started, in order: the router and the operator, then the running
 # actors are suspended (their memory goes to snapshots), then the node agent (its executors
 # kill their sandboxes and remove the worker networks), the apiserver, the registry and
-# Valkey (SHUTDOWN, which flushes the AOF). SIGKILL after SUBSTRATE_STOP_TIMEOUT seconds.
+# Valkey (SHUTDOWN, or SIGTERM when supervised; both flush the AOF). Each component runs
+# under substrate-supervise: the SIGTERM goes to the supervisor, which forwards it and does
+# not restart the component. SIGKILL (of both) after SUBSTRATE_STOP_TIMEOUT seconds.
 #
 #   hack/down.sh           stop; keep data, snapshots, certificates and kubeconfig
 #   hack/down.sh --purge   stop and delete the state directory (except tools/)
@@ -13,7 +15,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 source "$ROOT/hack/lib.sh"
 
 usage() {
-  sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 main() {

@@ -205,6 +205,47 @@ spawn_daemon() {
   wait_for -t 10 -i 0.1 test -s "$pidfile" || die "could not start $1 (no pid written to $pidfile); see $logfile"
 }
 
+# Supervision: hack/up.sh sets SUBSTRATE_SUPERVISE_BIN to the built substrate-supervise
+# (bin of nodeagent/). With it, supervised_spawn runs a component under it: the supervisor
+# restarts the component whenever it exits (backoff from 0.5 s), forwards SIGTERM to it and
+# then exits without restarting it; its pid is the one in PIDFILE (stop_pidfile stops
+# supervisor and component together), the component's own pid is in NAME.child.pid next to
+# it. A component that exits within 5 s of its first start ends its supervisor with its
+# status (a start-up error is reported, not retried forever). Without the variable (or
+# binary), components run unsupervised.
+SUBSTRATE_SUPERVISE_BIN="${SUBSTRATE_SUPERVISE_BIN:-}"
+
+# supervised_spawn PIDFILE LOGFILE CMD...: spawn_daemon of CMD under substrate-supervise
+# (see above), or of CMD itself when there is no supervisor binary.
+supervised_spawn() {
+  local pidfile="$1" logfile="$2"
+  shift 2
+  if [[ -n "$SUBSTRATE_SUPERVISE_BIN" && -x "$SUBSTRATE_SUPERVISE_BIN" ]]; then
+    local name
+    name="$(basename "$pidfile" .pid)"
+    spawn_daemon "$pidfile" "$logfile" "$SUBSTRATE_SUPERVISE_BIN" --name "$name" \
+      --child-pidfile "${pidfile%.pid}.child.pid" --fail-fast-seconds 5 -- "$@"
+  else
+    spawn_daemon "$pidfile" "$logfile" "$@"
+  fi
+}
+
+# is_supervisor PID: true if PID is a substrate-supervise process.
+is_supervisor() { pid_matches "$1" 'substrate-supervise'; }
+
+# main_pid PIDFILE: the pid of the component itself (for CPU, memory or taskset): its
+# supervisor's child (PIDFILE with .child.pid) when PIDFILE names a supervisor, else
+# PIDFILE's pid.
+main_pid() {
+  local pid
+  pid="$(read_pidfile "$1")"
+  if [[ -n "$pid" ]] && is_supervisor "$pid"; then
+    read_pidfile "${1%.pid}.child.pid"
+  else
+    printf '%s\n' "$pid"
+  fi
+}
+
 # stop_pidfile NAME PIDFILE REGEX [TIMEOUT]: SIGTERM the process in PIDFILE (if it is alive
 # and its command line matches REGEX), SIGKILL after TIMEOUT seconds (default 15); removes
 # PIDFILE.
@@ -675,7 +716,7 @@ valkey_start() {
 
   log "starting Valkey on 127.0.0.1:$VALKEY_PORT (data in $SUBSTRATE_VALKEY_DIR)"
   _rotate_log "$VALKEY_LOG"
-  spawn_daemon "$VALKEY_PIDFILE" "$VALKEY_LOG" \
+  supervised_spawn "$VALKEY_PIDFILE" "$VALKEY_LOG" \
     "$VALKEY_SERVER" "$conf" --port "$VALKEY_PORT" --dir "$SUBSTRATE_VALKEY_DIR"
   printf '%s\n' "$VALKEY_PORT" >"$VALKEY_PORTFILE"
   pid="$(read_pidfile "$VALKEY_PIDFILE")"
@@ -701,7 +742,9 @@ valkey_stop() {
   if [[ -z "$cli" ]]; then
     cli="$(command -v valkey-cli || command -v redis-cli || true)"
   fi
-  if [[ -n "$cli" ]]; then
+  # Supervised, SHUTDOWN would only make the supervisor start Valkey again: SIGTERM to the
+  # supervisor (below) reaches Valkey, which then shuts down cleanly as well.
+  if [[ -n "$cli" ]] && ! is_supervisor "$pid"; then
     log "stopping Valkey (pid $pid, port $port): SHUTDOWN"
     "$cli" -h 127.0.0.1 -p "$port" SHUTDOWN >/dev/null 2>&1 || true
     if ! wait_for -t 30 -i 0.2 _pid_gone "$pid"; then
@@ -744,13 +787,14 @@ component_stop() {
   stop_pidfile "$1" "$(component_pidfile "$1")" "${COMPONENT_REGEX[$1]}" "${2:-${SUBSTRATE_STOP_TIMEOUT:-15}}"
 }
 
-# component_start NAME CMD...: starts CMD as a daemon logging to logs/NAME.log.
+# component_start NAME CMD...: starts CMD as a daemon logging to logs/NAME.log, supervised
+# when hack/up.sh built the supervisor (supervised_spawn).
 component_start() {
   local name="$1"
   shift
   mkdir -p "$SUBSTRATE_RUN_DIR" "$SUBSTRATE_LOG_DIR"
   _rotate_log "$(component_log "$name")"
-  spawn_daemon "$(component_pidfile "$name")" "$(component_log "$name")" "$@"
+  supervised_spawn "$(component_pidfile "$name")" "$(component_log "$name")" "$@"
 }
 
 # component_wait NAME SECONDS CHECK...: waits for CHECK; on failure shows the log and dies.

@@ -13,7 +13,8 @@
 # ROUTER_ADMIN,DNS}_PORT (6390, 6443, 5000, 8080, 9091, 1053). Workers: SUBSTRATE_ADDR_RANGE
 # (10.203.0.0/16), SUBSTRATE_WORKER_INDEX_BASE (1), SUBSTRATE_NODE_NAME (local).
 # SUBSTRATE_PROFILE=debug uses debug builds. Running it again is safe: running actors are
-# suspended first, data is kept, components are rebuilt and restarted.
+# suspended first, data is kept, components are rebuilt and restarted. Every component runs
+# under substrate-supervise, which restarts it when it dies (logs/<name>.log says so).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -28,7 +29,7 @@ ADDR_RANGE="${SUBSTRATE_ADDR_RANGE:-10.203.0.0/16}"
 WORKER_INDEX_BASE="${SUBSTRATE_WORKER_INDEX_BASE:-1}"
 
 usage() {
-  sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,18s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 kubectl_() { "$KUBECTL" --kubeconfig "$SUBSTRATE_KUBECONFIG" --request-timeout=20s "$@"; }
@@ -57,9 +58,11 @@ build() {
     die "building Substrate failed (compiler output above); fix it, then rerun $0"
   BIN_DIR="$target/$PROFILE"
   local b
-  for b in substrate-apiserver substrate-executor substrate-nodeagent substrate-image substrate-operator substrate-router; do
+  for b in substrate-apiserver substrate-executor substrate-nodeagent substrate-image substrate-operator substrate-router substrate-supervise; do
     [[ -x "$BIN_DIR/$b" ]] || die "the build succeeded but $BIN_DIR/$b is missing"
   done
+  # Every long-running component runs under it (hack/lib.sh, supervised_spawn).
+  SUBSTRATE_SUPERVISE_BIN="$BIN_DIR/substrate-supervise"
   # The demo workload: a static binary, so the image needs nothing else.
   log "building the static counter demo"
   (cd "$ROOT" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p counter \
@@ -79,7 +82,7 @@ start_apiserver() {
   fi
   log "starting the apiserver on https://127.0.0.1:$APISERVER_PORT"
   _rotate_log "$APISERVER_LOG"
-  spawn_daemon "$APISERVER_PIDFILE" "$APISERVER_LOG" \
+  supervised_spawn "$APISERVER_PIDFILE" "$APISERVER_LOG" \
     "$BIN_DIR/substrate-apiserver" \
     --bind "127.0.0.1:$APISERVER_PORT" \
     --valkey-url "redis://127.0.0.1:$VALKEY_PORT" \

@@ -647,7 +647,11 @@ impl<R: Runtime, N: Network> Worker<R, N> {
             return Ok(None);
         }
         let cur = self.current();
-        let Some(actor) = cur.actor.as_deref().and_then(|a| a.parse::<ActorKey>().ok()) else {
+        let Some(actor) = cur
+            .actor
+            .as_deref()
+            .and_then(|a| a.parse::<ActorKey>().ok())
+        else {
             return Ok(None);
         };
         if cur.phase == Phase::Idle {

@@ -70,7 +70,9 @@ pub enum AgentError {
     Invalid(String),
     #[error("readiness: {0}")]
     NotReady(String),
-    #[error("no recent heartbeat of worker {worker}: its executor is not contacted (the sandbox fence)")]
+    #[error(
+        "no recent heartbeat of worker {worker}: its executor is not contacted (the sandbox fence)"
+    )]
     NoLease { worker: String },
     #[error("I/O on {path}: {source}")]
     Io {

@@ -183,7 +183,11 @@ pub async fn run(cfg: SuperviseConfig) -> Result<Outcome, SuperviseError> {
 }
 
 /// Forwards `sig` to the child and waits for it (SIGKILL after the stop timeout).
-async fn stop(cfg: &SuperviseConfig, child: &mut Child, sig: nix::sys::signal::Signal) -> Option<ExitStatus> {
+async fn stop(
+    cfg: &SuperviseConfig,
+    child: &mut Child,
+    sig: nix::sys::signal::Signal,
+) -> Option<ExitStatus> {
     let pid = child.id();
     tracing::info!(component = %cfg.name, pid, signal = %sig, "stop signal; forwarding it, not restarting");
     if let Some(p) = pid.and_then(|p| i32::try_from(p).ok()) {
@@ -215,7 +219,8 @@ fn write_pidfile(cfg: &SuperviseConfig, pid: Option<u32>) {
         return;
     };
     let tmp = path.with_extension("tmp");
-    let written = std::fs::write(&tmp, format!("{pid}\n")).and_then(|()| std::fs::rename(&tmp, path));
+    let written =
+        std::fs::write(&tmp, format!("{pid}\n")).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = written {
         tracing::warn!(component = %cfg.name, path = %path.display(), error = %e, "cannot write the child pidfile");
     }

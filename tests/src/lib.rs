@@ -291,6 +291,9 @@ pub struct Options {
     pub executor_args: Vec<String>,
     /// Wait for the workers to be free before returning from [`System::start`].
     pub wait_workers: bool,
+    /// Run the node agent under `substrate-supervise` (as `hack/up.sh` does), which
+    /// restarts it when it dies; see [`System::kill9_supervised_agent`].
+    pub supervised_agent: bool,
 }
 
 impl Options {
@@ -304,6 +307,7 @@ impl Options {
             agent_env: Vec::new(),
             executor_args: Vec::new(),
             wait_workers: true,
+            supervised_agent: false,
         }
     }
 }
@@ -458,7 +462,16 @@ impl System {
     pub fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "the node agent already runs");
         let o = &self.opts;
-        let mut c = Command::new(workspace_bin("substrate-nodeagent"));
+        let mut c = if o.supervised_agent {
+            let mut c = Command::new(workspace_bin("substrate-supervise"));
+            c.args(["--name", "nodeagent", "--child-pidfile"])
+                .arg(self.agent_pidfile())
+                .arg("--")
+                .arg(workspace_bin("substrate-nodeagent"));
+            c
+        } else {
+            Command::new(workspace_bin("substrate-nodeagent"))
+        };
         let snapshots = o
             .snapshot_url
             .clone()
@@ -490,6 +503,39 @@ impl System {
             .stdout(self.log_file("nodeagent"))
             .stderr(self.log_file("nodeagent"));
         self.agent = Some(KillOnDrop(c.spawn().expect("node agent starts")));
+    }
+
+    fn agent_pidfile(&self) -> PathBuf {
+        self.dir.path().join("nodeagent.pid")
+    }
+
+    /// The pid of the node agent process (under its supervisor, when supervised).
+    pub fn agent_pid(&self) -> Option<u32> {
+        if self.opts.supervised_agent {
+            let pid: u32 = std::fs::read_to_string(self.agent_pidfile())
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+        } else {
+            self.agent.as_ref().map(KillOnDrop::pid)
+        }
+    }
+
+    /// SIGKILLs the supervised node agent (a crash; its supervisor restarts it); its pid.
+    pub fn kill9_supervised_agent(&self) -> u32 {
+        assert!(
+            self.opts.supervised_agent,
+            "the node agent is not supervised"
+        );
+        let pid = eventually("the supervised node agent's pid", || self.agent_pid());
+        let ok = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -9 {pid}");
+        pid
     }
 
     /// SIGKILLs the node agent (its executors and sandboxes keep running, as after a crash).

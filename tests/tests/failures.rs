@@ -394,3 +394,172 @@ fn a_missing_runsc_marks_the_workers_not_ready_with_the_reason() {
         "a failed executor start left its network namespace: {netns}"
     );
 }
+
+/// The last `Ready` reason of an actor.
+fn ready_reason(a: &Value) -> String {
+    ready(a).1
+}
+
+/// A node agent crash is a blip (issue 12): the agent runs under `substrate-supervise`, as
+/// in `hack/up.sh`; SIGKILL of the agent leaves its executor and sandbox serving, the
+/// supervisor restarts the agent, which adopts the executor, keeps the sandbox (its actor is
+/// still bound here) and heartbeats on, so neither the fence nor the operator's dead-worker
+/// rule ever fires: the actor stays Running with its memory. (Before: nothing restarted the
+/// agent, the operator released the actor after 30 s and the restarted agent killed the
+/// healthy sandbox; the counter went back to its last snapshot.)
+#[test]
+fn a_node_agent_crash_is_a_blip_the_actor_keeps_running_with_its_memory() {
+    let mut opts = Options::new("e2e-agentcrash", "10.217.0.0/16", 1200);
+    opts.workers = 1;
+    opts.supervised_agent = true;
+    let Some(mut sys) = System::start(opts) else {
+        return;
+    };
+    sys.create_actor("steady", json!({}));
+    sys.action("steady", "resume");
+    let a = sys.wait_phase("steady", "Running");
+    // The operator's dead-worker rule is the one that used to release the actor.
+    sys.start_operator();
+    let url = System::actor_url(&a);
+    for i in 1..=4 {
+        assert_eq!(
+            first_int(&http("GET", &format!("{url}/"), None).unwrap()),
+            i
+        );
+    }
+    let executors = sys.executor_pids();
+    assert_eq!(executors.len(), 1, "{executors:?}");
+
+    let killed_at = Instant::now();
+    let old = sys.kill9_supervised_agent();
+    eprintln!("node agent (pid {old}) killed");
+    // The data plane does not need the agent.
+    assert_eq!(
+        first_int(&http("GET", &format!("{url}/"), None).expect("served while the agent is down")),
+        5
+    );
+    let new = eventually("the supervisor restarts the node agent", || {
+        sys.agent_pid().filter(|p| *p != old)
+    });
+    eprintln!(
+        "node agent restarted as pid {new} {:?} after the kill",
+        killed_at.elapsed()
+    );
+    eventually("the restarted agent adopts the executor", || {
+        let log = sys.log("nodeagent");
+        (log.matches("adopted a running executor").count() >= 1).then_some(())
+    });
+    // Past the fence (20 s) and the operator's dead-worker time (30 s): nothing may have
+    // stopped the sandbox or released the actor.
+    let window = Duration::from_secs(35);
+    while killed_at.elapsed() < window {
+        let a = sys.actor("steady");
+        assert_eq!(
+            phase(&a),
+            "Running",
+            "the actor stays Running across the agent crash: {a}\n--- node agent log\n{}\n--- operator log\n{}",
+            sys.log("nodeagent"),
+            sys.log("operator")
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(
+        first_int(&http("GET", &format!("{url}/"), None).expect("still served")),
+        6,
+        "the actor's memory went on (its sandbox never stopped)"
+    );
+    assert_eq!(
+        sys.executor_pids(),
+        executors,
+        "the same executor serves the worker"
+    );
+    let log = sys.log("nodeagent");
+    assert!(
+        !log.contains("killed a sandbox") && !log.contains("sandbox gone"),
+        "the agent left the sandbox alone:\n{log}"
+    );
+}
+
+/// The fence: while the node agent is away (SIGKILL, nobody restarts it) the executor stops
+/// its sandbox once it has not heard from the agent for its fence time (shortened here to
+/// 6 s with `--fence-after-seconds`), and says so in its status. The agent, back, finds the
+/// sandbox fenced and puts the actor back at its last good snapshot with
+/// `Ready=False/SandboxFenced`; the next resume continues from that snapshot.
+#[test]
+fn a_sandbox_fences_itself_when_its_agent_is_away_and_the_actor_returns_to_its_snapshot() {
+    let mut opts = Options::new("e2e-fence", "10.218.0.0/16", 1300);
+    opts.workers = 1;
+    opts.executor_args = vec!["--fence-after-seconds=6".into()];
+    let Some(mut sys) = System::start(opts) else {
+        return;
+    };
+    sys.create_actor("fenced", json!({}));
+    sys.action("fenced", "resume");
+    let a = sys.wait_phase("fenced", "Running");
+    let url = System::actor_url(&a);
+    for i in 1..=2 {
+        assert_eq!(
+            first_int(&http("GET", &format!("{url}/"), None).unwrap()),
+            i
+        );
+    }
+    sys.action("fenced", "suspend");
+    let a = sys.wait_phase("fenced", "Suspended");
+    let snapshot = snapshot_uri(&a).expect("a snapshot at counter 2");
+    sys.action("fenced", "resume");
+    let a = sys.wait_phase("fenced", "Running");
+    let url = System::actor_url(&a);
+    for i in 3..=4 {
+        assert_eq!(
+            first_int(&http("GET", &format!("{url}/"), None).unwrap()),
+            i
+        );
+    }
+    let worker = a["status"]["worker"]["name"]
+        .as_str()
+        .expect("bound")
+        .to_string();
+
+    sys.kill9_agent();
+    let killed_at = Instant::now();
+    eventually("the sandbox stops serving (fenced)", || {
+        http("GET", &format!("{url}/healthz"), None)
+            .is_none()
+            .then_some(())
+    });
+    eprintln!(
+        "sandbox stopped {:?} after the agent was killed",
+        killed_at.elapsed()
+    );
+    let exec_log = std::fs::read_to_string(
+        sys.dir()
+            .join("node")
+            .join("logs")
+            .join(format!("{worker}.log")),
+    )
+    .unwrap_or_default();
+    assert!(
+        exec_log.contains("sandbox fenced"),
+        "the executor says it fenced the sandbox:\n{exec_log}"
+    );
+    // Nobody has written the actor meanwhile: it still says Running on the worker.
+    assert_eq!(phase(&sys.actor("fenced")), "Running");
+
+    sys.start_agent();
+    let a = sys.wait_phase("fenced", "Suspended");
+    assert_eq!(
+        snapshot_uri(&a).as_deref(),
+        Some(snapshot.as_str()),
+        "back at its last good snapshot: {a}"
+    );
+    assert_eq!(ready_reason(&a), "SandboxFenced", "{a}");
+    assert!(a["status"]["worker"].is_null(), "{a}");
+    sys.assert_no_worker_leak(1);
+    sys.action("fenced", "resume");
+    let a = sys.wait_phase("fenced", "Running");
+    assert_eq!(
+        first_int(&http("GET", &format!("{}/", System::actor_url(&a)), None).unwrap()),
+        3,
+        "the memory of the snapshot (counter 2), plus this request"
+    );
+}

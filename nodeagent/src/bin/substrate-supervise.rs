@@ -69,8 +69,8 @@ async fn main() -> anyhow::Result<()> {
     cfg.max_backoff = Duration::from_secs(args.max_backoff_seconds).max(cfg.min_backoff);
     cfg.stable_after = Duration::from_secs(args.stable_seconds);
     cfg.fail_fast = Duration::from_secs(args.fail_fast_seconds);
-    cfg.stop_timeout = (args.stop_timeout_seconds > 0)
-        .then(|| Duration::from_secs(args.stop_timeout_seconds));
+    cfg.stop_timeout =
+        (args.stop_timeout_seconds > 0).then(|| Duration::from_secs(args.stop_timeout_seconds));
     match supervise::run(cfg).await {
         Ok(supervise::Outcome::Stopped(_)) => Ok(()),
         Err(supervise::SuperviseError::FailedAtStart { command, status }) => {
