@@ -168,10 +168,8 @@ pub fn decide(
             }
             Err(wait) => d.requeue_after = Some(wait),
         },
-        (Activation::Always, None | Some(ActorPhase::Suspended)) => {
-            if !waiting(a) {
-                d.act = Act::Resume;
-            }
+        (Activation::Always, None | Some(ActorPhase::Suspended)) if !waiting(a) => {
+            d.act = Act::Resume;
         }
         (Activation::Suspended, Some(ActorPhase::Running | ActorPhase::Resuming)) => {
             d.act = Act::Suspend;
