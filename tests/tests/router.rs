@@ -353,3 +353,77 @@ fn router_wakes_real_actors_and_maps_every_failure() {
         t.elapsed()
     );
 }
+
+/// Issue 12: an actor deleted from a worker, then another resumed onto the same worker (the
+/// same address): the router's upstream pool held kept-alive connections to the first
+/// sandbox, and requests for the second went out on them and failed (502, "closed the
+/// connection before answering") until each stale connection had been used once. Pooled
+/// connections now belong to the actor's binding, not to the address.
+#[test]
+fn a_new_actor_on_a_reused_worker_gets_none_of_the_old_ones_connections() {
+    let mut opts = Options::new("e2e-reuse", "10.216.0.0/16", 1100);
+    // One worker: the second actor must land where the first ran.
+    opts.workers = 1;
+    let Some(mut sys) = System::start(opts) else {
+        return;
+    };
+    let r = sys.start_router(&["--wake-timeout=60s", "--connect-timeout=2s"]);
+
+    // Actor A serves bursts of concurrent requests: every proxy thread's pool keeps several
+    // kept-alive connections to A's address.
+    sys.create_actor("reuse-a", json!({}));
+    let first = get(r.http, &host("reuse-a"), "/");
+    assert_eq!(first.status, 200, "{first:?}\n{}", sys.log("router"));
+    for _ in 0..3 {
+        let burst: Vec<_> = (0..16)
+            .map(|_| {
+                let h = host("reuse-a");
+                std::thread::spawn(move || get(r.http, &h, "/"))
+            })
+            .collect();
+        for t in burst {
+            let resp = t.join().expect("request thread");
+            assert_eq!(resp.status, 200, "{resp:?}");
+        }
+    }
+    let a = sys.actor("reuse-a");
+    let address = a["status"]["worker"]["address"].clone();
+    assert!(address.is_string(), "{a}");
+    assert!(
+        metric(r.admin, "router_upstream_open_connections") >= 1.0,
+        "the pool keeps connections to A"
+    );
+
+    // A is deleted; B is resumed onto the same (only) worker.
+    sys.kube
+        .ok(&["delete", "actor", "reuse-a", "-n", "team-a"], None);
+    eventually("actor A is gone", || {
+        let (ok, _, _) = sys
+            .kube
+            .run(&["get", "actor", "reuse-a", "-n", "team-a"], None);
+        (!ok).then_some(())
+    });
+    sys.wait_free_workers(1);
+    sys.create_actor("reuse-b", json!({}));
+    sys.action("reuse-b", "resume");
+    let b = sys.wait_phase("reuse-b", "Running");
+    assert_eq!(
+        b["status"]["worker"]["address"], address,
+        "B runs at A's address: {b}"
+    );
+
+    // 50 sequential requests for B through the router: every one answered by B (its own
+    // counter, from 1), none a 502 from a connection to A's sandbox.
+    let answers: Vec<Response> = (0..50)
+        .map(|_| get(r.http, &host("reuse-b"), "/"))
+        .collect();
+    let failed: Vec<&Response> = answers.iter().filter(|a| a.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 50 requests failed, first: {:?}",
+        failed.len(),
+        failed[0]
+    );
+    let counts: Vec<u64> = answers.iter().map(|a| first_int(&a.body)).collect();
+    assert_eq!(counts, (1..=50).collect::<Vec<u64>>(), "each answer from B");
+}
