@@ -5,6 +5,8 @@
 //! task of the [`Store`](super::Store) (which follows the Valkey stream); everything else
 //! reads it.
 //!
+//! * [`WatchCache::list`] serves a page of the state at the current rv or at an older rv still
+//!   covered by the history: the current objects with the newer events undone (their `prev`).
 //! * A [`Watcher`] is a cursor (the last rv it returned) into the history. It never blocks the
 //!   feed: when the history has moved past its cursor it fails with
 //!   [`StorageError::TooOld`] and the client relists, like Kubernetes.

@@ -10,7 +10,9 @@
 //!   `metadata.resourceVersion`; it is injected on every read as a decimal string.
 //! * [`WatchCache`] holds, per resource, the current state and a bounded history of events.
 //!   One background feed task per [`Store`] follows the Valkey streams and keeps the caches
-//!   current; [`Watcher`]s read the history by cursor and never block the feed.
+//!   current; [`Watcher`]s read the history by cursor and never block the feed. Lists are
+//!   served by [`WatchCache::list`], at the cache's rv or at an older one still in its
+//!   history (so every page of a paginated list is a slice of one snapshot).
 
 mod cache;
 mod valkey;
