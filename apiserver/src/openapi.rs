@@ -1134,6 +1134,7 @@ mod tests {
             [
                 "api/v1",
                 "apis/ate.dev/v1alpha1",
+                "apis/coordination.k8s.io/v1",
                 "apis/substrate.ate.dev/v1alpha1"
             ]
         );
