@@ -143,10 +143,7 @@ fn encode_continue(res: &ResourceInfo, rv: Option<u64>, key: &ObjectKey) -> Stri
 
 /// Decodes a continue token issued for `res` (400 for a malformed token or one of another
 /// resource, whose resourceVersion means nothing here).
-fn decode_continue(
-    res: &ResourceInfo,
-    token: &str,
-) -> Result<(Option<u64>, ObjectKey), ApiError> {
+fn decode_continue(res: &ResourceInfo, token: &str) -> Result<(Option<u64>, ObjectKey), ApiError> {
     use base64::Engine;
     let bad = || {
         ApiError::bad_request(
@@ -341,7 +338,9 @@ impl Registry {
         Ok(ListResult {
             items: page.items.iter().map(|o| o.as_ref().clone()).collect(),
             rv: page.rv,
-            continue_token: page.next.map(|key| encode_continue(res, Some(page.rv), &key)),
+            continue_token: page
+                .next
+                .map(|key| encode_continue(res, Some(page.rv), &key)),
         })
     }
 
