@@ -133,7 +133,7 @@ main() {
 
   section "machine"
   printf '  cpus: %s, load: %s, router pid %s\n' "$(nproc)" "$(cut -d ' ' -f 1-3 /proc/loadavg)" \
-    "$(read_pidfile "$(component_pidfile router)")" >&2
+    "$(main_pid "$(component_pidfile router)")" >&2
 
   # Warm: wake the actor through the router, then read its worker address.
   curl -fsS -o /dev/null -x "http://$ROUTER" "http://$HOST/healthz" || die "the router could not reach $HOST"
@@ -162,7 +162,7 @@ main() {
   if [[ -n "${SUBSTRATE_BENCH_PIN:-}" ]]; then
     # The sandboxes (runsc) on CPU 1, the router and the load generator on CPU 0: the
     # sandbox's systrap threads no longer compete with the router.
-    router_pid="$(read_pidfile "$(component_pidfile router)")"
+    router_pid="$(main_pid "$(component_pidfile router)")"
     for p in $(pgrep -f runsc); do taskset -a -p -c 1 "$p" >/dev/null; done
     taskset -a -p -c 0 "$router_pid" >/dev/null
     pin=(taskset -c 0)
@@ -172,7 +172,7 @@ main() {
   # clock ticks from /proc) over its request counter, across the run (each is idle in the
   # other targets' phases).
   local rpid rcpu0 reqs0 hpid="" hcpu0="" hreqs0=""
-  rpid="$(read_pidfile "$(component_pidfile router)")"
+  rpid="$(main_pid "$(component_pidfile router)")"
   rcpu0="$(cpu_ticks "$rpid")"
   reqs0="$(router_requests)"
   if [[ "${SUBSTRATE_BENCH_HAPROXY:-1}" != 0 ]]; then

@@ -30,7 +30,7 @@ check_system_up() {
   local hint="start it with hack/up.sh (or point the benchmark elsewhere, see hack/bench.sh --help)"
   [[ -r "$SUBSTRATE_KUBECONFIG" ]] || die "no $SUBSTRATE_KUBECONFIG: Substrate is not up; $hint"
   local pid
-  pid="$(read_pidfile "$APISERVER_PIDFILE")"
+  pid="$(main_pid "$APISERVER_PIDFILE")"
   if [[ -z "$pid" ]] || ! pid_matches "$pid" "$APISERVER_REGEX"; then
     die "the apiserver of hack/up.sh is not running (no live pid in $APISERVER_PIDFILE); $hint"
   fi
