@@ -72,8 +72,11 @@ main() {
   local bin="${SUBSTRATE_APISERVER_BIN:-}"
   if [[ -z "$bin" ]]; then
     bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/substrate-apiserver"
-    log "cargo build -p apiserver --bin substrate-apiserver"
-    (cd "$ROOT" && cargo build --quiet -p apiserver --bin substrate-apiserver) ||
+    # The workspace's binaries, as hack/test.sh builds them just before (a no-op then):
+    # `-p apiserver` alone would resolve features for that package only and rebuild half of
+    # the dependencies (5 minutes here).
+    log "cargo build --workspace --bins"
+    (cd "$ROOT" && cargo build --quiet --workspace --bins) ||
       die "building the apiserver failed"
   fi
   [[ -x "$bin" ]] || die "no apiserver binary at $bin"
