@@ -229,9 +229,16 @@ pub fn http(method: &str, url: &str, body: Option<&str>) -> Option<String> {
         c.args(["--data-binary", b]);
     }
     let out = c.output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    if !out.status.success() {
+        // Kept in the test's output: a request that fails where it should not says why.
+        eprintln!(
+            "{method} {url}: curl {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The first integer in `s` (the counter's answer starts with its count).
