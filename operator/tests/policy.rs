@@ -3,54 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crds::ate::ActorTemplate;
 use crds::substrate::{Actor, Worker};
 use operator::{Operator, OperatorConfig};
 
-struct World {
-    client: kube::Client,
-    _running: apiserver::Running,
-    _valkey: apiserver::testing::ValkeyServer,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-async fn world() -> World {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let valkey = apiserver::testing::ValkeyServer::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (args, kubeconfig) = apiserver::testing::apiserver_args(&valkey, dir.path());
-    let running = apiserver::start(&args).await.expect("apiserver starts");
-    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .expect("config");
-    let client = kube::Client::try_from(config).expect("client");
-    World {
-        client,
-        _running: running,
-        _valkey: valkey,
-        _dir: dir,
-    }
-}
-
-fn now_minus(secs: i64) -> String {
-    (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs))
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
-
-async fn create<K>(api: &Api<K>, v: Value) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(v).expect("object");
-    api.create(&PostParams::default(), &obj)
-        .await
-        .expect("create")
-}
+use common::{World, create, now_minus, world};
 
 async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
