@@ -534,19 +534,11 @@ async fn resource(
                     selectors,
                     opts,
                     output,
+                    view: watch::View::Native,
                 },
             )
             .await?;
-            let mut r = Response::new(body.boxed_unsync());
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r.headers_mut().insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("no-cache, private"),
-            );
-            Ok(r)
+            Ok(watch_response(body))
         }
         Verb::Create => {
             let wo = with_manager(
@@ -781,9 +773,41 @@ async fn core_namespaces(
                 &json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {"resourceVersion": out.rv.to_string()}, "items": items}),
             ))
         }
-        // Standalone namespaces are read-only and not watchable.
-        _ => Err(ApiError::method_not_allowed("WATCH", "GET")),
+        (Verb::Watch, None) => {
+            let opts = ListOptions::from_query(query)?;
+            let selectors = Selectors::parse(&ATESPACES, &opts)?;
+            let body = watch::start(
+                &state.registry,
+                watch::WatchRequest {
+                    res: &ATESPACES,
+                    namespace: None,
+                    name: None,
+                    selectors,
+                    opts,
+                    output: Output::Json,
+                    view: watch::View::CoreNamespaces(as_namespace),
+                },
+            )
+            .await?;
+            Ok(watch_response(body))
+        }
+        // `parse` makes only get, list and watch of namespaces.
+        (_, _) => Err(ApiError::method_not_allowed(verb.as_str(), "GET")),
     }
+}
+
+/// A watch stream's response: newline-delimited JSON events, never cached.
+fn watch_response(body: watch::WatchBody) -> Response<Body> {
+    let mut r = Response::new(body.boxed_unsync());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    r
 }
 
 fn as_namespace(a: &Value) -> Value {

@@ -372,16 +372,6 @@ const LIST_PARAMS: &[Param] = &[
     TIMEOUT_SECONDS,
     WATCH,
 ];
-/// The standalone namespaces are listed, not watched (`watch` is 405 there).
-const NAMESPACE_LIST_PARAMS: &[Param] = &[
-    CONTINUE,
-    FIELD_SELECTOR,
-    LABEL_SELECTOR,
-    LIMIT,
-    RESOURCE_VERSION,
-    RESOURCE_VERSION_MATCH,
-    TIMEOUT_SECONDS,
-];
 const WRITE_PARAMS: &[Param] = &[DRY_RUN, FIELD_MANAGER, FIELD_VALIDATION];
 const PATCH_PARAMS: &[Param] = &[DRY_RUN, FIELD_MANAGER, FIELD_VALIDATION, FORCE];
 const DELETE_PARAMS: &[Param] = &[
@@ -898,7 +888,7 @@ fn namespace_paths(flavor: Flavor) -> Vec<(String, Value)> {
         (
             "/api/v1/namespaces".to_string(),
             json!({
-                "get": op(Action::List, "listCoreV1Namespace", "list objects of kind Namespace", NAMESPACE_LIST_PARAMS, "io.k8s.api.core.v1.NamespaceList"),
+                "get": op(Action::List, "listCoreV1Namespace", "list objects of kind Namespace", LIST_PARAMS, "io.k8s.api.core.v1.NamespaceList"),
                 "parameters": [pretty],
             }),
         ),

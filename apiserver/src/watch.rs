@@ -36,6 +36,18 @@ pub struct WatchRequest {
     pub selectors: Selectors,
     pub opts: ListOptions,
     pub output: Output,
+    /// How objects are shown to this watcher.
+    pub view: View,
+}
+
+/// How a watcher sees the objects of its resource.
+#[derive(Clone, Copy, Debug)]
+pub enum View {
+    /// As stored.
+    Native,
+    /// Standalone: atespaces shown as core `v1` `Namespace`s (`GET /api/v1/namespaces?watch`),
+    /// through this function (the same one the namespace list and get use).
+    CoreNamespaces(fn(&Value) -> Value),
 }
 
 /// A streaming response body.
@@ -45,11 +57,28 @@ pub type WatchBody =
 struct Encoder {
     res: &'static ResourceInfo,
     output: Output,
+    view: View,
     columns_sent: bool,
 }
 
 impl Encoder {
+    fn new(req: &WatchRequest) -> Self {
+        Encoder {
+            res: req.res,
+            output: req.output,
+            view: req.view,
+            columns_sent: false,
+        }
+    }
+
     fn event(&mut self, kind: &str, obj: &Value) -> Bytes {
+        if let View::CoreNamespaces(as_namespace) = self.view {
+            // Namespaces are served as JSON objects only, as their list is.
+            let mut line = serde_json::to_vec(&json!({"type": kind, "object": as_namespace(obj)}))
+                .unwrap_or_default();
+            line.push(b'\n');
+            return Bytes::from(line);
+        }
         let object = match self.output {
             Output::Table(include) => {
                 let t = table::table(
@@ -77,9 +106,12 @@ impl Encoder {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let object = match self.output {
-            Output::Table(_) => return None,
-            Output::PartialMetadata => {
+        let object = match (self.view, self.output) {
+            (View::CoreNamespaces(_), _) => {
+                json!({"kind": "Namespace", "apiVersion": "v1", "metadata": meta})
+            }
+            (_, Output::Table(_)) => return None,
+            (_, Output::PartialMetadata) => {
                 json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
             }
             _ => {
@@ -230,11 +262,7 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
                 Err(StorageError::TooOld { requested, oldest }) => {
                     // As kube-apiserver: a 200 stream carrying one ERROR event with 410 Expired.
                     let (tx, rx) = mpsc::channel(1);
-                    let enc = Encoder {
-                        res: req.res,
-                        output: req.output,
-                        columns_sent: false,
-                    };
+                    let enc = Encoder::new(&req);
                     let msg =
                         ApiError::gone(format!("too old resource version: {requested} ({oldest})"));
                     let _ = tx.try_send(Ok(Frame::data(enc.error(&msg))));
@@ -260,11 +288,7 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
         _ => Duration::from_secs(1800 + rand::random::<u64>() % 1800),
     };
     tokio::spawn(async move {
-        let mut enc = Encoder {
-            res: req.res,
-            output: req.output,
-            columns_sent: false,
-        };
+        let mut enc = Encoder::new(&req);
         let send = |b: Bytes| {
             let tx = tx.clone();
             async move { tx.send(Ok(Frame::data(b))).await.is_ok() }

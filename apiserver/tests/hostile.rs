@@ -774,3 +774,74 @@ fn a_watch_parameter_on_one_object_or_its_status_does_not_stream() {
             .expect("a watch event");
     assert_eq!(ev["type"], "ADDED");
 }
+
+#[test]
+fn namespaces_are_watched_as_kubernetes_watches_them() {
+    // Found by Schemathesis: `GET /api/v1/namespaces?watch=<not 0/false>` answered 405,
+    // while Kubernetes reads any such value as true and streams namespace events.
+    let w = start();
+    let mut c = Conn::open(&w, Proto::H1, Some("admin"));
+    atespace(&mut c, "team-a");
+    for q in [
+        "watch=1&timeoutSeconds=1",
+        "watch=%C2%B0%C2%8D%17&watch=false&=&timeoutSeconds=1",
+        "watch=true&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1",
+    ] {
+        let r = c.get(&format!("/api/v1/namespaces?{q}"));
+        assert_eq!(r.status, 200, "{q}: {}", String::from_utf8_lossy(&r.body));
+        let events: Vec<Value> = r
+            .body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("a watch event"))
+            .collect();
+        let added: Vec<(&str, &str)> = events
+            .iter()
+            .filter(|e| e["type"] == "ADDED")
+            .map(|e| {
+                (
+                    e["object"]["kind"].as_str().unwrap_or_default(),
+                    e["object"]["metadata"]["name"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert!(added.contains(&("Namespace", "team-a")), "{q}: {added:?}");
+        assert!(
+            events.iter().all(|e| e["object"]["apiVersion"] == "v1"),
+            "{q}: every event is a core v1 object: {events:?}"
+        );
+        if q.contains("sendInitialEvents") {
+            let last = events.last().expect("events");
+            assert_eq!(last["type"], "BOOKMARK", "{q}");
+            assert_eq!(last["object"]["kind"], "Namespace", "{q}");
+        }
+    }
+    // A deletion is seen by a watch from the current resourceVersion.
+    let list = c.get("/api/v1/namespaces").json();
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("a list resourceVersion")
+        .to_string();
+    let r = c.send(
+        "DELETE",
+        &format!("{ACTORS}/atespaces/team-a"),
+        &[],
+        Payload::empty(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = c.get(&format!(
+        "/api/v1/namespaces?watch=1&resourceVersion={rv}&timeoutSeconds=1"
+    ));
+    let first: Value =
+        serde_json::from_slice(r.body.split(|b| *b == b'\n').next().unwrap_or_default())
+            .expect("a watch event");
+    assert_eq!(first["object"]["kind"], "Namespace", "{first}");
+    assert_eq!(first["object"]["metadata"]["name"], "team-a", "{first}");
+    assert!(
+        first["object"]["metadata"]["deletionTimestamp"].is_string() || first["type"] == "DELETED",
+        "{first}"
+    );
+    // Namespaces stay read-only.
+    let r = c.post_json("/api/v1/namespaces", &json!({"metadata": {"name": "x"}}));
+    r.status(405, "MethodNotAllowed");
+}
