@@ -193,6 +193,8 @@ pub struct Agent {
     snapshots: SnapshotStore,
     workers: tokio::sync::Mutex<BTreeMap<String, LocalWorker>>,
     in_flight: Mutex<HashSet<String>>,
+    /// Actors that changed while their task was in flight: the task goes round once more.
+    dirty: Mutex<HashSet<String>>,
     /// Per worker: when its last successful heartbeat was stamped (see [`LEASE`]).
     leases: Mutex<BTreeMap<String, std::time::Instant>>,
 }
@@ -345,6 +347,7 @@ impl Agent {
             snapshots,
             workers: tokio::sync::Mutex::new(BTreeMap::new()),
             in_flight: Mutex::new(HashSet::new()),
+            dirty: Mutex::new(HashSet::new()),
             leases: Mutex::new(BTreeMap::new()),
         })
     }
@@ -848,17 +851,30 @@ impl Agent {
                     return;
                 };
                 if !f.insert(key.clone()) {
+                    // Looked at again when the task ends (e.g. a delete that arrived
+                    // during a resume), not only at the next heartbeat.
+                    if let Ok(mut d) = self.dirty.lock() {
+                        d.insert(key);
+                    }
                     continue;
                 }
             }
             let agent = self.clone();
             tokio::spawn(async move {
-                let result = agent.reconcile_actor(&ns, &name).await;
-                if let Err(e) = result {
-                    tracing::warn!(atespace = %ns, actor = %name, error = %e, "actor reconcile failed; will retry");
-                }
-                if let Ok(mut f) = agent.in_flight.lock() {
-                    f.remove(&key);
+                loop {
+                    let result = agent.reconcile_actor(&ns, &name).await;
+                    if let Err(e) = result {
+                        tracing::warn!(atespace = %ns, actor = %name, error = %e, "actor reconcile failed; will retry");
+                    }
+                    // Both locks at once: a change recorded after this check starts a task.
+                    let (Ok(mut f), Ok(mut d)) = (agent.in_flight.lock(), agent.dirty.lock())
+                    else {
+                        return;
+                    };
+                    if !d.remove(&key) {
+                        f.remove(&key);
+                        return;
+                    }
                 }
             });
         }
@@ -877,6 +893,9 @@ impl Agent {
         };
         if worker.node.as_deref() != Some(&self.cfg.node) {
             return Ok(());
+        }
+        if actor.metadata.deletion_timestamp.is_some() {
+            return self.stop_deleted(&actor, &worker.name).await;
         }
         match status.phase.map(|p| format!("{p:?}")).as_deref() {
             Some("Resuming") => self.resume(&actor, &worker.name).await,
@@ -997,31 +1016,35 @@ impl Agent {
         let result = self.try_resume(actor, worker).await;
         match result {
             Ok((address, image)) => {
-                self.set_actor_status(&ns, &name, &uid, |st, generation| {
-                    if st["phase"] != "Resuming" || st["worker"]["name"] != worker {
-                        return false;
-                    }
-                    st["phase"] = json!("Running");
-                    st["image"] = json!(image);
-                    st["lastActiveTime"] = json!(now());
-                    st["observedGeneration"] = json!(generation);
-                    let conds = st["conditions"].as_array().cloned().unwrap_or_default();
-                    let message = format!("running on worker {worker} at {address}");
-                    let conds = with_condition(
-                        &conds,
-                        condition("Ready", true, "Running", &message, Some(generation)),
-                    );
-                    let conds = with_condition(
-                        &conds,
-                        condition("Reconciling", false, "Running", &message, Some(generation)),
-                    );
-                    st["conditions"] = json!(with_condition(
-                        &conds,
-                        condition("Stalled", false, "Running", &message, Some(generation))
-                    ));
-                    true
-                })
-                .await?;
+                let written = self
+                    .set_actor_status(&ns, &name, &uid, |st, generation| {
+                        if st["phase"] != "Resuming" || st["worker"]["name"] != worker {
+                            return false;
+                        }
+                        st["phase"] = json!("Running");
+                        st["image"] = json!(image);
+                        st["lastActiveTime"] = json!(now());
+                        st["observedGeneration"] = json!(generation);
+                        let conds = st["conditions"].as_array().cloned().unwrap_or_default();
+                        let message = format!("running on worker {worker} at {address}");
+                        let conds = with_condition(
+                            &conds,
+                            condition("Ready", true, "Running", &message, Some(generation)),
+                        );
+                        let conds = with_condition(
+                            &conds,
+                            condition("Reconciling", false, "Running", &message, Some(generation)),
+                        );
+                        st["conditions"] = json!(with_condition(
+                            &conds,
+                            condition("Stalled", false, "Running", &message, Some(generation))
+                        ));
+                        true
+                    })
+                    .await?;
+                if !written {
+                    return self.resume_overtaken(actor, worker).await;
+                }
                 tracing::info!(atespace = %ns, actor = %name, worker, "actor running");
                 Ok(())
             }
@@ -1042,6 +1065,51 @@ impl Agent {
                 Err(e)
             }
         }
+    }
+
+    /// A resume finished after the actor stopped `Resuming` here: suspended meanwhile (the
+    /// next pass checkpoints it), or unbound (deleted, or failed by the operator's resume
+    /// deadline): then its sandbox is killed and the worker freed if it still names the
+    /// actor, instead of waiting for the stray-sandbox and orphan rules.
+    async fn resume_overtaken(&self, actor: &Actor, worker: &str) -> Result<(), AgentError> {
+        let ns = actor.metadata.namespace.clone().unwrap_or_default();
+        let name = actor.metadata.name.clone().unwrap_or_default();
+        let uid = actor.metadata.uid.clone().unwrap_or_default();
+        let cur = self.actor_api(&ns).get_opt(&name).await?;
+        let still_here = cur.as_ref().is_some_and(|a| {
+            a.metadata.uid.as_deref() == Some(uid.as_str())
+                && a.status
+                    .as_ref()
+                    .and_then(|s| s.worker.as_ref())
+                    .is_some_and(|w| w.name == worker)
+        });
+        if still_here {
+            return Ok(());
+        }
+        let key = Self::actor_key(actor)?;
+        self.executor(worker)
+            .await?
+            .kill(&key, &format!("overtaken-{uid}"))
+            .await
+            .map_err(|source| AgentError::Executor {
+                worker: worker.into(),
+                source,
+            })?;
+        let api = self.worker_api();
+        if let Some(mut w) = api.get_opt(worker).await?
+            && let Some(st) = w.status.as_mut()
+            && st.actor.as_ref().and_then(|a| a.uid.as_deref()) == Some(uid.as_str())
+        {
+            st.actor = None;
+            st.phase = Some(crds::substrate::WorkerPhase::Free);
+            match api.replace_status(worker, &PostParams::default(), &w).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::info!(actor = %key, worker, "resume finished after the actor left this worker; sandbox killed");
+        Ok(())
     }
 
     /// Fetch, restore (or cold boot), wait for readiness. Returns the worker address.
@@ -1307,6 +1375,35 @@ impl Agent {
                 tracing::warn!(atespace = %ns, actor = %name, error = %e, "snapshot GC failed")
             }
         }
+        Ok(())
+    }
+
+    /// A deleted actor (its `deletionTimestamp` set; the
+    /// [`SANDBOX`](crds::finalizers::SANDBOX) finalizer holds it) bound here: its sandbox is
+    /// killed (no checkpoint: nothing of it is kept), the actor unbound and the worker freed,
+    /// so the operator can remove the finalizer and the worker takes another actor at once.
+    async fn stop_deleted(&self, actor: &Actor, worker: &str) -> Result<(), AgentError> {
+        let key = Self::actor_key(actor)?;
+        let uid = actor.metadata.uid.clone().unwrap_or_default();
+        let started = std::time::Instant::now();
+        let mut exec = self.executor(worker).await?;
+        exec.kill(&key, &format!("delete-{uid}"))
+            .await
+            .map_err(|source| AgentError::Executor {
+                worker: worker.into(),
+                source,
+            })?;
+        let _ = std::fs::remove_file(self.run_image_file(&uid));
+        self.release(
+            actor,
+            worker,
+            "Suspended",
+            crds::conditions::reasons::DELETED,
+            "the actor was deleted: its sandbox was stopped and its worker freed",
+            None,
+        )
+        .await?;
+        tracing::info!(actor = %key, worker, ms = started.elapsed().as_secs_f64() * 1e3, "deleted actor's sandbox stopped; worker freed");
         Ok(())
     }
 
