@@ -1095,19 +1095,7 @@ impl Agent {
                 worker: worker.into(),
                 source,
             })?;
-        let api = self.worker_api();
-        if let Some(mut w) = api.get_opt(worker).await?
-            && let Some(st) = w.status.as_mut()
-            && st.actor.as_ref().and_then(|a| a.uid.as_deref()) == Some(uid.as_str())
-        {
-            st.actor = None;
-            st.phase = Some(crds::substrate::WorkerPhase::Free);
-            match api.replace_status(worker, &PostParams::default(), &w).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.free_worker(worker, &uid).await?;
         tracing::info!(actor = %key, worker, "resume finished after the actor left this worker; sandbox killed");
         Ok(())
     }
@@ -1502,14 +1490,35 @@ impl Agent {
             true
         })
         .await?;
-        self.worker_api()
-            .patch_status(
-                worker,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"phase": "Free", "actor": null}})),
-            )
-            .await?;
-        Ok(())
+        self.free_worker(worker, &uid).await
+    }
+
+    /// Frees `worker` if it is still bound to the actor with `uid` (compare-and-swap: a
+    /// worker released meanwhile by the scheduler's orphan rule, or by the operator, and
+    /// bound to another actor is left alone).
+    async fn free_worker(&self, worker: &str, uid: &str) -> Result<(), AgentError> {
+        let api = self.worker_api();
+        for _ in 0..10 {
+            let Some(mut w) = api.get_opt(worker).await? else {
+                return Ok(());
+            };
+            let Some(st) = w.status.as_mut() else {
+                return Ok(());
+            };
+            if st.actor.as_ref().and_then(|a| a.uid.as_deref()) != Some(uid) {
+                return Ok(());
+            }
+            st.actor = None;
+            st.phase = Some(crds::substrate::WorkerPhase::Free);
+            match api.replace_status(worker, &PostParams::default(), &w).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AgentError::Invalid(format!(
+            "worker {worker}: status update kept conflicting"
+        )))
     }
 
     /// Read-modify-write of an actor's status with optimistic concurrency (retried on 409).
