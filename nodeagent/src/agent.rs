@@ -9,8 +9,12 @@
 //!   golden one, else cold boot), restore or run it on the executor, wait for readiness,
 //!   `Running`; `Suspending` → checkpoint, upload (zstd, manifest last), `Suspended` with the
 //!   new snapshot, worker freed; `Running` whose sandbox is gone → back to `Suspended` at its
-//!   last good snapshot. One operation per actor at a time; everything is retried on the
-//!   next pass, and every executor call is idempotent (keyed by actor and operation id).
+//!   last good snapshot; deleted (`deletionTimestamp` set, held by the
+//!   `substrate.ate.dev/sandbox` finalizer) → sandbox killed (no checkpoint), actor unbound,
+//!   worker freed, after which the operator removes the finalizer. One operation per actor at
+//!   a time (a change seen meanwhile runs the actor's task again when it ends); everything is
+//!   retried on the next pass, and every executor call is idempotent (keyed by actor and
+//!   operation id). A worker is freed only while it still names the actor (by uid).
 //! * **Fencing** (`crds::liveness`): each executor stops its sandbox when it has not heard
 //!   from the agent for `SANDBOX_FENCE_AFTER`; the operator releases an actor whose worker
 //!   has not heartbeated for `DEAD_WORKER_AFTER`. So the agent talks to an executor only

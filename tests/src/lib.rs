@@ -846,3 +846,10 @@ impl Watch {
             .collect()
     }
 }
+
+impl System {
+    /// Stops the operator (SIGTERM).
+    pub fn stop_operator(&mut self) {
+        self.operator.take();
+    }
+}

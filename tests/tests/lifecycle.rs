@@ -163,6 +163,41 @@ fn deleting_a_running_actor_frees_its_only_worker_at_once() {
     );
     let (found, _, _) = sys.kube.run(&["get", "actor", "b", "-n", "team-a"], None);
     assert!(!found, "b is gone at once");
+
+    // With the operator down, a deleted running actor waits (deletionTimestamp set, as in
+    // Kubernetes) — its node agent still stops the sandbox and frees the worker — and is
+    // finished when the operator is back.
+    sys.create_actor("c", json!({}));
+    sys.action("c", "resume");
+    sys.wait_phase("c", "Running");
+    sys.stop_operator();
+    sys.kube.ok(
+        &["delete", "actor", "c", "-n", "team-a", "--wait=false"],
+        None,
+    );
+    let c = eventually("c's sandbox is stopped while the operator is down", || {
+        let c = sys.actor("c");
+        (c["status"]["worker"].is_null()).then_some(c)
+    });
+    assert!(c["metadata"]["deletionTimestamp"].is_string(), "{c}");
+    assert_eq!(
+        c["metadata"]["finalizers"],
+        json!([SANDBOX_FINALIZER]),
+        "{c}"
+    );
+    assert_eq!(cond(&c, "Ready").unwrap()["reason"], "Deleted", "{c}");
+    sys.wait_free_workers(1);
+    assert!(
+        !sys.runsc_containers(&worker)
+            .contains(&"team-a_c".to_string())
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(sys.actor("c")["metadata"]["deletionTimestamp"].is_string());
+    sys.start_operator();
+    eventually("c is deleted once the operator is back", || {
+        let (found, _, _) = sys.kube.run(&["get", "actor", "c", "-n", "team-a"], None);
+        (!found).then_some(())
+    });
     sys.assert_no_worker_leak(1);
 }
 
