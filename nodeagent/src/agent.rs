@@ -52,6 +52,9 @@ pub const LEASE: Duration = Duration::from_secs(
     crds::liveness::DEAD_WORKER_AFTER.as_secs() - crds::liveness::SANDBOX_FENCE_AFTER.as_secs() - 1,
 );
 
+/// How often a resume in progress checks that its actor still wants it.
+const ABANDON_CHECK: Duration = Duration::from_secs(1);
+
 /// Committed snapshots kept per actor (the newest is the one its status records).
 const SNAPSHOTS_KEPT: usize = 2;
 
@@ -1017,7 +1020,16 @@ impl Agent {
         let ns = actor.metadata.namespace.clone().unwrap_or_default();
         let name = actor.metadata.name.clone().unwrap_or_default();
         let uid = actor.metadata.uid.clone().unwrap_or_default();
-        let result = self.try_resume(actor, worker).await;
+        // A resume the actor no longer waits for (deleted, or failed by the operator's
+        // resume deadline) is abandoned: its sandbox is killed and its worker freed now,
+        // not when a hung image pull or readiness probe gives up.
+        let result = tokio::select! {
+            r = self.try_resume(actor, worker) => r,
+            () = self.until_abandoned(actor, worker) => {
+                tracing::warn!(atespace = %ns, actor = %name, worker, "resume abandoned: the actor was deleted or left this worker");
+                return self.resume_overtaken(actor, worker).await;
+            }
+        };
         match result {
             Ok((address, image)) => {
                 let written = self
@@ -1071,10 +1083,33 @@ impl Agent {
         }
     }
 
-    /// A resume finished after the actor stopped `Resuming` here: suspended meanwhile (the
-    /// next pass checkpoints it), or unbound (deleted, or failed by the operator's resume
-    /// deadline): then its sandbox is killed and the worker freed if it still names the
-    /// actor, instead of waiting for the stray-sandbox and orphan rules.
+    /// Returns once `actor` is deleted (or being deleted), or no longer bound to `worker`
+    /// (checked every [`ABANDON_CHECK`]; an unreachable apiserver changes nothing).
+    async fn until_abandoned(&self, actor: &Actor, worker: &str) {
+        let ns = actor.metadata.namespace.clone().unwrap_or_default();
+        let name = actor.metadata.name.clone().unwrap_or_default();
+        let api = self.actor_api(&ns);
+        loop {
+            tokio::time::sleep(ABANDON_CHECK).await;
+            match api.get_opt(&name).await {
+                Ok(Some(a))
+                    if a.metadata.uid == actor.metadata.uid
+                        && a.metadata.deletion_timestamp.is_none()
+                        && a.status
+                            .as_ref()
+                            .and_then(|s| s.worker.as_ref())
+                            .is_some_and(|w| w.name == worker) => {}
+                Ok(_) => return,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// A resume finished (or abandoned) after the actor stopped `Resuming` here: suspended
+    /// meanwhile (the next pass checkpoints it); deleted (its sandbox is stopped now); or
+    /// unbound (failed by the operator's resume deadline): then its sandbox is killed and the
+    /// worker freed if it still names the actor, instead of waiting for the stray-sandbox and
+    /// orphan rules.
     async fn resume_overtaken(&self, actor: &Actor, worker: &str) -> Result<(), AgentError> {
         let ns = actor.metadata.namespace.clone().unwrap_or_default();
         let name = actor.metadata.name.clone().unwrap_or_default();
@@ -1088,7 +1123,10 @@ impl Agent {
                     .is_some_and(|w| w.name == worker)
         });
         if still_here {
-            return Ok(());
+            return match cur.filter(|a| a.metadata.deletion_timestamp.is_some()) {
+                Some(deleted) => self.stop_deleted(&deleted, worker).await,
+                None => Ok(()),
+            };
         }
         let key = Self::actor_key(actor)?;
         self.executor(worker)
@@ -1100,7 +1138,7 @@ impl Agent {
                 source,
             })?;
         self.free_worker(worker, &uid).await?;
-        tracing::info!(actor = %key, worker, "resume finished after the actor left this worker; sandbox killed");
+        tracing::info!(actor = %key, worker, "resume overtaken: the actor left this worker; sandbox killed, worker freed");
         Ok(())
     }
 
@@ -1514,6 +1552,9 @@ impl Agent {
             }
             st.actor = None;
             st.phase = Some(crds::substrate::WorkerPhase::Free);
+            // The scheduler's mark of a binding whose actor no longer points back (set in
+            // the instant between the actor's unbinding and this write): the binding is over.
+            st.conditions.retain(|c| c.type_ != "Orphaned");
             match api.replace_status(worker, &PostParams::default(), &w).await {
                 Ok(_) => return Ok(()),
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,

@@ -11,7 +11,7 @@
 //! Address ranges: 10.219.0.0/16 (index base 1400) and 10.225.0.0/16 (index base 2000).
 
 use std::net::TcpListener;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use e2e::{Options, System, condition, eventually, first_int, http, phase};
 use serde_json::{Value, json};
@@ -97,13 +97,18 @@ fn deleting_a_running_actor_frees_its_only_worker_at_once() {
     assert_eq!(ready["reason"], "Deleted", "{gone}");
     assert!(gone["metadata"]["deletionTimestamp"].is_string(), "{gone}");
 
-    // The worker went Bound (a) → Free → Bound (b): released by the node agent, never by
-    // the scheduler's orphan rule (which marks a worker `Orphaned` for 15 s first).
-    let states: Vec<(String, String, bool)> = workers
+    // The worker went Bound (a) → Free → Bound (b), released by the node agent, not by the
+    // scheduler's orphan rule: that rule frees a worker 15 s after marking it `Orphaned`
+    // (the mark may appear in the instant between the agent's unbinding of a and its
+    // freeing of the worker), and b was bound well before any such mark could have ripened.
+    let versions: Vec<Value> = workers
         .events()
-        .iter()
-        .map(|e| &e["object"])
+        .into_iter()
+        .map(|e| e["object"].clone())
         .filter(|w| w["metadata"]["name"] == worker.as_str())
+        .collect();
+    let states: Vec<(String, String)> = versions
+        .iter()
         .map(|w| {
             (
                 w["status"]["phase"].as_str().unwrap_or("").to_string(),
@@ -111,27 +116,37 @@ fn deleting_a_running_actor_frees_its_only_worker_at_once() {
                     .as_str()
                     .unwrap_or("")
                     .to_string(),
-                cond(w, "Orphaned").is_some(),
             )
         })
         .collect();
-    // (A fresh claim may be marked `Orphaned` for an instant, until the actor's half of
-    // the bind lands: only a's binding matters here.)
-    assert!(
-        states
-            .iter()
-            .filter(|(_, actor, _)| actor == "a")
-            .all(|(_, _, orphaned)| !orphaned),
-        "a's worker was never orphaned: {states:?}"
-    );
     let pos = |p: &str, actor: &str| {
         states
             .iter()
-            .position(|(ph, ac, _)| ph == p && ac == actor)
+            .position(|(ph, ac)| ph == p && ac == actor)
             .unwrap_or_else(|| panic!("no {p} {actor:?} in {states:?}"))
     };
     let (bound_a, free, bound_b) = (pos("Bound", "a"), pos("Free", ""), pos("Bound", "b"));
     assert!(bound_a < free && free < bound_b, "{states:?}");
+    let time = |v: &Value| -> jiff::Timestamp {
+        v.as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("a time: {v}"))
+    };
+    let b_bound = time(&cond(&b, "Scheduled").expect("Scheduled")["lastTransitionTime"]);
+    for v in &versions[..free] {
+        if let Some(o) = cond(v, "Orphaned") {
+            let ripe = time(&o["lastTransitionTime"]) + Duration::from_secs(15);
+            assert!(
+                b_bound < ripe,
+                "b was bound at {b_bound}, after the orphan rule could have freed the worker ({ripe}): {v}"
+            );
+        }
+    }
+    assert!(
+        cond(&versions[free], "Orphaned").is_none(),
+        "a free worker carries no Orphaned mark: {}",
+        versions[free]
+    );
 
     // a's sandbox is gone, b's runs.
     let containers = sys.runsc_containers(&worker);
@@ -192,7 +207,7 @@ fn deleting_a_running_actor_frees_its_only_worker_at_once() {
         !sys.runsc_containers(&worker)
             .contains(&"team-a_c".to_string())
     );
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(2));
     assert!(sys.actor("c")["metadata"]["deletionTimestamp"].is_string());
     sys.start_operator();
     eventually("c is deleted once the operator is back", || {
@@ -313,4 +328,12 @@ fn transitions_stuck_past_their_deadline_say_why() {
     // (The reason is the operator's: the node agent's own failure would say ResumeFailed,
     // after its 60 s read timeout.)
     eprintln!("the hung resume failed {failed_after:?} after it was asked for");
+    // The node agent abandons the hung pull and frees the worker itself (not 15 s later by
+    // the scheduler's orphan rule).
+    eventually("the node agent abandons the hung resume", || {
+        sys.log("nodeagent")
+            .lines()
+            .any(|l| l.contains("resume overtaken") && l.contains("actor=team-a/h"))
+            .then_some(())
+    });
 }
