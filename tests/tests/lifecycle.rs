@@ -214,6 +214,35 @@ fn deleting_a_running_actor_frees_its_only_worker_at_once() {
         let (found, _, _) = sys.kube.run(&["get", "actor", "c", "-n", "team-a"], None);
         (!found).then_some(())
     });
+
+    // Deleting an atespace whose actor runs completes too: the cascade marks the actor
+    // deleted, its sandbox is stopped and its worker freed, then both go.
+    sys.kube.create(
+        &json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Atespace",
+        "metadata": {"name": "team-z"}}),
+    );
+    sys.kube.create(
+        &json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "z", "namespace": "team-z"},
+        "spec": {"template": {"name": "counter", "namespace": "team-a"}}}),
+    );
+    sys.kube
+        .post(&format!("{}/resume", e2e::actor_path("team-z", "z")));
+    eventually("z runs", || {
+        let z = sys.kube.get("actor", "z", Some("team-z"));
+        (phase(&z) == "Running").then_some(())
+    });
+    assert!(
+        sys.runsc_containers(&worker)
+            .contains(&"team-z_z".to_string())
+    );
+    sys.kube.ok(&["delete", "atespace", "team-z"], None);
+    let (found, _, _) = sys.kube.run(&["get", "atespace", "team-z"], None);
+    assert!(!found, "the atespace is gone");
+    assert!(
+        !sys.runsc_containers(&worker)
+            .contains(&"team-z_z".to_string())
+    );
     sys.assert_no_worker_leak(1);
 }
 
