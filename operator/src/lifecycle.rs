@@ -201,7 +201,8 @@ fn condition<'a>(a: &'a Actor, type_: &str) -> Option<&'a Condition> {
         .find(|c| c.type_ == type_)
 }
 
-/// The decision about a deleted actor (`None`: not ours to finalize).
+/// The decision about a deleted actor (nothing when it lacks the [`SANDBOX`] finalizer: not
+/// ours to finalize).
 fn decide_deleted(a: &Actor, worker_alive: bool, cfg: &OperatorConfig, now: Timestamp) -> Decision {
     let mut d = Decision::nothing();
     let Some(deleted) = a.metadata.deletion_timestamp.as_ref() else {
