@@ -9,6 +9,10 @@
 //!    worker; the loser picks another one;
 //! 2. bind: the actor gets `status.phase=Resuming` and `status.worker` — CAS on the actor.
 //!
+//! The bind also adds the [`crds::finalizers::SANDBOX`] finalizer to the actor (one write):
+//! from then on deleting the actor only sets its `deletionTimestamp`; its node agent stops
+//! the sandbox and frees the worker, then the operator removes the finalizer.
+//!
 //! A worker whose `status.actor` does not point back (the actor is gone, has another uid, or
 //! names another worker) is released by [`release_orphans`] after a grace period, which
 //! covers a crash between 1 and 2 and a resume that lost the race on the actor.
@@ -88,6 +92,18 @@ pub fn remove_condition(obj: &mut Value, type_: &str) {
         .and_then(Value::as_array_mut)
     {
         conds.retain(|c| c["type"] != type_);
+    }
+}
+
+/// Adds `finalizer` to `obj.metadata.finalizers` unless it is there.
+fn add_finalizer(obj: &mut Value, finalizer: &str) {
+    if !obj["metadata"]["finalizers"].is_array() {
+        obj["metadata"]["finalizers"] = json!([]);
+    }
+    if let Some(f) = obj["metadata"]["finalizers"].as_array_mut()
+        && !f.iter().any(|x| x == finalizer)
+    {
+        f.push(json!(finalizer));
     }
 }
 
@@ -356,6 +372,7 @@ impl Scheduler {
                     return None;
                 }
                 let mut new = cur.clone();
+                add_finalizer(&mut new, crds::finalizers::SANDBOX);
                 new["status"]["phase"] = json!("Resuming");
                 new["status"]["worker"] = binding.clone();
                 set_condition(
@@ -418,6 +435,9 @@ impl Scheduler {
                 match phase(cur) {
                     "Running" | "Resuming" => {
                         new["status"]["phase"] = json!("Suspending");
+                        // The suspend's deadline runs from now, also when it interrupts a
+                        // resume (Reconciling was already True then).
+                        remove_condition(&mut new, crds::conditions::RECONCILING);
                         set_condition(
                             &mut new,
                             crds::conditions::READY,

@@ -410,3 +410,132 @@ fn reset_forgets_a_suspended_actors_snapshot_and_refuses_a_running_one() {
     let r = w.http("POST", &format!("{}/reset", actor_path("ghost")), None);
     assert_eq!(r.code, 404, "{}", r.body);
 }
+
+fn patch(w: &World, path: &str, kind: &str, body: &Value) -> support::Http {
+    w.http("PATCH", path, Some((kind, body.to_string().as_bytes())))
+}
+
+/// Issue 12: a bound actor carries the `substrate.ate.dev/sandbox` finalizer (added by the
+/// bind itself), so deleting it leaves it in place, `deletionTimestamp` set, until the
+/// finalizer goes (Kubernetes' finalizer semantics); an actor never bound goes at once.
+#[test]
+fn a_bound_actor_carries_the_sandbox_finalizer_and_its_delete_waits_for_it() {
+    let Some(w) = support::world() else { return };
+    setup(&w, 1);
+    actor(&w, "never");
+    actor(&w, "a");
+
+    // Never bound: no finalizer, deleted at once.
+    assert!(get(&w, &actor_path("never"))["metadata"]["finalizers"].is_null());
+    let r = w.http("DELETE", &actor_path("never"), None);
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(w.http("GET", &actor_path("never"), None).code, 404);
+
+    // Bound: the bind added the finalizer in the same write.
+    let r = resume(&w, "a");
+    assert_eq!(r.code, 200, "{}", r.body);
+    let bound = r.json();
+    assert_eq!(bound["status"]["phase"], "Resuming");
+    assert_eq!(
+        bound["metadata"]["finalizers"],
+        json!([crds::finalizers::SANDBOX])
+    );
+
+    // Delete: the object stays, marked.
+    let r = w.http("DELETE", &actor_path("a"), None);
+    assert_eq!(r.code, 200, "{}", r.body);
+    let a = get(&w, &actor_path("a"));
+    assert!(a["metadata"]["deletionTimestamp"].is_string(), "{a}");
+    assert_eq!(a["status"]["phase"], "Resuming");
+    // It cannot be resumed again, nor get another finalizer.
+    let r = resume(&w, "a");
+    assert_eq!(r.code, 409, "{}", r.body);
+    assert!(r.message().contains("being deleted"), "{}", r.body);
+    let r = patch(
+        &w,
+        &actor_path("a"),
+        "application/json-patch+json",
+        &json!([{"op": "add", "path": "/metadata/finalizers/-", "value": "example.com/more"}]),
+    );
+    assert_eq!(r.code, 422, "{}", r.body);
+    // The node agent's status writes (sandbox stopped, actor unbound, worker freed) land;
+    // the object still stays: the finalizer is there.
+    finish_suspend(&w, "a");
+    let a = get(&w, &actor_path("a"));
+    assert_eq!(a["status"]["phase"], "Suspended");
+    assert_eq!(
+        a["metadata"]["finalizers"],
+        json!([crds::finalizers::SANDBOX])
+    );
+
+    // The operator removes the finalizer with the resourceVersion it looked at: a stale one
+    // is refused, the current one deletes the object.
+    let rv = a["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stale = (rv.parse::<u64>().unwrap() - 1).to_string();
+    let body = |rv: &str| json!({"metadata": {"resourceVersion": rv, "finalizers": []}});
+    let r = patch(
+        &w,
+        &actor_path("a"),
+        "application/merge-patch+json",
+        &body(&stale),
+    );
+    assert_eq!(r.code, 409, "{}", r.body);
+    assert_eq!(w.http("GET", &actor_path("a"), None).code, 200);
+    let r = patch(
+        &w,
+        &actor_path("a"),
+        "application/merge-patch+json",
+        &body(&rv),
+    );
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(w.http("GET", &actor_path("a"), None).code, 404);
+    // The worker is free for the next actor.
+    actor(&w, "b");
+    assert_eq!(resume(&w, "b").code, 200);
+}
+
+/// Deleting an atespace whose actor is bound waits for the actor's finalizer, then completes.
+#[test]
+fn an_atespace_delete_completes_once_its_bound_actors_are_finalized() {
+    let Some(w) = support::world() else { return };
+    setup(&w, 1);
+    w.atespace("team-c");
+    let r = post_json(
+        &w,
+        &format!("{API}/namespaces/team-c/actors"),
+        &json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+            "metadata": {"name": "c"},
+            "spec": {"template": {"name": "counter", "namespace": "team-a"}}}),
+    );
+    assert_eq!(r.code, 201, "{}", r.body);
+    let path = format!("{API}/namespaces/team-c/actors/c");
+    let r = w.http("POST", &format!("{path}/resume"), None);
+    assert_eq!(r.code, 200, "{}", r.body);
+    let r = w.http("DELETE", &format!("{API}/atespaces/team-c"), None);
+    assert_eq!(r.code, 200, "{}", r.body);
+    // The cascade marks the actor deleted; the finalizer holds it and the atespace.
+    let a = eventually("the atespace's delete reaches its actor", || {
+        let a = get(&w, &path);
+        a["metadata"]["deletionTimestamp"].is_string().then_some(a)
+    });
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert_eq!(w.http("GET", &path, None).code, 200);
+    assert_eq!(
+        w.http("GET", &format!("{API}/atespaces/team-c"), None).code,
+        200
+    );
+    let rv = a["metadata"]["resourceVersion"].as_str().unwrap();
+    let r = patch(
+        &w,
+        &path,
+        "application/merge-patch+json",
+        &json!({"metadata": {"resourceVersion": rv, "finalizers": null}}),
+    );
+    assert_eq!(r.code, 200, "{}", r.body);
+    eventually("the atespace is deleted", || {
+        (w.http("GET", &format!("{API}/atespaces/team-c"), None).code == 404).then_some(())
+    });
+}

@@ -64,7 +64,61 @@ pub mod conditions {
         pub const WORKERS_READY: &str = "WorkersReady";
         /// A worker pool has fewer ready workers than it wants.
         pub const WORKERS_NOT_READY: &str = "WorkersNotReady";
+        /// `Stalled=True` (and `Ready=False`, phase `Failed`) on an actor whose resume did
+        /// not finish within [`RESUME_DEADLINE`](crate::lifecycle::RESUME_DEADLINE) on a live
+        /// worker; it is retried like any failed resume.
+        pub const RESUME_DEADLINE_EXCEEDED: &str = "ResumeDeadlineExceeded";
+        /// `Stalled=True` on an actor whose suspend has not finished within
+        /// [`SUSPEND_DEADLINE`](crate::lifecycle::SUSPEND_DEADLINE) on a live worker; the
+        /// node agent keeps retrying it (the newest checkpoint may exist only on its node).
+        pub const SUSPEND_DEADLINE_EXCEEDED: &str = "SuspendDeadlineExceeded";
+        /// `Ready=False` on a deleted actor whose sandbox the node agent of its live worker
+        /// did not stop within [`STOP_DEADLINE`](crate::lifecycle::STOP_DEADLINE): the
+        /// operator removed the [`SANDBOX`](crate::finalizers::SANDBOX) finalizer anyway
+        /// (the worker is released by the scheduler's orphan rule, the sandbox by the node
+        /// agent's stray-sandbox rule).
+        pub const STOP_DEADLINE_EXCEEDED: &str = "StopDeadlineExceeded";
+        /// `Ready=False` on a deleted actor whose sandbox was stopped (the last status the
+        /// node agent writes before the finalizer goes).
+        pub const DELETED: &str = "Deleted";
     }
+}
+
+/// Finalizers.
+pub mod finalizers {
+    /// On an actor while it may have a sandbox: the scheduler adds it when it binds the actor
+    /// to a worker; the operator removes it once the actor is bound to no worker (its node
+    /// agent stopped the sandbox and freed the worker, or the worker is gone or dead). So
+    /// deleting a running actor stops its sandbox and frees its worker before the object
+    /// goes; an actor that never ran has none and is deleted at once.
+    pub const SANDBOX: &str = "substrate.ate.dev/sandbox";
+}
+
+/// Deadlines of an actor's transitions on a live worker (a dead worker is
+/// [`liveness`]' business). The operator enforces them, measured from the
+/// `lastTransitionTime` of the actor's `Reconciling=True` condition (the scheduler sets it
+/// when a resume or suspend starts) or, for a delete, from `deletionTimestamp`.
+pub mod lifecycle {
+    use std::time::Duration;
+
+    /// A resume (snapshot fetch, restore or boot, readiness) must finish within this long,
+    /// else the actor goes `Failed` with reason
+    /// [`RESUME_DEADLINE_EXCEEDED`](crate::conditions::reasons::RESUME_DEADLINE_EXCEEDED)
+    /// and is retried as failed resumes are. Twice the node agent's default readiness budget
+    /// (60 s), and far above a healthy resume (a second or two, tens of seconds for a
+    /// multi-GiB snapshot fetched from the object store): only a wedged resume reaches it.
+    pub const RESUME_DEADLINE: Duration = Duration::from_secs(120);
+    /// A suspend (checkpoint, upload) must finish within this long, else the actor gets
+    /// `Stalled=True` with reason
+    /// [`SUSPEND_DEADLINE_EXCEEDED`](crate::conditions::reasons::SUSPEND_DEADLINE_EXCEEDED)
+    /// (the node agent keeps retrying: failing the suspend would throw away a checkpoint
+    /// that may exist only on the node). A checkpoint and upload of a GiB take ~10 s.
+    pub const SUSPEND_DEADLINE: Duration = Duration::from_secs(120);
+    /// The node agent of a live worker must stop a deleted actor's sandbox within this long
+    /// (it takes about a second; longer only when a suspend was under way), else the
+    /// operator removes the finalizer with reason
+    /// [`STOP_DEADLINE_EXCEEDED`](crate::conditions::reasons::STOP_DEADLINE_EXCEEDED).
+    pub const STOP_DEADLINE: Duration = Duration::from_secs(60);
 }
 
 /// How liveness of workers is judged, shared by the node agent, the executors and the operator.

@@ -9,8 +9,12 @@
 //!   golden one, else cold boot), restore or run it on the executor, wait for readiness,
 //!   `Running`; `Suspending` → checkpoint, upload (zstd, manifest last), `Suspended` with the
 //!   new snapshot, worker freed; `Running` whose sandbox is gone → back to `Suspended` at its
-//!   last good snapshot. One operation per actor at a time; everything is retried on the
-//!   next pass, and every executor call is idempotent (keyed by actor and operation id).
+//!   last good snapshot; deleted (`deletionTimestamp` set, held by the
+//!   `substrate.ate.dev/sandbox` finalizer) → sandbox killed (no checkpoint), actor unbound,
+//!   worker freed, after which the operator removes the finalizer. One operation per actor at
+//!   a time (a change seen meanwhile runs the actor's task again when it ends); everything is
+//!   retried on the next pass, and every executor call is idempotent (keyed by actor and
+//!   operation id). A worker is freed only while it still names the actor (by uid).
 //! * **Fencing** (`crds::liveness`): each executor stops its sandbox when it has not heard
 //!   from the agent for `SANDBOX_FENCE_AFTER`; the operator releases an actor whose worker
 //!   has not heartbeated for `DEAD_WORKER_AFTER`. So the agent talks to an executor only
@@ -47,6 +51,9 @@ use crate::snapshots::{SnapshotKey, SnapshotMeta, SnapshotRef, SnapshotStore};
 pub const LEASE: Duration = Duration::from_secs(
     crds::liveness::DEAD_WORKER_AFTER.as_secs() - crds::liveness::SANDBOX_FENCE_AFTER.as_secs() - 1,
 );
+
+/// How often a resume in progress checks that its actor still wants it.
+const ABANDON_CHECK: Duration = Duration::from_secs(1);
 
 /// Committed snapshots kept per actor (the newest is the one its status records).
 const SNAPSHOTS_KEPT: usize = 2;
@@ -193,6 +200,8 @@ pub struct Agent {
     snapshots: SnapshotStore,
     workers: tokio::sync::Mutex<BTreeMap<String, LocalWorker>>,
     in_flight: Mutex<HashSet<String>>,
+    /// Actors that changed while their task was in flight: the task goes round once more.
+    dirty: Mutex<HashSet<String>>,
     /// Per worker: when its last successful heartbeat was stamped (see [`LEASE`]).
     leases: Mutex<BTreeMap<String, std::time::Instant>>,
 }
@@ -345,6 +354,7 @@ impl Agent {
             snapshots,
             workers: tokio::sync::Mutex::new(BTreeMap::new()),
             in_flight: Mutex::new(HashSet::new()),
+            dirty: Mutex::new(HashSet::new()),
             leases: Mutex::new(BTreeMap::new()),
         })
     }
@@ -848,17 +858,30 @@ impl Agent {
                     return;
                 };
                 if !f.insert(key.clone()) {
+                    // Looked at again when the task ends (e.g. a delete that arrived
+                    // during a resume), not only at the next heartbeat.
+                    if let Ok(mut d) = self.dirty.lock() {
+                        d.insert(key);
+                    }
                     continue;
                 }
             }
             let agent = self.clone();
             tokio::spawn(async move {
-                let result = agent.reconcile_actor(&ns, &name).await;
-                if let Err(e) = result {
-                    tracing::warn!(atespace = %ns, actor = %name, error = %e, "actor reconcile failed; will retry");
-                }
-                if let Ok(mut f) = agent.in_flight.lock() {
-                    f.remove(&key);
+                loop {
+                    let result = agent.reconcile_actor(&ns, &name).await;
+                    if let Err(e) = result {
+                        tracing::warn!(atespace = %ns, actor = %name, error = %e, "actor reconcile failed; will retry");
+                    }
+                    // Both locks at once: a change recorded after this check starts a task.
+                    let (Ok(mut f), Ok(mut d)) = (agent.in_flight.lock(), agent.dirty.lock())
+                    else {
+                        return;
+                    };
+                    if !d.remove(&key) {
+                        f.remove(&key);
+                        return;
+                    }
                 }
             });
         }
@@ -877,6 +900,9 @@ impl Agent {
         };
         if worker.node.as_deref() != Some(&self.cfg.node) {
             return Ok(());
+        }
+        if actor.metadata.deletion_timestamp.is_some() {
+            return self.stop_deleted(&actor, &worker.name).await;
         }
         match status.phase.map(|p| format!("{p:?}")).as_deref() {
             Some("Resuming") => self.resume(&actor, &worker.name).await,
@@ -994,34 +1020,47 @@ impl Agent {
         let ns = actor.metadata.namespace.clone().unwrap_or_default();
         let name = actor.metadata.name.clone().unwrap_or_default();
         let uid = actor.metadata.uid.clone().unwrap_or_default();
-        let result = self.try_resume(actor, worker).await;
+        // A resume the actor no longer waits for (deleted, or failed by the operator's
+        // resume deadline) is abandoned: its sandbox is killed and its worker freed now,
+        // not when a hung image pull or readiness probe gives up.
+        let result = tokio::select! {
+            r = self.try_resume(actor, worker) => r,
+            () = self.until_abandoned(actor, worker) => {
+                tracing::warn!(atespace = %ns, actor = %name, worker, "resume abandoned: the actor was deleted or left this worker");
+                return self.resume_overtaken(actor, worker).await;
+            }
+        };
         match result {
             Ok((address, image)) => {
-                self.set_actor_status(&ns, &name, &uid, |st, generation| {
-                    if st["phase"] != "Resuming" || st["worker"]["name"] != worker {
-                        return false;
-                    }
-                    st["phase"] = json!("Running");
-                    st["image"] = json!(image);
-                    st["lastActiveTime"] = json!(now());
-                    st["observedGeneration"] = json!(generation);
-                    let conds = st["conditions"].as_array().cloned().unwrap_or_default();
-                    let message = format!("running on worker {worker} at {address}");
-                    let conds = with_condition(
-                        &conds,
-                        condition("Ready", true, "Running", &message, Some(generation)),
-                    );
-                    let conds = with_condition(
-                        &conds,
-                        condition("Reconciling", false, "Running", &message, Some(generation)),
-                    );
-                    st["conditions"] = json!(with_condition(
-                        &conds,
-                        condition("Stalled", false, "Running", &message, Some(generation))
-                    ));
-                    true
-                })
-                .await?;
+                let written = self
+                    .set_actor_status(&ns, &name, &uid, |st, generation| {
+                        if st["phase"] != "Resuming" || st["worker"]["name"] != worker {
+                            return false;
+                        }
+                        st["phase"] = json!("Running");
+                        st["image"] = json!(image);
+                        st["lastActiveTime"] = json!(now());
+                        st["observedGeneration"] = json!(generation);
+                        let conds = st["conditions"].as_array().cloned().unwrap_or_default();
+                        let message = format!("running on worker {worker} at {address}");
+                        let conds = with_condition(
+                            &conds,
+                            condition("Ready", true, "Running", &message, Some(generation)),
+                        );
+                        let conds = with_condition(
+                            &conds,
+                            condition("Reconciling", false, "Running", &message, Some(generation)),
+                        );
+                        st["conditions"] = json!(with_condition(
+                            &conds,
+                            condition("Stalled", false, "Running", &message, Some(generation))
+                        ));
+                        true
+                    })
+                    .await?;
+                if !written {
+                    return self.resume_overtaken(actor, worker).await;
+                }
                 tracing::info!(atespace = %ns, actor = %name, worker, "actor running");
                 Ok(())
             }
@@ -1042,6 +1081,65 @@ impl Agent {
                 Err(e)
             }
         }
+    }
+
+    /// Returns once `actor` is deleted (or being deleted), or no longer bound to `worker`
+    /// (checked every [`ABANDON_CHECK`]; an unreachable apiserver changes nothing).
+    async fn until_abandoned(&self, actor: &Actor, worker: &str) {
+        let ns = actor.metadata.namespace.clone().unwrap_or_default();
+        let name = actor.metadata.name.clone().unwrap_or_default();
+        let api = self.actor_api(&ns);
+        loop {
+            tokio::time::sleep(ABANDON_CHECK).await;
+            match api.get_opt(&name).await {
+                Ok(Some(a))
+                    if a.metadata.uid == actor.metadata.uid
+                        && a.metadata.deletion_timestamp.is_none()
+                        && a.status
+                            .as_ref()
+                            .and_then(|s| s.worker.as_ref())
+                            .is_some_and(|w| w.name == worker) => {}
+                Ok(_) => return,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// A resume finished (or abandoned) after the actor stopped `Resuming` here: suspended
+    /// meanwhile (the next pass checkpoints it); deleted (its sandbox is stopped now); or
+    /// unbound (failed by the operator's resume deadline): then its sandbox is killed and the
+    /// worker freed if it still names the actor, instead of waiting for the stray-sandbox and
+    /// orphan rules.
+    async fn resume_overtaken(&self, actor: &Actor, worker: &str) -> Result<(), AgentError> {
+        let ns = actor.metadata.namespace.clone().unwrap_or_default();
+        let name = actor.metadata.name.clone().unwrap_or_default();
+        let uid = actor.metadata.uid.clone().unwrap_or_default();
+        let cur = self.actor_api(&ns).get_opt(&name).await?;
+        let still_here = cur.as_ref().is_some_and(|a| {
+            a.metadata.uid.as_deref() == Some(uid.as_str())
+                && a.status
+                    .as_ref()
+                    .and_then(|s| s.worker.as_ref())
+                    .is_some_and(|w| w.name == worker)
+        });
+        if still_here {
+            return match cur.filter(|a| a.metadata.deletion_timestamp.is_some()) {
+                Some(deleted) => self.stop_deleted(&deleted, worker).await,
+                None => Ok(()),
+            };
+        }
+        let key = Self::actor_key(actor)?;
+        self.executor(worker)
+            .await?
+            .kill(&key, &format!("overtaken-{uid}"))
+            .await
+            .map_err(|source| AgentError::Executor {
+                worker: worker.into(),
+                source,
+            })?;
+        self.free_worker(worker, &uid).await?;
+        tracing::info!(actor = %key, worker, "resume overtaken: the actor left this worker; sandbox killed, worker freed");
+        Ok(())
     }
 
     /// Fetch, restore (or cold boot), wait for readiness. Returns the worker address.
@@ -1310,6 +1408,35 @@ impl Agent {
         Ok(())
     }
 
+    /// A deleted actor (its `deletionTimestamp` set; the
+    /// [`SANDBOX`](crds::finalizers::SANDBOX) finalizer holds it) bound here: its sandbox is
+    /// killed (no checkpoint: nothing of it is kept), the actor unbound and the worker freed,
+    /// so the operator can remove the finalizer and the worker takes another actor at once.
+    async fn stop_deleted(&self, actor: &Actor, worker: &str) -> Result<(), AgentError> {
+        let key = Self::actor_key(actor)?;
+        let uid = actor.metadata.uid.clone().unwrap_or_default();
+        let started = std::time::Instant::now();
+        let mut exec = self.executor(worker).await?;
+        exec.kill(&key, &format!("delete-{uid}"))
+            .await
+            .map_err(|source| AgentError::Executor {
+                worker: worker.into(),
+                source,
+            })?;
+        let _ = std::fs::remove_file(self.run_image_file(&uid));
+        self.release(
+            actor,
+            worker,
+            "Suspended",
+            crds::conditions::reasons::DELETED,
+            "the actor was deleted: its sandbox was stopped and its worker freed",
+            None,
+        )
+        .await?;
+        tracing::info!(actor = %key, worker, ms = started.elapsed().as_secs_f64() * 1e3, "deleted actor's sandbox stopped; worker freed");
+        Ok(())
+    }
+
     /// A `Running` actor whose sandbox is gone goes back to `Suspended` (last good snapshot).
     async fn check_running(&self, actor: &Actor, worker: &str) -> Result<(), AgentError> {
         let key = Self::actor_key(actor)?.to_string();
@@ -1405,14 +1532,38 @@ impl Agent {
             true
         })
         .await?;
-        self.worker_api()
-            .patch_status(
-                worker,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"phase": "Free", "actor": null}})),
-            )
-            .await?;
-        Ok(())
+        self.free_worker(worker, &uid).await
+    }
+
+    /// Frees `worker` if it is still bound to the actor with `uid` (compare-and-swap: a
+    /// worker released meanwhile by the scheduler's orphan rule, or by the operator, and
+    /// bound to another actor is left alone).
+    async fn free_worker(&self, worker: &str, uid: &str) -> Result<(), AgentError> {
+        let api = self.worker_api();
+        for _ in 0..10 {
+            let Some(mut w) = api.get_opt(worker).await? else {
+                return Ok(());
+            };
+            let Some(st) = w.status.as_mut() else {
+                return Ok(());
+            };
+            if st.actor.as_ref().and_then(|a| a.uid.as_deref()) != Some(uid) {
+                return Ok(());
+            }
+            st.actor = None;
+            st.phase = Some(crds::substrate::WorkerPhase::Free);
+            // The scheduler's mark of a binding whose actor no longer points back (set in
+            // the instant between the actor's unbinding and this write): the binding is over.
+            st.conditions.retain(|c| c.type_ != "Orphaned");
+            match api.replace_status(worker, &PostParams::default(), &w).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AgentError::Invalid(format!(
+            "worker {worker}: status update kept conflicting"
+        )))
     }
 
     /// Read-modify-write of an actor's status with optimistic concurrency (retried on 409).

@@ -64,3 +64,69 @@ where
         Err(e) => Err(e.into()),
     }
 }
+
+/// Conflicts in a row [`update_status`] and [`remove_finalizer`] retry before giving up.
+const CONFLICT_RETRIES: usize = 5;
+
+/// Read-modify-write of an actor's status: `f(current)` is written with the current
+/// resourceVersion as precondition (retried on conflicts); `None` from `f` writes nothing.
+pub(crate) async fn update_status(
+    api: &Api<Actor>,
+    name: &str,
+    f: impl Fn(&Actor) -> Option<Actor>,
+) -> Result<Outcome, OperatorError> {
+    for _ in 0..CONFLICT_RETRIES {
+        let cur = match api.get(name).await {
+            Ok(cur) => cur,
+            Err(e) if is_not_found(&e) => return Ok(Outcome::Gone),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(new) = f(&cur) else {
+            return Ok(Outcome::Done);
+        };
+        match api.replace_status(name, &PostParams::default(), &new).await {
+            Ok(_) => return Ok(Outcome::Done),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) if is_not_found(&e) => return Ok(Outcome::Gone),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Outcome::Refused)
+}
+
+/// Removes `finalizer` from actor `name` when `ok(current)` holds, with the current
+/// resourceVersion as precondition (retried on conflicts). Removing the last finalizer of
+/// a deleted actor deletes it.
+pub(crate) async fn remove_finalizer(
+    api: &Api<Actor>,
+    name: &str,
+    finalizer: &str,
+    ok: impl Fn(&Actor) -> bool,
+) -> Result<Outcome, OperatorError> {
+    for _ in 0..CONFLICT_RETRIES {
+        let cur = match api.get(name).await {
+            Ok(cur) => cur,
+            Err(e) if is_not_found(&e) => return Ok(Outcome::Gone),
+            Err(e) => return Err(e.into()),
+        };
+        let all = cur.metadata.finalizers.clone().unwrap_or_default();
+        if !all.iter().any(|f| f == finalizer) || !ok(&cur) {
+            return Ok(Outcome::Done);
+        }
+        let rest: Vec<&String> = all.iter().filter(|f| *f != finalizer).collect();
+        let patch = json!({"metadata": {
+            "resourceVersion": cur.metadata.resource_version,
+            "finalizers": rest,
+        }});
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => return Ok(Outcome::Done),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) if is_not_found(&e) => return Ok(Outcome::Gone),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Outcome::Refused)
+}

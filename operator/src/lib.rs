@@ -9,7 +9,10 @@
 //! * [`lifecycle`] (per `Actor`): `OnDemand` actors idle (no activity) longer than
 //!   `idleTimeout` are suspended; `Always` actors that are not running are resumed (a failed
 //!   resume is retried with exponential backoff); `Suspended` actors that run are suspended;
-//!   `status.observedGeneration` follows the spec of settled actors.
+//!   `status.observedGeneration` follows the spec of settled actors. It owns the
+//!   [`SANDBOX`](crds::finalizers::SANDBOX) finalizer (removed once a deleted actor's node
+//!   agent stopped its sandbox and freed its worker, with bounded fallbacks for dead workers
+//!   and wedged agents) and the [`Deadlines`] of `Resuming`/`Suspending`.
 //! * [`dead_worker`] (per `Actor`): an actor bound to a worker that is gone or whose heartbeat
 //!   is older than [`DEAD_WORKER_AFTER`] goes back to `Suspended` at its last good snapshot,
 //!   and the worker is marked `Unhealthy`.
@@ -84,6 +87,8 @@ pub struct OperatorConfig {
     pub resync: Duration,
     /// Idle timeout for actors that do not set one.
     pub default_idle_timeout: Duration,
+    /// Deadlines of resumes, suspends and sandbox stops on live workers.
+    pub deadlines: Deadlines,
 }
 
 impl Default for OperatorConfig {
@@ -91,6 +96,29 @@ impl Default for OperatorConfig {
         Self {
             resync: Duration::from_secs(300),
             default_idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            deadlines: Deadlines::default(),
+        }
+    }
+}
+
+/// How long an actor's transitions may take on a live worker (defaults: [`crds::lifecycle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// A resume not done after this long fails (`ResumeDeadlineExceeded`).
+    pub resume: Duration,
+    /// A suspend not done after this long is reported stalled (`SuspendDeadlineExceeded`).
+    pub suspend: Duration,
+    /// A deleted actor's sandbox not stopped after this long: its finalizer is removed
+    /// anyway (`StopDeadlineExceeded`).
+    pub stop: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            resume: crds::lifecycle::RESUME_DEADLINE,
+            suspend: crds::lifecycle::SUSPEND_DEADLINE,
+            stop: crds::lifecycle::STOP_DEADLINE,
         }
     }
 }

@@ -21,6 +21,7 @@ fn config() -> OperatorConfig {
     OperatorConfig {
         resync: Duration::from_secs(60),
         default_idle_timeout: Duration::from_secs(3600),
+        ..OperatorConfig::default()
     }
 }
 
@@ -196,6 +197,7 @@ async fn a_spec_change_is_acted_on_at_once() {
         OperatorConfig {
             resync: Duration::from_secs(3600),
             default_idle_timeout: Duration::from_secs(3600),
+            ..OperatorConfig::default()
         },
     );
     let task = tokio::spawn(op.clone().run());

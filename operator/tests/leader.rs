@@ -29,6 +29,7 @@ fn elected_for(w: &World, identity: &str, lease_duration: Duration) -> Arc<Opera
         OperatorConfig {
             resync: Duration::from_secs(60),
             default_idle_timeout: Duration::from_secs(3600),
+            ..OperatorConfig::default()
         },
         lc,
     )

@@ -96,6 +96,7 @@ fn start_operator(w: &World) -> tokio::task::JoinHandle<()> {
         OperatorConfig {
             resync: Duration::from_millis(500),
             default_idle_timeout: Duration::from_secs(3600),
+            ..OperatorConfig::default()
         },
     );
     tokio::spawn(op.run())

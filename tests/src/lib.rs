@@ -764,3 +764,92 @@ impl Drop for System {
         }
     }
 }
+
+/// Helpers of the lifecycle tests (`tests/tests/lifecycle.rs`): an operator with flags, the
+/// runsc containers of a worker, watches recorded in the background.
+impl System {
+    /// Starts the operator (1 s resync) with `extra` flags (e.g. shorter deadlines).
+    pub fn start_operator_with(&mut self, extra: &[&str]) {
+        let c = Command::new(workspace_bin("substrate-operator"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--resync-seconds", "1"])
+            .args(extra)
+            .stdout(self.log_file("operator"))
+            .stderr(self.log_file("operator"))
+            .spawn()
+            .expect("operator starts");
+        self.operator = Some(KillOnDrop(c));
+    }
+
+    /// The ids of the runsc containers of `worker` (`<atespace>_<actor>`), from `runsc list`
+    /// on the worker's runsc root.
+    pub fn runsc_containers(&self, worker: &str) -> Vec<String> {
+        let root = self
+            .dir()
+            .join("node")
+            .join("executors")
+            .join(worker)
+            .join("runsc");
+        let out = Command::new("runsc")
+            .arg(format!("--root={}", root.display()))
+            .args(["list", "-quiet"])
+            .output()
+            .expect("runsc list");
+        assert!(
+            out.status.success(),
+            "runsc list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Starts `kubectl get <args> --watch -o json --output-watch-events` in the background;
+    /// [`Watch::events`] returns what it printed so far.
+    pub fn watch(&self, args: &[&str]) -> Watch {
+        let out = self.dir().join(format!("watch-{}.json", free_port()));
+        let child = Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", &self.kube.home)
+            .arg("get")
+            .args(args)
+            .args(["--watch", "-o", "json", "--output-watch-events"])
+            .stdout(std::fs::File::create(&out).expect("watch output"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl watch starts");
+        Watch {
+            _child: KillOnDrop(child),
+            out,
+        }
+    }
+}
+
+/// A `kubectl --watch` running in the background (stopped when dropped).
+pub struct Watch {
+    _child: KillOnDrop,
+    out: PathBuf,
+}
+
+impl Watch {
+    /// The watch events printed so far (`{"type": ..., "object": ...}`), in order.
+    pub fn events(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        serde_json::Deserializer::from_str(&text)
+            .into_iter::<Value>()
+            .map_while(Result::ok)
+            .collect()
+    }
+}
+
+impl System {
+    /// Stops the operator (SIGTERM).
+    pub fn stop_operator(&mut self) {
+        self.operator.take();
+    }
+}

@@ -394,7 +394,9 @@ fn a_new_actor_on_a_reused_worker_gets_none_of_the_old_ones_connections() {
         "the pool keeps connections to A"
     );
 
-    // A is deleted; B is resumed onto the same (only) worker.
+    // A is deleted; B is resumed onto the same (only) worker. (The operator removes a
+    // deleted actor's sandbox finalizer once its node agent has stopped the sandbox.)
+    sys.start_operator();
     sys.kube
         .ok(&["delete", "actor", "reuse-a", "-n", "team-a"], None);
     eventually("actor A is gone", || {

@@ -31,6 +31,18 @@ struct Args {
     /// Idle timeout of OnDemand actors that set none (a duration such as `5m`).
     #[arg(long, env = "SUBSTRATE_DEFAULT_IDLE_TIMEOUT", default_value = "5m")]
     default_idle_timeout: String,
+    /// A resume on a live worker that has not finished after this many seconds fails
+    /// (`ResumeDeadlineExceeded`; retried like any failed resume).
+    #[arg(long, env = "SUBSTRATE_RESUME_DEADLINE_SECONDS", default_value_t = crds::lifecycle::RESUME_DEADLINE.as_secs())]
+    resume_deadline_seconds: u64,
+    /// A suspend on a live worker that has not finished after this many seconds is reported
+    /// `Stalled` (`SuspendDeadlineExceeded`; the node agent keeps retrying it).
+    #[arg(long, env = "SUBSTRATE_SUSPEND_DEADLINE_SECONDS", default_value_t = crds::lifecycle::SUSPEND_DEADLINE.as_secs())]
+    suspend_deadline_seconds: u64,
+    /// A deleted actor whose live worker's node agent has not stopped its sandbox after this
+    /// many seconds loses its finalizer anyway (`StopDeadlineExceeded`).
+    #[arg(long, env = "SUBSTRATE_STOP_DEADLINE_SECONDS", default_value_t = crds::lifecycle::STOP_DEADLINE.as_secs())]
+    stop_deadline_seconds: u64,
     /// Run the controllers only while holding the leader lease (several replicas: one acts).
     #[arg(long, env = "SUBSTRATE_OPERATOR_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
@@ -78,6 +90,11 @@ async fn main() -> anyhow::Result<()> {
     let cfg = OperatorConfig {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         default_idle_timeout: idle,
+        deadlines: operator::Deadlines {
+            resume: Duration::from_secs(args.resume_deadline_seconds.max(1)),
+            suspend: Duration::from_secs(args.suspend_deadline_seconds.max(1)),
+            stop: Duration::from_secs(args.stop_deadline_seconds.max(1)),
+        },
     };
     let op = if args.leader_elect {
         let identity = args
