@@ -486,11 +486,15 @@ async fn resource(
                 200,
                 &state.scheduler.reset(ns, name).await?,
             ),
-            _ => encode(
-                output_for_write(output),
-                200,
-                &state.scheduler.suspend(ns, name).await?,
-            ),
+            _ => {
+                let body = read_body(state, parts, req_body).await?;
+                let options = crate::scheduler::SuspendOptions::decode(&body)?;
+                encode(
+                    output_for_write(output),
+                    200,
+                    &state.scheduler.suspend(ns, name, &options).await?,
+                )
+            }
         });
     }
     match rr.verb {
