@@ -5,8 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
+/// A target's function.
+type Target = fn(&[u8]);
+
 /// Every target, by name, with its function.
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+const TARGETS: &[(&str, Target)] = &[
     ("object", apiserver::fuzz::object),
     ("patch", apiserver::fuzz::patch),
     ("selector", apiserver::fuzz::selector),
