@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use crds::resources::{ATESPACES, ResourceInfo};
 
 use crate::auth::{self, Attributes, Authenticator, UserInfo};
-use crate::negotiate::{self, BodyFormat, Output, PatchType};
-use crate::registry::{PatchBody, Registry, Selectors, Written};
+use crate::negotiate::{self, Output, PatchType};
+use crate::registry::{Registry, Selectors, Written};
 use crate::request::{
     self, DeleteOptions, ListOptions, Query, ResourceRequest, Target, Verb, WriteOptions,
 };
@@ -393,21 +393,6 @@ async fn read_body(
     body.read(state.max_body).await
 }
 
-fn decode_object(format: BodyFormat, body: &[u8]) -> Result<Value, ApiError> {
-    match format {
-        BodyFormat::Json => serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("couldn't decode the request body as JSON: {e}"))
-        }),
-        BodyFormat::Yaml => {
-            let text = std::str::from_utf8(body)
-                .map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
-            serde_saphyr::from_str(text).map_err(|e| {
-                ApiError::bad_request(format!("couldn't decode the request body as YAML: {e}"))
-            })
-        }
-    }
-}
-
 fn content_type(parts: &http::request::Parts) -> Option<&str> {
     parts
         .headers
@@ -486,11 +471,15 @@ async fn resource(
                 200,
                 &state.scheduler.reset(ns, name).await?,
             ),
-            _ => encode(
-                output_for_write(output),
-                200,
-                &state.scheduler.suspend(ns, name).await?,
-            ),
+            _ => {
+                let body = read_body(state, parts, req_body).await?;
+                let options = crate::scheduler::SuspendOptions::decode(&body)?;
+                encode(
+                    output_for_write(output),
+                    200,
+                    &state.scheduler.suspend(ns, name, &options).await?,
+                )
+            }
         });
     }
     match rr.verb {
@@ -546,7 +535,7 @@ async fn resource(
                 &parts.headers,
             );
             let body = read_body(state, parts, req_body).await?;
-            let obj = decode_object(negotiate::body_format(content_type(parts))?, &body)?;
+            let obj = crate::decode::object(negotiate::body_format(content_type(parts))?, &body)?;
             let Written { object, warnings } = registry.create(user, res, ns, obj, &wo).await?;
             let mut r = encode(output_for_write(output), 201, &object);
             add_warnings(&mut r, &warnings);
@@ -558,7 +547,7 @@ async fn resource(
                 &parts.headers,
             );
             let body = read_body(state, parts, req_body).await?;
-            let obj = decode_object(negotiate::body_format(content_type(parts))?, &body)?;
+            let obj = crate::decode::object(negotiate::body_format(content_type(parts))?, &body)?;
             let Written { object, warnings } = registry
                 .update(
                     user,
@@ -590,28 +579,7 @@ async fn resource(
                 ));
             }
             let wo = with_manager(wo, &parts.headers);
-            let patch = match ptype {
-                PatchType::Json => PatchBody::Json(serde_json::from_slice(&body).map_err(|e| {
-                    ApiError::bad_request(format!("the JSON patch is not valid: {e}"))
-                })?),
-                PatchType::Merge => {
-                    let v: Value = serde_json::from_slice(&body).map_err(|e| {
-                        ApiError::bad_request(format!("the merge patch is not valid JSON: {e}"))
-                    })?;
-                    if !v.is_object() {
-                        return Err(ApiError::bad_request(
-                            "the merge patch must be a JSON object",
-                        ));
-                    }
-                    PatchBody::Merge(v)
-                }
-                PatchType::Strategic | PatchType::Apply => {
-                    return Err(ApiError::unsupported_media_type(
-                        content_type(parts).unwrap_or(""),
-                        negotiate::PATCH_TYPES,
-                    ));
-                }
-            };
+            let patch = crate::decode::patch(ptype, content_type(parts).unwrap_or(""), &body)?;
             let Written { object, warnings } = registry
                 .patch(
                     user,
@@ -672,17 +640,7 @@ async fn apply_patch(
             "is required for apply patch",
         ));
     };
-    // kubectl and controller-runtime send JSON (which is YAML): parse it as such first, it
-    // is several times cheaper than the YAML parser.
-    let config: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(_) => {
-            let text = std::str::from_utf8(body)
-                .map_err(|_| ApiError::bad_request("error decoding YAML: the body is not UTF-8"))?;
-            serde_saphyr::from_str(text)
-                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
-        }
-    };
+    let config = crate::decode::apply_config(body)?;
     let force = query.get("force").is_some_and(|v| v == "true" || v == "1");
     let (Written { object, warnings }, created) = state
         .registry

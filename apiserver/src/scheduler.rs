@@ -119,6 +119,67 @@ fn waiting(actor: &Value) -> bool {
     condition(actor, SCHEDULED).is_some_and(|c| c["status"] == "False")
 }
 
+/// The body of `POST .../actors/<name>/suspend` (all optional; an empty body is `{}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuspendOptions {
+    #[serde(default)]
+    pub preconditions: SuspendPreconditions,
+    #[serde(default, rename = "apiVersion")]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+/// Conditions the actor must meet for the suspend to happen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuspendPreconditions {
+    /// Suspend only if `status.lastActiveTime` is not newer than this (RFC 3339): an idle
+    /// suspend names the activity it judged idle, and loses to any recorded since.
+    #[serde(default, rename = "lastActiveTime")]
+    pub last_active_time: Option<String>,
+}
+
+impl SuspendOptions {
+    /// Decodes a suspend body (JSON; empty means no options); 400 when it cannot be read,
+    /// so a suspend whose conditions were not understood does not happen.
+    pub fn decode(body: &[u8]) -> Result<Self, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        let bad =
+            |e: String| ApiError::bad_request(format!("couldn't decode the suspend options: {e}"));
+        let v: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+        if !v.is_object() {
+            return Err(bad(format!("expected an object, got {v}")));
+        }
+        let o: Self = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
+        if let Some(t) = &o.preconditions.last_active_time
+            && t.parse::<jiff::Timestamp>().is_err()
+        {
+            return Err(ApiError::bad_request(format!(
+                "preconditions.lastActiveTime {t:?} is not an RFC 3339 time"
+            )));
+        }
+        Ok(o)
+    }
+}
+
+/// The actor's `status.lastActiveTime` when it is newer than `seen` (a time is newer when
+/// both parse and it is later, or when they differ and one does not parse).
+fn newer_activity(obj: &Value, seen: &str) -> Option<String> {
+    let cur = obj.pointer("/status/lastActiveTime")?.as_str()?;
+    let newer = match (
+        cur.parse::<jiff::Timestamp>(),
+        seen.parse::<jiff::Timestamp>(),
+    ) {
+        (Ok(c), Ok(s)) => c > s,
+        _ => cur != seen,
+    };
+    newer.then(|| cur.to_string())
+}
+
 fn phase(obj: &Value) -> &str {
     str_at(obj, "/status/phase").unwrap_or("Suspended")
 }
@@ -428,9 +489,26 @@ impl Scheduler {
 
     /// `POST .../actors/<name>/suspend`: a running actor goes `Suspending` (the node agent
     /// checkpoints it); a waiting resume is cancelled; a suspended actor is left alone.
-    pub async fn suspend(&self, ns: &str, name: &str) -> Result<Value, ApiError> {
-        self.registry
+    /// With `options.preconditions.lastActiveTime` (an idle suspend), an actor whose
+    /// recorded activity is newer is left alone and the answer is 409: the activity written
+    /// after the caller decided wins.
+    pub async fn suspend(
+        &self,
+        ns: &str,
+        name: &str,
+        options: &SuspendOptions,
+    ) -> Result<Value, ApiError> {
+        let mut active_since: Option<String> = None;
+        let out = self
+            .registry
             .guaranteed_update(&ACTORS, Some(ns), name, |cur| {
+                active_since = None;
+                if let Some(seen) = &options.preconditions.last_active_time
+                    && let Some(newer) = newer_activity(cur, seen)
+                {
+                    active_since = Some(newer);
+                    return None;
+                }
                 let mut new = cur.clone();
                 match phase(cur) {
                     "Running" | "Resuming" => {
@@ -459,7 +537,17 @@ impl Scheduler {
                 Some(new)
             })
             .await?
-            .ok_or_else(|| ApiError::not_found(&ACTORS, name))
+            .ok_or_else(|| ApiError::not_found(&ACTORS, name))?;
+        if let (Some(newer), Some(seen)) = (active_since, &options.preconditions.last_active_time) {
+            return Err(ApiError::conflict_msg(
+                &ACTORS,
+                name,
+                &format!(
+                    "the actor was active at {newer}, after the precondition's lastActiveTime {seen}; not suspended"
+                ),
+            ));
+        }
+        Ok(out)
     }
 
     /// Forgets a settled actor's snapshot (its memory and filesystem) and the image it ran:
@@ -615,5 +703,58 @@ pub async fn run(scheduler: Scheduler) {
         } else {
             tokio::time::sleep(RESYNC).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suspend_options_decode_strictly() {
+        assert_eq!(
+            SuspendOptions::decode(b"").unwrap(),
+            SuspendOptions::default()
+        );
+        assert_eq!(
+            SuspendOptions::decode(b" {} ").unwrap(),
+            SuspendOptions::default()
+        );
+        let o = SuspendOptions::decode(
+            br#"{"preconditions": {"lastActiveTime": "2026-01-01T00:00:00Z"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            o.preconditions.last_active_time.as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+        for bad in [
+            &br#"{"preconditions": {"lastActiveTime": "yesterday"}}"#[..],
+            br#"{"preconditions": {"lastActiveTime": 5}}"#,
+            br#"{"precondition": {}}"#,
+            b"[]",
+            b"0",
+            b"{",
+        ] {
+            let e = SuspendOptions::decode(bad).unwrap_err();
+            assert_eq!(e.code, 400, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn only_newer_activity_defeats_an_idle_suspend() {
+        let a = json!({"status": {"lastActiveTime": "2026-01-01T00:00:10Z"}});
+        assert_eq!(newer_activity(&a, "2026-01-01T00:00:10Z"), None);
+        assert_eq!(newer_activity(&a, "2026-01-01T00:00:11Z"), None);
+        assert_eq!(
+            newer_activity(&a, "2026-01-01T00:00:09Z").as_deref(),
+            Some("2026-01-01T00:00:10Z")
+        );
+        // The same instant written differently.
+        assert_eq!(newer_activity(&a, "2026-01-01T00:00:10.000Z"), None);
+        assert_eq!(
+            newer_activity(&json!({"status": {}}), "2026-01-01T00:00:09Z"),
+            None
+        );
     }
 }

@@ -538,4 +538,37 @@ fn an_atespace_delete_completes_once_its_bound_actors_are_finalized() {
     eventually("the atespace is deleted", || {
         (w.http("GET", &format!("{API}/atespaces/team-c"), None).code == 404).then_some(())
     });
+
+#[test]
+fn an_idle_suspend_loses_to_activity_recorded_after_its_decision() {
+    let Some(w) = support::world() else { return };
+    setup(&w, 1);
+    actor(&w, "idle");
+    assert_eq!(resume(&w, "idle").code, 200);
+    let path = actor_path("idle");
+    merge_status(
+        &w,
+        &path,
+        &json!({"phase": "Running", "lastActiveTime": "2026-01-01T00:00:10Z"}),
+    );
+    let suspend = |body: &Value| post_json(&w, &format!("{path}/suspend"), body);
+    // The operator judged the actor idle at 00:00:05; a router recorded 00:00:10 since.
+    let r = suspend(&json!({"preconditions": {"lastActiveTime": "2026-01-01T00:00:05Z"}}));
+    assert_eq!(r.code, 409, "{}", r.body);
+    assert!(r.body.contains("2026-01-01T00:00:10Z"), "{}", r.body);
+    assert_eq!(get(&w, &path)["status"]["phase"], "Running");
+    // Options that cannot be read suspend nothing.
+    for bad in [
+        json!({"preconditions": {"lastActiveTime": "soon"}}),
+        json!({"preconditions": {"uid": "x"}}),
+        json!([]),
+    ] {
+        let r = suspend(&bad);
+        assert_eq!(r.code, 400, "{bad}: {}", r.body);
+    }
+    assert_eq!(get(&w, &path)["status"]["phase"], "Running");
+    // The activity it judged is the latest: suspended.
+    let r = suspend(&json!({"preconditions": {"lastActiveTime": "2026-01-01T00:00:10Z"}}));
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(r.json()["status"]["phase"], "Suspending");
 }

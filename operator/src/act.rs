@@ -26,9 +26,32 @@ pub(crate) async fn actor_action(
     name: &str,
     verb: &str,
 ) -> Result<Outcome, OperatorError> {
+    actor_action_with(client, ns, name, verb, json!({})).await
+}
+
+/// The body of the suspend of an idle actor: it names the activity it judged idle
+/// (`preconditions.lastActiveTime`), so the apiserver refuses it (409, [`Outcome::Refused`])
+/// when activity was recorded since, even if this operator's cache has not seen it yet (the
+/// router records a request's activity before forwarding it when the recorded one is near
+/// its deadline).
+pub(crate) fn idle_suspend_options(a: &Actor) -> Value {
+    match a.status.as_ref().and_then(|s| s.last_active_time.as_ref()) {
+        Some(t) => json!({"preconditions": {"lastActiveTime": t}}),
+        None => json!({}),
+    }
+}
+
+/// `POST .../actors/<name>/<verb>` with `body` (the action's options).
+pub(crate) async fn actor_action_with(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    verb: &str,
+    body: Value,
+) -> Result<Outcome, OperatorError> {
     let api: Api<Actor> = Api::namespaced(client.clone(), ns);
     match api
-        .create_subresource::<Value, Actor>(verb, name, &PostParams::default(), &json!({}))
+        .create_subresource::<Value, Actor>(verb, name, &PostParams::default(), &body)
         .await
     {
         Ok(_) => Ok(Outcome::Done),
@@ -129,4 +152,26 @@ pub(crate) async fn remove_finalizer(
         }
     }
     Ok(Outcome::Refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_suspend_names_the_activity_it_judged() {
+        let a: Actor = serde_json::from_value(json!({
+            "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+            "metadata": {"name": "a", "namespace": "s"},
+            "spec": {"template": {"name": "t"}},
+            "status": {"phase": "Running", "lastActiveTime": "2026-01-01T00:00:05Z"}}))
+        .unwrap();
+        assert_eq!(
+            idle_suspend_options(&a),
+            json!({"preconditions": {"lastActiveTime": "2026-01-01T00:00:05Z"}})
+        );
+        let mut never = a;
+        never.status = None;
+        assert_eq!(idle_suspend_options(&never), json!({}));
+    }
 }

@@ -593,7 +593,11 @@ pub(crate) async fn reconcile(a: Arc<Actor>, ctx: Arc<Ctx>) -> Result<Action, Op
         .unwrap_or(ctx.cfg.resync)
         .min(ctx.cfg.resync);
     if let Some(verb) = verb {
-        match act::actor_action(&ctx.client, &ns, &name, verb).await? {
+        let options = match &d.act {
+            Act::IdleSuspend { .. } => act::idle_suspend_options(&a),
+            _ => json!({}),
+        };
+        match act::actor_action_with(&ctx.client, &ns, &name, verb, options).await? {
             Outcome::Done => {}
             Outcome::Refused => requeue = requeue.min(REFUSED_RETRY),
             Outcome::Gone => return Ok(ctx.gone("lifecycle", &uid)),

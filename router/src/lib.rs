@@ -6,7 +6,9 @@
 //! actor costs no control-plane call; a request to a suspended `OnDemand` actor resumes it once
 //! for all concurrent requests and waits until it is ready ([`resume`]). Traffic is reported
 //! as `status.lastActiveTime` in batches ([`activity`]) so idle suspension knows when an actor
-//! was last used. A DNS responder ([`dns`]) answers for the same names from the same table.
+//! was last used; a request whose actor's recorded activity is stale (the first one after a
+//! router restart, or one close to the idle deadline) waits for that write, so no request
+//! that reached the router is cut by an idle suspend. A DNS responder ([`dns`]) answers for the same names from the same table.
 //!
 //! The proxy runs like Envoy's workers: `--threads` threads (one per CPU by default), each
 //! with its own single-threaded event loop, its own listener on the same address
@@ -52,12 +54,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::activity::Activity;
+use crate::activity::{Activity, Reporter};
 use crate::host::Suffix;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyBody};
 use crate::resume::Waker;
 use crate::table::Table;
+
+/// The operator's default idle timeout (its `--default-idle-timeout`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Router settings (the binary's flags).
 #[derive(Debug, Clone)]
@@ -71,6 +76,11 @@ pub struct Config {
     pub suffix: Suffix,
     pub wake_timeout: Duration,
     pub activity_interval: Duration,
+    /// Idle timeout of `OnDemand` actors without `spec.idleTimeout`: the operator's
+    /// `--default-idle-timeout` (both read `SUBSTRATE_DEFAULT_IDLE_TIMEOUT`). Activity is
+    /// recorded early enough for this timeout ([`activity`]), so a longer value than the
+    /// operator's weakens the guarantee; a shorter one only costs writes.
+    pub default_idle_timeout: Duration,
     pub connect_timeout: Duration,
     /// Proxy threads (0: one per CPU).
     pub threads: usize,
@@ -86,6 +96,7 @@ impl Default for Config {
             suffix: Suffix::default(),
             wake_timeout: Duration::from_secs(60),
             activity_interval: Duration::from_secs(10),
+            default_idle_timeout: DEFAULT_IDLE_TIMEOUT,
             connect_timeout: Duration::from_secs(5),
             threads: 0,
         }
@@ -119,6 +130,8 @@ pub struct Running {
     pub dns_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     pub table: Arc<Table>,
+    activity: Arc<Activity>,
+    reporter: Arc<Reporter>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -126,7 +139,9 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops the listeners and background tasks (open connections end with their clients).
+    /// Stops the listeners and background tasks (open connections end with their clients),
+    /// then writes the activity not yet reported (bounded by
+    /// [`activity::SHUTDOWN_FLUSH_TIMEOUT`]), so a graceful stop loses none.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         if let Some(d) = self.dns.take() {
@@ -142,6 +157,13 @@ impl Running {
         // runtime closes the connections it still had.
         for t in std::mem::take(&mut self.threads) {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        let last = self.reporter.flush(&self.activity, true);
+        if tokio::time::timeout(activity::SHUTDOWN_FLUSH_TIMEOUT, last)
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?activity::SHUTDOWN_FLUSH_TIMEOUT, "the last activity report did not finish before shutdown");
         }
     }
 }
@@ -228,6 +250,7 @@ fn proxy_thread(
                     table: shared.table.clone(),
                     waker: shared.waker.clone(),
                     activity: shared.activity.clone(),
+                    reporter: shared.reporter.clone(),
                     metrics: shared.metrics.clone(),
                     upstream: pool,
                 });
@@ -248,6 +271,7 @@ struct Shared {
     table: Arc<Table>,
     waker: Arc<Waker>,
     activity: Arc<Activity>,
+    reporter: Arc<Reporter>,
     metrics: Arc<Metrics>,
     connect_timeout: Duration,
 }
@@ -318,6 +342,12 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Star
     let metrics = Arc::new(Metrics::default());
     let (table, table_task) = Table::start(client.clone());
     let activity = Arc::new(Activity::default());
+    let reporter = Reporter::new(
+        client.clone(),
+        metrics.clone(),
+        config.activity_interval,
+        config.default_idle_timeout,
+    );
     let waker = Waker::new(
         client.clone(),
         table.clone(),
@@ -330,6 +360,7 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Star
         table: table.clone(),
         waker,
         activity: activity.clone(),
+        reporter: reporter.clone(),
         metrics: metrics.clone(),
         connect_timeout: config.connect_timeout,
     });
@@ -397,12 +428,7 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Star
             }
         }
     });
-    let flush = tokio::spawn(activity::flush_loop(
-        activity,
-        client,
-        config.activity_interval,
-        metrics.clone(),
-    ));
+    let flush = tokio::spawn(activity::flush_loop(activity.clone(), reporter.clone()));
     tracing::info!(http = %http_addr, threads = n, admin = %admin_addr, dns = ?dns_addr, suffix = %config.suffix, "router listening");
     Ok(Running {
         http_addr,
@@ -410,6 +436,8 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Star
         dns_addr,
         metrics,
         table,
+        activity,
+        reporter,
         shutdown,
         tasks: vec![admin_task, flush, table_task],
         threads,

@@ -72,6 +72,10 @@ struct Args {
         default_value = "10s"
     )]
     activity_interval: String,
+    /// Idle timeout of OnDemand actors without spec.idleTimeout: the operator's
+    /// --default-idle-timeout (the same variable sets both).
+    #[arg(long, env = "SUBSTRATE_DEFAULT_IDLE_TIMEOUT", default_value = "5m")]
+    default_idle_timeout: String,
     /// Timeout of a TCP connect to an actor (e.g. 5s).
     #[arg(long, env = "SUBSTRATE_ROUTER_CONNECT_TIMEOUT", default_value = "5s")]
     connect_timeout: String,
@@ -138,6 +142,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--suffix: {e}"))?,
         wake_timeout: duration("wake-timeout", &args.wake_timeout)?,
         activity_interval: duration("activity-interval", &args.activity_interval)?,
+        default_idle_timeout: duration("default-idle-timeout", &args.default_idle_timeout)?,
         connect_timeout: duration("connect-timeout", &args.connect_timeout)?,
         threads: args.threads,
     };

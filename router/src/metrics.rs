@@ -30,6 +30,9 @@ pub struct Metrics {
     pub open_exchanges: Gauge,
     /// `substrate_router_activity_patches_total`: lastActiveTime writes.
     pub activity_patches: Counter,
+    /// `substrate_router_activity_sync_reports_total`: lastActiveTime writes a request waited
+    /// for before it was forwarded (the router's record of the actor's activity was stale).
+    pub activity_sync_reports: Counter,
     /// `substrate_router_fresh_lookups_total`: requests for an actor the apiserver had but
     /// the routing table did not yet (created a moment before).
     pub fresh_lookups: Counter,
@@ -100,6 +103,12 @@ impl Default for Metrics {
             "status.lastActiveTime merge patches sent",
             activity_patches.clone(),
         );
+        let activity_sync_reports = Counter::default();
+        registry.register(
+            "activity_sync_reports",
+            "status.lastActiveTime writes a request waited for before it was forwarded (less than half the actor's idle timeout was left on the recorded activity)",
+            activity_sync_reports.clone(),
+        );
         Self {
             registry,
             requests,
@@ -111,6 +120,7 @@ impl Default for Metrics {
             upstream_retries,
             open_exchanges,
             activity_patches,
+            activity_sync_reports,
             fresh_lookups,
             by_code: (100..600).map(|_| std::sync::OnceLock::new()).collect(),
         }

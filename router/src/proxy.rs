@@ -25,11 +25,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::activity::{Activity, Counters, Guard};
+use crate::activity::{self, Activity, Counters, Ensured, Guard, Reporter};
 use crate::binding::Binding;
 use crate::host::{self, ActorKey, Suffix};
 use crate::metrics::Metrics;
-use crate::resume::{WakeError, Waker};
+use crate::resume::{WATCH_CATCH_UP, WakeError, Waker};
 use crate::table::{Table, Target};
 use crate::upstream::{Pool, PooledBody};
 
@@ -89,6 +89,7 @@ pub struct Proxy {
     pub table: Arc<Table>,
     pub waker: Arc<Waker>,
     pub activity: Arc<Activity>,
+    pub reporter: Arc<Reporter>,
     pub metrics: Arc<Metrics>,
     pub upstream: Arc<Pool>,
 }
@@ -367,6 +368,7 @@ impl Proxy {
         // Read before the lookups: a change after it makes the cached route stale.
         let generation = self.table.generation();
         if let Some(route) = host::request_authority(&req).and_then(|a| conn.cached(a, generation))
+            && !route.activity.stale(activity::now_ms())
         {
             let guard = route.activity.begin();
             return self.forward(req, conn.peer, &route, guard).await;
@@ -375,34 +377,59 @@ impl Proxy {
             Ok(k) => k,
             Err(e) => return text(e.status(), e.to_string()),
         };
-        let actor = match WakeError::find(&self.table, &key) {
-            Ok(a) => a,
-            Err(miss) => match self.waker.find_fresh(&key, miss).await {
+        // Once: after a write that found the actor no longer running, the route is looked
+        // up again from a table that shows that write.
+        let mut looked_again = false;
+        loop {
+            let actor = match WakeError::find(&self.table, &key) {
                 Ok(a) => a,
-                Err(e) => return error_response(&e),
-            },
-        };
-        let (target, warm) = match self.table.route(&actor) {
-            Some(target) => (target, true),
-            None if actor.spec.activation == crds::substrate::Activation::Suspended => {
-                return error_response(&WakeError::Suspended { key });
+                Err(miss) => match self.waker.find_fresh(&key, miss).await {
+                    Ok(a) => a,
+                    Err(e) => return error_response(&e),
+                },
+            };
+            let counters = self.activity.counters(&key);
+            counters.learn(&actor, self.reporter.default_idle);
+            // Open from here: every report while the request waits or runs includes it.
+            let guard = counters.begin();
+            let (target, warm) = match self.table.route(&actor) {
+                Some(target) => (target, true),
+                None if actor.spec.activation == crds::substrate::Activation::Suspended => {
+                    return error_response(&WakeError::Suspended { key });
+                }
+                None => match self.waker.wake(&key).await {
+                    Ok(target) => {
+                        // The resume recorded activity of its own.
+                        if let Some(a) = self.table.actor(&key) {
+                            counters.learn(&a, self.reporter.default_idle);
+                        }
+                        (target, false)
+                    }
+                    Err(e) => return error_response(&e),
+                },
+            };
+            // Rule 1 of [`activity`]: recorded before forwarded, when the record is stale.
+            if let Ensured::NotRunning { resource_version } =
+                self.reporter.ensure(&key, &counters).await
+                && !looked_again
+            {
+                looked_again = true;
+                drop(guard);
+                if let Some(rv) = resource_version {
+                    self.table.catch_up(&key, rv, WATCH_CATCH_UP).await;
+                }
+                continue;
             }
-            None => match self.waker.wake(&key).await {
-                Ok(target) => (target, false),
-                Err(e) => return error_response(&e),
-            },
-        };
-        let authority = host::request_authority(&req).unwrap_or_default();
-        let counters = self.activity.counters(&key);
-        let route = match Route::new(authority, generation, key, counters, target, conn.peer) {
-            Ok(r) => Arc::new(r),
-            Err(message) => return text(502, message),
-        };
-        if warm {
-            conn.remember(route.clone());
+            let authority = host::request_authority(&req).unwrap_or_default();
+            let route = match Route::new(authority, generation, key, counters, target, conn.peer) {
+                Ok(r) => Arc::new(r),
+                Err(message) => return text(502, message),
+            };
+            if warm {
+                conn.remember(route.clone());
+            }
+            return self.forward(req, conn.peer, &route, guard).await;
         }
-        let guard = route.activity.begin();
-        self.forward(req, conn.peer, &route, guard).await
     }
 
     async fn forward(

@@ -188,6 +188,23 @@ impl Table {
         }
     }
 
+    /// Waits (at most `wait`) until the table shows `key` at resourceVersion `rv` or later,
+    /// or no longer has it.
+    pub async fn catch_up(&self, key: &ActorKey, rv: u64, wait: std::time::Duration) {
+        let mut changes = self.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.actor(key) {
+                Some(a) if version(&a).is_some_and(|v| v < rv) => {}
+                _ => return,
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
     /// The port the actor serves on: its template's first container port, else the readiness
     /// probe's port, else [`DEFAULT_PORT`].
     pub fn port_of(&self, actor: &Actor) -> u16 {

@@ -649,6 +649,13 @@ impl System {
         panic!("the router exited during start-up 5 times; see its log");
     }
 
+    /// SIGKILLs the router (a crash: nothing it held in memory is written anywhere).
+    pub fn kill9_router(&mut self) {
+        if let Some((r, _)) = self.router.take() {
+            r.kill9();
+        }
+    }
+
     /// The router process's pid.
     pub fn router_pid(&self) -> Option<u32> {
         self.router.as_ref().map(|(r, _)| r.pid())

@@ -361,6 +361,7 @@ impl World {
             suffix: router::host::Suffix::default(),
             wake_timeout,
             activity_interval: Duration::from_secs(1),
+            default_idle_timeout: router::DEFAULT_IDLE_TIMEOUT,
             connect_timeout: Duration::from_secs(2),
             threads,
         };
