@@ -272,33 +272,63 @@ impl World {
         ))
     }
 
-    /// Every settled actor answers through the router with its memory intact (a suspended
-    /// one is woken and suspended again, so that the pool is not exhausted).
+    /// Every settled actor answers through the router with its memory intact. Running
+    /// actors first; then each is suspended (unless `Always`) so that the suspended ones
+    /// find a free worker when they are woken in turn (and suspended again).
     pub fn check_memories(&mut self, actors: &[Value]) {
-        for a in actors {
+        let mut order: Vec<&Value> = actors.iter().filter(|a| phase(a) == "Running").collect();
+        order.extend(actors.iter().filter(|a| phase(a) != "Running"));
+        for a in order {
             let k = key_of(a);
             if !self.models.contains_key(&k) {
                 continue;
             }
-            let activation = a["spec"]["activation"].as_str().unwrap_or("OnDemand");
+            let mut activation = self.activation.get(&k).cloned().unwrap_or_default();
             if activation == "Suspended" {
-                continue;
+                // Kept suspended by its policy: its memory must be intact all the same.
+                let patch = json!({"spec": {"activation": "OnDemand"}}).to_string();
+                self.sys.kube.ok(
+                    &["patch", "actor", &k.1, "-n", &k.0, "--type=merge", "-p", &patch],
+                    None,
+                );
+                self.activation.insert(k.clone(), "OnDemand".into());
+                activation = "OnDemand".into();
             }
-            let was = phase(a).to_string();
-            // Free workers may be short for a moment (an idle actor being suspended).
-            let answered = eventually_within(
-                Duration::from_secs(120),
-                &format!("{}/{} answers through the router", k.0, k.1),
-                || match self.request(&k) {
-                    Outcome::Answered(_) => Some(true),
-                    Outcome::NotServed(409, _) => Some(false),
-                    _ => None,
-                },
-            );
-            if answered && was != "Running" && activation == "OnDemand" {
+            self.request_until_answered(&k);
+            if activation == "OnDemand" {
                 self.action(&k, "suspend");
                 self.wait_phase(&k, "Suspended");
             }
+        }
+    }
+
+    /// Requests `k` through the router until it answers (a free worker may be short for a
+    /// moment) and checks the answer.
+    fn request_until_answered(&mut self, k: &Key) {
+        let start = std::time::Instant::now();
+        let mut last = None;
+        loop {
+            match self.request_raw(k, "/") {
+                Outcome::Answered(n) => {
+                    self.note(format!("request {}/{}: answered {n}", k.0, k.1));
+                    self.check_answer(k, n);
+                    return;
+                }
+                Outcome::Lost(why) => {
+                    self.note(format!("request {}/{}: lost ({why})", k.0, k.1));
+                    if let Some(m) = self.models.get_mut(k) {
+                        m.maybe_served();
+                    }
+                }
+                other => last = Some(other),
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                self.fail(format!(
+                    "the settled actor {}/{} did not answer through the router within 120s: last {last:?}",
+                    k.0, k.1
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 
@@ -380,9 +410,8 @@ impl World {
             ));
         } else {
             self.note(format!(
-                "NOT ENFORCED (SNAPSHOT_GC_ENFORCED = false): {} snapshot(s) of deleted actors still in the object store after {:?}:\n  {}",
+                "NOT ENFORCED (SNAPSHOT_GC_ENFORCED = false): {} snapshot(s) of deleted actors in the object store:\n  {}",
                 left.len(),
-                SNAPSHOT_GC_GRACE,
                 left.join("\n  ")
             ));
         }

@@ -38,7 +38,7 @@ use world::{History, ROUTER_FLAGS, World};
 use crate::{Options, System, condition, eventually};
 
 /// Steps when `SUBSTRATE_FAULT_STEPS` is not set.
-pub const DEFAULT_STEPS: usize = 40;
+pub const DEFAULT_STEPS: usize = 60;
 
 /// A quiescent check (settle, workers and sandboxes) after every this many steps.
 pub const CHECK_EVERY: usize = 15;

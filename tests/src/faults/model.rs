@@ -211,6 +211,48 @@ impl ActorModel {
         })
     }
 
+    /// Answers of requests sent at once (`lost` more were sent whose answers were lost):
+    /// each request is served once, so the answers are distinct and, with nothing lost,
+    /// exactly the values that follow `live`.
+    pub fn answered_concurrently(&mut self, answers: &[u64], lost: usize) -> Result<(), Mismatch> {
+        let mut sorted = answers.to_vec();
+        sorted.sort_unstable();
+        let distinct = sorted.windows(2).all(|w| w[0] < w[1]);
+        let Some((&first, &last)) = sorted.first().zip(sorted.last()) else {
+            self.live.hi += lost as u64;
+            return Ok(());
+        };
+        let slack = lost as u64;
+        let spread_ok = last - first < (sorted.len() as u64) + slack;
+        let saved = self.clone();
+        // The smallest answer continues the memory (a lost request may have come first).
+        let mut continues = self.clone();
+        continues.live.hi += slack;
+        let first_ok = continues.answered(first);
+        if distinct && spread_ok && first_ok.is_ok() {
+            *self = continues;
+            self.live = Count {
+                lo: last,
+                hi: last + slack,
+            };
+            return Ok(());
+        }
+        *self = saved;
+        Err(Mismatch {
+            answer: first,
+            expected: Count {
+                lo: self.live.lo + 1,
+                hi: self.live.hi + 1 + slack,
+            },
+            detail: format!(
+                "{} concurrent requests answered {sorted:?} ({lost} answers lost): {}; {}",
+                answers.len() + lost,
+                if distinct { "distinct" } else { "SERVED TWICE OR ANSWERED TWICE" },
+                self.describe()
+            ),
+        })
+    }
+
     /// Snapshots and rollbacks, for failure messages.
     pub fn describe(&self) -> String {
         let snaps: Vec<String> = self
@@ -302,6 +344,19 @@ mod tests {
         m.answered(4).unwrap();
         m.observe(&version("u1", Some("s1"), Some(("False", "SandboxLost", "t2"))));
         assert_eq!(m.live, Count::exactly(4));
+    }
+
+    #[test]
+    fn concurrent_answers_are_distinct_and_continue_the_memory() {
+        let mut m = ActorModel::new("ns", "a", "u1");
+        m.answered(1).unwrap();
+        m.answered_concurrently(&[4, 2, 3], 0).unwrap();
+        assert_eq!(m.live, Count::exactly(4));
+        assert!(m.clone().answered_concurrently(&[5, 5], 0).is_err(), "twice the same");
+        assert!(m.clone().answered_concurrently(&[5, 7], 0).is_err(), "a gap with nothing lost");
+        m.answered_concurrently(&[5, 7], 1).unwrap();
+        assert_eq!(m.live, Count { lo: 7, hi: 8 });
+        m.answered(9).unwrap();
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub const MAX_ACTORS: usize = 6;
 pub const MAX_ATESPACES: usize = 2;
 /// Router flags of the suite.
 pub const ROUTER_FLAGS: [&str; 3] = [
-    "--wake-timeout=30s",
+    "--wake-timeout=20s",
     "--activity-interval=1s",
     "--connect-timeout=2s",
 ];
@@ -199,10 +199,10 @@ impl World {
             self.next_actor += 1;
             (self.rng.pick(&spaces).clone(), format!("a{}", self.next_actor))
         };
-        let idle = self.rng.chance(30);
+        let idle = self.rng.chance(60);
         let mut spec = json!({"template": {"name": "counter", "namespace": HOME}});
         if idle {
-            spec["idleTimeout"] = json!("20s");
+            spec["idleTimeout"] = json!("15s");
         }
         let obj = json!({
             "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
@@ -216,7 +216,7 @@ impl World {
             .and_then(|a| a["metadata"]["uid"].as_str().map(str::to_string));
         self.note(format!(
             "create actor {ns}/{name}{}: {}",
-            if idle { " (idleTimeout 20s)" } else { "" },
+            if idle { " (idleTimeout 15s)" } else { "" },
             uid.as_deref().unwrap_or(&out)
         ));
         match uid {
@@ -267,28 +267,7 @@ impl World {
 
     /// A request through the router.
     pub fn request_raw(&self, key: &Key, path: &str) -> Outcome {
-        let url = format!("http://{}.{}.{SUFFIX}{path}", key.1, key.0);
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "60", "-w", "\n%{http_code}", "-x"])
-            .arg(format!("http://{}", self.router.http))
-            .arg(&url)
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
-        let code: u16 = code.trim().parse().unwrap_or(0);
-        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        match (out.status.code(), code) {
-            (Some(0), 200) => match body.split_whitespace().next().and_then(|w| w.parse().ok()) {
-                Some(n) => Outcome::Answered(n),
-                None => Outcome::Lost(format!("200 without a counter: {body:?}")),
-            },
-            (Some(0), 502) => Outcome::Lost(format!("502 {}", body.trim())),
-            (Some(0), c) => Outcome::NotServed(c, body.trim().to_string()),
-            // 7: could not connect (the router is down): certainly not served.
-            (Some(7), _) => Outcome::NotServed(0, err),
-            (status, _) => Outcome::Lost(format!("curl exit {status:?}: {err}")),
-        }
+        request_via(self.router.http, key, path)
     }
 
     /// A request to `key` checked against its model.
@@ -342,6 +321,40 @@ impl World {
                         key.0, key.1, e.answer, live, e.expected, e.detail
                     ))
                 }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+    }
+
+    /// `n` requests to one actor at once (one wake shared by all when it is suspended).
+    pub fn burst(&mut self, key: &Key, n: usize) {
+        let router = self.router.http;
+        let outcomes: Vec<Outcome> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..n).map(|_| s.spawn(|| request_via(router, key, "/"))).collect();
+            hs.into_iter().map(|h| h.join().expect("request thread")).collect()
+        });
+        self.note(format!("burst of {n} requests to {}/{}: {outcomes:?}", key.0, key.1));
+        let answers: Vec<u64> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Answered(a) => Some(*a),
+                _ => None,
+            })
+            .collect();
+        let lost = outcomes.iter().filter(|o| matches!(o, Outcome::Lost(_))).count();
+        *self.stats.entry("answers").or_default() += answers.len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.drain();
+            let Some(m) = self.models.get_mut(key) else {
+                return;
+            };
+            match m.answered_concurrently(&answers, lost) {
+                Ok(()) => return,
+                Err(e) if Instant::now() > deadline => self.fail(format!(
+                    "STATE LOST: actor {}/{}: {} (expected the smallest in {})",
+                    key.0, key.1, e.detail, e.expected
+                )),
                 Err(_) => std::thread::sleep(Duration::from_millis(250)),
             }
         }
@@ -569,7 +582,8 @@ impl World {
         let n_actors = self.models.len();
         let weights = [
             if n_actors < MAX_ACTORS { 14 } else { 0 }, // create
-            if n_actors > 0 { 30 } else { 0 },          // request
+            if n_actors > 0 { 26 } else { 0 },          // request
+            if n_actors > 0 { 4 } else { 0 },           // burst
             if n_actors > 0 { 10 } else { 0 },          // suspend
             if n_actors > 0 { 8 } else { 0 },           // resume
             if n_actors > 0 { 4 } else { 0 },           // delete
@@ -584,9 +598,14 @@ impl World {
                 let k = self.pick_actor().expect("an actor");
                 self.request(&k);
             }
-            op @ (2 | 3) => {
+            2 => {
                 let k = self.pick_actor().expect("an actor");
-                self.action(&k, if op == 2 { "suspend" } else { "resume" });
+                let n = 2 + self.rng.below(5) as usize;
+                self.burst(&k, n);
+            }
+            op @ (3 | 4) => {
+                let k = self.pick_actor().expect("an actor");
+                self.action(&k, if op == 3 { "suspend" } else { "resume" });
                 // In the middle of the transition, half of the time.
                 if self.rng.chance(50) {
                     let pause = self.rng.below(1200);
@@ -596,16 +615,16 @@ impl World {
                     self.kill(what);
                 }
             }
-            4 => {
+            5 => {
                 let k = self.pick_actor().expect("an actor");
                 self.delete_actor(&k);
             }
-            5 => {
+            6 => {
                 let k = self.pick_actor().expect("an actor");
                 self.set_activation(&k);
             }
-            6 => self.create_atespace(),
-            7 => {
+            7 => self.create_atespace(),
+            8 => {
                 let a = self.rng.pick(&self.atespaces.clone()).clone();
                 self.delete_atespace(&a);
             }
@@ -621,5 +640,31 @@ impl World {
                 k => self.kill(KILLS[k as usize]),
             },
         }
+    }
+}
+
+/// A request through the router at `router`.
+pub fn request_via(router: std::net::SocketAddr, key: &Key, path: &str) -> Outcome {
+    let url = format!("http://{}.{}.{SUFFIX}{path}", key.1, key.0);
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "-w", "\n%{http_code}", "-x"])
+        .arg(format!("http://{router}"))
+        .arg(&url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    let code: u16 = code.trim().parse().unwrap_or(0);
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    match (out.status.code(), code) {
+        (Some(0), 200) => match body.split_whitespace().next().and_then(|w| w.parse().ok()) {
+            Some(n) => Outcome::Answered(n),
+            None => Outcome::Lost(format!("200 without a counter: {body:?}")),
+        },
+        (Some(0), 502) => Outcome::Lost(format!("502 {}", body.trim())),
+        (Some(0), c) => Outcome::NotServed(c, body.trim().to_string()),
+        // 7: could not connect (the router is down): certainly not served.
+        (Some(7), _) => Outcome::NotServed(0, err),
+        (status, _) => Outcome::Lost(format!("curl exit {status:?}: {err}")),
     }
 }
