@@ -1274,7 +1274,15 @@ impl Agent {
         }
         let skey = SnapshotKey::new(ns.clone(), name.clone(), id)?;
         let checkpointed = started.elapsed();
-        let r = self.snapshots.upload(&skey, &dir, meta).await?;
+        let r = match self.snapshots.upload(&skey, &dir, meta).await {
+            // An earlier attempt committed this very checkpoint, then failed (its status
+            // write: apiserver or Valkey away): finish with the snapshot it uploaded.
+            Err(crate::snapshots::SnapshotError::AlreadyCommitted { uri }) => {
+                tracing::info!(atespace = %ns, actor = %name, %uri, "snapshot committed by an earlier attempt; reusing it");
+                self.snapshots.committed(&skey, &dir).await?
+            }
+            other => other?,
+        };
         tracing::info!(atespace = %ns, actor = %name, uri = %r.uri, bytes = r.size, stored = r.compressed_size, "snapshot uploaded");
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::info!(

@@ -534,7 +534,7 @@ fn answers(url: &str) -> bool {
 }
 
 /// Sandboxes runsc runs under a worker's executor (`<executor state>/runsc`).
-fn running_sandboxes(executor_dir: &Path) -> Vec<String> {
+pub(crate) fn running_sandboxes(executor_dir: &Path) -> Vec<String> {
     let root = executor_dir.join("runsc");
     if !root.exists() {
         return Vec::new();

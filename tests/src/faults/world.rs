@@ -44,14 +44,21 @@ pub enum Kill {
     Router,
     Apiserver,
     Valkey,
+    /// An executor process (the node agent restarts it; it adopts its sandbox).
+    Executor,
+    /// A sandbox (the actor's process, `runsc kill ... KILL`): its memory is lost, and the
+    /// actor must come back at its last snapshot with a condition saying so.
+    Sandbox,
 }
 
-pub const KILLS: [Kill; 5] = [
+pub const KILLS: [Kill; 7] = [
     Kill::NodeAgent,
     Kill::Operator,
     Kill::Router,
     Kill::Apiserver,
     Kill::Valkey,
+    Kill::Executor,
+    Kill::Sandbox,
 ];
 
 /// What a request through the router came to.
@@ -524,6 +531,37 @@ impl World {
                 self.note("FAULT kill -9 Valkey; restarted at once (AOF)".into());
                 self.sys.restart_valkey_after_kill9();
             }
+            Kill::Executor => {
+                let pids = self.sys.executor_pids();
+                if pids.is_empty() {
+                    self.note("FAULT kill -9 executor: none running".into());
+                } else {
+                    let (pid, worker) = self.rng.pick(&pids).clone();
+                    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                    self.note(format!("FAULT kill -9 executor of {worker} (pid {pid}; the node agent restarts it)"));
+                }
+            }
+            Kill::Sandbox => {
+                let exec = self.sys.dir().join("node").join("executors");
+                let mut running = Vec::new();
+                for e in std::fs::read_dir(&exec).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+                    for id in super::invariants::running_sandboxes(&e.path()) {
+                        running.push((e.path().join("runsc"), id));
+                    }
+                }
+                if running.is_empty() {
+                    self.note("FAULT kill sandbox: none running".into());
+                } else {
+                    let (root, id) = self.rng.pick(&running).clone();
+                    let ok = Command::new("runsc")
+                        .arg("--root")
+                        .arg(&root)
+                        .args(["kill", &id, "KILL"])
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    self.note(format!("FAULT kill -9 sandbox {id} ({}): {ok}", root.display()));
+                }
+            }
         }
         self.count(match what {
             Kill::NodeAgent => "kill node agent",
@@ -531,6 +569,8 @@ impl World {
             Kill::Router => "kill router",
             Kill::Apiserver => "kill apiserver",
             Kill::Valkey => "kill valkey",
+            Kill::Executor => "kill executor",
+            Kill::Sandbox => "kill sandbox",
         });
     }
 
@@ -628,12 +668,12 @@ impl World {
                 let a = self.rng.pick(&self.atespaces.clone()).clone();
                 self.delete_atespace(&a);
             }
-            _ => match self.rng.below(7) {
-                5 => {
+            _ => match self.rng.below(9) {
+                7 => {
                     let n = 2 + self.rng.below(4) as usize;
                     self.begin_store_outage(i, n);
                 }
-                6 => {
+                8 => {
                     let n = 2 + self.rng.below(4) as usize;
                     self.begin_disk_full(i, n);
                 }
