@@ -74,6 +74,10 @@ pub enum AgentError {
         "no recent heartbeat of worker {worker}: its executor is not contacted (the sandbox fence)"
     )]
     NoLease { worker: String },
+    #[error(
+        "the executor of worker {worker} is still recovering after a restart (adopting or cleaning up its sandbox)"
+    )]
+    Recovering { worker: String },
     #[error("I/O on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -98,7 +102,7 @@ impl AgentError {
             }
             AgentError::Kube(kube::Error::Api(e)) => e.code >= 500 || e.code == 429,
             AgentError::Kube(_) => true,
-            AgentError::NoLease { .. } => true,
+            AgentError::NoLease { .. } | AgentError::Recovering { .. } => true,
             _ => false,
         }
     }
@@ -1203,6 +1207,12 @@ impl Agent {
             source,
         };
         let status = exec.status().await.map_err(exec_err)?;
+        // A restarted executor that has not adopted its sandbox yet says nothing of it.
+        if proto::Phase::try_from(status.phase) == Ok(proto::Phase::Recovering) {
+            return Err(AgentError::Recovering {
+                worker: worker.into(),
+            });
+        }
         let key_s = key.to_string();
         // Where the checkpoint is (or goes): a finished one from before a crash is reused.
         let dir = match status
@@ -1326,6 +1336,14 @@ impl Agent {
             worker: worker.into(),
             source,
         })?;
+        // A restarted executor that has not adopted its sandbox yet says nothing of it: a
+        // dead executor is not a dead sandbox (declaring it lost freed the worker while the
+        // sandbox still served, and the actor came back on it with a rollback announced).
+        if proto::Phase::try_from(status.phase) == Ok(proto::Phase::Recovering) {
+            return Err(AgentError::Recovering {
+                worker: worker.into(),
+            });
+        }
         let running = status.actor == key
             && matches!(
                 proto::Phase::try_from(status.phase),

@@ -22,7 +22,13 @@ impl CacheDisk {
     pub fn mount(cache_dir: &Path) -> Self {
         std::fs::create_dir_all(cache_dir).expect("snapshot cache directory");
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={CACHE_DISK_MIB}m"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={CACHE_DISK_MIB}m"),
+                "tmpfs",
+            ])
             .arg(cache_dir)
             .status()
             .is_ok_and(|s| s.success());

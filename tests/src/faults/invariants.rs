@@ -46,7 +46,10 @@ fn ready_reason(a: &Value) -> (String, String) {
 
 fn key_of(a: &Value) -> Key {
     (
-        a["metadata"]["namespace"].as_str().unwrap_or_default().into(),
+        a["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .into(),
         a["metadata"]["name"].as_str().unwrap_or_default().into(),
     )
 }
@@ -65,10 +68,10 @@ fn short(a: &Value) -> String {
 
 impl World {
     fn list(&self, kind: &str) -> Option<Vec<Value>> {
-        let (ok, out, _) = self
-            .sys
-            .kube
-            .run(&["get", kind, "-A", "-o", "json", "--request-timeout=10s"], None);
+        let (ok, out, _) = self.sys.kube.run(
+            &["get", kind, "-A", "-o", "json", "--request-timeout=10s"],
+            None,
+        );
         if !ok {
             return None;
         }
@@ -150,7 +153,10 @@ impl World {
         for s in &spaces {
             let n = s["metadata"]["name"].as_str().unwrap_or_default();
             if n.starts_with("fz") && !self.atespaces.iter().any(|a| a == n) {
-                problems.push(format!("atespace {n} deleted but still there ({})", phase(s)));
+                problems.push(format!(
+                    "atespace {n} deleted but still there ({})",
+                    phase(s)
+                ));
             }
         }
         if problems.is_empty() {
@@ -179,7 +185,9 @@ impl World {
                 return;
             };
             if start.elapsed() > WORKER_GRACE {
-                self.fail(format!("{what}, {WORKER_GRACE:?} after the system settled: {p}"));
+                self.fail(format!(
+                    "{what}, {WORKER_GRACE:?} after the system settled: {p}"
+                ));
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -236,10 +244,11 @@ impl World {
         // Sandboxes, as runsc sees them, and as the network does.
         for w in &workers {
             let wname = w["metadata"]["name"].as_str().unwrap_or_default();
-            let running = running_sandboxes(&self.sys.dir().join("node").join("executors").join(wname));
-            let owner = all.iter().find(|a| {
-                a["status"]["worker"]["name"] == wname && phase(a) == "Running"
-            });
+            let running =
+                running_sandboxes(&self.sys.dir().join("node").join("executors").join(wname));
+            let owner = all
+                .iter()
+                .find(|a| a["status"]["worker"]["name"] == wname && phase(a) == "Running");
             if !running.is_empty() && owner.is_none() {
                 problems.push(format!(
                     "worker {wname} ({}) runs sandbox(es) {running:?} but no Running actor is bound to it",
@@ -249,7 +258,10 @@ impl World {
             if let Some(a) = owner
                 && running.is_empty()
             {
-                problems.push(format!("{} is Running but runsc runs no sandbox on its worker", short(a)));
+                problems.push(format!(
+                    "{} is Running but runsc runs no sandbox on its worker",
+                    short(a)
+                ));
             }
             if owner.is_none()
                 && let Some(addr) = w["spec"]["address"].as_str()
@@ -288,7 +300,16 @@ impl World {
                 // Kept suspended by its policy: its memory must be intact all the same.
                 let patch = json!({"spec": {"activation": "OnDemand"}}).to_string();
                 self.sys.kube.ok(
-                    &["patch", "actor", &k.1, "-n", &k.0, "--type=merge", "-p", &patch],
+                    &[
+                        "patch",
+                        "actor",
+                        &k.1,
+                        "-n",
+                        &k.0,
+                        "--type=merge",
+                        "-p",
+                        &patch,
+                    ],
                     None,
                 );
                 self.activation.insert(k.clone(), "OnDemand".into());
@@ -338,7 +359,16 @@ impl World {
             &format!("{}/{} {want}", k.0, k.1),
             || {
                 let (ok, out, _) = self.sys.kube.run(
-                    &["get", "actor", &k.1, "-n", &k.0, "-o", "json", "--request-timeout=10s"],
+                    &[
+                        "get",
+                        "actor",
+                        &k.1,
+                        "-n",
+                        &k.0,
+                        "-o",
+                        "json",
+                        "--request-timeout=10s",
+                    ],
                     None,
                 );
                 let a: Value = ok.then(|| serde_json::from_str(&out).ok()).flatten()?;
@@ -433,7 +463,10 @@ impl World {
             let k = k.clone();
             eventually_within(
                 Duration::from_secs(30),
-                &format!("the router answers 404 for the deleted actor {}/{}", k.0, k.1),
+                &format!(
+                    "the router answers 404 for the deleted actor {}/{}",
+                    k.0, k.1
+                ),
                 || matches!(self.request_raw(&k, "/"), Outcome::NotServed(404, _)).then_some(()),
             );
             self.note(format!("router: 404 for the deleted {}/{}", k.0, k.1));
@@ -464,7 +497,16 @@ impl World {
         for other in self.models.keys().cloned().collect::<Vec<_>>() {
             let patch = json!({"spec": {"activation": "Suspended"}}).to_string();
             self.sys.kube.ok(
-                &["patch", "actor", &other.1, "-n", &other.0, "--type=merge", "-p", &patch],
+                &[
+                    "patch",
+                    "actor",
+                    &other.1,
+                    "-n",
+                    &other.0,
+                    "--type=merge",
+                    "-p",
+                    &patch,
+                ],
                 None,
             );
             self.activation.insert(other.clone(), "Suspended".into());
@@ -474,7 +516,10 @@ impl World {
             self.wait_phase(&other, "Suspended");
         }
         self.note("operator: every actor patched to activation Suspended was suspended".into());
-        let out = self.sys.kube.ok(&["create", "-o", "json", "-f", "-"], Some(&obj.to_string()));
+        let out = self
+            .sys
+            .kube
+            .ok(&["create", "-o", "json", "-f", "-"], Some(&obj.to_string()));
         let uid = serde_json::from_str::<Value>(&out).expect("JSON")["metadata"]["uid"]
             .as_str()
             .expect("uid")
@@ -490,7 +535,10 @@ impl World {
                 k.0, k.1
             )),
         }
-        self.note(format!("operator: the new Always actor {}/{} runs afresh", k.0, k.1));
+        self.note(format!(
+            "operator: the new Always actor {}/{} runs afresh",
+            k.0, k.1
+        ));
     }
 
     /// Component logs stay bounded.

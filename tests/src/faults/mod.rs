@@ -86,7 +86,10 @@ pub fn run(p: Params, opts: Options) {
         "SUBSTRATE_FAULT_SEED={} SUBSTRATE_FAULT_STEPS={}",
         p.seed, p.steps
     );
-    eprintln!("fault suite: seed {} ({} steps); replay with {replay}", p.seed, p.steps);
+    eprintln!(
+        "fault suite: seed {} ({} steps); replay with {replay}",
+        p.seed, p.steps
+    );
     let history: History = Rc::new(RefCell::new(Vec::new()));
     let started = Instant::now();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| drive(p, opts, history.clone())));
@@ -123,7 +126,10 @@ fn drive(p: Params, mut opts: Options, history: History) -> String {
         (condition(&t, "Ready") == Some("True")).then_some(())
     });
     let mut w = World::new(sys, router, p.seed, history);
-    w.note(format!("system up in {:.1}s", w.started.elapsed().as_secs_f64()));
+    w.note(format!(
+        "system up in {:.1}s",
+        w.started.elapsed().as_secs_f64()
+    ));
     for i in 0..p.steps {
         w.step(i);
         if (i + 1) % CHECK_EVERY == 0 && i + 1 < p.steps {
@@ -141,7 +147,11 @@ fn drive(p: Params, mut opts: Options, history: History) -> String {
     let lenient: Vec<String> = w
         .models
         .values()
-        .flat_map(|m| m.lenient.iter().map(move |l| format!("{}/{}: {l}", m.namespace, m.name)))
+        .flat_map(|m| {
+            m.lenient
+                .iter()
+                .map(move |l| format!("{}/{}: {l}", m.namespace, m.name))
+        })
         .collect();
     let rollbacks: usize = w.models.values().map(|m| m.rollbacks.len()).sum();
     format!(

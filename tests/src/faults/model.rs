@@ -247,7 +247,11 @@ impl ActorModel {
             detail: format!(
                 "{} concurrent requests answered {sorted:?} ({lost} answers lost): {}; {}",
                 answers.len() + lost,
-                if distinct { "distinct" } else { "SERVED TWICE OR ANSWERED TWICE" },
+                if distinct {
+                    "distinct"
+                } else {
+                    "SERVED TWICE OR ANSWERED TWICE"
+                },
                 self.describe()
             ),
         })
@@ -328,7 +332,11 @@ mod tests {
         m.answered(1).unwrap();
         m.answered(2).unwrap();
         m.end_batch();
-        m.observe(&version("u1", Some("s1"), Some(("False", "Suspended", "t1"))));
+        m.observe(&version(
+            "u1",
+            Some("s1"),
+            Some(("False", "Suspended", "t1")),
+        ));
         m.end_batch();
         m.answered(3).unwrap();
         m.answered(4).unwrap();
@@ -337,12 +345,20 @@ mod tests {
         let mut silent = m.clone();
         assert!(silent.answered(3).is_err());
         // Announced: the memory is the snapshot's.
-        m.observe(&version("u1", Some("s1"), Some(("False", "SandboxLost", "t2"))));
+        m.observe(&version(
+            "u1",
+            Some("s1"),
+            Some(("False", "SandboxLost", "t2")),
+        ));
         assert_eq!(m.live, Count::exactly(2));
         m.answered(3).unwrap();
         // The same condition seen again (another write of the object) is not a new one.
         m.answered(4).unwrap();
-        m.observe(&version("u1", Some("s1"), Some(("False", "SandboxLost", "t2"))));
+        m.observe(&version(
+            "u1",
+            Some("s1"),
+            Some(("False", "SandboxLost", "t2")),
+        ));
         assert_eq!(m.live, Count::exactly(4));
     }
 
@@ -352,8 +368,14 @@ mod tests {
         m.answered(1).unwrap();
         m.answered_concurrently(&[4, 2, 3], 0).unwrap();
         assert_eq!(m.live, Count::exactly(4));
-        assert!(m.clone().answered_concurrently(&[5, 5], 0).is_err(), "twice the same");
-        assert!(m.clone().answered_concurrently(&[5, 7], 0).is_err(), "a gap with nothing lost");
+        assert!(
+            m.clone().answered_concurrently(&[5, 5], 0).is_err(),
+            "twice the same"
+        );
+        assert!(
+            m.clone().answered_concurrently(&[5, 7], 0).is_err(),
+            "a gap with nothing lost"
+        );
         m.answered_concurrently(&[5, 7], 1).unwrap();
         assert_eq!(m.live, Count { lo: 7, hi: 8 });
         m.answered(9).unwrap();
@@ -371,7 +393,11 @@ mod tests {
     fn versions_of_another_incarnation_are_ignored() {
         let mut m = ActorModel::new("ns", "a", "u1");
         m.answered(1).unwrap();
-        m.observe(&version("u0", Some("old"), Some(("False", "SandboxLost", "t"))));
+        m.observe(&version(
+            "u0",
+            Some("old"),
+            Some(("False", "SandboxLost", "t")),
+        ));
         assert_eq!(m.live, Count::exactly(1));
         assert!(m.snapshots.is_empty());
     }

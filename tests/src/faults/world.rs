@@ -204,7 +204,10 @@ impl World {
             self.rng.pick(&reuse).clone()
         } else {
             self.next_actor += 1;
-            (self.rng.pick(&spaces).clone(), format!("a{}", self.next_actor))
+            (
+                self.rng.pick(&spaces).clone(),
+                format!("a{}", self.next_actor),
+            )
         };
         let idle = self.rng.chance(60);
         let mut spec = json!({"template": {"name": "counter", "namespace": HOME}});
@@ -248,7 +251,16 @@ impl World {
             "the apiserver answers (after a create whose answer was lost)",
             || {
                 let (ok, out, err) = self.sys.kube.run(
-                    &["get", "actor", name, "-n", ns, "-o", "json", "--request-timeout=10s"],
+                    &[
+                        "get",
+                        "actor",
+                        name,
+                        "-n",
+                        ns,
+                        "-o",
+                        "json",
+                        "--request-timeout=10s",
+                    ],
                     None,
                 );
                 if ok {
@@ -337,10 +349,17 @@ impl World {
     pub fn burst(&mut self, key: &Key, n: usize) {
         let router = self.router.http;
         let outcomes: Vec<Outcome> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..n).map(|_| s.spawn(|| request_via(router, key, "/"))).collect();
-            hs.into_iter().map(|h| h.join().expect("request thread")).collect()
+            let hs: Vec<_> = (0..n)
+                .map(|_| s.spawn(|| request_via(router, key, "/")))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("request thread"))
+                .collect()
         });
-        self.note(format!("burst of {n} requests to {}/{}: {outcomes:?}", key.0, key.1));
+        self.note(format!(
+            "burst of {n} requests to {}/{}: {outcomes:?}",
+            key.0, key.1
+        ));
         let answers: Vec<u64> = outcomes
             .iter()
             .filter_map(|o| match o {
@@ -348,7 +367,10 @@ impl World {
                 _ => None,
             })
             .collect();
-        let lost = outcomes.iter().filter(|o| matches!(o, Outcome::Lost(_))).count();
+        let lost = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Lost(_)))
+            .count();
         *self.stats.entry("answers").or_default() += answers.len();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -406,7 +428,16 @@ impl World {
             "the apiserver answers (after a delete whose answer was lost)",
             || {
                 let (ok, out, err) = self.sys.kube.run(
-                    &["get", "actor", &key.1, "-n", &key.0, "-o", "json", "--request-timeout=10s"],
+                    &[
+                        "get",
+                        "actor",
+                        &key.1,
+                        "-n",
+                        &key.0,
+                        "-o",
+                        "json",
+                        "--request-timeout=10s",
+                    ],
                     None,
                 );
                 if ok {
@@ -436,10 +467,24 @@ impl World {
         let want = *self.rng.pick(choices);
         let patch = json!({"spec": {"activation": want}}).to_string();
         let (ok, out) = self.kubectl(
-            &["patch", "actor", &key.1, "-n", &key.0, "--type=merge", "-p", &patch],
+            &[
+                "patch",
+                "actor",
+                &key.1,
+                "-n",
+                &key.0,
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
             None,
         );
-        self.note(format!("activation {}/{} = {want}: {}", key.0, key.1, out.trim()));
+        self.note(format!(
+            "activation {}/{} = {want}: {}",
+            key.0,
+            key.1,
+            out.trim()
+        ));
         if ok {
             self.activation.insert(key.clone(), want.into());
         } else if !out.contains("NotFound") {
@@ -449,10 +494,20 @@ impl World {
                 "the apiserver answers (after a patch whose answer was lost)",
                 || {
                     let (ok, out, _) = self.sys.kube.run(
-                        &["get", "actor", &key.1, "-n", &key.0, "-o", "json", "--request-timeout=10s"],
+                        &[
+                            "get",
+                            "actor",
+                            &key.1,
+                            "-n",
+                            &key.0,
+                            "-o",
+                            "json",
+                            "--request-timeout=10s",
+                        ],
                         None,
                     );
-                    ok.then(|| serde_json::from_str::<Value>(&out).ok()).flatten()
+                    ok.then(|| serde_json::from_str::<Value>(&out).ok())
+                        .flatten()
                 },
             );
             let a = now["spec"]["activation"].as_str().unwrap_or("OnDemand");
@@ -495,7 +550,9 @@ impl World {
         match what {
             Kill::NodeAgent => {
                 let pid = self.sys.kill9_supervised_agent();
-                self.note(format!("FAULT kill -9 node agent (pid {pid}; its supervisor restarts it)"));
+                self.note(format!(
+                    "FAULT kill -9 node agent (pid {pid}; its supervisor restarts it)"
+                ));
                 // The next kill hits the new process.
                 eventually_within(
                     Duration::from_secs(60),
@@ -507,7 +564,9 @@ impl World {
                 let pid = self.sys.operator_pid();
                 self.sys.kill9_operator();
                 let pause = self.rng.below(1500);
-                self.note(format!("FAULT kill -9 operator (pid {pid:?}); restarted after {pause} ms"));
+                self.note(format!(
+                    "FAULT kill -9 operator (pid {pid:?}); restarted after {pause} ms"
+                ));
                 std::thread::sleep(Duration::from_millis(pause));
                 self.sys.start_operator();
             }
@@ -515,7 +574,9 @@ impl World {
                 let pid = self.sys.router_pid();
                 self.sys.kill9_router();
                 let pause = self.rng.below(1500);
-                self.note(format!("FAULT kill -9 router (pid {pid:?}); restarted after {pause} ms"));
+                self.note(format!(
+                    "FAULT kill -9 router (pid {pid:?}); restarted after {pause} ms"
+                ));
                 std::thread::sleep(Duration::from_millis(pause));
                 self.router = self.sys.start_router(&ROUTER_FLAGS);
             }
@@ -523,7 +584,9 @@ impl World {
                 let pid = self.sys.apiserver_pid();
                 self.sys.kill9_apiserver();
                 let pause = self.rng.below(2000);
-                self.note(format!("FAULT kill -9 apiserver (pid {pid:?}); restarted after {pause} ms"));
+                self.note(format!(
+                    "FAULT kill -9 apiserver (pid {pid:?}); restarted after {pause} ms"
+                ));
                 std::thread::sleep(Duration::from_millis(pause));
                 self.sys.start_apiserver();
             }
@@ -537,14 +600,21 @@ impl World {
                     self.note("FAULT kill -9 executor: none running".into());
                 } else {
                     let (pid, worker) = self.rng.pick(&pids).clone();
-                    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-                    self.note(format!("FAULT kill -9 executor of {worker} (pid {pid}; the node agent restarts it)"));
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                    self.note(format!(
+                        "FAULT kill -9 executor of {worker} (pid {pid}; the node agent restarts it)"
+                    ));
                 }
             }
             Kill::Sandbox => {
                 let exec = self.sys.dir().join("node").join("executors");
                 let mut running = Vec::new();
-                for e in std::fs::read_dir(&exec).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+                for e in std::fs::read_dir(&exec)
+                    .map(|d| d.flatten().collect::<Vec<_>>())
+                    .unwrap_or_default()
+                {
                     for id in super::invariants::running_sandboxes(&e.path()) {
                         running.push((e.path().join("runsc"), id));
                     }
@@ -559,7 +629,10 @@ impl World {
                         .args(["kill", &id, "KILL"])
                         .status()
                         .is_ok_and(|s| s.success());
-                    self.note(format!("FAULT kill -9 sandbox {id} ({}): {ok}", root.display()));
+                    self.note(format!(
+                        "FAULT kill -9 sandbox {id} ({}): {ok}",
+                        root.display()
+                    ));
                 }
             }
         }
@@ -628,7 +701,11 @@ impl World {
             if n_actors > 0 { 8 } else { 0 },           // resume
             if n_actors > 0 { 4 } else { 0 },           // delete
             if n_actors > 0 { 7 } else { 0 },           // activation
-            if self.atespaces.len() < MAX_ATESPACES { 3 } else { 0 }, // create atespace
+            if self.atespaces.len() < MAX_ATESPACES {
+                3
+            } else {
+                0
+            }, // create atespace
             if self.atespaces.is_empty() { 0 } else { 2 }, // delete atespace
             14,                                         // a fault on its own
         ];
