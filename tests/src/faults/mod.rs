@@ -2,10 +2,15 @@
 //! own), the node agent under `substrate-supervise` with real runsc workers, the operator and
 //! the router — driven through a random but reproducible sequence of user operations (create,
 //! request through the router, suspend, resume, delete, change activation, create and delete
-//! atespaces) while faults are injected: `kill -9` of each component, often in the middle of
-//! a suspend or resume (the node agent is restarted by its supervisor, the others by the
-//! suite as a supervisor would), a Valkey restart, the object store unavailable for a few
-//! steps, the node's snapshot cache on a full disk for a few steps.
+//! atespaces) while faults are injected: `kill -9` of each component — node agent, an
+//! executor, a sandbox (`runsc kill`), operator, router, apiserver, Valkey — often in the
+//! middle of a suspend or resume (the node agent is restarted by its supervisor, executors by
+//! the node agent, the others by the suite as a supervisor would; Valkey keeps every write in
+//! its AOF), the object store unavailable for a few steps (its directory replaced by a file),
+//! the node's snapshot cache on a full disk for a few steps (a 256 MiB tmpfs, filled).
+//!
+//! Budget: the default 60 steps take about 1.5–2 minutes here (the system's start and the
+//! final checks included); 150 steps about 3 minutes.
 //!
 //! Every step is drawn from a seeded generator ([`rng`]): the seed is printed at the start
 //! and, with the steps taken, on failure; `SUBSTRATE_FAULT_SEED=<n>` replays it (timing
