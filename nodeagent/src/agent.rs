@@ -81,6 +81,10 @@ pub enum AgentError {
         "no recent heartbeat of worker {worker}: its executor is not contacted (the sandbox fence)"
     )]
     NoLease { worker: String },
+    #[error(
+        "the executor of worker {worker} is still recovering after a restart (adopting or cleaning up its sandbox)"
+    )]
+    Recovering { worker: String },
     #[error("I/O on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -105,7 +109,7 @@ impl AgentError {
             }
             AgentError::Kube(kube::Error::Api(e)) => e.code >= 500 || e.code == 429,
             AgentError::Kube(_) => true,
-            AgentError::NoLease { .. } => true,
+            AgentError::NoLease { .. } | AgentError::Recovering { .. } => true,
             _ => false,
         }
     }
@@ -1301,6 +1305,12 @@ impl Agent {
             source,
         };
         let status = exec.status().await.map_err(exec_err)?;
+        // A restarted executor that has not adopted its sandbox yet says nothing of it.
+        if proto::Phase::try_from(status.phase) == Ok(proto::Phase::Recovering) {
+            return Err(AgentError::Recovering {
+                worker: worker.into(),
+            });
+        }
         let key_s = key.to_string();
         // Where the checkpoint is (or goes): a finished one from before a crash is reused.
         let dir = match status
@@ -1372,7 +1382,15 @@ impl Agent {
         }
         let skey = SnapshotKey::new(ns.clone(), name.clone(), id)?;
         let checkpointed = started.elapsed();
-        let r = self.snapshots.upload(&skey, &dir, meta).await?;
+        let r = match self.snapshots.upload(&skey, &dir, meta).await {
+            // An earlier attempt committed this very checkpoint, then failed (its status
+            // write: apiserver or Valkey away): finish with the snapshot it uploaded.
+            Err(crate::snapshots::SnapshotError::AlreadyCommitted { uri }) => {
+                tracing::info!(atespace = %ns, actor = %name, %uri, "snapshot committed by an earlier attempt; reusing it");
+                self.snapshots.committed(&skey, &dir).await?
+            }
+            other => other?,
+        };
         tracing::info!(atespace = %ns, actor = %name, uri = %r.uri, bytes = r.size, stored = r.compressed_size, "snapshot uploaded");
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::info!(
@@ -1445,6 +1463,14 @@ impl Agent {
             worker: worker.into(),
             source,
         })?;
+        // A restarted executor that has not adopted its sandbox yet says nothing of it: a
+        // dead executor is not a dead sandbox (declaring it lost freed the worker while the
+        // sandbox still served, and the actor came back on it with a rollback announced).
+        if proto::Phase::try_from(status.phase) == Ok(proto::Phase::Recovering) {
+            return Err(AgentError::Recovering {
+                worker: worker.into(),
+            });
+        }
         let running = status.actor == key
             && matches!(
                 proto::Phase::try_from(status.phase),

@@ -83,7 +83,7 @@ pub use manifest::{
 };
 
 use cache::Cache;
-use codec::{Expected, Source};
+use codec::{Expected, Source, hash_file};
 use manifest::{MAX_FILES, MAX_MANIFEST_BYTES, parse_digest, validate_label};
 
 /// Compressed chunks buffered between the compressor and the uploader.
@@ -384,6 +384,61 @@ impl SnapshotStore {
             self.evict_quietly().await;
         }
         Ok(r)
+    }
+
+    /// The reference of snapshot `key` when it is already committed *from the checkpoint
+    /// directory `dir`*: the stored manifest lists exactly `dir`'s files, with their sizes
+    /// and sha256. This makes a suspend retried after its upload committed (its status write
+    /// failed: apiserver or Valkey away) finish with the snapshot it uploaded, instead of
+    /// failing forever on [`SnapshotError::AlreadyCommitted`]. Any other content under that id
+    /// is still refused with `AlreadyCommitted`.
+    pub async fn committed(
+        &self,
+        key: &SnapshotKey,
+        dir: &Path,
+    ) -> Result<SnapshotRef, SnapshotError> {
+        let uri = self.uri(key);
+        let (manifest_bytes, manifest) = self.read_manifest(key, None).await?;
+        let same = {
+            let (dir, max) = (dir.to_path_buf(), self.cfg.max_file_bytes);
+            let listed: Vec<(String, u64, String)> = manifest
+                .files
+                .iter()
+                .map(|f| (f.name.clone(), f.size, f.sha256.clone()))
+                .collect();
+            blocking(move || {
+                let mut files = scan_checkpoint_dir(&dir, max)?;
+                files.sort();
+                let mut listed = listed;
+                listed.sort();
+                if files.len() != listed.len() {
+                    return Ok(false);
+                }
+                for ((name, len), (lname, lsize, lsha)) in files.iter().zip(&listed) {
+                    if name != lname || len != lsize {
+                        return Ok(false);
+                    }
+                    let path = dir.join(name);
+                    let (_, sha) =
+                        hash_file(&path).map_err(|e| SnapshotError::io("read", &path, e))?;
+                    if &sha != lsha {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })
+            .await?
+        };
+        if !same {
+            return Err(SnapshotError::AlreadyCommitted { uri });
+        }
+        Ok(SnapshotRef {
+            uri,
+            manifest_digest: sha256_digest(&manifest_bytes),
+            size: manifest.total_size(),
+            compressed_size: manifest.total_compressed_size() + manifest_bytes.len() as u64,
+            created_at: Some(manifest.meta.created_at),
+        })
     }
 
     async fn upload_file(

@@ -805,6 +805,32 @@ async fn bad_input(b: &Backend) {
         matches!(err, SnapshotError::AlreadyCommitted { .. }),
         "{err:?}"
     );
+    // ... but the checkpoint that committed it is recognised (a suspend retried after its
+    // upload committed finishes with it), and nothing else is.
+    let again = a.store.committed(&key("s1"), &dir).await.unwrap();
+    assert_eq!(
+        (&again.uri, &again.manifest_digest, again.size),
+        (&r.uri, &r.manifest_digest, r.size)
+    );
+    let other = a.work.path().join("ckpt-other");
+    std::fs::create_dir_all(&other).unwrap();
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        std::fs::copy(e.path(), other.join(e.file_name())).unwrap();
+    }
+    let victim = std::fs::read_dir(&other)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+    let err = a.store.committed(&key("s1"), &other).await.unwrap_err();
+    assert!(
+        matches!(err, SnapshotError::AlreadyCommitted { .. }),
+        "{err:?}"
+    );
     // Only flat directories of regular files.
     let nested = a.work.path().join("nested");
     std::fs::create_dir_all(nested.join("sub")).unwrap();

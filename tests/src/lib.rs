@@ -301,6 +301,10 @@ pub struct Options {
     /// Run the node agent under `substrate-supervise` (as `hack/up.sh` does), which
     /// restarts it when it dies; see [`System::kill9_supervised_agent`].
     pub supervised_agent: bool,
+    /// Run the apiserver as its own process (the `substrate-apiserver` binary) instead of
+    /// in the test's process, so that it can be killed and restarted; see
+    /// [`System::kill9_apiserver`].
+    pub apiserver_process: bool,
 }
 
 impl Options {
@@ -315,6 +319,7 @@ impl Options {
             executor_args: Vec::new(),
             wait_workers: true,
             supervised_agent: false,
+            apiserver_process: false,
         }
     }
 }
@@ -341,7 +346,7 @@ pub struct System {
     router: Option<(KillOnDrop, RouterAddrs)>,
     pub rt: tokio::runtime::Runtime,
     _registry: nodeagent::images::testing::Registry,
-    _apiserver: apiserver::Running,
+    apiserver: Apiserver,
     _valkey: apiserver::testing::ValkeyServer,
     dir: tempfile::TempDir,
 }
@@ -362,11 +367,16 @@ impl System {
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).expect("home");
         let valkey = apiserver::testing::ValkeyServer::start();
-        let (args, kubeconfig) = apiserver::testing::apiserver_args(&valkey, dir.path());
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let running = rt
-            .block_on(apiserver::start(&args))
-            .expect("apiserver starts");
+        let (running, kubeconfig) = if opts.apiserver_process {
+            ApiserverProcess::start(&valkey, dir.path())
+        } else {
+            let (args, kubeconfig) = apiserver::testing::apiserver_args(&valkey, dir.path());
+            let running = rt
+                .block_on(apiserver::start(&args))
+                .expect("apiserver starts");
+            (Apiserver::InProcess(running), kubeconfig)
+        };
         let kube = Kubectl {
             kubeconfig: kubeconfig.clone(),
             home,
@@ -407,7 +417,7 @@ impl System {
             router: None,
             rt,
             _registry: registry,
-            _apiserver: running,
+            apiserver: running,
             _valkey: valkey,
             dir,
         };
@@ -837,6 +847,168 @@ impl System {
     }
 }
 
+
+/// The system's apiserver: in the test's process (the default), or its own process
+/// ([`Options::apiserver_process`]) that can be killed and restarted.
+pub enum Apiserver {
+    InProcess(apiserver::Running),
+    Process(ApiserverProcess),
+}
+
+/// A `substrate-apiserver` process on a fixed loopback port (a restart binds the same port,
+/// so the kubeconfig every component read stays valid), logging to `<dir>/apiserver.log`.
+pub struct ApiserverProcess {
+    child: Option<KillOnDrop>,
+    args: Vec<String>,
+    dir: PathBuf,
+    /// `127.0.0.1:<port>`.
+    pub addr: SocketAddr,
+}
+
+impl ApiserverProcess {
+    /// Starts it (on another free port if the first one was taken meanwhile) and waits until
+    /// it is ready; the apiserver and its admin kubeconfig (written by the apiserver).
+    fn start(valkey: &apiserver::testing::ValkeyServer, dir: &Path) -> (Apiserver, PathBuf) {
+        let kubeconfig = dir.join("kubeconfig");
+        for _ in 0..5 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let mut p = ApiserverProcess {
+                child: None,
+                args: vec![
+                    format!("--bind={addr}"),
+                    format!("--valkey-url={}", valkey.url()),
+                    format!("--pki-dir={}", dir.join("pki").display()),
+                    format!("--kubeconfig-out={}", kubeconfig.display()),
+                ],
+                dir: dir.to_path_buf(),
+                addr,
+            };
+            if p.spawn() {
+                return (Apiserver::Process(p), kubeconfig);
+            }
+        }
+        panic!("the apiserver exited during start-up 5 times; see apiserver.log");
+    }
+
+    /// Spawns the process and waits until `/readyz` answers; false when it exited first.
+    fn spawn(&mut self) -> bool {
+        let log = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("apiserver.log"))
+                .expect("apiserver log")
+        };
+        let c = Command::new(workspace_bin("substrate-apiserver"))
+            .args(&self.args)
+            .stdout(log())
+            .stderr(log())
+            .spawn()
+            .expect("apiserver starts");
+        let mut child = KillOnDrop(c);
+        let url = format!("https://{}/readyz", self.addr);
+        let ready = eventually("the apiserver is ready or has exited", || {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                eprintln!("apiserver exited during start-up ({status})");
+                return Some(false);
+            }
+            let ok = Command::new("curl")
+                .args(["-sk", "--fail", "--max-time", "2", &url])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then_some(true)
+        });
+        if ready {
+            self.child = Some(child);
+        } else {
+            std::mem::forget(child);
+        }
+        ready
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(KillOnDrop::pid)
+    }
+}
+
+impl System {
+    /// The apiserver process (panics when the apiserver runs in the test's process).
+    fn apiserver_process(&mut self) -> &mut ApiserverProcess {
+        match &mut self.apiserver {
+            Apiserver::Process(p) => p,
+            Apiserver::InProcess(_) => panic!("the apiserver is not a process of its own"),
+        }
+    }
+
+    /// SIGKILLs the apiserver process (needs [`Options::apiserver_process`]); nothing
+    /// restarts it before [`System::start_apiserver`].
+    pub fn kill9_apiserver(&mut self) {
+        if let Some(c) = self.apiserver_process().child.take() {
+            c.kill9();
+        }
+    }
+
+    /// Starts the apiserver process again on its port and waits until it is ready.
+    pub fn start_apiserver(&mut self) {
+        let p = self.apiserver_process();
+        assert!(p.child.is_none(), "the apiserver already runs");
+        assert!(
+            p.spawn(),
+            "the apiserver did not start again on {} (port taken?); see apiserver.log",
+            p.addr
+        );
+    }
+
+    /// The apiserver's pid when it is a process of its own.
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        match &self.apiserver {
+            Apiserver::Process(p) => p.pid(),
+            Apiserver::InProcess(_) => None,
+        }
+    }
+
+    /// The apiserver's address (`127.0.0.1:<port>`).
+    pub fn apiserver_addr(&self) -> SocketAddr {
+        match &self.apiserver {
+            Apiserver::Process(p) => p.addr,
+            Apiserver::InProcess(r) => r.addr,
+        }
+    }
+
+    /// The admin client certificate, key and the CA of the apiserver (for raw HTTPS
+    /// requests such as watches): `(ca, cert, key)`.
+    pub fn admin_pki(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let pki = self.dir().join("pki");
+        (
+            pki.join("ca.crt"),
+            pki.join("admin.crt"),
+            pki.join("admin.key"),
+        )
+    }
+
+    /// SIGKILLs Valkey (every acknowledged write is in its AOF) and starts it again on the
+    /// same port and data.
+    pub fn restart_valkey_after_kill9(&mut self) {
+        self._valkey.kill();
+        self._valkey.restart();
+    }
+
+    /// The operator's pid, while it runs.
+    pub fn operator_pid(&self) -> Option<u32> {
+        self.operator.as_ref().map(KillOnDrop::pid)
+    }
+
+    /// SIGKILLs the operator (nothing restarts it before [`System::start_operator`]).
+    pub fn kill9_operator(&mut self) {
+        if let Some(o) = self.operator.take() {
+            o.kill9();
+        }
+    }
+}
+
 /// A `kubectl --watch` running in the background (stopped when dropped).
 pub struct Watch {
     _child: KillOnDrop,
@@ -860,3 +1032,5 @@ impl System {
         self.operator.take();
     }
 }
+
+pub mod faults;
