@@ -538,6 +538,7 @@ fn an_atespace_delete_completes_once_its_bound_actors_are_finalized() {
     eventually("the atespace is deleted", || {
         (w.http("GET", &format!("{API}/atespaces/team-c"), None).code == 404).then_some(())
     });
+}
 
 #[test]
 fn an_idle_suspend_loses_to_activity_recorded_after_its_decision() {
