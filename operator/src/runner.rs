@@ -268,7 +268,11 @@ pub(crate) async fn run(
                     snapshot_gc::run(cfg, caches.clone(), deleted_actors, gc_templates, metrics)
                         .await
                 }
-                None => std::future::pending().await,
+                None => {
+                    // Nobody reads them: closed, the watches stop sending.
+                    drop((deleted_actors, gc_templates));
+                    std::future::pending().await
+                }
             }
         };
         let flusher = async {
