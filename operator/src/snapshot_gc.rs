@@ -25,7 +25,8 @@
 //! Triggers: actor and template watch events (a deleted actor's prefix is swept within
 //! [`DEBOUNCE`]), a full sweep at start (owners deleted while no operator ran), and a full
 //! sweep every `--snapshot-gc-interval` or as soon as a snapshot kept only for its youth
-//! comes of age. A failed sweep (the store may be down) is retried with backoff (0.5 s
+//! comes of age (and 30 s after cutting a deleted actor's unfinished upload, which a suspend
+//! racing the delete may still commit). A failed sweep (the store may be down) is retried with backoff (0.5 s
 //! doubling to 60 s) and logged once per outage. [`decide`] is pure and unit-tested.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -56,6 +57,9 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 const MAX_TARGETS: usize = 256;
 /// How long an owner seen deleted is remembered.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
+/// After deleting a deleted owner's unfinished upload, sweep again this soon: the upload may
+/// still have been writing (it then commits a snapshot nobody owns).
+const RESWEEP_UNFINISHED: Duration = Duration::from_secs(30);
 /// Snapshots deleted at once (each is a few object-store requests).
 const DELETE_CONCURRENCY: usize = 16;
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -203,6 +207,9 @@ pub struct Decision {
     pub young: usize,
     /// When the youngest of those comes of age (sweep again then).
     pub recheck_after: Option<Duration>,
+    /// Uncommitted snapshots of deleted owners among the deletions: an upload may still be
+    /// writing there (a suspend racing the delete), so look again soon.
+    pub unfinished: usize,
 }
 
 /// The snapshots of `stored` to delete.
@@ -227,12 +234,14 @@ pub fn decide(
         let owner_alive = match k.owner_uid() {
             Some(uid) if deleted.uids.contains(uid) => {
                 d.delete.push((k.clone(), Reason::OwnerDeleted));
+                d.unfinished += usize::from(!s.committed);
                 continue;
             }
             Some(uid) => live.is_some_and(|u| u == uid),
             None if live.is_some() => true,
             None if deleted.names.contains(&name) => {
                 d.delete.push((k.clone(), Reason::OwnerDeleted));
+                d.unfinished += usize::from(!s.committed);
                 continue;
             }
             None => false,
@@ -496,7 +505,11 @@ pub(crate) async fn run(
                         }
                         failures = 0;
                         retry_at = None;
-                        let next = Instant::now() + d.recheck_after.map_or(interval, |r| r.min(interval));
+                        let mut after = d.recheck_after.map_or(interval, |r| r.min(interval));
+                        if d.unfinished > 0 {
+                            after = after.min(RESWEEP_UNFINISHED);
+                        }
+                        let next = Instant::now() + after;
                         full_at = if scope == Scope::All { next } else { full_at.min(next) };
                     }
                     Err(e) => {
@@ -585,6 +598,10 @@ mod tests {
                 (format!("t/x/{id}"), Reason::OwnerDeleted),
                 (format!("t/x/s2_{A}"), Reason::OwnerDeleted),
             ]
+        );
+        assert_eq!(
+            d.unfinished, 1,
+            "the uncommitted one may still be uploading"
         );
     }
 
