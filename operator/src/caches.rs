@@ -48,6 +48,8 @@ pub(crate) struct Feeds {
     pub(crate) pools: mpsc::UnboundedReceiver<WorkerPool>,
     /// Actors the watch saw deleted (`DELETED` events only: a relist reports none).
     pub(crate) deleted_actors: mpsc::UnboundedReceiver<Actor>,
+    /// Actors touched (for the snapshot GC: a new snapshot supersedes the previous one).
+    pub(crate) gc_actors: mpsc::UnboundedReceiver<Actor>,
     /// Templates touched (for the snapshot GC).
     pub(crate) gc_templates: mpsc::UnboundedReceiver<ActorTemplate>,
 }
@@ -122,12 +124,13 @@ impl Caches {
         let (pw_tx, pw_rx) = mpsc::unbounded();
         let (p_tx, p_rx) = mpsc::unbounded();
         let (del_tx, del_rx) = mpsc::unbounded();
+        let (gca_tx, gca_rx) = mpsc::unbounded();
         let (gt_tx, gt_rx) = mpsc::unbounded();
         let watches = vec![
             watch(
                 Api::<Actor>::all(client.clone()),
                 aw,
-                vec![ga_tx, la_tx, da_tx],
+                vec![ga_tx, la_tx, da_tx, gca_tx],
                 Some(del_tx),
             ),
             watch(
@@ -161,6 +164,7 @@ impl Caches {
                 pool_workers: pw_rx,
                 pools: p_rx,
                 deleted_actors: del_rx,
+                gc_actors: gca_rx,
                 gc_templates: gt_rx,
             },
         )

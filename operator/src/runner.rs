@@ -208,6 +208,7 @@ pub(crate) async fn run(
         pool_workers,
         pools,
         deleted_actors,
+        gc_actors,
         gc_templates,
     } = feeds;
     let watches = futures::future::join_all(watches);
@@ -265,12 +266,20 @@ pub(crate) async fn run(
         let gc = async {
             match snapshot_gc {
                 Some(cfg) => {
-                    snapshot_gc::run(cfg, caches.clone(), deleted_actors, gc_templates, metrics)
-                        .await
+                    snapshot_gc::run(
+                        ctx.client.clone(),
+                        cfg,
+                        caches.clone(),
+                        deleted_actors,
+                        gc_actors,
+                        gc_templates,
+                        metrics,
+                    )
+                    .await
                 }
                 None => {
                     // Nobody reads them: closed, the watches stop sending.
-                    drop((deleted_actors, gc_templates));
+                    drop((deleted_actors, gc_actors, gc_templates));
                     std::future::pending().await
                 }
             }

@@ -20,10 +20,13 @@
 //!   uncommitted uploads only after an hour (a big upload may be slow; the node agent
 //!   removes them too);
 //! * ids without a uid (written before uids were recorded) are owned by the actor of that
-//!   name.
+//!   name;
+//! * a golden actor whose template is gone (and older than the grace) is deleted, so its
+//!   snapshots go like any deleted actor's (the template owned it).
 //!
 //! Triggers: actor and template watch events (a deleted actor's prefix is swept within
-//! [`DEBOUNCE`]), a full sweep at start (owners deleted while no operator ran), and a full
+//! [`DEBOUNCE`]; an actor whose snapshot changed is swept once the grace has passed, so its
+//! superseded snapshot goes then), a full sweep at start (owners deleted while no operator ran), and a full
 //! sweep every `--snapshot-gc-interval` or as soon as a snapshot kept only for its youth
 //! comes of age (and 30 s after cutting a deleted actor's unfinished upload, which a suspend
 //! racing the delete may still commit). A failed sweep (the store may be down) is retried with backoff (0.5 s
@@ -262,6 +265,38 @@ pub fn decide(
     d
 }
 
+/// Golden actors (`ate-golden`) whose template is gone, created longer than `grace` ago (a
+/// template created a moment ago may not be in the cache yet): `(name, uid)`. Their
+/// template owned them; deleting them lets their snapshots go like any deleted actor's.
+pub fn orphaned_golden_actors<'a>(
+    actors: impl IntoIterator<Item = &'a Actor>,
+    templates: &HashSet<ActorName>,
+    now: jiff::Timestamp,
+    grace: Duration,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for a in actors {
+        let m = &a.metadata;
+        if m.namespace.as_deref() != Some(crds::GOLDEN_ATESPACE) || m.deletion_timestamp.is_some() {
+            continue;
+        }
+        let Some(tns) = a.spec.template.namespace.clone() else {
+            continue;
+        };
+        if templates.contains(&(tns, a.spec.template.name.clone())) {
+            continue;
+        }
+        let old = m
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|t| crate::age(t, now) >= grace);
+        if let (true, Some(name), Some(uid)) = (old, &m.name, &m.uid) {
+            out.push((name.clone(), uid.clone()));
+        }
+    }
+    out
+}
+
 /// What one sweep covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Scope {
@@ -280,15 +315,50 @@ pub struct SweepError {
 
 /// The GC loop's state.
 struct Gc {
+    client: kube::Client,
     cfg: SnapshotGcConfig,
     caches: Caches,
     metrics: Arc<Metrics>,
     uids: HashMap<String, Instant>,
     names: HashMap<ActorName, Instant>,
     pending: BTreeSet<ActorName>,
+    /// The snapshot URI each live actor (by uid) was last seen with.
+    snapshots: HashMap<String, Option<String>>,
+    /// Actors to sweep later: their previous snapshot comes of age then.
+    later: Vec<(Instant, ActorName)>,
 }
 
 impl Gc {
+    /// An actor was touched: when its snapshot changed, the previous one is superseded;
+    /// sweep its prefix once that is past the grace.
+    fn actor_touched(&mut self, a: &Actor) {
+        let (Some(ns), Some(name), Some(uid)) =
+            (&a.metadata.namespace, &a.metadata.name, &a.metadata.uid)
+        else {
+            return;
+        };
+        let uri = a
+            .status
+            .as_ref()
+            .and_then(|s| s.snapshot.as_ref())
+            .map(|s| s.uri.clone());
+        let before = self.snapshots.insert(uid.clone(), uri.clone());
+        if matches!(before, Some(b) if b != uri) {
+            let at = Instant::now() + self.cfg.grace + Duration::from_secs(1);
+            self.later.push((at, (ns.clone(), name.clone())));
+        }
+    }
+
+    /// Moves the actors whose time has come to the pending sweep; when the next is due.
+    fn due_later(&mut self, now: Instant) -> Option<Instant> {
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.later)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.later = rest;
+        self.pending.extend(due.into_iter().map(|(_, n)| n));
+        self.later.iter().map(|(t, _)| *t).min()
+    }
+
     /// The watch saw an actor deleted: remember its uid (and its name while no actor of
     /// that name exists) and sweep its prefix.
     fn actor_deleted(&mut self, a: &Actor) {
@@ -298,6 +368,7 @@ impl Gc {
         let uid = a.metadata.uid.clone().unwrap_or_default();
         tracing::debug!(atespace = %ns, actor = %name, %uid, "actor deleted; sweeping its snapshots");
         let now = Instant::now();
+        self.snapshots.remove(&uid);
         if !uid.is_empty() {
             self.uids.insert(uid, now);
         }
@@ -343,7 +414,49 @@ impl Gc {
         }
     }
 
+    /// Deletes golden actors whose template is gone (with a uid precondition); their
+    /// `DELETED` events then sweep their snapshots. Failures are retried on the next sweep.
+    async fn delete_orphaned_golden_actors(&self) {
+        let orphans = {
+            let templates: HashSet<ActorName> = self
+                .caches
+                .templates
+                .state()
+                .iter()
+                .filter_map(|t| Some((t.metadata.namespace.clone()?, t.metadata.name.clone()?)))
+                .collect();
+            let actors = self.caches.actors.state();
+            orphaned_golden_actors(
+                actors.iter().map(|a| a.as_ref()),
+                &templates,
+                jiff::Timestamp::now(),
+                self.cfg.grace,
+            )
+        };
+        let api: kube::Api<Actor> =
+            kube::Api::namespaced(self.client.clone(), crds::GOLDEN_ATESPACE);
+        for (name, uid) in orphans {
+            let dp = kube::api::DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&name, &dp).await {
+                Ok(_) => {
+                    tracing::info!(actor = %name, %uid, "golden actor of a deleted template deleted")
+                }
+                Err(e) if crate::is_not_found(&e) => {}
+                Err(e) => {
+                    tracing::warn!(actor = %name, error = %e, "could not delete the golden actor of a deleted template; retrying on the next sweep")
+                }
+            }
+        }
+    }
+
     async fn sweep(&mut self, scope: &Scope) -> Result<Decision, SweepError> {
+        self.delete_orphaned_golden_actors().await;
         let store = self.cfg.store.clone();
         let stored = match scope {
             Scope::All => store.inventory(None).await,
@@ -447,21 +560,26 @@ impl Gc {
 /// Runs the GC until dropped: `deleted` carries the actors the watch saw deleted,
 /// `templates` the templates it touched.
 pub(crate) async fn run(
+    client: kube::Client,
     cfg: SnapshotGcConfig,
     caches: Caches,
     mut deleted: mpsc::UnboundedReceiver<Actor>,
+    mut touched: mpsc::UnboundedReceiver<Actor>,
     mut templates: mpsc::UnboundedReceiver<ActorTemplate>,
     metrics: Arc<Metrics>,
 ) {
     tracing::info!(store = cfg.store.url(), grace = ?cfg.grace, interval = ?cfg.interval, "snapshot GC running");
     let interval = cfg.interval;
     let mut gc = Gc {
+        client,
         cfg,
         caches,
         metrics,
         uids: HashMap::new(),
         names: HashMap::new(),
         pending: BTreeSet::new(),
+        snapshots: HashMap::new(),
+        later: Vec::new(),
     };
     // A full sweep at once: owners deleted while no operator ran.
     let mut full_at = Instant::now();
@@ -470,8 +588,15 @@ pub(crate) async fn run(
     let mut failures: u32 = 0;
     loop {
         let due = {
+            let later = gc.due_later(Instant::now());
+            if !gc.pending.is_empty() {
+                pending_since.get_or_insert_with(Instant::now);
+            }
             let events = pending_since.map(|t| t + DEBOUNCE);
-            let next = events.map_or(full_at, |e| e.min(full_at));
+            let mut next = events.map_or(full_at, |e| e.min(full_at));
+            if let Some(l) = later {
+                next = next.min(l);
+            }
             retry_at.map_or(next, |r| next.max(r))
         };
         tokio::select! {
@@ -480,6 +605,10 @@ pub(crate) async fn run(
                     gc.actor_deleted(&a);
                     pending_since.get_or_insert_with(Instant::now);
                 }
+                None => return,
+            },
+            a = touched.next() => match a {
+                Some(a) => gc.actor_touched(&a),
                 None => return,
             },
             t = templates.next() => match t {
@@ -491,6 +620,10 @@ pub(crate) async fn run(
             },
             _ = tokio::time::sleep_until(due.into()) => {
                 let now = Instant::now();
+                gc.due_later(now);
+                if gc.pending.is_empty() && full_at > now {
+                    continue;
+                }
                 let scope = if full_at <= now || gc.pending.len() > MAX_TARGETS {
                     gc.pending.clear();
                     Scope::All
@@ -709,6 +842,40 @@ mod tests {
                 ("t/y/s1".to_string(), Reason::OwnerDeleted),
                 ("t/z/s1".to_string(), Reason::OwnerGone),
             ]
+        );
+    }
+
+    #[test]
+    fn golden_actors_of_deleted_templates_are_orphans_after_the_grace() {
+        let golden = |name: &str, tns: &str, created: &str| -> Actor {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+                "metadata": {"name": name, "namespace": "ate-golden", "uid": format!("u-{name}"),
+                    "creationTimestamp": created},
+                "spec": {"template": {"name": "counter", "namespace": tns}},
+            }))
+            .unwrap()
+        };
+        let old = "2027-01-15T07:00:00Z";
+        let actors = [
+            golden("a-counter", "a", old),
+            golden("b-counter", "b", old),
+            // Created a moment ago: its template may not be cached yet.
+            golden("c-counter", "c", "2027-01-15T07:59:59Z"),
+        ];
+        let mut tenant = golden("x", "a", old);
+        tenant.metadata.namespace = Some("a".into());
+        let templates: HashSet<ActorName> = [("a".to_string(), "counter".to_string())].into();
+        let now: jiff::Timestamp = "2027-01-15T08:00:00Z".parse().unwrap();
+        let orphans = orphaned_golden_actors(
+            actors.iter().chain([&tenant]),
+            &templates,
+            now,
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            orphans,
+            vec![("b-counter".to_string(), "u-b-counter".to_string())]
         );
     }
 

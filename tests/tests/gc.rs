@@ -9,7 +9,7 @@
 //! untouched. An actor deleted while no operator runs loses its snapshots to the operator's
 //! first sweep once they are older than the grace (`--snapshot-gc-grace`), which also leaves
 //! a live actor only the snapshot it resumes from; that actor then resumes with its state
-//! (the counter continues).
+//! (the counter continues). A deleted template's golden actor and snapshot go too.
 //!
 //! Needs root and runsc; skipped with a message otherwise, unless `SUBSTRATE_REQUIRE_RUNSC=1`.
 
@@ -165,5 +165,22 @@ fn snapshots_do_not_outlive_their_actors() {
         "{golden_actor:?}"
     );
     // b1 resumes with its state.
-    run_and_suspend(&sys, "gc-b", "b1", n, 1);
+    let (_, b1_last) = run_and_suspend(&sys, "gc-b", "b1", n, 1);
+
+    // A deleted template takes its golden actor and the golden snapshot with it.
+    sys.kube.ok(
+        &["delete", "actortemplate", "counter", "-n", "team-a"],
+        None,
+    );
+    eventually("the golden actor and its snapshot gone", || {
+        let (ok, _, _) = sys.kube.run(
+            &["get", "actor", "team-a-counter", "-n", "ate-golden"],
+            None,
+        );
+        (!ok && sys.stored_snapshot_files("ate-golden").is_empty()).then_some(())
+    });
+    // b1 keeps the snapshot it resumes from; the one before goes once older than the grace.
+    eventually("b1 left with its newest snapshot", || {
+        (sys.stored_snapshot_ids("gc-b", "b1") == vec![id_of(&b1_last)]).then_some(())
+    });
 }
