@@ -63,6 +63,8 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
 /// After deleting a deleted owner's unfinished upload, sweep again this soon: the upload may
 /// still have been writing (it then commits a snapshot nobody owns).
 const RESWEEP_UNFINISHED: Duration = Duration::from_secs(30);
+/// Full sweeps for snapshots coming of age are at least this far apart (or the grace).
+const RECHECK_FLOOR: Duration = Duration::from_secs(30);
 /// Snapshots deleted at once (each is a few object-store requests).
 const DELETE_CONCURRENCY: usize = 16;
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -569,7 +571,7 @@ pub(crate) async fn run(
     metrics: Arc<Metrics>,
 ) {
     tracing::info!(store = cfg.store.url(), grace = ?cfg.grace, interval = ?cfg.interval, "snapshot GC running");
-    let interval = cfg.interval;
+    let (interval, grace) = (cfg.interval, cfg.grace);
     let mut gc = Gc {
         client,
         cfg,
@@ -638,7 +640,10 @@ pub(crate) async fn run(
                         }
                         failures = 0;
                         retry_at = None;
-                        let mut after = d.recheck_after.map_or(interval, |r| r.min(interval));
+                        // Snapshots come of age all the time in a busy system: full
+                        // listings for them at most every min(grace, 30 s).
+                        let floor = grace.min(RECHECK_FLOOR);
+                        let mut after = d.recheck_after.map_or(interval, |r| r.max(floor).min(interval));
                         if d.unfinished > 0 {
                             after = after.min(RESWEEP_UNFINISHED);
                         }
