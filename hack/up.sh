@@ -183,7 +183,8 @@ start_nodeagent() {
 start_operator() {
   component_stop operator
   log "starting the operator"
-  component_start operator "$BIN_DIR/substrate-operator" --kubeconfig "$SUBSTRATE_KUBECONFIG"
+  component_start operator "$BIN_DIR/substrate-operator" --kubeconfig "$SUBSTRATE_KUBECONFIG" \
+    --snapshot-url "file://$SUBSTRATE_DIR/snapshots"
   component_wait operator 10 true
 }
 

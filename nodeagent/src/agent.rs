@@ -340,6 +340,35 @@ fn stale_image_records(dir: &Path, known: &HashSet<String>, grace: Duration) -> 
         .collect()
 }
 
+/// How often cache entries of snapshots gone from the store are dropped.
+const CACHE_PRUNE_EVERY: Duration = Duration::from_secs(30);
+/// A cache entry used this recently is kept even when the store does not list it (yet).
+const CACHE_PRUNE_GRACE: Duration = Duration::from_secs(60);
+
+/// The unpacked snapshots in `dir` (`<uid>-<16 hex of the manifest digest>`) whose actor is
+/// not in `known` and that are older than `grace`.
+fn stale_restore_dirs(dir: &Path, known: &HashSet<String>, grace: Duration) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let uid = name.rsplit_once('-').map_or(name.as_str(), |(u, _)| u);
+            !known.contains(uid)
+        })
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= grace)
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
 fn from_crd_snapshot(s: &crds::substrate::SnapshotRef) -> Option<SnapshotRef> {
     SnapshotRef::try_from(s).ok()
 }
@@ -384,6 +413,8 @@ impl Agent {
         let period = self.cfg.heartbeat.min(crds::liveness::HEARTBEAT_INTERVAL);
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pruner = self.prune_snapshot_cache();
+        let mut pruner = std::pin::pin!(pruner);
         loop {
             tokio::select! {
                 ev = stream.next() => match ev {
@@ -397,6 +428,7 @@ impl Agent {
                     }
                     self.clone().reconcile_actors(&store);
                 }
+                _ = &mut pruner => {}
             }
         }
     }
@@ -677,6 +709,7 @@ impl Agent {
             }
         }
         self.prune_image_records(actors);
+        self.prune_restore_dirs(actors);
         self.retire_workers(&desired).await
     }
 
@@ -701,6 +734,62 @@ impl Agent {
                 Err(e) => {
                     tracing::warn!(file = %f.display(), error = %e, "could not remove a stale image record")
                 }
+            }
+        }
+    }
+
+    /// Removes unpacked snapshots (`<state>/restore/<uid>-<digest>`: a whole memory image)
+    /// of actors no longer bound to this node — deleted, suspended or moved — once older than
+    /// [`IMAGE_RECORD_GRACE`]; only once the actor watch has listed.
+    fn prune_restore_dirs(&self, actors: &Store<Actor>) {
+        use futures::FutureExt as _;
+        if !matches!(actors.wait_until_ready().now_or_never(), Some(Ok(()))) {
+            return;
+        }
+        let known: HashSet<String> = actors
+            .state()
+            .iter()
+            .filter_map(|a| a.metadata.uid.clone())
+            .collect();
+        let dir = self.cfg.state_dir.join("restore");
+        for d in stale_restore_dirs(&dir, &known, IMAGE_RECORD_GRACE) {
+            match std::fs::remove_dir_all(&d) {
+                Ok(()) => {
+                    tracing::info!(dir = %d.display(), "removed the unpacked snapshot of an actor no longer here")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %d.display(), error = %e, "could not remove an unpacked snapshot")
+                }
+            }
+        }
+    }
+
+    /// Drops node-local snapshot cache entries whose snapshot left the object store (the
+    /// operator's GC deleted it: its actor is gone or it was superseded), every
+    /// [`CACHE_PRUNE_EVERY`]; failures (the store may be down) are retried then.
+    async fn prune_snapshot_cache(&self) {
+        let mut tick = tokio::time::interval(CACHE_PRUNE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            match self.snapshots.prune_cache(CACHE_PRUNE_GRACE).await {
+                Ok(p) => {
+                    if p.entries > 0 {
+                        tracing::info!(
+                            entries = p.entries,
+                            bytes = p.bytes,
+                            "snapshot cache pruned"
+                        );
+                    }
+                    failing = false;
+                }
+                // One warning per outage, not one per attempt.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "snapshot cache prune failed; retrying every {CACHE_PRUNE_EVERY:?}");
+                }
+                Err(e) => tracing::debug!(error = %e, "snapshot cache prune failed again"),
             }
         }
     }
@@ -1320,7 +1409,9 @@ impl Agent {
         {
             Some(done) if Path::new(&done.image_dir).exists() => PathBuf::from(&done.image_dir),
             _ if status.actor == key_s => {
-                let id = format!("s{}", jiff::Timestamp::now().as_millisecond());
+                // The id records the actor's uid: GC tells this actor's snapshots from those
+                // of a deleted actor of the same name.
+                let id = crate::snapshots::owner_id(&uid, jiff::Timestamp::now());
                 let dir = self.cfg.state_dir.join("checkpoints").join(&uid).join(&id);
                 std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
                 match exec
@@ -1676,6 +1767,32 @@ mod tests {
         let stale = stale_image_records(dir.path(), &known, Duration::from_secs(60));
         assert_eq!(stale, vec![dir.path().join("deleted")]);
         assert!(stale_image_records(&dir.path().join("none"), &known, Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn unpacked_snapshots_of_actors_no_longer_here_are_stale_after_a_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(120);
+        let running = "0b6c7c4e-9d8f-4a57-a3c2-5e7f9d1b2c3a";
+        let deleted = "7d1e2f3a-1111-4a57-a3c2-5e7f9d1b2c3a";
+        for (name, age) in [
+            (format!("{running}-0123456789abcdef"), Some(old)),
+            (format!("{deleted}-0123456789abcdef"), Some(old)),
+            (format!("{deleted}-fedcba9876543210"), None),
+        ] {
+            let d = dir.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("pages.img"), b"memory").unwrap();
+            if let Some(t) = age {
+                std::fs::File::open(&d).unwrap().set_modified(t).unwrap();
+            }
+        }
+        let known: HashSet<String> = [running.to_string()].into();
+        let stale = stale_restore_dirs(dir.path(), &known, Duration::from_secs(60));
+        assert_eq!(
+            stale,
+            vec![dir.path().join(format!("{deleted}-0123456789abcdef"))]
+        );
     }
 
     #[test]

@@ -79,7 +79,8 @@ pub use config::{MIN_PART_SIZE, S3Options, SnapshotConfig};
 pub use error::SnapshotError;
 pub use manifest::{
     FORMAT_VERSION, MANIFEST_KIND, MANIFEST_NAME, Manifest, ManifestFile, OBJECT_SUFFIX,
-    SnapshotKey, SnapshotMeta, SnapshotRef, is_valid_file_name, sha256_digest,
+    SnapshotKey, SnapshotMeta, SnapshotRef, is_valid_file_name, owner_id, owner_uid_of,
+    sha256_digest,
 };
 
 use cache::Cache;
@@ -153,6 +154,28 @@ pub struct GcReport {
     pub in_progress: Vec<String>,
     /// Snapshots with an unreadable manifest, left alone.
     pub unreadable: Vec<String>,
+}
+
+/// One snapshot found by [`SnapshotStore::inventory`] (from the listing alone: no manifest
+/// is read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub key: SnapshotKey,
+    /// Its manifest exists (it was committed).
+    pub committed: bool,
+    /// Newest modification among its objects (for `file://`, staging files too).
+    pub last_modified: jiff::Timestamp,
+    /// Objects stored under its prefix.
+    pub objects: usize,
+    /// Bytes stored under its prefix.
+    pub stored_bytes: u64,
+}
+
+/// What [`SnapshotStore::prune_cache`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CachePruned {
+    pub entries: usize,
+    pub bytes: u64,
 }
 
 /// Snapshots in one object store, with a node-local cache. Cheap to share (`Arc`).
@@ -960,6 +983,132 @@ impl SnapshotStore {
         Ok(ids)
     }
 
+    /// Every snapshot in the store (`scope`: only those of one `(atespace, actor)`), from one
+    /// listing, sorted by key. Paths that are not `<atespace>/<actor>/<id>/<file>` with valid
+    /// labels are not snapshots and are skipped.
+    pub async fn inventory(
+        &self,
+        scope: Option<(&str, &str)>,
+    ) -> Result<Vec<StoredSnapshot>, SnapshotError> {
+        let prefix = match scope {
+            Some((a, b)) => {
+                validate_label("atespace", a)?;
+                validate_label("actor", b)?;
+                self.actor_prefix(a, b)
+            }
+            None => self.base.clone(),
+        };
+        #[derive(Default)]
+        struct Group {
+            committed: bool,
+            last_modified: Option<jiff::Timestamp>,
+            objects: usize,
+            bytes: u64,
+        }
+        let mut groups: BTreeMap<(String, String, String), Group> = BTreeMap::new();
+        let mut listing = self.store.list(Some(&prefix));
+        while let Some(o) = listing.next().await {
+            let o = o.map_err(|e| SnapshotError::store("list", &prefix, e))?;
+            let Some(parts) = o.location.prefix_match(&self.base) else {
+                continue;
+            };
+            let parts: Vec<_> = parts.map(|p| p.as_ref().to_string()).collect();
+            let [a, b, id, file] = &parts[..] else {
+                continue;
+            };
+            let g = groups
+                .entry((a.clone(), b.clone(), id.clone()))
+                .or_default();
+            g.objects += 1;
+            g.bytes += o.size;
+            g.last_modified = g.last_modified.max(Some(timestamp(&o)));
+            g.committed |= file == MANIFEST_NAME;
+        }
+        drop(listing);
+        // file:// stores: directories holding only staging files of killed uploads.
+        if let Some(root) = &self.local_root {
+            let (root, scope) = (
+                root.clone(),
+                scope.map(|(a, b)| (a.to_string(), b.to_string())),
+            );
+            let dirs = blocking(move || local_snapshot_tree(&root, scope)).await?;
+            for (a, b, id, modified) in dirs {
+                let g = groups.entry((a, b, id)).or_default();
+                g.last_modified = g.last_modified.max(Some(modified));
+            }
+        }
+        Ok(groups
+            .into_iter()
+            .filter_map(|((a, b, id), g)| {
+                Some(StoredSnapshot {
+                    key: SnapshotKey::new(a, b, id).ok()?,
+                    committed: g.committed,
+                    last_modified: g.last_modified.unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+                    objects: g.objects,
+                    stored_bytes: g.bytes,
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes snapshot `key`, committed or not (manifest first), and its cache entry.
+    /// Deleting a missing snapshot succeeds.
+    pub async fn delete_snapshot(&self, key: &SnapshotKey) -> Result<(), SnapshotError> {
+        self.delete_key(key).await
+    }
+
+    /// Drops node-local cache entries whose snapshot is no longer committed in the store
+    /// (deleted by garbage collection: its actor is gone, or it was superseded), unless
+    /// used within `grace` (an entry is added right after its manifest is written, so a
+    /// listing taken just before may miss it). One store listing per cached actor.
+    pub async fn prune_cache(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<CachePruned, SnapshotError> {
+        let mut pruned = CachePruned::default();
+        if !self.cache.enabled() {
+            return Ok(pruned);
+        }
+        let cache = self.cache.clone();
+        let dir = self.cfg.cache_dir.clone();
+        let entries = blocking(move || {
+            cache
+                .keys()
+                .map_err(|e| SnapshotError::io("list snapshot cache", dir, e))
+        })
+        .await?;
+        let mut by_actor: BTreeMap<(String, String), Vec<_>> = BTreeMap::new();
+        for e in entries {
+            by_actor
+                .entry((e.key.atespace().to_string(), e.key.actor().to_string()))
+                .or_default()
+                .push(e);
+        }
+        let now = std::time::SystemTime::now();
+        for ((a, b), entries) in by_actor {
+            let stored = self.inventory(Some((&a, &b))).await?;
+            for e in entries {
+                let committed = stored.iter().any(|s| s.key == e.key && s.committed);
+                let young = now.duration_since(e.used).map_or(true, |age| age < grace);
+                if committed || young {
+                    continue;
+                }
+                let (cache, k) = (self.cache.clone(), e.key.clone());
+                blocking(move || {
+                    cache.remove(&k).map_err(|err| {
+                        SnapshotError::io("remove cache entry of", k.to_string(), err)
+                    })
+                })
+                .await?;
+                info!(atespace = %a, actor = %b, snapshot = e.key.id(), bytes = e.bytes,
+                    "snapshot cache entry dropped: the snapshot is no longer in the store");
+                pruned.entries += 1;
+                pruned.bytes += e.bytes;
+            }
+        }
+        Ok(pruned)
+    }
+
     /// Evicts least recently used cache entries beyond the budget; returns (entries, bytes).
     pub async fn evict_cache(&self) -> Result<(usize, u64), SnapshotError> {
         let cache = self.cache.clone();
@@ -1111,6 +1260,42 @@ fn check_dest(dest: &Path) -> Result<(), SnapshotError> {
     }
 }
 
+/// Snapshot directories `<atespace>/<actor>/<id>` of a `file://` store (`scope`: of one
+/// actor) with their newest mtime, including staging-only ones `object_store` does not list.
+fn local_snapshot_tree(
+    root: &Path,
+    scope: Option<(String, String)>,
+) -> Result<Vec<(String, String, String, jiff::Timestamp)>, SnapshotError> {
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let pairs: Vec<(String, String)> = match scope {
+        Some(p) => vec![p],
+        None => names(root)
+            .into_iter()
+            .flat_map(|a| {
+                names(&root.join(&a))
+                    .into_iter()
+                    .map(move |b| (a.clone(), b))
+            })
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for (a, b) in pairs {
+        for (id, t) in local_snapshot_dirs(&root.join(&a).join(&b))? {
+            out.push((a.clone(), b.clone(), id, t));
+        }
+    }
+    Ok(out)
+}
+
 /// Snapshot directories of a `file://` actor directory with their newest mtime (including
 /// staging files `object_store` does not list).
 fn local_snapshot_dirs(actor_dir: &Path) -> Result<Vec<(String, jiff::Timestamp)>, SnapshotError> {
@@ -1168,6 +1353,75 @@ mod tests {
         is_send(&s.list("a", "b"));
         is_send(&s.retain_latest("a", "b", 1));
         is_send(&s.purge_actor("a", "b"));
+    }
+
+    #[tokio::test]
+    async fn inventory_lists_every_snapshot_and_caches_follow_deletions() {
+        use std::time::Duration;
+        let work = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", work.path().join("store").display());
+        let node =
+            SnapshotStore::new(SnapshotConfig::new(&url, work.path().join("cache"))).unwrap();
+        // The operator's view of the same store: no cache.
+        let mut cfg = SnapshotConfig::new(&url, work.path().join("no-cache"));
+        cfg.cache_max_bytes = 0;
+        let gc = SnapshotStore::new(cfg).unwrap();
+        assert!(
+            !work.path().join("no-cache").exists(),
+            "a disabled cache makes no directory"
+        );
+        let at = jiff::Timestamp::now();
+        let mut keys = Vec::new();
+        for (ns, actor, uid) in [("a", "x", "u1"), ("a", "y", "u2"), ("b", "x", "u3")] {
+            let dir = work.path().join(format!("ckpt-{ns}-{actor}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("pages.img"), b"memory").unwrap();
+            let k = SnapshotKey::for_owner(ns, actor, uid, at).unwrap();
+            node.upload(&k, &dir, SnapshotMeta::new("v", "systrap"))
+                .await
+                .unwrap();
+            keys.push(k);
+        }
+        // An upload killed before its manifest: a directory with a staging file only.
+        let staging = work.path().join("store/b/x/s1_u9");
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::write(staging.join("#pages.img.zst.1"), b"part").unwrap();
+        let all = gc.inventory(None).await.unwrap();
+        let listed: Vec<(String, bool)> = all
+            .iter()
+            .map(|s| (s.key.to_string(), s.committed))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                (keys[0].to_string(), true),
+                (keys[1].to_string(), true),
+                (keys[2].to_string(), true),
+                ("b/x/s1_u9".to_string(), false),
+            ]
+        );
+        assert_eq!(all[0].key.owner_uid(), Some("u1"));
+        let one = gc.inventory(Some(("a", "y"))).await.unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].key, keys[1]);
+        // The GC deletes two snapshots; the node's cache drops their entries, keeps the other.
+        gc.delete_snapshot(&keys[0]).await.unwrap();
+        gc.delete_snapshot(&all[3].key).await.unwrap();
+        assert!(!staging.exists());
+        let pruned = node.prune_cache(Duration::from_secs(3600)).await.unwrap();
+        assert_eq!(pruned.entries, 0, "entries used within the grace are kept");
+        let pruned = node.prune_cache(Duration::ZERO).await.unwrap();
+        assert_eq!(pruned.entries, 1);
+        assert!(!work.path().join("cache/entries/a/x").exists());
+        assert!(work.path().join("cache/entries/a/y").exists());
+        let left: Vec<SnapshotKey> = gc
+            .inventory(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        assert_eq!(left, vec![keys[1].clone(), keys[2].clone()]);
     }
 
     /// The in-memory store (for other components' tests) behaves like the real ones.

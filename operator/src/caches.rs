@@ -46,6 +46,12 @@ pub(crate) struct Feeds {
     pub(crate) dead_worker_workers: mpsc::UnboundedReceiver<Worker>,
     pub(crate) pool_workers: mpsc::UnboundedReceiver<Worker>,
     pub(crate) pools: mpsc::UnboundedReceiver<WorkerPool>,
+    /// Actors the watch saw deleted (`DELETED` events only: a relist reports none).
+    pub(crate) deleted_actors: mpsc::UnboundedReceiver<Actor>,
+    /// Actors touched (for the snapshot GC: a new snapshot supersedes the previous one).
+    pub(crate) gc_actors: mpsc::UnboundedReceiver<Actor>,
+    /// Templates touched (for the snapshot GC).
+    pub(crate) gc_templates: mpsc::UnboundedReceiver<ActorTemplate>,
 }
 
 fn key<K: kube::Resource>(o: &K) -> String {
@@ -66,11 +72,13 @@ where
     out
 }
 
-/// A watch of `api` into `writer`, handing every touched object to `subscribers`.
+/// A watch of `api` into `writer`, handing every touched object to `subscribers` and every
+/// deleted one (a `DELETED` event, after the store dropped it) to `deleted`.
 fn watch<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
     subscribers: Vec<mpsc::UnboundedSender<K>>,
+    deleted: Option<mpsc::UnboundedSender<K>>,
 ) -> BoxFuture<'static, ()>
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -79,6 +87,11 @@ where
     watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
+        .inspect(move |ev| {
+            if let (Some(tx), Ok(watcher::Event::Delete(o))) = (&deleted, ev) {
+                let _ = tx.unbounded_send(o.clone());
+            }
+        })
         .touched_objects()
         .for_each(move |r| {
             match r {
@@ -110,15 +123,29 @@ impl Caches {
         let (dw_tx, dw_rx) = mpsc::unbounded();
         let (pw_tx, pw_rx) = mpsc::unbounded();
         let (p_tx, p_rx) = mpsc::unbounded();
+        let (del_tx, del_rx) = mpsc::unbounded();
+        let (gca_tx, gca_rx) = mpsc::unbounded();
+        let (gt_tx, gt_rx) = mpsc::unbounded();
         let watches = vec![
             watch(
                 Api::<Actor>::all(client.clone()),
                 aw,
-                vec![ga_tx, la_tx, da_tx],
+                vec![ga_tx, la_tx, da_tx, gca_tx],
+                Some(del_tx),
             ),
-            watch(Api::<Worker>::all(client.clone()), ww, vec![dw_tx, pw_tx]),
-            watch(Api::<ActorTemplate>::all(client.clone()), tw, vec![t_tx]),
-            watch(Api::<WorkerPool>::all(client), pw, vec![p_tx]),
+            watch(
+                Api::<Worker>::all(client.clone()),
+                ww,
+                vec![dw_tx, pw_tx],
+                None,
+            ),
+            watch(
+                Api::<ActorTemplate>::all(client.clone()),
+                tw,
+                vec![t_tx, gt_tx],
+                None,
+            ),
+            watch(Api::<WorkerPool>::all(client), pw, vec![p_tx], None),
         ];
         (
             Caches {
@@ -136,6 +163,9 @@ impl Caches {
                 dead_worker_workers: dw_rx,
                 pool_workers: pw_rx,
                 pools: p_rx,
+                deleted_actors: del_rx,
+                gc_actors: gca_rx,
+                gc_templates: gt_rx,
             },
         )
     }

@@ -17,6 +17,9 @@
 //!   is older than [`DEAD_WORKER_AFTER`] goes back to `Suspended` at its last good snapshot,
 //!   and the worker is marked `Unhealthy`.
 //! * [`pool`] (per `WorkerPool`, triggered by its `Worker`s too): kstatus of the pool.
+//! * [`snapshot_gc`] (when given the snapshot store): deletes the snapshots of deleted
+//!   actors (at once, on their watch event) and of owners gone while no operator ran, and
+//!   live actors' superseded snapshots, after a grace; a full sweep now and then.
 //!
 //! Each controller decides with a pure function (the object, what the watch caches hold, the
 //! time) returning an action and when to look again; a thin layer performs the action. Work is
@@ -36,6 +39,7 @@ pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pool;
+pub mod snapshot_gc;
 pub mod summary;
 
 mod act;
@@ -47,6 +51,7 @@ pub use golden::{GOLDEN_GENERATION, golden_name};
 pub use leader::LeaderConfig;
 pub use lifecycle::{RETRY_BASE, RETRY_MAX, retry_delay};
 pub use metrics::Metrics;
+pub use snapshot_gc::SnapshotGcConfig;
 
 /// Idle timeout of `OnDemand` actors without `spec.idleTimeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -132,6 +137,8 @@ pub struct Operator {
     metrics: Arc<Metrics>,
     /// The caches of the current leadership term (none while not leading).
     caches: Mutex<Option<Caches>>,
+    /// Snapshot GC settings (`None`: no GC).
+    snapshot_gc: Mutex<Option<SnapshotGcConfig>>,
 }
 
 impl Operator {
@@ -152,7 +159,16 @@ impl Operator {
             leader,
             metrics: Arc::new(Metrics::default()),
             caches: Mutex::new(None),
+            snapshot_gc: Mutex::new(None),
         })
+    }
+
+    /// Garbage-collects the snapshots in `cfg.store` (from the next leadership term on: call
+    /// before [`Operator::run`]).
+    pub fn enable_snapshot_gc(&self, cfg: SnapshotGcConfig) {
+        if let Ok(mut g) = self.snapshot_gc.lock() {
+            *g = Some(cfg);
+        }
     }
 
     /// Counters of the controllers.
@@ -212,12 +228,14 @@ impl Operator {
             *c = Some(caches.clone());
         }
         let _clear = ClearOnDrop(self.clone());
+        let gc = self.snapshot_gc.lock().ok().and_then(|g| g.clone());
         runner::run(
             self.client.clone(),
             self.cfg.clone(),
             caches,
             feeds,
             self.metrics.clone(),
+            gc,
         )
         .await;
     }

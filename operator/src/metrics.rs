@@ -4,6 +4,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::snapshot_gc::Reason;
+
 /// The controllers, in the order of [`Metrics`]' arrays.
 pub const CONTROLLERS: [&str; 4] = ["golden", "lifecycle", "dead_worker", "pool"];
 
@@ -22,6 +24,14 @@ pub struct Metrics {
     pub leader_acquired: AtomicU64,
     /// Times this replica stopped leading.
     pub leader_lost: AtomicU64,
+    /// Snapshots deleted by the GC, per [`Reason`] (in [`Reason::ALL`]'s order).
+    snapshots_deleted: [AtomicU64; 4],
+    /// Bytes of the snapshots the GC deleted.
+    pub snapshot_bytes_deleted: AtomicU64,
+    /// Snapshot GC sweeps run.
+    pub snapshot_sweeps: AtomicU64,
+    /// Snapshot GC sweeps that failed (listing or deleting; retried with backoff).
+    pub snapshot_gc_errors: AtomicU64,
 }
 
 /// A snapshot of one controller's counters.
@@ -46,6 +56,17 @@ impl Metrics {
     }
     pub(crate) fn found_gone(&self, controller: &str) {
         Self::bump(&self.gone, controller)
+    }
+
+    pub(crate) fn snapshot_deleted(&self, reason: Reason, bytes: u64) {
+        self.snapshots_deleted[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.snapshot_bytes_deleted
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Snapshots the GC deleted for `reason`.
+    pub fn snapshots_deleted(&self, reason: Reason) -> u64 {
+        self.snapshots_deleted[reason.index()].load(Ordering::Relaxed)
     }
 
     /// The counters of `controller`.
@@ -107,6 +128,42 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        let name = "ate_operator_snapshots_deleted_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Snapshots deleted by the snapshot GC.\n# TYPE {name} counter"
+        );
+        for r in Reason::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.snapshots_deleted(r)
+            );
+        }
+        for (name, help, v) in [
+            (
+                "ate_operator_snapshot_bytes_deleted_total",
+                "Bytes of the snapshots deleted by the snapshot GC.",
+                &self.snapshot_bytes_deleted,
+            ),
+            (
+                "ate_operator_snapshot_gc_sweeps_total",
+                "Snapshot GC sweeps run.",
+                &self.snapshot_sweeps,
+            ),
+            (
+                "ate_operator_snapshot_gc_errors_total",
+                "Snapshot GC sweeps that failed (retried with backoff).",
+                &self.snapshot_gc_errors,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }
@@ -130,6 +187,16 @@ mod tests {
         );
         assert!(
             text.contains("ate_operator_objects_gone_total{controller=\"pool\"} 1"),
+            "{text}"
+        );
+        m.snapshot_deleted(Reason::OwnerDeleted, 10);
+        let text = m.render();
+        assert!(
+            text.contains("ate_operator_snapshots_deleted_total{reason=\"owner_deleted\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ate_operator_snapshot_bytes_deleted_total 10"),
             "{text}"
         );
     }

@@ -17,6 +17,7 @@ use crds::substrate::{Actor, Worker};
 use crate::caches::{Caches, Feeds};
 use crate::lifecycle::Retry;
 use crate::metrics::Metrics;
+use crate::snapshot_gc::{self, SnapshotGcConfig};
 use crate::summary::{self, Summary};
 use crate::{OperatorConfig, OperatorError, dead_worker, golden, lifecycle, pool};
 
@@ -186,13 +187,14 @@ pub(crate) async fn run(
     caches: Caches,
     feeds: Feeds,
     metrics: Arc<Metrics>,
+    snapshot_gc: Option<SnapshotGcConfig>,
 ) {
     let ctx = Arc::new(Ctx {
         client,
         summary: Mutex::new(Summary::new(summary::DEFAULT_INTERVAL)),
         cfg,
         caches: caches.clone(),
-        metrics,
+        metrics: metrics.clone(),
         retries: Default::default(),
         failures: Default::default(),
     });
@@ -205,6 +207,9 @@ pub(crate) async fn run(
         dead_worker_workers,
         pool_workers,
         pools,
+        deleted_actors,
+        gc_actors,
+        gc_templates,
     } = feeds;
     let watches = futures::future::join_all(watches);
     let controllers = async {
@@ -257,6 +262,28 @@ pub(crate) async fn run(
                 error_policy("pool"),
                 ctx.clone(),
             );
+        // Snapshot GC (when a store is configured): deleted owners, superseded snapshots.
+        let gc = async {
+            match snapshot_gc {
+                Some(cfg) => {
+                    snapshot_gc::run(
+                        ctx.client.clone(),
+                        cfg,
+                        caches.clone(),
+                        deleted_actors,
+                        gc_actors,
+                        gc_templates,
+                        metrics,
+                    )
+                    .await
+                }
+                None => {
+                    // Nobody reads them: closed, the watches stop sending.
+                    drop((deleted_actors, gc_actors, gc_templates));
+                    std::future::pending().await
+                }
+            }
+        };
         let flusher = async {
             let mut tick = tokio::time::interval(summary::DEFAULT_INTERVAL);
             loop {
@@ -270,6 +297,7 @@ pub(crate) async fn run(
             _ = drain("dead_worker", dead) => {}
             _ = drain("pool", pool) => {}
             _ = flusher => {}
+            _ = gc => {}
         }
     };
     tokio::select! {

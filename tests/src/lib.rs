@@ -606,17 +606,9 @@ impl System {
         out
     }
 
-    /// Starts the operator (1 s resync).
+    /// Starts the operator (1 s resync; it garbage-collects the node agent's snapshot store).
     pub fn start_operator(&mut self) {
-        let c = Command::new(workspace_bin("substrate-operator"))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["--resync-seconds", "1"])
-            .stdout(self.log_file("operator"))
-            .stderr(self.log_file("operator"))
-            .spawn()
-            .expect("operator starts");
-        self.operator = Some(KillOnDrop(c));
+        self.start_operator_with(&[]);
     }
 
     /// Starts the router binary with `extra` flags and waits until it is ready.
@@ -782,16 +774,28 @@ impl Drop for System {
     }
 }
 
-/// Helpers of the lifecycle tests (`tests/tests/lifecycle.rs`): an operator with flags, the
-/// runsc containers of a worker, watches recorded in the background.
+// --- snapshot store and garbage collection (tests/tests/gc.rs) -------------------------
+
 impl System {
-    /// Starts the operator (1 s resync) with `extra` flags (e.g. shorter deadlines).
+    /// The node agent's `--snapshot-url`.
+    pub fn snapshot_url(&self) -> String {
+        self.opts
+            .snapshot_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.dir.path().join("snapshots").display()))
+    }
+
+    /// Starts the operator with `extra` flags (e.g. `--snapshot-gc-grace=3s`), given the
+    /// node agent's snapshot store (and its environment: S3 settings) to garbage-collect.
     pub fn start_operator_with(&mut self, extra: &[&str]) {
+        assert!(self.operator.is_none(), "the operator already runs");
         let c = Command::new(workspace_bin("substrate-operator"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--resync-seconds", "1"])
+            .arg(format!("--snapshot-url={}", self.snapshot_url()))
             .args(extra)
+            .envs(self.opts.agent_env.iter().map(|(k, v)| (k, v)))
             .stdout(self.log_file("operator"))
             .stderr(self.log_file("operator"))
             .spawn()
@@ -799,6 +803,76 @@ impl System {
         self.operator = Some(KillOnDrop(c));
     }
 
+    /// Stops the operator (SIGTERM: it releases its leader lease).
+    pub fn stop_operator(&mut self) {
+        self.operator.take();
+    }
+
+    /// Every file under `<atespace>/` of the default `file://` snapshot store, as
+    /// `<actor>/<id>/<file>` paths, sorted (staging files of uploads included).
+    pub fn stored_snapshot_files(&self, atespace: &str) -> Vec<String> {
+        files_under(&self.dir.path().join("snapshots").join(atespace))
+    }
+
+    /// The committed snapshot ids (with a `manifest.json`) of an actor in the default
+    /// `file://` snapshot store, sorted.
+    pub fn stored_snapshot_ids(&self, atespace: &str, actor: &str) -> Vec<String> {
+        self.stored_snapshot_files(atespace)
+            .iter()
+            .filter_map(|f| {
+                let rest = f.strip_prefix(&format!("{actor}/"))?;
+                rest.strip_suffix("/manifest.json").map(str::to_string)
+            })
+            .collect()
+    }
+
+    /// Every file of the node agent's snapshot cache entries of `atespace`.
+    pub fn cached_snapshot_files(&self, atespace: &str) -> Vec<String> {
+        files_under(
+            &self
+                .dir
+                .path()
+                .join("node/snapshot-cache/entries")
+                .join(atespace),
+        )
+    }
+
+    /// The node agent's unpacked snapshots (`<state>/restore/<uid>-<digest>`) of actor `uid`.
+    pub fn restore_dirs_of(&self, uid: &str) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("node/restore"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&format!("{uid}-")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The files under `root`, relative, sorted (none when it does not exist).
+pub fn files_under(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(root, &p, out);
+            } else if let Ok(rel) = p.strip_prefix(root) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// Helpers of the lifecycle tests (`tests/tests/lifecycle.rs`): the runsc containers of a
+/// worker, watches recorded in the background.
+impl System {
     /// The ids of the runsc containers of `worker` (`<atespace>_<actor>`), from `runsc list`
     /// on the worker's runsc root.
     pub fn runsc_containers(&self, worker: &str) -> Vec<String> {
@@ -1026,11 +1100,5 @@ impl Watch {
     }
 }
 
-impl System {
-    /// Stops the operator (SIGTERM).
-    pub fn stop_operator(&mut self) {
-        self.operator.take();
-    }
-}
 
 pub mod faults;

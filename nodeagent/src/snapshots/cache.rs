@@ -41,7 +41,15 @@ pub(crate) struct Hit {
 }
 
 impl Cache {
+    /// Opens the cache at `root`; a disabled cache (`max_bytes` 0) touches no file.
     pub fn open(root: &Path, max_bytes: u64, verify_digests: bool) -> io::Result<Self> {
+        if max_bytes == 0 {
+            return Ok(Self {
+                root: root.to_path_buf(),
+                max_bytes,
+                verify_digests,
+            });
+        }
         fs::create_dir_all(root.join("entries"))?;
         let tmp = root.join("tmp");
         // Leftovers of fills interrupted by a crash.
@@ -173,6 +181,9 @@ impl Cache {
 
     /// Removes the entry for `key`, if any.
     pub fn remove(&self, key: &SnapshotKey) -> io::Result<()> {
+        if !self.enabled() {
+            return Ok(());
+        }
         let dir = self.entry_dir(key);
         match fs::remove_dir_all(&dir) {
             Ok(()) => {}
@@ -194,6 +205,27 @@ impl Cache {
     /// Total bytes of all entries' files.
     pub fn total_bytes(&self) -> io::Result<u64> {
         Ok(self.entries()?.iter().map(|e| e.bytes).sum())
+    }
+
+    /// Every entry with its key, last use and size.
+    pub fn keys(&self) -> io::Result<Vec<KeyedEntry>> {
+        let mut out = Vec::new();
+        for e in self.entries()? {
+            let mut parts = e.dir.iter().rev().filter_map(|p| p.to_str());
+            let (Some(id), Some(actor), Some(atespace)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if let Ok(key) = SnapshotKey::new(atespace, actor, id) {
+                out.push(KeyedEntry {
+                    key,
+                    used: e.used,
+                    bytes: e.bytes,
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn entries(&self) -> io::Result<Vec<EntryInfo>> {
@@ -243,6 +275,14 @@ impl Cache {
         }
         Ok((n, freed))
     }
+}
+
+/// A cache entry (see [`Cache::keys`]).
+pub(crate) struct KeyedEntry {
+    pub key: SnapshotKey,
+    /// Last use (the manifest's mtime).
+    pub used: SystemTime,
+    pub bytes: u64,
 }
 
 struct EntryInfo {

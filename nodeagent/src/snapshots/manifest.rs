@@ -57,6 +57,25 @@ impl SnapshotKey {
         Self::new(atespace, actor, format!("{now}-{}", &rand[..8]))
     }
 
+    /// A key whose id names the actor that owns the snapshot: `s<unix ms>_<uid>` (the node
+    /// agent's suspends). Garbage collection tells a deleted actor's snapshots from those of
+    /// a newer actor of the same name by this uid (see [`SnapshotKey::owner_uid`]). A uid
+    /// that is not `[A-Za-z0-9-]`, 1–64 characters, is left out (`s<unix ms>`).
+    pub fn for_owner(
+        atespace: impl Into<String>,
+        actor: impl Into<String>,
+        owner_uid: &str,
+        at: jiff::Timestamp,
+    ) -> Result<Self, SnapshotError> {
+        Self::new(atespace, actor, owner_id(owner_uid, at))
+    }
+
+    /// The uid of the actor that wrote the snapshot, when its id records one (ids of the
+    /// form `<anything>_<uid>`; older ids, `s<unix ms>`, record none).
+    pub fn owner_uid(&self) -> Option<&str> {
+        owner_uid_of(&self.id)
+    }
+
     pub fn atespace(&self) -> &str {
         &self.atespace
     }
@@ -107,6 +126,30 @@ fn validate_id(id: &str) -> Result<(), SnapshotError> {
                 .to_string(),
         })
     }
+}
+
+/// Separates the time part of a snapshot id from its owner's uid.
+const OWNER_SEPARATOR: char = '_';
+
+fn is_uid(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// A snapshot id for an actor with uid `owner_uid`, taken at `at`: `s<unix ms>_<uid>`
+/// (`s<unix ms>` when the uid is not `[A-Za-z0-9-]{1,64}`).
+pub fn owner_id(owner_uid: &str, at: jiff::Timestamp) -> String {
+    let t = at.as_millisecond();
+    if is_uid(owner_uid) {
+        format!("s{t}{OWNER_SEPARATOR}{owner_uid}")
+    } else {
+        format!("s{t}")
+    }
+}
+
+/// The owner uid an id records (see [`owner_id`]).
+pub fn owner_uid_of(id: &str) -> Option<&str> {
+    let (_, uid) = id.rsplit_once(OWNER_SEPARATOR)?;
+    is_uid(uid).then_some(uid)
 }
 
 /// Whether `name` may be a checkpoint file name: 1–255 characters of `[A-Za-z0-9._-]`, not
@@ -382,6 +425,21 @@ pub(crate) fn parse_digest(d: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_record_their_owner_uid() {
+        let at = jiff::Timestamp::from_millisecond(1_700_000_000_123).unwrap();
+        let uid = "0b6c7c4e-9d8f-4a57-a3c2-5e7f9d1b2c3a";
+        let k = SnapshotKey::for_owner("team-a", "bot", uid, at).unwrap();
+        assert_eq!(k.id(), format!("s1700000000123_{uid}"));
+        assert_eq!(k.owner_uid(), Some(uid));
+        // Ids of earlier builds and generated ids record no owner.
+        assert_eq!(SnapshotKey::new("a", "b", "s17").unwrap().owner_uid(), None);
+        assert_eq!(SnapshotKey::generate("a", "b").unwrap().owner_uid(), None);
+        // A uid that is not a plain token is left out rather than making a bad id.
+        assert_eq!(owner_id("a/b", at), "s1700000000123");
+        assert_eq!(owner_uid_of("s1_"), None);
+    }
 
     fn manifest() -> Manifest {
         Manifest {

@@ -2,12 +2,14 @@
 //! the `operator` crate).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 
-use operator::{LeaderConfig, Operator, OperatorConfig};
+use nodeagent::snapshots::{SnapshotConfig, SnapshotStore};
+use operator::{LeaderConfig, Operator, OperatorConfig, SnapshotGcConfig};
 
 /// Flags; each can also come from the environment.
 #[derive(Debug, Parser)]
@@ -63,6 +65,24 @@ struct Args {
     /// This replica's identity in the lease (default: hostname, pid and a nonce).
     #[arg(long, env = "SUBSTRATE_OPERATOR_IDENTITY")]
     identity: Option<String>,
+    /// Snapshot store the node agents write to (`file:///...`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`; S3 settings from the `AWS_*` environment). Set, the operator
+    /// garbage-collects it: snapshots of deleted actors, superseded ones of live actors.
+    #[arg(long, env = "SUBSTRATE_SNAPSHOT_URL")]
+    snapshot_url: Option<String>,
+    /// Snapshot GC grace: a snapshot younger than this is kept unless its actor was seen
+    /// deleted (its actor may not be in the operator's cache yet; a suspend may not have
+    /// recorded it yet).
+    #[arg(long, env = "SUBSTRATE_SNAPSHOT_GC_GRACE", default_value = "10m")]
+    snapshot_gc_grace: String,
+    /// Period of the snapshot GC's full sweep of the store (the safety net for deletions
+    /// missed while no operator ran; deletions seen on the watch are swept at once).
+    #[arg(long, env = "SUBSTRATE_SNAPSHOT_GC_INTERVAL", default_value = "5m")]
+    snapshot_gc_interval: String,
+}
+
+fn duration_arg(flag: &str, v: &str) -> anyhow::Result<Duration> {
+    crds::duration::parse(v).map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
 }
 
 #[tokio::main]
@@ -110,6 +130,21 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Operator::new(client, cfg)
     };
+    if let Some(url) = &args.snapshot_url {
+        let grace = duration_arg("snapshot-gc-grace", &args.snapshot_gc_grace)?;
+        let interval = duration_arg("snapshot-gc-interval", &args.snapshot_gc_interval)?;
+        // The GC needs no node-local cache (0 bytes: none is created).
+        let mut sc = SnapshotConfig::new(url.clone(), std::env::temp_dir());
+        sc.cache_max_bytes = 0;
+        let store =
+            SnapshotStore::new(sc).with_context(|| format!("opening the snapshot store {url}"))?;
+        let mut gc = SnapshotGcConfig::new(Arc::new(store));
+        gc.grace = grace;
+        gc.interval = interval.max(Duration::from_secs(1));
+        op.enable_snapshot_gc(gc);
+    } else {
+        tracing::info!("no --snapshot-url: snapshots are not garbage-collected");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tracing::info!("operator starting");
