@@ -889,7 +889,9 @@ async fn restart_mid_stream(graceful: bool) {
     server.restart();
     let (committed, failures) = writer.await.expect("writer");
     assert!(at_outage < N, "the outage happened mid-stream");
-    assert!(failures > 0, "the writer saw the outage");
+    // A write that meets the dropped connection is retried once on a new one, which may wait
+    // out a short outage: the writer need not see it.
+    eprintln!("writes that failed during the outage: {failures}");
 
     let final_rv = store.current_rv(RES).await.expect("rv");
     let mut seen = Vec::new();
@@ -1103,4 +1105,38 @@ async fn restart_without_data_resets_the_cache() {
         }
     }
     assert_eq!(o.map(|o| rv(&o)), Some(1));
+}
+
+/// Found by the fault suite: after a Valkey restart the first request on the old connection
+/// met the dead socket and was a 503. It is retried once on the new connection instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_requests_after_a_valkey_restart_succeed() {
+    let mut server = ValkeyServer::start();
+    let store = connect(&server, StoreOptions::default()).await;
+    let o = create(&store, &obj("ns", "before", &[], 0)).await;
+    for graceful in [false, true] {
+        if graceful {
+            server.stop();
+        } else {
+            server.kill();
+        }
+        server.restart();
+        // No sleep, no retry loop: each first call must succeed.
+        let got = store
+            .get(RES, &key("ns", "before"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("the first get after a restart (graceful: {graceful}): {e}")
+            });
+        assert_eq!(got.as_ref(), Some(&o));
+        server.kill();
+        server.restart();
+        let name = format!("after-{graceful}");
+        store
+            .create(RES, &key("ns", &name), &obj("ns", &name, &[], 0), &[])
+            .await
+            .unwrap_or_else(|e| {
+                panic!("the first create after a restart (graceful: {graceful}): {e}")
+            });
+    }
 }

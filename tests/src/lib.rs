@@ -921,7 +921,6 @@ impl System {
     }
 }
 
-
 /// The system's apiserver: in the test's process (the default), or its own process
 /// ([`Options::apiserver_process`]) that can be killed and restarted.
 pub enum Apiserver {
@@ -1099,6 +1098,5 @@ impl Watch {
             .collect()
     }
 }
-
 
 pub mod faults;

@@ -222,6 +222,31 @@ impl Store {
         })
     }
 
+    /// Runs `op` on the shared connection, and once more when it failed because that
+    /// connection was dropped (a Valkey restart: the connection manager reconnects on the
+    /// error, and the request that met the dead socket would otherwise be a 503). Safe for
+    /// writes too: every write is a compare-and-swap on the resourceVersion, so one that had
+    /// reached Valkey before the drop is refused on the retry (409 / AlreadyExists), never
+    /// applied twice.
+    async fn once_more_on_a_dropped_connection<T, F, Fut>(
+        &self,
+        what: &'static str,
+        op: F,
+    ) -> Result<T, redis::RedisError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+    {
+        match op(self.inner.conn.clone()).await {
+            Err(e) if e.is_connection_dropped() => {
+                tracing::info!(op = what, error = %e,
+                    "the Valkey connection was dropped; retrying once on a new one");
+                op(self.inner.conn.clone()).await
+            }
+            r => r,
+        }
+    }
+
     fn resource(&self, res: ResourceKey) -> &Resource {
         match self.inner.resources.get(&res) {
             Some(r) => r,
@@ -248,9 +273,12 @@ impl Store {
         key: &ObjectKey,
     ) -> Result<Option<Value>, StorageError> {
         let k = self.keys(res).object(key);
-        let raw: Option<String> = redis::cmd("GET")
-            .arg(&k)
-            .query_async(&mut self.inner.conn.clone())
+        let cmd = redis::cmd("GET").arg(&k).clone();
+        let raw: Option<String> = self
+            .once_more_on_a_dropped_connection("get", |mut c| {
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut c).await }
+            })
             .await?;
         raw.map(|s| parse_stored(&k, &s)).transpose()
     }
@@ -277,7 +305,12 @@ impl Store {
         inv.arg(key.member())
             .arg(&json)
             .arg(self.inner.opts.log_max_len);
-        let reply: Vec<String> = inv.invoke_async(&mut self.inner.conn.clone()).await?;
+        let reply: Vec<String> = self
+            .once_more_on_a_dropped_connection("create", |mut c| {
+                let inv = &inv;
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
         match reply.first().map(String::as_str) {
             Some("ok") => {
                 let rv = parse_rv(&keys.object(key), reply.get(1))?;
@@ -314,7 +347,12 @@ impl Store {
             .arg(&json)
             .arg(self.inner.opts.log_max_len)
             .arg(old_terms.len());
-        let reply: Vec<String> = inv.invoke_async(&mut self.inner.conn.clone()).await?;
+        let reply: Vec<String> = self
+            .once_more_on_a_dropped_connection("update", |mut c| {
+                let inv = &inv;
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
         let rv = cas_reply(&okey, key, expected_rv, &reply)?;
         tracing::debug!(resource = %res, key = %key, rv, "object updated");
         Ok(with_rv(parse_json(&okey, &json)?, rv))
@@ -343,7 +381,12 @@ impl Store {
             .arg(expected_rv)
             .arg(&json)
             .arg(self.inner.opts.log_max_len);
-        let reply: Vec<String> = inv.invoke_async(&mut self.inner.conn.clone()).await?;
+        let reply: Vec<String> = self
+            .once_more_on_a_dropped_connection("delete", |mut c| {
+                let inv = &inv;
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
         let rv = cas_reply(&okey, key, expected_rv, &reply)?;
         tracing::debug!(resource = %res, key = %key, rv, "object deleted");
         Ok(with_rv(parse_json(&okey, &json)?, rv))
@@ -352,9 +395,12 @@ impl Store {
     /// The resource's current resourceVersion in Valkey.
     pub async fn current_rv(&self, res: ResourceKey) -> Result<u64, StorageError> {
         let k = &self.keys(res).rv;
-        let raw: Option<String> = redis::cmd("GET")
-            .arg(k)
-            .query_async(&mut self.inner.conn.clone())
+        let cmd = redis::cmd("GET").arg(k).clone();
+        let raw: Option<String> = self
+            .once_more_on_a_dropped_connection("current_rv", |mut c| {
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut c).await }
+            })
             .await?;
         raw.map_or(Ok(0), |s| parse_u64(k, &s))
     }

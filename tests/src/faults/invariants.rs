@@ -20,13 +20,15 @@ pub const SETTLE: Duration = Duration::from_secs(240);
 /// deleted actor is released after the node agent's orphan grace, ~15-20 s).
 pub const WORKER_GRACE: Duration = Duration::from_secs(60);
 
-/// Whether snapshots of deleted actors must be gone from the object store (issue 12's
-/// snapshot garbage collection). Until the operator collects them the check only reports
-/// what it finds. Flip to `true` once snapshot GC is merged.
-pub const SNAPSHOT_GC_ENFORCED: bool = false;
+/// Whether snapshots of deleted actors must be gone from the object store (the operator's
+/// snapshot garbage collection, `operator/src/snapshot_gc.rs`). `false` only reports them.
+pub const SNAPSHOT_GC_ENFORCED: bool = true;
 
-/// How long snapshot garbage collection gets to remove a deleted actor's snapshots.
-pub const SNAPSHOT_GC_GRACE: Duration = Duration::from_secs(60);
+/// How long snapshot garbage collection gets to remove a deleted actor's snapshots: the
+/// operator runs with `--snapshot-gc-grace=20s` ([`super::OPERATOR_FLAGS`]; an actor deleted
+/// while the operator was down is collected only past that age), and sweeps at most every
+/// min(grace, 30 s).
+pub const SNAPSHOT_GC_GRACE: Duration = Duration::from_secs(90);
 
 /// A component's log may grow by this much plus [`LOG_BYTES_PER_STEP`] per step.
 pub const LOG_BYTES_BASE: u64 = 2 << 20;

@@ -117,6 +117,10 @@ pub fn run(p: Params, opts: Options) {
     }
 }
 
+/// The operator's flags: a short snapshot GC grace, so that snapshots of actors deleted while
+/// it was down are collected within the run.
+pub const OPERATOR_FLAGS: [&str; 1] = ["--snapshot-gc-grace=20s"];
+
 fn drive(p: Params, mut opts: Options, history: History) -> String {
     opts.workers = 3;
     opts.supervised_agent = true;
@@ -124,7 +128,7 @@ fn drive(p: Params, mut opts: Options, history: History) -> String {
     let Some(mut sys) = System::start(opts) else {
         return "skipped (prerequisites missing)".into();
     };
-    sys.start_operator();
+    sys.start_operator_with(&OPERATOR_FLAGS);
     let router = sys.start_router(&ROUTER_FLAGS);
     eventually("the counter template's golden snapshot", || {
         let t = sys.kube.get("actortemplate", "counter", Some(world::HOME));
