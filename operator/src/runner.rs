@@ -187,6 +187,7 @@ pub(crate) async fn run(
     feeds: Feeds,
     metrics: Arc<Metrics>,
 ) {
+    let _tracked = metrics.track_caches(caches.clone());
     let ctx = Arc::new(Ctx {
         client,
         summary: Mutex::new(Summary::new(summary::DEFAULT_INTERVAL)),

@@ -51,6 +51,10 @@ struct Args {
     /// This replica's identity in the lease (default: hostname, pid and a nonce).
     #[arg(long, env = "SUBSTRATE_OPERATOR_IDENTITY")]
     identity: Option<String>,
+    /// Address of the admin endpoint (`/metrics`, `/healthz`, `/livez`, `/readyz`), e.g.
+    /// `127.0.0.1:9092`; none when unset.
+    #[arg(long, env = "SUBSTRATE_OPERATOR_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -93,6 +97,13 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Operator::new(client, cfg)
     };
+    if let Some(addr) = args.metrics_addr {
+        let admin = operator::metrics::bind(addr, op.metrics())
+            .await
+            .context("starting the metrics endpoint")?;
+        tracing::info!(addr = %admin.local_addr().unwrap_or(addr), "metrics endpoint listening");
+        tokio::spawn(admin.run());
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tracing::info!("operator starting");
