@@ -1,8 +1,20 @@
-//! Counters per controller, rendered in the Prometheus text format
-//! (`ate_operator_reconciles_total{controller="lifecycle"}` ...).
+//! Counters per controller and the sizes of the watch caches, rendered in the Prometheus text
+//! format (`ate_operator_reconciles_total{controller="lifecycle"}`,
+//! `ate_operator_cache_objects{kind="actors"}` ...), and the admin HTTP endpoint that serves
+//! them ([`serve`]: `/metrics`, `/healthz`, `/livez`, `/readyz`).
 
 use std::fmt::Write;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::caches::Caches;
 
 use crate::snapshot_gc::Reason;
 
@@ -14,7 +26,7 @@ fn index(controller: &str) -> Option<usize> {
 }
 
 /// Counters of the operator.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Metrics {
     reconciles: [AtomicU64; 4],
     errors: [AtomicU64; 4],
@@ -32,6 +44,26 @@ pub struct Metrics {
     pub snapshot_sweeps: AtomicU64,
     /// Snapshot GC sweeps that failed (listing or deleting; retried with backoff).
     pub snapshot_gc_errors: AtomicU64,
+    /// The watch caches of the controllers running now (`None` while they do not run: a
+    /// standby replica keeps no caches).
+    caches: Mutex<Option<Caches>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Forgets the caches [`Metrics::track_caches`] was given when dropped.
+pub(crate) struct TrackedCaches(Arc<Metrics>);
+
+impl Drop for TrackedCaches {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.0.caches.lock() {
+            *c = None;
+        }
+    }
 }
 
 /// A snapshot of one controller's counters.
@@ -67,6 +99,26 @@ impl Metrics {
     /// Snapshots the GC deleted for `reason`.
     pub fn snapshots_deleted(&self, reason: Reason) -> u64 {
         self.snapshots_deleted[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Reports the sizes of `caches` (`ate_operator_cache_objects`) until the guard drops.
+    pub(crate) fn track_caches(self: &Arc<Self>, caches: Caches) -> TrackedCaches {
+        if let Ok(mut c) = self.caches.lock() {
+            *c = Some(caches);
+        }
+        TrackedCaches(self.clone())
+    }
+
+    /// Objects in each watch cache (`actors`, `workers`, `templates`, `pools`), or `None`
+    /// while the controllers do not run.
+    pub fn cache_sizes(&self) -> Option<[(&'static str, usize); 4]> {
+        let caches = self.caches.lock().ok()?.clone()?;
+        Some([
+            ("actors", caches.actors.state().len()),
+            ("workers", caches.workers.state().len()),
+            ("templates", caches.templates.state().len()),
+            ("pools", caches.pools.state().len()),
+        ])
     }
 
     /// The counters of `controller`.
@@ -164,8 +216,110 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        let sizes = self.cache_sizes();
+        let _ = writeln!(
+            out,
+            "# HELP ate_operator_controllers_running Whether the controllers (and their watch caches) run on this replica (0: standby).\n\
+             # TYPE ate_operator_controllers_running gauge\n\
+             ate_operator_controllers_running {}",
+            u8::from(sizes.is_some())
+        );
+        if let Some(sizes) = sizes {
+            let _ = writeln!(
+                out,
+                "# HELP ate_operator_cache_objects Objects in the controllers' watch caches, by kind.\n\
+                 # TYPE ate_operator_cache_objects gauge"
+            );
+            for (kind, n) in sizes {
+                let _ = writeln!(out, "ate_operator_cache_objects{{kind=\"{kind}\"}} {n}");
+            }
+        }
         out
     }
+}
+
+/// Why the admin endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("binding the metrics listener {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The admin endpoint, bound: serve it with [`Admin::run`].
+pub struct Admin {
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+}
+
+impl Admin {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves `/metrics` (Prometheus text), `/healthz`, `/livez` and `/readyz` (200 while
+    /// the process runs: a standby replica is healthy too; `ate_operator_controllers_running`
+    /// tells which replica acts) over HTTP/1.1 until dropped.
+    pub async fn run(self) {
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let metrics = metrics.clone();
+                    async move { Ok::<_, std::convert::Infallible>(respond(&metrics, &req)) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+/// Binds the admin endpoint on `addr` (see [`Admin::run`]).
+pub async fn bind(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Admin, ServeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    Ok(Admin { listener, metrics })
+}
+
+fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body, content_type) = match req.uri().path() {
+        "/healthz" | "/livez" | "/readyz" => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
+        "/metrics" => (
+            StatusCode::OK,
+            metrics.render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found\n".to_string(),
+            "text/plain",
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
 }
 
 #[cfg(test)]
@@ -199,5 +353,12 @@ mod tests {
             text.contains("ate_operator_snapshot_bytes_deleted_total 10"),
             "{text}"
         );
+        // No controllers running: no caches to report.
+        assert!(
+            text.contains("\nate_operator_controllers_running 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("ate_operator_cache_objects{"), "{text}");
+        assert_eq!(m.cache_sizes(), None);
     }
 }

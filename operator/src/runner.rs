@@ -189,6 +189,7 @@ pub(crate) async fn run(
     metrics: Arc<Metrics>,
     snapshot_gc: Option<SnapshotGcConfig>,
 ) {
+    let _tracked = metrics.track_caches(caches.clone());
     let ctx = Arc::new(Ctx {
         client,
         summary: Mutex::new(Summary::new(summary::DEFAULT_INTERVAL)),

@@ -420,7 +420,10 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Star
                     ),
                     "/metrics" => admin_text(
                         200,
-                        m.encode(),
+                        {
+                            m.set_table_sizes(&t.sizes());
+                            m.encode()
+                        },
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     ),
                     _ => admin_text(404, "not found\n".into(), "text/plain"),

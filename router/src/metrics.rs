@@ -36,6 +36,9 @@ pub struct Metrics {
     /// `substrate_router_fresh_lookups_total`: requests for an actor the apiserver had but
     /// the routing table did not yet (created a moment before).
     pub fresh_lookups: Counter,
+    /// `substrate_router_table_objects{kind}`: objects in the routing table, set when
+    /// `/metrics` is read ([`Metrics::set_table_sizes`]).
+    pub table_objects: Family<Labels, Gauge>,
     /// `requests`' counters for codes 100..=599, filled on first use.
     by_code: Box<[std::sync::OnceLock<Counter>]>,
 }
@@ -109,6 +112,12 @@ impl Default for Metrics {
             "status.lastActiveTime writes a request waited for before it was forwarded (less than half the actor's idle timeout was left on the recorded activity)",
             activity_sync_reports.clone(),
         );
+        let table_objects = Family::<Labels, Gauge>::default();
+        registry.register(
+            "table_objects",
+            "Objects in the routing table (the router's watch caches), by kind",
+            table_objects.clone(),
+        );
         Self {
             registry,
             requests,
@@ -122,6 +131,7 @@ impl Default for Metrics {
             activity_patches,
             activity_sync_reports,
             fresh_lookups,
+            table_objects,
             by_code: (100..600).map(|_| std::sync::OnceLock::new()).collect(),
         }
     }
@@ -156,6 +166,15 @@ impl Metrics {
         self.wake_failures
             .get_or_create(&[("reason", reason.to_string())])
             .inc();
+    }
+
+    /// Sets `substrate_router_table_objects` (from [`crate::table::Table::sizes`]).
+    pub fn set_table_sizes(&self, sizes: &[(&'static str, usize)]) {
+        for (kind, n) in sizes {
+            self.table_objects
+                .get_or_create(&[("kind", (*kind).to_string())])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 
     /// The Prometheus text exposition.

@@ -153,6 +153,16 @@ impl Table {
         &self.bindings
     }
 
+    /// How many objects the table holds, per kind (`actors`, `atespaces`, `templates`): to
+    /// compare with the apiserver's (`substrate_router_table_objects`).
+    pub fn sizes(&self) -> [(&'static str, usize); 3] {
+        [
+            ("actors", self.actors.state().len()),
+            ("atespaces", self.atespaces.state().len()),
+            ("templates", self.templates.state().len()),
+        ]
+    }
+
     /// Whether the initial lists of all three watches have arrived.
     pub fn ready(&self) -> bool {
         self.synced.load(Ordering::Acquire)

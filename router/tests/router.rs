@@ -56,6 +56,12 @@ async fn a_cold_request_wakes_a_suspended_actor() {
     for path in ["/healthz", "/livez", "/readyz"] {
         assert_eq!(send(r.admin_addr, get(path, "a")).await.unwrap().0, 200);
     }
+    // The table's sizes: the two actors, the world's five templates, its atespace and the two
+    // the apiserver bootstraps (`default`, `ate-golden`).
+    for (kind, n) in [("actors", 2.0), ("atespaces", 3.0), ("templates", 5.0)] {
+        let name = format!("substrate_router_table_objects{{kind=\"{kind}\"}}");
+        assert_eq!(metric(r.admin_addr, &name).await, n, "{name}");
+    }
     r.stop().await;
 }
 

@@ -79,6 +79,10 @@ struct Args {
     /// missed while no operator ran; deletions seen on the watch are swept at once).
     #[arg(long, env = "SUBSTRATE_SNAPSHOT_GC_INTERVAL", default_value = "5m")]
     snapshot_gc_interval: String,
+    /// Address of the admin endpoint (`/metrics`, `/healthz`, `/livez`, `/readyz`), e.g.
+    /// `127.0.0.1:9092`; none when unset.
+    #[arg(long, env = "SUBSTRATE_OPERATOR_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn duration_arg(flag: &str, v: &str) -> anyhow::Result<Duration> {
@@ -144,6 +148,13 @@ async fn main() -> anyhow::Result<()> {
         op.enable_snapshot_gc(gc);
     } else {
         tracing::info!("no --snapshot-url: snapshots are not garbage-collected");
+    }
+    if let Some(addr) = args.metrics_addr {
+        let admin = operator::metrics::bind(addr, op.metrics())
+            .await
+            .context("starting the metrics endpoint")?;
+        tracing::info!(addr = %admin.local_addr().unwrap_or(addr), "metrics endpoint listening");
+        tokio::spawn(admin.run());
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
