@@ -24,7 +24,8 @@ export SUBSTRATE_HOME="${SUBSTRATE_BENCH_OP_HOME:-$ROOT/.substrate/bench-operato
 export SUBSTRATE_VALKEY_PORT="$BASE" SUBSTRATE_APISERVER_PORT="$((BASE + 1))"
 export SUBSTRATE_ROUTER_PORT="$((BASE + 3))" SUBSTRATE_ROUTER_ADMIN_PORT="$((BASE + 4))"
 export SUBSTRATE_DNS_PORT="$((BASE + 5))"
-OPERATOR_METRICS="127.0.0.1:$((BASE + 2))"
+export SUBSTRATE_OPERATOR_ADMIN_PORT="$((BASE + 2))"
+OPERATOR_METRICS="127.0.0.1:$SUBSTRATE_OPERATOR_ADMIN_PORT"
 # shellcheck source=hack/lib.sh disable=SC1091 # plain `shellcheck` does not follow it; `-x` does
 source "$ROOT/hack/lib.sh"
 

@@ -182,11 +182,17 @@ start_nodeagent() {
 
 start_operator() {
   component_stop operator
+  if port_in_use "$OPERATOR_ADMIN_PORT"; then
+    die "port $OPERATOR_ADMIN_PORT (operator metrics) is already in use by $(port_owner "$OPERATOR_ADMIN_PORT"); stop it or pick another: SUBSTRATE_OPERATOR_ADMIN_PORT=<port> $0"
+  fi
   log "starting the operator"
   component_start operator "$BIN_DIR/substrate-operator" --kubeconfig "$SUBSTRATE_KUBECONFIG" \
-    --snapshot-url "file://$SUBSTRATE_DIR/snapshots"
-  component_wait operator 10 true
+    --snapshot-url "file://$SUBSTRATE_DIR/snapshots" \
+    --metrics-addr "127.0.0.1:$OPERATOR_ADMIN_PORT"
+  component_wait operator 10 operator_ready
 }
+
+operator_ready() { curl -fsS --max-time 2 "http://127.0.0.1:$OPERATOR_ADMIN_PORT/readyz" >/dev/null; }
 
 router_ready() { curl -fsS --max-time 2 "http://127.0.0.1:$ROUTER_ADMIN_PORT/readyz" >/dev/null; }
 
@@ -262,6 +268,7 @@ print_next_steps() {
 Substrate is up.
   apiserver  https://127.0.0.1:$APISERVER_PORT    kubeconfig: $SUBSTRATE_KUBECONFIG
   router     http://127.0.0.1:$ROUTER_PORT     metrics: http://127.0.0.1:$ROUTER_ADMIN_PORT/metrics
+  operator   metrics: http://127.0.0.1:$OPERATOR_ADMIN_PORT/metrics
   DNS        127.0.0.1:$DNS_PORT (udp+tcp)  zone actors.resources.substrate.ate.dev
   registry   127.0.0.1:$REGISTRY_PORT    valkey: 127.0.0.1:$VALKEY_PORT
   logs       $SUBSTRATE_LOG_DIR/    endpoints: $ENDPOINTS_FILE
