@@ -25,7 +25,7 @@ pub const WORKER_GRACE: Duration = Duration::from_secs(60);
 pub const SNAPSHOT_GC_ENFORCED: bool = true;
 
 /// How long snapshot garbage collection gets to remove a deleted actor's snapshots: the
-/// operator runs with `--snapshot-gc-grace=20s` ([`super::OPERATOR_FLAGS`]; an actor deleted
+/// operator runs with `--snapshot-gc-grace=20s` ([`super::start_operator`]; an actor deleted
 /// while the operator was down is collected only past that age), and sweeps at most every
 /// min(grace, 30 s).
 pub const SNAPSHOT_GC_GRACE: Duration = Duration::from_secs(90);
@@ -541,6 +541,62 @@ impl World {
             "operator: the new Always actor {}/{} runs afresh",
             k.0, k.1
         ));
+        self.check_cache_sizes();
+    }
+
+    /// The operator's watch caches (`ate_operator_cache_objects{kind}` on its `/metrics`) and
+    /// the router's table (`substrate_router_table_objects{kind}`) hold as many objects of
+    /// each kind as the apiserver lists, once the system is quiet.
+    fn check_cache_sizes(&self) {
+        let operator = super::operator_metrics_addr();
+        let router = self.router.admin;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut mismatches = Vec::new();
+            let op = metrics_text(operator);
+            let rt = metrics_text(router);
+            for (kind, list, in_router) in [
+                ("actors", "actors", true),
+                ("workers", "workers", false),
+                ("templates", "actortemplates", true),
+                ("pools", "workerpools", false),
+            ] {
+                let Some(want) = self.list(list).map(|l| l.len() as u64) else {
+                    mismatches.push(format!("listing {list} failed"));
+                    continue;
+                };
+                let o = gauge(
+                    &op,
+                    &format!("ate_operator_cache_objects{{kind=\"{kind}\"}}"),
+                );
+                if o != Some(want) {
+                    mismatches.push(format!("operator {kind}: {o:?}, apiserver: {want}"));
+                }
+                if in_router {
+                    let r = gauge(
+                        &rt,
+                        &format!("substrate_router_table_objects{{kind=\"{kind}\"}}"),
+                    );
+                    if r != Some(want) {
+                        mismatches.push(format!("router {kind}: {r:?}, apiserver: {want}"));
+                    }
+                }
+            }
+            if mismatches.is_empty() {
+                self.note(
+                    "caches: the operator's and the router's sizes equal the apiserver's lists"
+                        .into(),
+                );
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                self.fail(format!(
+                    "STALE CACHES 60 s after the system settled: {}",
+                    mismatches.join("; ")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// Component logs stay bounded.
@@ -623,4 +679,20 @@ fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// The Prometheus text of `http://<addr>/metrics` (empty when it cannot be read).
+fn metrics_text(addr: std::net::SocketAddr) -> String {
+    std::process::Command::new("curl")
+        .args(["-fsS", "--max-time", "5", &format!("http://{addr}/metrics")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The value of the sample `name` (with its labels) in a Prometheus text.
+fn gauge(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
 }

@@ -117,9 +117,19 @@ pub fn run(p: Params, opts: Options) {
     }
 }
 
-/// The operator's flags: a short snapshot GC grace, so that snapshots of actors deleted while
-/// it was down are collected within the run.
-pub const OPERATOR_FLAGS: [&str; 1] = ["--snapshot-gc-grace=20s"];
+/// The operator's admin port (`/metrics` reports the sizes of its watch caches), one per
+/// test process and kept across the operator's restarts.
+pub fn operator_metrics_addr() -> std::net::SocketAddr {
+    static ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    *ADDR.get_or_init(|| std::net::SocketAddr::from(([127, 0, 0, 1], crate::free_port())))
+}
+
+/// Starts the operator with a short snapshot GC grace (snapshots of actors deleted while it
+/// was down are collected within the run) and its metrics on [`operator_metrics_addr`].
+pub fn start_operator(sys: &mut System) {
+    let metrics = format!("--metrics-addr={}", operator_metrics_addr());
+    sys.start_operator_with(&["--snapshot-gc-grace=20s", &metrics]);
+}
 
 fn drive(p: Params, mut opts: Options, history: History) -> String {
     opts.workers = 3;
@@ -128,7 +138,7 @@ fn drive(p: Params, mut opts: Options, history: History) -> String {
     let Some(mut sys) = System::start(opts) else {
         return "skipped (prerequisites missing)".into();
     };
-    sys.start_operator_with(&OPERATOR_FLAGS);
+    start_operator(&mut sys);
     let router = sys.start_router(&ROUTER_FLAGS);
     eventually("the counter template's golden snapshot", || {
         let t = sys.kube.get("actortemplate", "counter", Some(world::HOME));

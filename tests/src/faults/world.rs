@@ -568,7 +568,7 @@ impl World {
                     "FAULT kill -9 operator (pid {pid:?}); restarted after {pause} ms"
                 ));
                 std::thread::sleep(Duration::from_millis(pause));
-                self.sys.start_operator_with(&super::OPERATOR_FLAGS);
+                super::start_operator(&mut self.sys);
             }
             Kill::Router => {
                 let pid = self.sys.router_pid();
