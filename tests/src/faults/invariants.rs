@@ -360,20 +360,7 @@ impl World {
             Duration::from_secs(120),
             &format!("{}/{} {want}", k.0, k.1),
             || {
-                let (ok, out, _) = self.sys.kube.run(
-                    &[
-                        "get",
-                        "actor",
-                        &k.1,
-                        "-n",
-                        &k.0,
-                        "-o",
-                        "json",
-                        "--request-timeout=10s",
-                    ],
-                    None,
-                );
-                let a: Value = ok.then(|| serde_json::from_str(&out).ok()).flatten()?;
+                let a = self.get_actor(&k.0, &k.1).flatten()?;
                 (phase(&a) == want).then_some(a)
             },
         )

@@ -249,25 +249,7 @@ impl World {
         let got = eventually_within(
             Duration::from_secs(60),
             "the apiserver answers (after a create whose answer was lost)",
-            || {
-                let (ok, out, err) = self.sys.kube.run(
-                    &[
-                        "get",
-                        "actor",
-                        name,
-                        "-n",
-                        ns,
-                        "-o",
-                        "json",
-                        "--request-timeout=10s",
-                    ],
-                    None,
-                );
-                if ok {
-                    return Some(serde_json::from_str::<Value>(&out).ok());
-                }
-                err.contains("NotFound").then_some(None)
-            },
+            || self.get_actor(ns, name),
         );
         if let Some(a) = got {
             let uid = a["metadata"]["uid"].as_str().unwrap_or_default();
@@ -421,31 +403,37 @@ impl World {
         self.deleted.push(key.clone());
     }
 
+    /// `kubectl get actor` of `ns/name`: `Some(Some(actor))`, `Some(None)` when it does not
+    /// exist, `None` when the apiserver did not answer (readably).
+    pub fn get_actor(&self, ns: &str, name: &str) -> Option<Option<Value>> {
+        let (ok, out, err) = self.sys.kube.run(
+            &[
+                "get",
+                "actor",
+                name,
+                "-n",
+                ns,
+                "-o",
+                "json",
+                "--request-timeout=10s",
+            ],
+            None,
+        );
+        if ok {
+            return serde_json::from_str(&out).ok().map(Some);
+        }
+        err.contains("NotFound").then_some(None)
+    }
+
     /// Whether the actor still exists, once the apiserver answers; forgets it if not.
     fn reconcile_existence(&mut self, key: &Key) {
         let exists = eventually_within(
             Duration::from_secs(60),
             "the apiserver answers (after a delete whose answer was lost)",
             || {
-                let (ok, out, err) = self.sys.kube.run(
-                    &[
-                        "get",
-                        "actor",
-                        &key.1,
-                        "-n",
-                        &key.0,
-                        "-o",
-                        "json",
-                        "--request-timeout=10s",
-                    ],
-                    None,
-                );
-                if ok {
-                    let a: Value = serde_json::from_str(&out).ok()?;
-                    // Being deleted (finalizers) counts as deleted.
-                    return Some(a["metadata"]["deletionTimestamp"].is_null());
-                }
-                err.contains("NotFound").then_some(false)
+                // Being deleted (finalizers) counts as deleted.
+                let a = self.get_actor(&key.0, &key.1)?;
+                Some(a.is_some_and(|a| a["metadata"]["deletionTimestamp"].is_null()))
             },
         );
         if !exists {
@@ -492,23 +480,7 @@ impl World {
             let now = eventually_within(
                 Duration::from_secs(60),
                 "the apiserver answers (after a patch whose answer was lost)",
-                || {
-                    let (ok, out, _) = self.sys.kube.run(
-                        &[
-                            "get",
-                            "actor",
-                            &key.1,
-                            "-n",
-                            &key.0,
-                            "-o",
-                            "json",
-                            "--request-timeout=10s",
-                        ],
-                        None,
-                    );
-                    ok.then(|| serde_json::from_str::<Value>(&out).ok())
-                        .flatten()
-                },
+                || self.get_actor(&key.0, &key.1).flatten(),
             );
             let a = now["spec"]["activation"].as_str().unwrap_or("OnDemand");
             self.activation.insert(key.clone(), a.into());
