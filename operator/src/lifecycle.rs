@@ -373,6 +373,22 @@ fn set_condition(
     });
 }
 
+/// Whether `cur` is in `phase` on `worker` and its transition started `deadline` or more
+/// before `now`.
+fn in_transition_past(
+    cur: &Actor,
+    phase_: ActorPhase,
+    worker: &str,
+    deadline: Duration,
+    now: Timestamp,
+) -> bool {
+    transition_started(cur).is_some_and(|started| {
+        phase(cur) == Some(phase_)
+            && bound_worker(cur) == Some(worker)
+            && age(&Time(started), now) >= deadline
+    })
+}
+
 /// The actor whose resume on `worker` passed `deadline`, failed: `Failed`, unbound,
 /// `Ready=False`/`Stalled=True` with reason `ResumeDeadlineExceeded` (its snapshot untouched:
 /// it is retried as any failed resume). `None` when `cur` no longer resumes there past the
@@ -383,11 +399,7 @@ pub fn resume_failed(
     deadline: Duration,
     now: Timestamp,
 ) -> Option<Actor> {
-    let started = transition_started(cur)?;
-    if phase(cur) != Some(ActorPhase::Resuming)
-        || bound_worker(cur) != Some(worker)
-        || age(&Time(started), now) < deadline
-    {
+    if !in_transition_past(cur, ActorPhase::Resuming, worker, deadline, now) {
         return None;
     }
     let mut new = cur.clone();
@@ -417,10 +429,7 @@ pub fn suspend_stalled(
     deadline: Duration,
     now: Timestamp,
 ) -> Option<Actor> {
-    let started = transition_started(cur)?;
-    if phase(cur) != Some(ActorPhase::Suspending)
-        || bound_worker(cur) != Some(worker)
-        || age(&Time(started), now) < deadline
+    if !in_transition_past(cur, ActorPhase::Suspending, worker, deadline, now)
         || condition(cur, STALLED)
             .is_some_and(|c| c.status == "True" && c.reason == reasons::SUSPEND_DEADLINE_EXCEEDED)
     {
