@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 use crds::resources::{ATESPACES, ResourceInfo};
 
-use crate::auth::{self, Attributes, Authenticator, UserInfo};
+use crate::auth::{self, Authenticator, UserInfo};
+use crate::authz::{self, Attributes};
 use crate::negotiate::{self, Output, PatchType};
 use crate::registry::{Registry, Selectors, Written};
 use crate::request::{
@@ -29,6 +30,8 @@ pub struct AppState {
     pub registry: Registry,
     pub scheduler: crate::scheduler::Scheduler,
     pub auth: Authenticator,
+    /// Who may do what ([`authz::Chain`]).
+    pub authz: authz::Chain,
     /// Largest accepted request body in bytes.
     pub max_body: usize,
 }
@@ -273,7 +276,17 @@ async fn route(
     let uname = Some(user.name.clone());
     let target = request::parse(&parts.method, path, &query).map_err(|e| (e, uname.clone()))?;
     let r = match target {
-        Target::NonResource => non_resource(parts, path),
+        Target::NonResource => {
+            let verb = parts.method.as_str().to_ascii_lowercase();
+            match state
+                .authz
+                .check(&Attributes::non_resource(&user, &verb, path))
+                .await
+            {
+                Ok(()) => non_resource(parts, path),
+                Err(e) => Err(e),
+            }
+        }
         Target::CoreNamespaces { name, verb } => {
             core_namespaces(state, &user, name, verb, &query).await
         }
@@ -353,25 +366,23 @@ fn with_type(mut r: Response<Body>, ct: &'static str) -> Response<Body> {
     r
 }
 
-fn authorize(
+#[allow(clippy::too_many_arguments)]
+async fn authorize(
+    state: &AppState,
     user: &UserInfo,
     verb: &str,
-    group: &str,
-    resource: &str,
+    res: (&str, &str, &str),
     sub: Option<&str>,
     ns: Option<&str>,
     name: Option<&str>,
 ) -> Result<(), ApiError> {
-    auth::authorize(&Attributes {
-        user,
-        verb,
-        group,
-        resource,
-        subresource: sub,
-        namespace: ns,
-        name,
-    })
-    .map_err(ApiError::forbidden_msg)
+    let (group, version, resource) = res;
+    state
+        .authz
+        .check(&Attributes::resource(
+            user, verb, group, version, resource, sub, ns, name,
+        ))
+        .await
 }
 
 /// Reads the request body (413 past the limit; a declared length over it is refused before
@@ -444,14 +455,15 @@ async fn resource(
         .as_deref()
         .is_some_and(|s| request::ACTIONS.contains(&s));
     authorize(
+        state,
         user,
         rr.verb.as_str(),
-        res.group,
-        res.plural,
+        (res.group, res.version, res.plural),
         rr.subresource.as_deref(),
         ns,
         name,
-    )?;
+    )
+    .await?;
     let accept = parts
         .headers
         .get(header::ACCEPT)
@@ -706,14 +718,15 @@ async fn core_namespaces(
     query: &Query,
 ) -> Result<Response<Body>, ApiError> {
     authorize(
+        state,
         user,
         verb.as_str(),
-        "",
-        "namespaces",
+        ("", "v1", "namespaces"),
         None,
         None,
         name.as_deref(),
-    )?;
+    )
+    .await?;
     match (verb, name) {
         (Verb::Get, Some(n)) => match state.registry.get(&ATESPACES, None, &n).await {
             Ok(a) => Ok(json_response(200, &as_namespace(&a))),

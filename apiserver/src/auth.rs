@@ -1,4 +1,5 @@
-//! Authentication (client certificates, front-proxy request headers) and authorization.
+//! Authentication (client certificates, front-proxy request headers); authorization is
+//! [`crate::authz`].
 //!
 //! A peer certificate signed by the request-header CA (and, when `--requestheader-allowed-names`
 //! is set, with one of those CNs) is an aggregating front proxy: the user comes from
@@ -13,10 +14,8 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 
-use crate::request::Verb;
-
 /// Who is asking.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UserInfo {
     pub name: String,
     pub groups: Vec<String>,
@@ -232,51 +231,4 @@ fn percent_decode(s: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_else(|| s.to_string())
-}
-
-/// An authorization question.
-#[derive(Debug, Clone)]
-pub struct Attributes<'a> {
-    pub user: &'a UserInfo,
-    pub verb: &'a str,
-    pub group: &'a str,
-    pub resource: &'a str,
-    pub subresource: Option<&'a str>,
-    pub namespace: Option<&'a str>,
-    pub name: Option<&'a str>,
-}
-
-/// The standalone authorizer: `system:masters` and the system group may do anything; every
-/// authenticated user may read discovery; anything else is forbidden. (In a cluster the
-/// apiserver asks kube-apiserver with a SubjectAccessReview instead.)
-pub fn authorize(a: &Attributes<'_>) -> Result<(), String> {
-    if a.user.in_group("system:masters") || a.user.in_group(crds::SYSTEM_GROUP) {
-        return Ok(());
-    }
-    let what = match a.subresource {
-        Some(s) => format!("{}/{s}", a.resource),
-        None => a.resource.to_string(),
-    };
-    let resource_text = if a.group.is_empty() {
-        a.resource.to_string()
-    } else {
-        format!("{}.{}", a.resource, a.group)
-    };
-    let subject = match a.name {
-        Some(n) => format!("{resource_text} \"{n}\""),
-        None => resource_text,
-    };
-    let scope = match a.namespace {
-        Some(ns) => format!(" in the namespace \"{ns}\""),
-        None => " at the cluster scope".to_string(),
-    };
-    Err(format!(
-        "{subject} is forbidden: User \"{}\" cannot {} resource \"{what}\" in API group \"{}\"{scope}",
-        a.user.name, a.verb, a.group
-    ))
-}
-
-/// Verb string for authorization.
-pub fn verb_name(v: Verb) -> &'static str {
-    v.as_str()
 }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod apply;
 pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod decode;
 pub mod discovery;
@@ -171,6 +172,13 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
         registry: registry.clone(),
         scheduler,
         auth: authn,
+        authz: authz::Chain::new(
+            authz::ALWAYS_ALLOW_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            vec![Arc::new(authz::SystemAuthorizer)],
+        ),
         max_body: args.max_request_bytes,
     });
     let (tx, rx) = oneshot::channel();
