@@ -25,6 +25,7 @@ pub mod status;
 pub mod storage;
 pub mod table;
 pub mod testing;
+pub mod ttl_cache;
 pub mod watch;
 
 use std::net::SocketAddr;
