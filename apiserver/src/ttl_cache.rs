@@ -379,7 +379,7 @@ mod tests {
         // The first caller is cancelled mid-fetch: a waiter fetches itself.
         let c = cache.clone();
         let first = tokio::spawn(async move {
-            c.get_or_fetch(&"k".into(), secs(10), || std::future::pending())
+            c.get_or_fetch(&"k".into(), secs(10), std::future::pending)
                 .await
         });
         tokio::time::sleep(Duration::from_millis(1)).await;

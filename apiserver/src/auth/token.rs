@@ -72,7 +72,7 @@ pub fn reviewed(status: Option<TokenReviewStatus>) -> Reviewed {
         Some(name) => Reviewed::User(UserInfo {
             name,
             groups,
-            extra: user.extra.unwrap_or_else(BTreeMap::new),
+            extra: user.extra.unwrap_or_default(),
         }),
         None => Reviewed::Refused("the review named no user".into()),
     }
