@@ -6,7 +6,6 @@
 //! nor logged) and bounded. A refused token and a failed review are both 401, as in kube; the
 //! failure is logged.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,6 +158,7 @@ fn short(key: &[u8; 32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
 
     struct Fake {
