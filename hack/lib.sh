@@ -573,6 +573,31 @@ ensure_lua() {
   export SUBSTRATE_LUA
 }
 
+# ensure_envtest: etcd (Debian's etcd-server) and KUBEBUILDER_ASSETS, the folder of the
+# kube-apiserver and kube-controller-manager binaries the envtest tests run (the ecosystem's
+# convention; tests/src/envtest.rs): the caller's value, else ../shared/envtest/bin beside the
+# repository when it exists. Without it those tests skip; in CI (CI=true) it is an error.
+ensure_envtest() {
+  if ! command -v etcd >/dev/null 2>&1; then
+    ensure_apt etcd-server
+    _disable_distro_service etcd
+  fi
+  if [[ -z "${KUBEBUILDER_ASSETS:-}" && -d "$ROOT/../shared/envtest/bin" ]]; then
+    KUBEBUILDER_ASSETS="$(cd "$ROOT/../shared/envtest/bin" && pwd -P)"
+  fi
+  if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
+    local b
+    for b in kube-apiserver kube-controller-manager; do
+      [[ -x "$KUBEBUILDER_ASSETS/$b" ]] || die "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no $b"
+    done
+    export KUBEBUILDER_ASSETS
+  elif [[ "${CI:-}" == true ]]; then
+    die "KUBEBUILDER_ASSETS is unset and $ROOT/../shared/envtest/bin does not exist: CI runs the envtest tests (kube-apiserver, kube-controller-manager)"
+  else
+    warn "KUBEBUILDER_ASSETS is unset: the envtest tests (a real kube-apiserver) will be skipped"
+  fi
+}
+
 # ensure_moto: puts moto_server (an S3-compatible server for the snapshot tests, PyPI
 # moto[server]) on PATH from .substrate/tools/moto-venv.
 ensure_moto() {

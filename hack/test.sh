@@ -11,7 +11,8 @@
 #
 # Tests start their own Valkey and apiserver on random ports; this script only provides
 # the binaries: SUBSTRATE_VALKEY_SERVER, SUBSTRATE_VALKEY_CLI, kubectl on PATH
-# (SUBSTRATE_KUBECTL). Benchmarks are not run.
+# (SUBSTRATE_KUBECTL), etcd and KUBEBUILDER_ASSETS (kube-apiserver, kube-controller-manager:
+# ../shared/envtest/bin when it exists; required in CI). Benchmarks are not run.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -19,7 +20,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 source "$ROOT/hack/lib.sh"
 
 usage() {
-  sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 FAILED=()
@@ -108,6 +109,7 @@ main() {
   ensure_moto
   ensure_lua
   ensure_schemathesis
+  ensure_envtest
   export SUBSTRATE_VALKEY_SERVER="$VALKEY_SERVER" SUBSTRATE_VALKEY_CLI="$VALKEY_CLI"
   export SUBSTRATE_KUBECTL="$KUBECTL"
   # The runtime and S3 tests skip without their prerequisites when run by hand; here the

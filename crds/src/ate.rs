@@ -185,8 +185,10 @@ pub struct ContainerPort {
     #[schemars(range(min = 1, max = 65535))]
     pub container_port: i32,
     /// TCP (default) or UDP.
+    // Not nullable in the schema: a key of `x-kubernetes-list-map-keys` must not be (the
+    // apiextensions apiserver refuses the CRD otherwise); the default fills it in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "TCP"))]
+    #[schemars(with = "String", extend("default" = "TCP"))]
     pub protocol: Option<String>,
 }
 

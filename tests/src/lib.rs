@@ -1099,4 +1099,5 @@ impl Watch {
     }
 }
 
+pub mod envtest;
 pub mod faults;
