@@ -401,7 +401,9 @@ impl Envtest {
         let (code, body) = self.admin.request(
             "POST",
             &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
-            Some(&json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})),
+            Some(
+                &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}),
+            ),
         );
         assert!(
             code == 201 || code == 409,
@@ -632,13 +634,18 @@ fn start_etcd(assets: &Assets, dir: &Path, attempt: u32) -> Option<(GroupChild, 
         let ok = Command::new("curl")
             .args(["-sf", "--max-time", "2", &format!("{client}/health")])
             .output()
-            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("true"));
+            .is_ok_and(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).contains("true")
+            });
         if ok {
             return Some((etcd, client));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("etcd not healthy after {START_DEADLINE:?}:\n{}", etcd.log_tail(40));
+    panic!(
+        "etcd not healthy after {START_DEADLINE:?}:\n{}",
+        etcd.log_tail(40)
+    );
 }
 
 /// kube-apiserver on loopback; (process, port) once it listens (readiness is checked by the
@@ -677,7 +684,10 @@ fn start_kube_apiserver(
         "--requestheader-username-headers=X-Remote-User".into(),
         "--requestheader-group-headers=X-Remote-Group".into(),
         "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
-        format!("--proxy-client-cert-file={}", p(&pki.front_proxy_client.cert)),
+        format!(
+            "--proxy-client-cert-file={}",
+            p(&pki.front_proxy_client.cert)
+        ),
         format!("--proxy-client-key-file={}", p(&pki.front_proxy_client.key)),
         "--enable-aggregator-routing=false".into(),
         "--profiling=false".into(),

@@ -7,7 +7,9 @@ use e2e::envtest::substrate::Substrate;
 fn smoke() {
     let Some(env) = Envtest::start() else { return };
     let sub = Substrate::start(&env);
-    let (code, body) = env.admin.request("GET", "/apis/substrate.ate.dev/v1alpha1/actors", None);
+    let (code, body) = env
+        .admin
+        .request("GET", "/apis/substrate.ate.dev/v1alpha1/actors", None);
     eprintln!("{code} {body}");
     drop(sub);
 }
