@@ -182,7 +182,7 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
 
 /// A client of the cluster to delegate to: from `kubeconfig`, else the in-cluster
 /// configuration when running in a pod, else `None` (standalone).
-async fn cluster_client(
+pub async fn cluster_client(
     kubeconfig: Option<&Path>,
     what: &str,
 ) -> Result<Option<kube::Client>, auth::AuthError> {
