@@ -27,6 +27,7 @@ pub mod table;
 pub mod testing;
 pub mod ttl_cache;
 pub mod watch;
+pub mod webhook_retry;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -109,6 +110,9 @@ fn read(path: &Path) -> Result<String, RunError> {
 pub async fn start(args: &Args) -> Result<Running, RunError> {
     let pki = pki::ensure(&args.pki_dir, &args.tls_sans)?;
     let (authn, mut background) = authentication(args, &pki).await?;
+    // Standalone: Substrate's own authorizers; cluster mode: the cluster's
+    // SubjectAccessReview behind a decision cache.
+    let chain = authorization(args, vec![Arc::new(authz::SystemAuthorizer)]).await?;
     let verifier = authn.client_verifier();
     let cert = read(args.tls_cert_file.as_deref().unwrap_or(&pki.serving_cert()))?;
     let key = read(
@@ -163,7 +167,7 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
         registry: registry.clone(),
         scheduler,
         auth: authn,
-        authz: authorization(args).await?,
+        authz: chain,
         max_body: args.max_request_bytes,
     });
     let (tx, rx) = oneshot::channel();
@@ -262,17 +266,20 @@ async fn authentication(
     Ok((authn, vec![follow]))
 }
 
-/// The authorization chain: always-allowed paths, `system:masters`, then standalone
-/// ([`authz::SystemAuthorizer`]) or the cluster's `SubjectAccessReview` behind a decision
-/// cache.
-async fn authorization(args: &Args) -> Result<authz::Chain, RunError> {
+/// The authorization chain: always-allowed paths (`--authorization-always-allow-paths`),
+/// `system:masters`, then `standalone` when no cluster is configured, else the cluster's
+/// `SubjectAccessReview` behind a decision cache (`--authorization-kubeconfig`, or in a pod).
+pub async fn authorization(
+    args: &Args,
+    standalone: Vec<Arc<dyn authz::Authorizer>>,
+) -> Result<authz::Chain, RunError> {
     let client = cluster_client(
         args.authorization_kubeconfig.as_deref(),
         "--authorization-kubeconfig",
     )
     .await?;
     let authorizers: Vec<Arc<dyn authz::Authorizer>> = match client {
-        None => vec![Arc::new(authz::SystemAuthorizer)],
+        None => standalone,
         Some(client) => {
             tracing::info!("authorization delegated to the cluster (SubjectAccessReview)");
             let webhook = authz::webhook::WebhookAuthorizer::new(Arc::new(
