@@ -326,3 +326,212 @@ fn subject(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
         .collect();
     Some((cn, orgs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::future::BoxFuture;
+    use std::sync::Mutex;
+    use token::{Reviewed, TokenAuthenticator, TokenError, TokenReviewer};
+
+    /// Two independent generated PKIs (CA, front-proxy CA, admin and front-proxy-client
+    /// certificates each).
+    fn pkis() -> (tempfile::TempDir, crate::pki::Pki, crate::pki::Pki) {
+        let dir = tempfile::tempdir().unwrap();
+        let a = crate::pki::ensure(&dir.path().join("a"), &[]).unwrap();
+        let b = crate::pki::ensure(&dir.path().join("b"), &[]).unwrap();
+        (dir, a, b)
+    }
+
+    fn pem(p: &crate::pki::Pki, file: &str) -> String {
+        std::fs::read_to_string(p.path(file)).unwrap()
+    }
+
+    fn chain(p: &crate::pki::Pki, file: &str) -> Vec<CertificateDer<'static>> {
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::pem_slice_iter(pem(p, file).as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn bundles(p: &crate::pki::Pki) -> Bundles {
+        Bundles {
+            client_ca: pem(p, "ca.crt"),
+            request_header_ca: pem(p, "front-proxy-ca.crt"),
+            request_header: RequestHeader {
+                allowed_names: vec!["front-proxy-client".into()],
+                ..RequestHeader::default()
+            },
+        }
+    }
+
+    fn tls_accepts(authn: &Authenticator, c: &[CertificateDer<'static>]) -> bool {
+        authn
+            .client_verifier()
+            .verify_client_cert(&c[0], &c[1..], UnixTime::now())
+            .is_ok()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn a_reloaded_ca_is_trusted_by_the_tls_verifier_and_new_connections() {
+        let (_dir, a, b) = pkis();
+        let authn = Authenticator::from_bundles(bundles(&a)).unwrap();
+        let admin_a = chain(&a, "admin.crt");
+        let admin_b = chain(&b, "admin.crt");
+        assert!(tls_accepts(&authn, &admin_a));
+        assert!(!tls_accepts(&authn, &admin_b));
+        assert_eq!(
+            authn.peer(Some(&admin_a)),
+            Peer::User(UserInfo {
+                name: "substrate-admin".into(),
+                groups: vec!["system:masters".into(), "system:authenticated".into()],
+                extra: BTreeMap::new(),
+            })
+        );
+        assert_eq!(authn.peer(Some(&admin_b)), Peer::Anonymous);
+        assert_eq!(
+            authn.peer(Some(&chain(&a, "front-proxy-client.crt"))),
+            Peer::FrontProxy
+        );
+
+        // b's client CA added (a verifier made before the change sees it too).
+        let verifier = authn.client_verifier();
+        let mut both = bundles(&a);
+        both.client_ca = format!("{}{}", pem(&a, "ca.crt"), pem(&b, "ca.crt"));
+        authn.reload(both).unwrap();
+        assert!(
+            verifier
+                .verify_client_cert(&admin_b[0], &admin_b[1..], UnixTime::now())
+                .is_ok()
+        );
+        assert!(matches!(authn.peer(Some(&admin_b)), Peer::User(u) if u.name == "substrate-admin"));
+
+        // a's CAs replaced by b's: a's certificates are refused from now on.
+        authn.reload(bundles(&b)).unwrap();
+        assert!(!tls_accepts(&authn, &admin_a));
+        assert_eq!(authn.peer(Some(&admin_a)), Peer::Anonymous);
+        assert_eq!(
+            authn.peer(Some(&chain(&a, "front-proxy-client.crt"))),
+            Peer::Anonymous
+        );
+        // An invalid bundle leaves the one in force.
+        let mut bad = bundles(&a);
+        bad.client_ca =
+            "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".into();
+        assert!(authn.reload(bad).is_err());
+        assert!(tls_accepts(&authn, &admin_b));
+    }
+
+    #[test]
+    fn front_proxy_header_names_and_allowed_names_follow_a_reload() {
+        let (_dir, a, _b) = pkis();
+        let authn = Authenticator::from_bundles(bundles(&a)).unwrap();
+        let proxy = chain(&a, "front-proxy-client.crt");
+        let h = headers(&[("X-Remote-User", "alice"), ("X-Forwarded-User", "carol")]);
+        let peer = authn.peer(Some(&proxy));
+        assert_eq!(authn.user(&peer, &h).unwrap().name, "alice");
+        let mut b = bundles(&a);
+        b.request_header = RequestHeader::new(
+            &["X-Forwarded-User".into()],
+            &[],
+            &[],
+            &["front-proxy-client".into()],
+        );
+        authn.reload(b.clone()).unwrap();
+        assert_eq!(authn.user(&peer, &h).unwrap().name, "carol");
+        // Another allowed name: the proxy's certificate is no longer a front proxy.
+        b.request_header.allowed_names = vec!["aggregator".into()];
+        authn.reload(b).unwrap();
+        assert_eq!(authn.peer(Some(&proxy)), Peer::Anonymous);
+        // No CA at all: every certificate is refused at the handshake.
+        authn.reload(Bundles::default()).unwrap();
+        assert!(!tls_accepts(&authn, &chain(&a, "admin.crt")));
+    }
+
+    struct FakeReviewer {
+        calls: Mutex<u32>,
+    }
+
+    impl TokenReviewer for FakeReviewer {
+        fn review(&self, token: &str) -> BoxFuture<'_, Result<Reviewed, String>> {
+            *self.calls.lock().unwrap() += 1;
+            let r = match token {
+                "good" => Ok(Reviewed::User(UserInfo {
+                    name: "system:serviceaccount:team-a:robot".into(),
+                    groups: vec!["system:authenticated".into()],
+                    extra: BTreeMap::new(),
+                })),
+                "down" => Err("connection refused".into()),
+                _ => Ok(Reviewed::Refused(String::new())),
+            };
+            Box::pin(async move { r })
+        }
+    }
+
+    #[tokio::test]
+    async fn certificates_and_front_proxy_come_before_tokens() {
+        let (_dir, a, _b) = pkis();
+        let reviewer = Arc::new(FakeReviewer {
+            calls: Mutex::new(0),
+        });
+        let authn = Authenticator::from_bundles(bundles(&a))
+            .unwrap()
+            .with_tokens(Arc::new(TokenAuthenticator::new(
+                reviewer.clone(),
+                std::time::Duration::from_secs(10),
+                10,
+            )));
+        let bearer = |t: &str| headers(&[("Authorization", &format!("Bearer {t}"))]);
+        // A certificate user wins; the token is not even reviewed.
+        let admin = authn.peer(Some(&chain(&a, "admin.crt")));
+        let u = authn.authenticate_request(&admin, &bearer("bad")).await;
+        assert_eq!(u.unwrap().unwrap().name, "substrate-admin");
+        assert_eq!(*reviewer.calls.lock().unwrap(), 0);
+        // Anonymous with a token: the token's user; refused and failed reviews are errors.
+        let anon = Peer::Anonymous;
+        let u = authn.authenticate_request(&anon, &bearer("good")).await;
+        assert_eq!(
+            u.unwrap().unwrap().name,
+            "system:serviceaccount:team-a:robot"
+        );
+        assert!(matches!(
+            authn.authenticate_request(&anon, &bearer("bad")).await,
+            Err(TokenError::Refused(_))
+        ));
+        assert!(matches!(
+            authn.authenticate_request(&anon, &bearer("down")).await,
+            Err(TokenError::Failed(_))
+        ));
+        assert_eq!(
+            authn.authenticate_request(&anon, &headers(&[])).await,
+            Ok(None)
+        );
+        // The front proxy without a user header falls through to the token.
+        let u = authn
+            .authenticate_request(&Peer::FrontProxy, &bearer("good"))
+            .await;
+        assert_eq!(
+            u.unwrap().unwrap().name,
+            "system:serviceaccount:team-a:robot"
+        );
+        // Standalone (no token authenticator): a token is nobody.
+        let standalone = Authenticator::from_bundles(bundles(&a)).unwrap();
+        assert_eq!(
+            standalone
+                .authenticate_request(&anon, &bearer("good"))
+                .await,
+            Ok(None)
+        );
+    }
+}
