@@ -7,7 +7,9 @@
 //! `X-Remote-Extra-*` by default). Any other certificate must chain to the client CA: the user
 //! is its CN and the groups its O values. Request headers from anyone else are ignored.
 //! Without a certificate user, an `Authorization: Bearer` token is reviewed by the cluster
-//! ([`token`], cluster mode only). Nobody: 401 (health endpoints excepted).
+//! ([`token`], cluster mode only). Nobody: 401 (health endpoints excepted), or in cluster
+//! mode `system:anonymous` for the cluster's authorizer to judge, as kube's delegating
+//! authenticator does. A refused token is 401 either way.
 //!
 //! The CA bundles and header names can change while serving ([`Authenticator::reload`]; in
 //! cluster mode [`cluster`] follows `kube-system/extension-apiserver-authentication`): the
@@ -40,6 +42,14 @@ pub struct UserInfo {
 impl UserInfo {
     pub fn in_group(&self, g: &str) -> bool {
         self.groups.iter().any(|x| x == g)
+    }
+    /// Whoever sent no credential (kube's anonymous user).
+    pub fn anonymous() -> Self {
+        Self {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+            extra: BTreeMap::new(),
+        }
     }
     /// The apiserver itself (background controllers).
     pub fn system() -> Self {
@@ -127,6 +137,9 @@ impl Active {
 pub struct Authenticator {
     active: Arc<ArcSwap<Active>>,
     tokens: Option<Arc<token::TokenAuthenticator>>,
+    /// Requests without any credential are `system:anonymous` (cluster mode, as kube's
+    /// delegating authenticator) instead of refused.
+    anonymous: bool,
 }
 
 fn roots(pems: &[&str], path: &str) -> Result<rustls::RootCertStore, AuthError> {
@@ -185,12 +198,21 @@ impl Authenticator {
         Ok(Self {
             active: Arc::new(ArcSwap::from_pointee(Active::build(b)?)),
             tokens: None,
+            anonymous: false,
         })
     }
 
     /// Bearer tokens are reviewed by `tokens` (cluster mode).
     pub fn with_tokens(mut self, tokens: Arc<token::TokenAuthenticator>) -> Self {
         self.tokens = Some(tokens);
+        self
+    }
+
+    /// Requests without any credential are the user `system:anonymous` in the group
+    /// `system:unauthenticated`, for the authorizer to judge (kube's delegating
+    /// authenticator; its SubjectAccessReviews usually deny them: 403, not 401).
+    pub fn with_anonymous(mut self) -> Self {
+        self.anonymous = true;
         self
     }
 
@@ -283,7 +305,8 @@ impl Authenticator {
     }
 
     /// The user of one request: certificate or front proxy first, then a bearer token
-    /// (reviewed by the cluster, cached). `Ok(None)`: anonymous; `Err`: a token was
+    /// (reviewed by the cluster, cached), then `system:anonymous` when allowed
+    /// ([`Authenticator::with_anonymous`]). `Ok(None)`: nobody (401); `Err`: a token was
     /// presented and refused, or could not be reviewed (both 401, as kube answers).
     pub async fn authenticate_request(
         &self,
@@ -293,10 +316,10 @@ impl Authenticator {
         if let Some(u) = self.user(peer, headers) {
             return Ok(Some(u));
         }
-        let (Some(tokens), Some(bearer)) = (&self.tokens, token::bearer(headers)) else {
-            return Ok(None);
-        };
-        tokens.authenticate(bearer).await.map(Some)
+        if let (Some(tokens), Some(bearer)) = (&self.tokens, token::bearer(headers)) {
+            return tokens.authenticate(bearer).await.map(Some);
+        }
+        Ok(self.anonymous.then(UserInfo::anonymous))
     }
 }
 

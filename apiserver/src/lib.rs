@@ -256,7 +256,9 @@ async fn authentication(
         args.authentication_token_webhook_cache_ttl,
         auth::token::DEFAULT_CAPACITY,
     );
-    let authn = auth::Authenticator::from_bundles(bundles)?.with_tokens(Arc::new(tokens));
+    let authn = auth::Authenticator::from_bundles(bundles)?
+        .with_tokens(Arc::new(tokens))
+        .with_anonymous();
     let follow = tokio::spawn(auth::cluster::follow(client, authn.clone(), local));
     tracing::info!(
         namespace = auth::cluster::NAMESPACE,
