@@ -2,11 +2,14 @@
 //! clients retry them (`DefaultAuthWebhookRetryBackoff` and `DefaultShouldRetry`): up to 5
 //! attempts, 500 ms apart growing 1.5 times (with up to 20 % jitter), and only for transient
 //! failures (429, 500, 504, a lost or reset connection) — a refused connection or a 403 fails
-//! at once.
+//! at once. Each attempt has [`TIMEOUT`] to answer (kube's webhook request timeout); one
+//! that does not fails the call.
 
 use std::future::Future;
 use std::time::Duration;
 
+/// How long one attempt may take.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts in all.
 pub const STEPS: u32 = 5;
 const FIRST: Duration = Duration::from_millis(500);
@@ -31,8 +34,9 @@ pub fn transient(e: &kube::Error) -> bool {
     }
 }
 
-/// Runs `call` until it succeeds, fails for good, or [`STEPS`] attempts were made.
-pub async fn with_retries<T, F, Fut>(what: &'static str, mut call: F) -> Result<T, kube::Error>
+/// Runs `call` until it succeeds, fails for good, times out or [`STEPS`] attempts were made;
+/// the error as text.
+pub async fn with_retries<T, F, Fut>(what: &'static str, mut call: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, kube::Error>>,
@@ -40,16 +44,17 @@ where
     let mut delay = FIRST;
     let mut attempt = 1;
     loop {
-        match call().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt < STEPS && transient(&e) => {
+        match tokio::time::timeout(TIMEOUT, call()).await {
+            Err(_) => return Err(format!("no answer within {TIMEOUT:?}")),
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if attempt < STEPS && transient(&e) => {
                 let jitter = 1.0 + rand::random::<f64>() * JITTER;
                 tracing::debug!(call = what, attempt, error = %e, "retrying");
                 tokio::time::sleep(delay.mul_f64(jitter)).await;
                 delay = delay.mul_f64(FACTOR);
                 attempt += 1;
             }
-            Err(e) => return Err(e),
+            Ok(Err(e)) => return Err(e.to_string()),
         }
     }
 }
@@ -102,5 +107,17 @@ mod tests {
             assert!(r.is_err());
             assert_eq!(calls.load(Ordering::SeqCst), 1, "{code}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_without_an_answer_fails_the_call() {
+        let calls = AtomicU32::new(0);
+        let r: Result<(), _> = with_retries("test", || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::pending()
+        })
+        .await;
+        assert_eq!(r.unwrap_err(), "no answer within 30s");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -92,8 +92,7 @@ impl TokenReviewer for KubeTokenReviewer {
             let created = crate::webhook_retry::with_retries("TokenReview", || {
                 self.api.create(&params, &review)
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             Ok(reviewed(created.status))
         })
     }

@@ -49,8 +49,7 @@ impl Reviewer for KubeReviewer {
             let created = crate::webhook_retry::with_retries("SubjectAccessReview", || {
                 self.api.create(&params, &review)
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             created
                 .status
                 .ok_or_else(|| "the SubjectAccessReview came back without a status".to_string())
