@@ -185,9 +185,10 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
 }
 
 /// A client of the cluster to delegate to: from `kubeconfig`, else the in-cluster
-/// configuration when running in a pod, else `None` (standalone).
+/// configuration when running in a pod (unless `--standalone`), else `None` (standalone).
 pub async fn cluster_client(
     kubeconfig: Option<&Path>,
+    standalone: bool,
     what: &str,
 ) -> Result<Option<kube::Client>, auth::AuthError> {
     let err = |reason: String| auth::AuthError::Client {
@@ -202,6 +203,7 @@ pub async fn cluster_client(
                 .await
                 .map_err(|e| err(format!("{}: {e}", path.display())))?
         }
+        None if standalone => return Ok(None),
         None => match kube::Config::incluster() {
             Ok(c) => c,
             Err(_) => return Ok(None),
@@ -221,6 +223,7 @@ async fn authentication(
 ) -> Result<(auth::Authenticator, Vec<JoinHandle<()>>), RunError> {
     let client = cluster_client(
         args.authentication_kubeconfig.as_deref(),
+        args.standalone,
         "--authentication-kubeconfig",
     )
     .await?;
@@ -277,6 +280,7 @@ pub async fn authorization(
 ) -> Result<authz::Chain, RunError> {
     let client = cluster_client(
         args.authorization_kubeconfig.as_deref(),
+        args.standalone,
         "--authorization-kubeconfig",
     )
     .await?;

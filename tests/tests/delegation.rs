@@ -367,7 +367,7 @@ fn decision_cache_cost_against_kube_apiserver() {
     bind_actor_role(&env, "alice-actors", user_subject("alice"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client = rt
-        .block_on(apiserver::cluster_client(Some(&kubeconfig), "test"))
+        .block_on(apiserver::cluster_client(Some(&kubeconfig), false, "test"))
         .expect("client")
         .expect("a kubeconfig was given");
     let cached = CachedAuthorizer::new(
