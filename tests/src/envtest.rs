@@ -151,7 +151,14 @@ impl GroupChild {
     pub fn log_tail(&self, n: usize) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| match l.char_indices().nth(400) {
+                Some((i, _)) => format!("{}...", &l[..i]),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn signal_group(&self, sig: &str) {
@@ -207,6 +214,7 @@ pub struct Envtest {
     pub admin: Identity,
     /// How long [`Envtest::start`] took.
     pub startup: Duration,
+    assets: Assets,
     home: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -230,6 +238,7 @@ impl Envtest {
     /// [`Envtest::start`] with [`Options`].
     pub fn start_with(opts: Options) -> Option<Envtest> {
         let assets = Assets::find()?;
+        let assets_ref = &assets;
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let t0 = Instant::now();
         let dir = tempfile::Builder::new()
@@ -240,10 +249,12 @@ impl Envtest {
         std::fs::create_dir_all(&home).expect("home");
         let pki = Pki::new(&dir.path().join("pki")).expect("PKI");
 
-        let etcd_port = start_retrying("etcd", |attempt| start_etcd(&assets, dir.path(), attempt));
+        let etcd_port = start_retrying("etcd", |attempt| {
+            start_etcd(assets_ref, dir.path(), attempt)
+        });
         let (etcd, etcd_url) = etcd_port;
         let (kube_apiserver, port) = start_retrying("kube-apiserver", |attempt| {
-            start_kube_apiserver(&assets, dir.path(), &pki, &etcd_url, attempt)
+            start_kube_apiserver(assets_ref, dir.path(), &pki, &etcd_url, attempt)
         });
         let url = format!("https://127.0.0.1:{port}");
         let admin_cert = pki
@@ -266,12 +277,13 @@ impl Envtest {
             pki,
             admin,
             startup: Duration::ZERO,
+            assets,
             home,
             dir,
         };
         env.wait_ready();
         if opts.controller_manager {
-            env.start_controller_manager(&assets);
+            env.start_controller_manager();
         }
         env.startup = t0.elapsed();
         eprintln!(
@@ -312,7 +324,14 @@ impl Envtest {
         }
     }
 
-    fn start_controller_manager(&mut self, assets: &Assets) {
+    /// Starts kube-controller-manager (when [`Options::controller_manager`] was false) and
+    /// waits until it runs its controllers. Started after an aggregated API is registered, its
+    /// garbage collector and quota controller include that API in their first sync.
+    pub fn start_controller_manager(&mut self) {
+        assert!(
+            self.controller_manager.is_none(),
+            "kube-controller-manager already runs"
+        );
         let cert = self
             .pki
             .ca
@@ -351,7 +370,7 @@ impl Envtest {
         ];
         let mut kcm = GroupChild::spawn(
             "kube-controller-manager",
-            &assets.kube_controller_manager,
+            &self.assets.kube_controller_manager,
             &args,
             self.dir.path().join("kube-controller-manager.log"),
         );
@@ -401,7 +420,9 @@ impl Envtest {
         let (code, body) = self.admin.request(
             "POST",
             &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
-            Some(&json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})),
+            Some(
+                &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}),
+            ),
         );
         assert!(
             code == 201 || code == 409,
@@ -632,13 +653,18 @@ fn start_etcd(assets: &Assets, dir: &Path, attempt: u32) -> Option<(GroupChild, 
         let ok = Command::new("curl")
             .args(["-sf", "--max-time", "2", &format!("{client}/health")])
             .output()
-            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("true"));
+            .is_ok_and(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).contains("true")
+            });
         if ok {
             return Some((etcd, client));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("etcd not healthy after {START_DEADLINE:?}:\n{}", etcd.log_tail(40));
+    panic!(
+        "etcd not healthy after {START_DEADLINE:?}:\n{}",
+        etcd.log_tail(40)
+    );
 }
 
 /// kube-apiserver on loopback; (process, port) once it listens (readiness is checked by the
@@ -677,7 +703,10 @@ fn start_kube_apiserver(
         "--requestheader-username-headers=X-Remote-User".into(),
         "--requestheader-group-headers=X-Remote-Group".into(),
         "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
-        format!("--proxy-client-cert-file={}", p(&pki.front_proxy_client.cert)),
+        format!(
+            "--proxy-client-cert-file={}",
+            p(&pki.front_proxy_client.cert)
+        ),
         format!("--proxy-client-key-file={}", p(&pki.front_proxy_client.key)),
         "--enable-aggregator-routing=false".into(),
         "--profiling=false".into(),

@@ -106,13 +106,24 @@ impl Identity {
             "Content-Type: application/json"
         };
         let mut c = Command::new("curl");
-        c.args(["-s", "--max-time", "30", "-X", method, "-w", "\n%{http_code}"])
-            .arg("--cacert")
-            .arg(&self.ca)
-            .args(["-H", content_type, "-H", "Accept: application/json"]);
+        c.args([
+            "-s",
+            "--max-time",
+            "30",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(&self.ca)
+        .args(["-H", content_type, "-H", "Accept: application/json"]);
         match &self.credential {
             Credential::Cert(files) => {
-                c.arg("--cert").arg(&files.cert).arg("--key").arg(&files.key);
+                c.arg("--cert")
+                    .arg(&files.cert)
+                    .arg("--key")
+                    .arg(&files.key);
             }
             Credential::Token(t) => {
                 // Through a config on stdin would be tidier; a header keeps it off `ps` no
