@@ -269,8 +269,13 @@ async fn route(
         "/version" => return Ok((json_response(200, &version()), None)),
         _ => {}
     }
-    let user = Authenticator::user(&chain, &parts.headers);
-    let Some(user) = user else {
+    // Certificate or front proxy, then a bearer token (a refused or unreviewable token is
+    // 401, as kube answers; the token authenticator logs why).
+    let Ok(Some(user)) = state
+        .auth
+        .authenticate_request(&chain, &parts.headers)
+        .await
+    else {
         return Err((ApiError::unauthorized(), None));
     };
     let uname = Some(user.name.clone());

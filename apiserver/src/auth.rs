@@ -1,18 +1,33 @@
-//! Authentication (client certificates, front-proxy request headers); authorization is
-//! [`crate::authz`].
+//! Authentication (client certificates, front-proxy request headers, bearer tokens);
+//! authorization is [`crate::authz`].
 //!
-//! A peer certificate signed by the request-header CA (and, when `--requestheader-allowed-names`
-//! is set, with one of those CNs) is an aggregating front proxy: the user comes from
-//! `X-Remote-User`, `X-Remote-Group` and `X-Remote-Extra-*`. Any other certificate must chain to
-//! the client CA: the user is its CN and the groups its O values. Request headers from anyone
-//! else are ignored. No certificate: 401 (health endpoints excepted).
+//! The order is kube-apiserver's: a peer certificate signed by the request-header CA (and,
+//! when allowed names are set, with one of those CNs) is an aggregating front proxy: the user
+//! comes from the configured request headers (`X-Remote-User`, `X-Remote-Group`,
+//! `X-Remote-Extra-*` by default). Any other certificate must chain to the client CA: the user
+//! is its CN and the groups its O values. Request headers from anyone else are ignored.
+//! Without a certificate user, an `Authorization: Bearer` token is reviewed by the cluster
+//! ([`token`], cluster mode only). Nobody: 401 (health endpoints excepted).
+//!
+//! The CA bundles and header names can change while serving ([`Authenticator::reload`]; in
+//! cluster mode [`cluster`] follows `kube-system/extension-apiserver-authentication`): the
+//! TLS layer's verifier ([`verifier::DynamicVerifier`]) and each new connection's
+//! classification use the bundles of the moment.
+
+pub mod cluster;
+pub mod headers;
+pub mod token;
+pub mod verifier;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
+
+pub use headers::RequestHeader;
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,16 +58,78 @@ pub enum AuthError {
     Ca { path: String, reason: String },
     #[error("building client certificate verifier: {0}")]
     Verifier(String),
+    #[error(
+        "reading ConfigMap {namespace}/{name} (needed for delegated authentication; \
+         --authentication-tolerate-lookup-failure starts without it): {reason}"
+    )]
+    Lookup {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+    #[error("ConfigMap {namespace}/{name}: key {key}: {reason}")]
+    ConfigMap {
+        namespace: String,
+        name: String,
+        key: String,
+        reason: String,
+    },
+    #[error("building a Kubernetes client from {what}: {reason}")]
+    Client { what: String, reason: String },
 }
 
-/// Verifies client certificates for both roles.
-pub struct Authenticator {
-    client: Arc<dyn ClientCertVerifier>,
+/// What client-certificate authentication trusts: PEM bundles (empty: none) and the
+/// request-header settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bundles {
+    /// CAs of user certificates.
+    pub client_ca: String,
+    /// CAs of front-proxy certificates (empty: no front proxy accepted).
+    pub request_header_ca: String,
+    pub request_header: RequestHeader,
+}
+
+/// The bundles in force, with their verifiers built.
+pub(crate) struct Active {
+    client: Option<Arc<dyn ClientCertVerifier>>,
     front_proxy: Option<Arc<dyn ClientCertVerifier>>,
-    allowed_names: Vec<String>,
+    /// Either CA (what the TLS layer accepts); `None`: no CA at all.
+    pub(crate) tls: Option<Arc<dyn ClientCertVerifier>>,
+    header: RequestHeader,
+    bundles: Bundles,
 }
 
-fn roots(pems: &[String], path: &str) -> Result<rustls::RootCertStore, AuthError> {
+impl Active {
+    fn build(b: Bundles) -> Result<Self, AuthError> {
+        let build = |pems: &[&str], what: &str| -> Result<_, AuthError> {
+            let pems: Vec<&str> = pems
+                .iter()
+                .copied()
+                .filter(|p| !p.trim().is_empty())
+                .collect();
+            if pems.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(verifier(roots(&pems, what)?)?))
+        };
+        Ok(Self {
+            client: build(&[&b.client_ca], "client CA")?,
+            front_proxy: build(&[&b.request_header_ca], "request-header CA")?,
+            tls: build(&[&b.client_ca, &b.request_header_ca], "client CAs")?,
+            header: b.request_header.clone(),
+            bundles: b,
+        })
+    }
+}
+
+/// Authenticates requests (see the module docs). Cheap to clone: clones share the bundles.
+#[derive(Clone)]
+pub struct Authenticator {
+    active: Arc<ArcSwap<Active>>,
+    tokens: Option<Arc<token::TokenAuthenticator>>,
+}
+
+fn roots(pems: &[&str], path: &str) -> Result<rustls::RootCertStore, AuthError> {
     use rustls::pki_types::pem::PemObject;
     let mut store = rustls::RootCertStore::empty();
     for pem in pems {
@@ -77,36 +154,74 @@ fn roots(pems: &[String], path: &str) -> Result<rustls::RootCertStore, AuthError
 }
 
 fn verifier(store: rustls::RootCertStore) -> Result<Arc<dyn ClientCertVerifier>, AuthError> {
-    WebPkiClientVerifier::builder(Arc::new(store))
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| AuthError::Verifier(e.to_string()))
+    WebPkiClientVerifier::builder_with_provider(
+        Arc::new(store),
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| AuthError::Verifier(e.to_string()))
 }
 
 impl Authenticator {
     /// `client_ca`: PEM bundle for user certificates; `front_proxy_ca`: PEM bundle for the
-    /// request-header authenticator (optional).
+    /// request-header authenticator (optional); default header names.
     pub fn new(
         client_ca: &str,
         front_proxy_ca: Option<&str>,
         allowed_names: Vec<String>,
     ) -> Result<Self, AuthError> {
-        Ok(Self {
-            client: verifier(roots(&[client_ca.to_string()], "client CA")?)?,
-            front_proxy: front_proxy_ca
-                .map(|p| roots(&[p.to_string()], "request-header CA").and_then(verifier))
-                .transpose()?,
-            allowed_names,
+        Self::from_bundles(Bundles {
+            client_ca: client_ca.into(),
+            request_header_ca: front_proxy_ca.unwrap_or_default().into(),
+            request_header: RequestHeader {
+                allowed_names,
+                ..RequestHeader::default()
+            },
         })
     }
 
-    /// The verifier the TLS layer uses: accepts a certificate from either CA, or none.
+    pub fn from_bundles(b: Bundles) -> Result<Self, AuthError> {
+        Ok(Self {
+            active: Arc::new(ArcSwap::from_pointee(Active::build(b)?)),
+            tokens: None,
+        })
+    }
+
+    /// Bearer tokens are reviewed by `tokens` (cluster mode).
+    pub fn with_tokens(mut self, tokens: Arc<token::TokenAuthenticator>) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// Replaces the bundles: new TLS handshakes and new connections use them at once.
+    /// An invalid bundle leaves the current ones in force.
+    pub fn reload(&self, b: Bundles) -> Result<(), AuthError> {
+        if self.active.load().bundles == b {
+            return Ok(());
+        }
+        self.active.store(Arc::new(Active::build(b)?));
+        Ok(())
+    }
+
+    /// The bundles in force.
+    pub fn bundles(&self) -> Bundles {
+        self.active.load().bundles.clone()
+    }
+
+    /// The verifier the TLS layer uses: accepts a certificate from either CA of the moment,
+    /// or none.
+    pub fn client_verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(verifier::DynamicVerifier::new(self.active.clone()))
+    }
+
+    /// A fixed verifier for either CA (kept for callers building their own TLS config).
     pub fn tls_verifier(
         client_ca: &str,
         front_proxy_ca: Option<&str>,
     ) -> Result<Arc<dyn ClientCertVerifier>, AuthError> {
-        let mut pems = vec![client_ca.to_string()];
-        pems.extend(front_proxy_ca.map(str::to_string));
+        let mut pems = vec![client_ca];
+        pems.extend(front_proxy_ca);
         verifier(roots(&pems, "client CAs")?)
     }
 
@@ -117,13 +232,14 @@ impl Authenticator {
         v.verify_client_cert(leaf, rest, UnixTime::now()).is_ok()
     }
 
-    /// Authenticates a request from its peer chain and headers. `None`: anonymous.
+    /// Authenticates a request from its peer chain and headers (certificates only). `None`:
+    /// anonymous.
     pub fn authenticate(
         &self,
         chain: Option<&[CertificateDer<'static>]>,
         headers: &http::HeaderMap,
     ) -> Option<UserInfo> {
-        Self::user(&self.peer(chain), headers)
+        self.user(&self.peer(chain), headers)
     }
 
     /// Classifies a connection's peer from its certificate chain: done once per connection
@@ -135,13 +251,16 @@ impl Authenticator {
         let Some((cn, orgs)) = chain.first().and_then(subject) else {
             return Peer::Anonymous;
         };
-        if let Some(fp) = &self.front_proxy
+        let active = self.active.load();
+        if let Some(fp) = &active.front_proxy
             && Self::verified(fp.as_ref(), chain)
-            && (self.allowed_names.is_empty() || self.allowed_names.contains(&cn))
+            && (active.header.allowed_names.is_empty() || active.header.allowed_names.contains(&cn))
         {
             return Peer::FrontProxy;
         }
-        if Self::verified(self.client.as_ref(), chain) {
+        if let Some(client) = &active.client
+            && Self::verified(client.as_ref(), chain)
+        {
             let mut groups = orgs;
             groups.push("system:authenticated".into());
             return Peer::User(UserInfo {
@@ -153,13 +272,31 @@ impl Authenticator {
         Peer::Anonymous
     }
 
-    /// The user of one request on a connection from `peer`. `None`: anonymous.
-    pub fn user(peer: &Peer, headers: &http::HeaderMap) -> Option<UserInfo> {
+    /// The user of one request on a connection from `peer` by its certificate (or, from a
+    /// front proxy, its request headers). `None`: anonymous.
+    pub fn user(&self, peer: &Peer, headers: &http::HeaderMap) -> Option<UserInfo> {
         match peer {
             Peer::Anonymous => None,
-            Peer::FrontProxy => from_headers(headers),
+            Peer::FrontProxy => self.active.load().header.user(headers),
             Peer::User(u) => Some(u.clone()),
         }
+    }
+
+    /// The user of one request: certificate or front proxy first, then a bearer token
+    /// (reviewed by the cluster, cached). `Ok(None)`: anonymous; `Err`: a token was
+    /// presented and refused, or could not be reviewed (both 401, as kube answers).
+    pub async fn authenticate_request(
+        &self,
+        peer: &Peer,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<UserInfo>, token::TokenError> {
+        if let Some(u) = self.user(peer, headers) {
+            return Ok(Some(u));
+        }
+        let (Some(tokens), Some(bearer)) = (&self.tokens, token::bearer(headers)) else {
+            return Ok(None);
+        };
+        tokens.authenticate(bearer).await.map(Some)
     }
 }
 
@@ -188,47 +325,4 @@ fn subject(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
         .filter_map(|o| o.as_str().ok().map(str::to_string))
         .collect();
     Some((cn, orgs))
-}
-
-fn from_headers(headers: &http::HeaderMap) -> Option<UserInfo> {
-    let user = headers
-        .get("x-remote-user")?
-        .to_str()
-        .ok()?
-        .trim()
-        .to_string();
-    if user.is_empty() {
-        return None;
-    }
-    let mut groups: Vec<String> = headers
-        .get_all("x-remote-group")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|g| g.trim().to_string()))
-        .filter(|g| !g.is_empty())
-        .collect();
-    if !groups.iter().any(|g| g == "system:authenticated") {
-        groups.push("system:authenticated".into());
-    }
-    let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, value) in headers {
-        if let Some(key) = name.as_str().strip_prefix("x-remote-extra-")
-            && let Ok(v) = value.to_str()
-        {
-            let key = percent_decode(key).to_lowercase();
-            extra.entry(key).or_default().push(v.to_string());
-        }
-    }
-    Some(UserInfo {
-        name: user,
-        groups,
-        extra,
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    form_urlencoded::parse(format!("k={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
 }

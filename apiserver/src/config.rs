@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -68,6 +69,62 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub requestheader_allowed_names: Vec<String>,
+    /// Header names carrying the user name from a front proxy, in order of preference (used
+    /// when the cluster's authentication ConfigMap gives none).
+    #[arg(
+        long,
+        env = "SUBSTRATE_REQUESTHEADER_USERNAME_HEADERS",
+        value_delimiter = ',',
+        default_value = "X-Remote-User"
+    )]
+    pub requestheader_username_headers: Vec<String>,
+    /// Header names carrying groups from a front proxy.
+    #[arg(
+        long,
+        env = "SUBSTRATE_REQUESTHEADER_GROUP_HEADERS",
+        value_delimiter = ',',
+        default_value = "X-Remote-Group"
+    )]
+    pub requestheader_group_headers: Vec<String>,
+    /// Prefixes of header names carrying extra user attributes from a front proxy.
+    #[arg(
+        long,
+        env = "SUBSTRATE_REQUESTHEADER_EXTRA_HEADERS_PREFIX",
+        value_delimiter = ',',
+        default_value = "X-Remote-Extra-"
+    )]
+    pub requestheader_extra_headers_prefix: Vec<String>,
+    /// Kubeconfig of the kube-apiserver that authenticates requests (its
+    /// `kube-system/extension-apiserver-authentication` ConfigMap, `TokenReview`). Unset: the
+    /// in-cluster configuration when running in a pod, else standalone authentication.
+    #[arg(long, env = "SUBSTRATE_AUTHENTICATION_KUBECONFIG")]
+    pub authentication_kubeconfig: Option<PathBuf>,
+    /// Kubeconfig of the kube-apiserver that authorizes requests (`SubjectAccessReview`).
+    /// Unset: the in-cluster configuration when running in a pod, else standalone
+    /// authorization.
+    #[arg(long, env = "SUBSTRATE_AUTHORIZATION_KUBECONFIG")]
+    pub authorization_kubeconfig: Option<PathBuf>,
+    /// How long token reviews are cached (Go duration: 10s, 1m, 1m30s, 500ms).
+    #[arg(long, env = "SUBSTRATE_AUTHENTICATION_TOKEN_WEBHOOK_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub authentication_token_webhook_cache_ttl: Duration,
+    /// How long allowed authorization decisions are cached.
+    #[arg(long, env = "SUBSTRATE_AUTHORIZATION_WEBHOOK_CACHE_AUTHORIZED_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub authorization_webhook_cache_authorized_ttl: Duration,
+    /// How long denied authorization decisions are cached.
+    #[arg(long, env = "SUBSTRATE_AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub authorization_webhook_cache_unauthorized_ttl: Duration,
+    /// Paths answered without authorization (`prefix*` matches a prefix).
+    #[arg(
+        long,
+        env = "SUBSTRATE_AUTHORIZATION_ALWAYS_ALLOW_PATHS",
+        value_delimiter = ',',
+        default_value = "/healthz,/readyz,/livez"
+    )]
+    pub authorization_always_allow_paths: Vec<String>,
+    /// Start even when the cluster's authentication ConfigMap cannot be read (then only the
+    /// CA files given by flags are trusted until it can).
+    #[arg(long, env = "SUBSTRATE_AUTHENTICATION_TOLERATE_LOOKUP_FAILURE")]
+    pub authentication_tolerate_lookup_failure: bool,
     /// Write an admin kubeconfig here once serving.
     #[arg(long, env = "SUBSTRATE_KUBECONFIG_OUT")]
     pub kubeconfig_out: Option<PathBuf>,
@@ -88,4 +145,96 @@ pub struct Args {
         default_value = "plain"
     )]
     pub log_format: LogFormat,
+}
+
+/// Parses a Go duration (`10s`, `1m30s`, `500ms`, `1h`, `0`), as kube's flags take them.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit in duration {s:?}"))?;
+        let (num, tail) = rest.split_at(digits);
+        let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(format!("unknown unit {unit:?} in duration {s:?}")),
+        };
+        total += Duration::from_secs_f64(value * scale);
+        rest = next;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn go_durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn delegation_flags_have_kubes_defaults() {
+        let a = Args::try_parse_from(["substrate-apiserver"]).unwrap();
+        assert_eq!(a.authentication_kubeconfig, None);
+        assert_eq!(a.authorization_kubeconfig, None);
+        assert_eq!(
+            a.authentication_token_webhook_cache_ttl,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            a.authorization_webhook_cache_authorized_ttl,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            a.authorization_webhook_cache_unauthorized_ttl,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            a.authorization_always_allow_paths,
+            vec!["/healthz", "/readyz", "/livez"]
+        );
+        assert!(!a.authentication_tolerate_lookup_failure);
+        assert_eq!(a.requestheader_username_headers, vec!["X-Remote-User"]);
+        let a = Args::try_parse_from([
+            "substrate-apiserver",
+            "--authentication-kubeconfig=/k",
+            "--authorization-webhook-cache-unauthorized-ttl=30s",
+            "--authentication-tolerate-lookup-failure",
+        ])
+        .unwrap();
+        assert_eq!(a.authentication_kubeconfig, Some(PathBuf::from("/k")));
+        assert_eq!(
+            a.authorization_webhook_cache_unauthorized_ttl,
+            Duration::from_secs(30)
+        );
+        assert!(a.authentication_tolerate_lookup_failure);
+    }
 }

@@ -25,6 +25,7 @@ pub mod status;
 pub mod storage;
 pub mod table;
 pub mod testing;
+pub mod ttl_cache;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -107,18 +108,8 @@ fn read(path: &Path) -> Result<String, RunError> {
 /// (if asked for) is written.
 pub async fn start(args: &Args) -> Result<Running, RunError> {
     let pki = pki::ensure(&args.pki_dir, &args.tls_sans)?;
-    let client_ca = read(args.client_ca_file.as_deref().unwrap_or(&pki.ca_cert()))?;
-    let front_proxy_ca = read(
-        args.requestheader_client_ca_file
-            .as_deref()
-            .unwrap_or(&pki.front_proxy_ca()),
-    )?;
-    let authn = auth::Authenticator::new(
-        &client_ca,
-        Some(&front_proxy_ca),
-        args.requestheader_allowed_names.clone(),
-    )?;
-    let verifier = auth::Authenticator::tls_verifier(&client_ca, Some(&front_proxy_ca))?;
+    let (authn, mut background) = authentication(args, &pki).await?;
+    let verifier = authn.client_verifier();
     let cert = read(args.tls_cert_file.as_deref().unwrap_or(&pki.serving_cert()))?;
     let key = read(
         args.tls_private_key_file
@@ -153,11 +144,11 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
         })?;
 
     let scheduler = scheduler::Scheduler::new(registry.clone());
-    let background = vec![
+    background.extend([
         tokio::spawn(lifecycle::run(registry.clone())),
         tokio::spawn(lifecycle::keep_bootstrap(registry.clone())),
         tokio::spawn(scheduler::run(scheduler.clone())),
-    ];
+    ]);
 
     if let Some(out) = &args.kubeconfig_out {
         let server_url = args
@@ -172,13 +163,7 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
         registry: registry.clone(),
         scheduler,
         auth: authn,
-        authz: authz::Chain::new(
-            authz::ALWAYS_ALLOW_PATHS
-                .iter()
-                .map(|p| p.to_string())
-                .collect(),
-            vec![Arc::new(authz::SystemAuthorizer)],
-        ),
+        authz: authorization(args).await?,
         max_body: args.max_request_bytes,
     });
     let (tx, rx) = oneshot::channel();
@@ -193,6 +178,120 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
         task,
         background,
     })
+}
+
+/// A client of the cluster to delegate to: from `kubeconfig`, else the in-cluster
+/// configuration when running in a pod, else `None` (standalone).
+pub async fn cluster_client(
+    kubeconfig: Option<&Path>,
+    what: &str,
+) -> Result<Option<kube::Client>, auth::AuthError> {
+    let err = |reason: String| auth::AuthError::Client {
+        what: what.to_string(),
+        reason,
+    };
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| err(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(format!("{}: {e}", path.display())))?
+        }
+        None => match kube::Config::incluster() {
+            Ok(c) => c,
+            Err(_) => return Ok(None),
+        },
+    };
+    kube::Client::try_from(config)
+        .map(Some)
+        .map_err(|e| err(e.to_string()))
+}
+
+/// The authenticator: standalone (the generated CAs, or the flags' files), or delegated to
+/// the cluster (its authentication ConfigMap, followed by a background task, plus the flags'
+/// files, and bearer tokens through `TokenReview`).
+async fn authentication(
+    args: &Args,
+    pki: &pki::Pki,
+) -> Result<(auth::Authenticator, Vec<JoinHandle<()>>), RunError> {
+    let client = cluster_client(
+        args.authentication_kubeconfig.as_deref(),
+        "--authentication-kubeconfig",
+    )
+    .await?;
+    let file =
+        |flag: &Option<std::path::PathBuf>, generated: std::path::PathBuf| match (flag, &client) {
+            (Some(p), _) => read(p),
+            (None, None) => read(&generated),
+            (None, Some(_)) => Ok(String::new()),
+        };
+    let local = auth::Bundles {
+        client_ca: file(&args.client_ca_file, pki.ca_cert())?,
+        request_header_ca: file(&args.requestheader_client_ca_file, pki.front_proxy_ca())?,
+        request_header: auth::RequestHeader::new(
+            &args.requestheader_username_headers,
+            &args.requestheader_group_headers,
+            &args.requestheader_extra_headers_prefix,
+            &args.requestheader_allowed_names,
+        ),
+    };
+    let Some(client) = client else {
+        return Ok((auth::Authenticator::from_bundles(local)?, Vec::new()));
+    };
+    let bundles = match auth::cluster::load(&client, &local).await {
+        Ok(b) => b,
+        Err(e) if args.authentication_tolerate_lookup_failure => {
+            tracing::warn!(error = %e, "starting without the cluster's authentication ConfigMap (tolerated)");
+            local.clone()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let tokens = auth::token::TokenAuthenticator::new(
+        Arc::new(auth::token::KubeTokenReviewer::new(client.clone())),
+        args.authentication_token_webhook_cache_ttl,
+        auth::token::DEFAULT_CAPACITY,
+    );
+    let authn = auth::Authenticator::from_bundles(bundles)?.with_tokens(Arc::new(tokens));
+    let follow = tokio::spawn(auth::cluster::follow(client, authn.clone(), local));
+    tracing::info!(
+        namespace = auth::cluster::NAMESPACE,
+        name = auth::cluster::NAME,
+        "authentication delegated to the cluster"
+    );
+    Ok((authn, vec![follow]))
+}
+
+/// The authorization chain: always-allowed paths, `system:masters`, then standalone
+/// ([`authz::SystemAuthorizer`]) or the cluster's `SubjectAccessReview` behind a decision
+/// cache.
+async fn authorization(args: &Args) -> Result<authz::Chain, RunError> {
+    let client = cluster_client(
+        args.authorization_kubeconfig.as_deref(),
+        "--authorization-kubeconfig",
+    )
+    .await?;
+    let authorizers: Vec<Arc<dyn authz::Authorizer>> = match client {
+        None => vec![Arc::new(authz::SystemAuthorizer)],
+        Some(client) => {
+            tracing::info!("authorization delegated to the cluster (SubjectAccessReview)");
+            let webhook = authz::webhook::WebhookAuthorizer::new(Arc::new(
+                authz::webhook::KubeReviewer::new(client),
+            ));
+            vec![Arc::new(authz::cache::CachedAuthorizer::new(
+                Arc::new(webhook),
+                authz::cache::Ttls {
+                    authorized: args.authorization_webhook_cache_authorized_ttl,
+                    unauthorized: args.authorization_webhook_cache_unauthorized_ttl,
+                },
+                authz::cache::DEFAULT_CAPACITY,
+            ))]
+        }
+    };
+    Ok(authz::Chain::new(
+        args.authorization_always_allow_paths.clone(),
+        authorizers,
+    ))
 }
 
 /// Sets up `tracing` (RUST_LOG filter, default `info`).

@@ -18,6 +18,9 @@ use std::sync::Arc;
 use crate::auth::UserInfo;
 use crate::status::ApiError;
 
+pub mod cache;
+pub mod webhook;
+
 /// The group whose members may do anything (kube's `system:masters`).
 pub const PRIVILEGED_GROUP: &str = "system:masters";
 
