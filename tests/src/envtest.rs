@@ -253,6 +253,7 @@ impl Envtest {
             start_etcd(assets_ref, dir.path(), attempt)
         });
         let (etcd, etcd_url) = etcd_port;
+        let etcd_ready = t0.elapsed();
         let (kube_apiserver, port) = start_retrying("kube-apiserver", |attempt| {
             start_kube_apiserver(assets_ref, dir.path(), &pki, &etcd_url, attempt)
         });
@@ -282,14 +283,25 @@ impl Envtest {
             dir,
         };
         env.wait_ready();
+        let kube_apiserver_ready = t0.elapsed();
         if opts.controller_manager {
             env.start_controller_manager();
         }
         env.startup = t0.elapsed();
         eprintln!(
-            "envtest: control plane at {} ready in {:.1?} (state in {})",
+            "envtest: control plane at {} ready in {:.1?} (etcd {:.1?}, kube-apiserver {:.1?}{}; state in {})",
             env.url,
             env.startup,
+            etcd_ready,
+            kube_apiserver_ready - etcd_ready,
+            if opts.controller_manager {
+                format!(
+                    ", kube-controller-manager {:.1?}",
+                    env.startup - kube_apiserver_ready
+                )
+            } else {
+                String::new()
+            },
             env.dir.path().display()
         );
         Some(env)

@@ -196,7 +196,7 @@ impl Row {
             ("create", "") => Some(json!({
                 "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Actor",
                 "metadata": {"name": self.name, "namespace": self.namespace},
-                "spec": {"template": {"name": "counter"}, "activation": "Suspended"},
+                "spec": {"template": {"name": "counter"}},
             })),
             ("create", _) => Some(json!({})),
             ("patch", "") => Some(json!({"metadata": {"labels": {"patched-by": "matrix"}}})),
@@ -215,9 +215,11 @@ impl Row {
     }
 
     /// The status code of the allowed request on a system where the row's objects exist.
+    /// (A resume finds no worker on a system without node agents: `202 Accepted`, waiting.)
     pub fn success_code(&self) -> u16 {
         match (self.verb, self.subresource) {
             ("create", "") => 201,
+            ("create", "resume") => 202,
             _ => 200,
         }
     }

@@ -12,7 +12,7 @@
 //!
 //! Skipped (with a message) when `KUBEBUILDER_ASSETS` is unset; hack/test.sh sets it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -29,7 +29,7 @@ fn actor(ns: &str, name: &str) -> Value {
     json!({
         "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"template": {"name": "counter"}, "activation": "Suspended"},
+        "spec": {"template": {"name": "counter"}},
     })
 }
 
@@ -59,6 +59,7 @@ fn delete_namespace_and_wait(env: &Envtest, ns: &str) {
         .admin
         .request("DELETE", &format!("/api/v1/namespaces/{ns}"), None);
     assert_eq!(code, 200, "deleting namespace {ns}: {body}");
+    let t0 = Instant::now();
     let mut last = Value::Null;
     let gone = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         eventually_within(
@@ -81,6 +82,7 @@ fn delete_namespace_and_wait(env: &Envtest, ns: &str) {
             env.controller_manager_log(30)
         );
     }
+    eprintln!("namespace {ns} deleted in {:.1?}", t0.elapsed());
 }
 
 #[test]
@@ -166,6 +168,7 @@ fn garbage_collector_collects_orphans_with_substrate_registered() {
         Some(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})),
     );
     assert_eq!(code, 200, "{body}");
+    let t0 = Instant::now();
     let collected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         eventually_within(
             CONTROLLER_DEADLINE,
@@ -183,12 +186,28 @@ fn garbage_collector_collects_orphans_with_substrate_registered() {
             env.controller_manager_log(30)
         );
     }
+    eprintln!(
+        "the orphaned ConfigMap was collected {:.1?} after its owner's deletion",
+        t0.elapsed()
+    );
 }
 
-/// Namespaces, atespaces, the template-less actors of the matrix and its RBAC objects.
-fn matrix_setup(env: &Envtest) {
+/// Namespaces, atespaces, the actors of the matrix and its RBAC objects; the actors' template
+/// in Substrate's own store, where its scheduler reads it when an actor resumes.
+fn matrix_setup(env: &Envtest, substrate: &Substrate) {
+    let direct_admin = substrate.direct(env, &env.admin);
     for (ns, actor_name) in NAMESPACES {
         tenant_namespace(env, ns);
+        create(
+            &direct_admin,
+            &format!("/apis/ate.dev/v1alpha1/namespaces/{ns}/actortemplates"),
+            &json!({
+                "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+                "metadata": {"name": "counter", "namespace": ns},
+                "spec": {"containers": [{"name": "counter", "image": "example.invalid/counter:1"}],
+                         "workerPoolRef": {"name": "none"}},
+            }),
+        );
         create(
             &env.admin,
             &format!("/apis/substrate.ate.dev/v1alpha1/namespaces/{ns}/actors"),
@@ -232,7 +251,7 @@ fn tenant_matrix_through_kube_apiserver() {
         return;
     };
     let substrate = Substrate::start(&env);
-    matrix_setup(&env);
+    matrix_setup(&env, &substrate);
     let alice = env.user(ALICE.user, &ALICE.groups[..1]);
     let bob = env.user(BOB.user, &BOB.groups[..1]);
     let robot = env.service_account_identity("team-a", "robot");
@@ -331,7 +350,7 @@ fn tenant_matrix_directly_against_substrate() {
         return;
     };
     let substrate = Substrate::start(&env);
-    matrix_setup(&env);
+    matrix_setup(&env, &substrate);
     let alice = substrate.direct(&env, &env.user(ALICE.user, &ALICE.groups[..1]));
     let bob = substrate.direct(&env, &env.user(BOB.user, &BOB.groups[..1]));
     let robot = substrate.direct(&env, &env.service_account_identity("team-a", "robot"));
