@@ -109,7 +109,8 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// A process in its own process group, logging to a file; the whole group gets SIGTERM on
-/// drop, then SIGKILL after 10 s.
+/// drop, then SIGKILL after 10 s. The process also gets SIGKILL when the thread that spawned
+/// it ends (`PR_SET_PDEATHSIG`), so create and drop it on the same thread (a test's).
 #[derive(Debug)]
 pub struct GroupChild {
     child: Child,
@@ -127,12 +128,23 @@ impl GroupChild {
                 .open(&log)
                 .expect("log file")
         };
-        let child = Command::new(bin)
-            .args(args)
+        // Killed as well when the test's thread dies without dropping us (SIGKILL of the test
+        // binary, Ctrl-C: the process group is not the terminal's): util-linux's `setpriv`
+        // sets the parent-death signal and execs the binary (no `unsafe` pre_exec here).
+        let setpriv = Path::new("/usr/bin/setpriv");
+        let mut cmd = if setpriv.exists() {
+            let mut c = Command::new(setpriv);
+            c.args(["--pdeathsig", "KILL", "--"]).arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        };
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(file())
             .stderr(file())
-            .process_group(0)
+            .process_group(0);
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         GroupChild {
@@ -140,6 +152,11 @@ impl GroupChild {
             name: name.to_string(),
             log,
         }
+    }
+
+    /// The process id (also the process group id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The exit status when it has exited.
@@ -617,9 +634,18 @@ impl Envtest {
         self.kube_apiserver.log_tail(n)
     }
 
-    /// Whether etcd still runs (for tests of the harness).
-    pub fn etcd_running(&mut self) -> bool {
-        self.etcd.exited().is_none()
+    /// The process groups of the control plane (etcd, kube-apiserver, and
+    /// kube-controller-manager when it runs), for tests of the harness.
+    pub fn process_groups(&self) -> Vec<u32> {
+        [
+            Some(&self.etcd),
+            Some(&self.kube_apiserver),
+            self.controller_manager.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(GroupChild::pid)
+        .collect()
     }
 }
 
