@@ -316,3 +316,44 @@ pub fn self_subject_access_review(identity: &Identity, row: &Row) -> Decision {
     assert_eq!(code, 201, "SelfSubjectAccessReview for {row:?}: {v}");
     Decision::from_status(&v)
 }
+
+/// Sends every row's request as `who(row.user)` and checks the answer: an allowed row its
+/// [`Row::success_code`], a forbidden one `403` with exactly [`Row::forbidden_message`]. The
+/// mismatches, each prefixed with `via`. Rows run in order (see [`ROWS`]).
+pub fn check_requests(who: &dyn Fn(&str) -> Identity, rows: &[Row], via: &str) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for r in rows {
+        let (method, path, body) = r.http();
+        let (code, answer) = who(r.user).request(method, &path, body.as_ref());
+        if r.allowed {
+            if code != r.success_code() {
+                wrong.push(format!(
+                    "{via}: {r:?}: want {}, got {code} {answer}",
+                    r.success_code()
+                ));
+            }
+        } else if code != 403 || answer["message"] != r.forbidden_message() {
+            wrong.push(format!(
+                "{via}: {r:?}: want 403 {:?}, got {code} {}",
+                r.forbidden_message(),
+                answer["message"]
+            ));
+        }
+    }
+    wrong
+}
+
+/// The rows where two apiservers' decisions differ (`a` and `b` from
+/// [`subject_access_reviews`] or [`self_subject_access_review`] over the same `rows`).
+pub fn differences(rows: &[Row], a: &[Decision], b: &[Decision]) -> Vec<String> {
+    assert_eq!(
+        (a.len(), b.len()),
+        (rows.len(), rows.len()),
+        "one decision per row"
+    );
+    rows.iter()
+        .zip(a.iter().zip(b))
+        .filter(|(_, (x, y))| x.allowed != y.allowed || x.denied != y.denied)
+        .map(|(r, (x, y))| format!("{r:?}: {x:?} vs {y:?}"))
+        .collect()
+}

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use e2e::envtest::substrate::Substrate;
 use e2e::envtest::{Envtest, Identity, Options};
 use e2e::eventually_within;
-use e2e::tenancy::{self, ALICE, BOB, NAMESPACES, ROWS, Row};
+use e2e::tenancy::{self, ALICE, BOB, NAMESPACES, ROWS};
 
 /// Generous bound for what Kubernetes' controllers do in seconds (the garbage collector
 /// notices a new API group on its 30 s discovery resync).
@@ -192,6 +192,62 @@ fn garbage_collector_collects_orphans_with_substrate_registered() {
     );
 }
 
+#[test]
+fn quota_controller_counts_actors_with_substrate_registered() {
+    // The resource quota controller lists and watches every quotable resource, Substrate's
+    // actors included (`count/actors.substrate.ate.dev`), under its own identity.
+    let Some(mut env) = Envtest::start_with(Options {
+        controller_manager: false,
+    }) else {
+        return;
+    };
+    let _substrate = Substrate::start(&env);
+    env.start_controller_manager();
+    tenant_namespace(&env, "quota");
+    for name in ["q1", "q2"] {
+        create(
+            &env.admin,
+            "/apis/substrate.ate.dev/v1alpha1/namespaces/quota/actors",
+            &actor("quota", name),
+        );
+    }
+    create(
+        &env.admin,
+        "/api/v1/namespaces/quota/resourcequotas",
+        &json!({
+            "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "actors"},
+            "spec": {"hard": {"count/actors.substrate.ate.dev": "5"}},
+        }),
+    );
+    let t0 = Instant::now();
+    let mut last = Value::Null;
+    let counted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually_within(
+            CONTROLLER_DEADLINE,
+            "the quota controller counts the namespace's actors",
+            || {
+                let (_, q) = env.admin.request(
+                    "GET",
+                    "/api/v1/namespaces/quota/resourcequotas/actors",
+                    None,
+                );
+                last = q["status"].clone();
+                (q["status"]["used"]["count/actors.substrate.ate.dev"] == "2").then_some(())
+            },
+        )
+    }));
+    if counted.is_err() {
+        panic!(
+            "quota status after {CONTROLLER_DEADLINE:?}: {last}; kube-controller-manager (last lines):\n{}",
+            env.controller_manager_log(30)
+        );
+    }
+    eprintln!(
+        "the quota controller counted the actors in {:.1?}",
+        t0.elapsed()
+    );
+}
+
 /// Namespaces, atespaces, the actors of the matrix and its RBAC objects; the actors' template
 /// in Substrate's own store, where its scheduler reads it when an actor resumes.
 fn matrix_setup(env: &Envtest, substrate: &Substrate) {
@@ -216,31 +272,6 @@ fn matrix_setup(env: &Envtest, substrate: &Substrate) {
     }
     env.service_account("team-a", "robot");
     tenancy::apply_rbac(&env.admin);
-}
-
-/// Runs every row as `who(row.user)` and checks the code (and the 403 message); a list of
-/// the mismatches.
-fn run_rows(who: &dyn Fn(&str) -> Identity, rows: &[Row], via: &str) -> Vec<String> {
-    let mut wrong = Vec::new();
-    for r in rows {
-        let (method, path, body) = r.http();
-        let (code, answer) = who(r.user).request(method, &path, body.as_ref());
-        if r.allowed {
-            if code != r.success_code() {
-                wrong.push(format!(
-                    "{via}: {r:?}: want {}, got {code} {answer}",
-                    r.success_code()
-                ));
-            }
-        } else if code != 403 || answer["message"] != r.forbidden_message() {
-            wrong.push(format!(
-                "{via}: {r:?}: want 403 {:?}, got {code} {}",
-                r.forbidden_message(),
-                answer["message"]
-            ));
-        }
-    }
-    wrong
 }
 
 #[test]
@@ -280,7 +311,7 @@ fn tenant_matrix_through_kube_apiserver() {
 
     // Every row through kube-apiserver: kube's RBAC refuses the forbidden ones with its own
     // 403; the allowed ones reach Substrate, which must allow them too (it asks kube).
-    let wrong = run_rows(&who, ROWS, "through kube-apiserver");
+    let wrong = tenancy::check_requests(&who, ROWS, "through kube-apiserver");
     assert!(
         wrong.is_empty(),
         "(Substrate delegates: {})\n{}",
@@ -360,7 +391,7 @@ fn tenant_matrix_directly_against_substrate() {
         u if u == robot.user => robot.clone(),
         u => panic!("no identity for {u}"),
     };
-    let wrong = run_rows(&who, ROWS, "directly to Substrate");
+    let wrong = tenancy::check_requests(&who, ROWS, "directly to Substrate");
     assert!(
         wrong.is_empty(),
         "(Substrate delegates: {})\n{}",
