@@ -109,7 +109,8 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// A process in its own process group, logging to a file; the whole group gets SIGTERM on
-/// drop, then SIGKILL after 10 s.
+/// drop, then SIGKILL after 10 s. The process also gets SIGKILL when the thread that spawned
+/// it ends (`PR_SET_PDEATHSIG`), so create and drop it on the same thread (a test's).
 #[derive(Debug)]
 pub struct GroupChild {
     child: Child,
@@ -127,12 +128,23 @@ impl GroupChild {
                 .open(&log)
                 .expect("log file")
         };
-        let child = Command::new(bin)
-            .args(args)
+        // Killed as well when the test's thread dies without dropping us (SIGKILL of the test
+        // binary, Ctrl-C: the process group is not the terminal's): util-linux's `setpriv`
+        // sets the parent-death signal and execs the binary (no `unsafe` pre_exec here).
+        let setpriv = Path::new("/usr/bin/setpriv");
+        let mut cmd = if setpriv.exists() {
+            let mut c = Command::new(setpriv);
+            c.args(["--pdeathsig", "KILL", "--"]).arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        };
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(file())
             .stderr(file())
-            .process_group(0)
+            .process_group(0);
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         GroupChild {
@@ -140,6 +152,11 @@ impl GroupChild {
             name: name.to_string(),
             log,
         }
+    }
+
+    /// The process id (also the process group id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The exit status when it has exited.
@@ -151,7 +168,14 @@ impl GroupChild {
     pub fn log_tail(&self, n: usize) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| match l.char_indices().nth(400) {
+                Some((i, _)) => format!("{}...", &l[..i]),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn signal_group(&self, sig: &str) {
@@ -207,6 +231,7 @@ pub struct Envtest {
     pub admin: Identity,
     /// How long [`Envtest::start`] took.
     pub startup: Duration,
+    assets: Assets,
     home: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -230,6 +255,7 @@ impl Envtest {
     /// [`Envtest::start`] with [`Options`].
     pub fn start_with(opts: Options) -> Option<Envtest> {
         let assets = Assets::find()?;
+        let assets_ref = &assets;
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let t0 = Instant::now();
         let dir = tempfile::Builder::new()
@@ -240,10 +266,13 @@ impl Envtest {
         std::fs::create_dir_all(&home).expect("home");
         let pki = Pki::new(&dir.path().join("pki")).expect("PKI");
 
-        let etcd_port = start_retrying("etcd", |attempt| start_etcd(&assets, dir.path(), attempt));
+        let etcd_port = start_retrying("etcd", |attempt| {
+            start_etcd(assets_ref, dir.path(), attempt)
+        });
         let (etcd, etcd_url) = etcd_port;
+        let etcd_ready = t0.elapsed();
         let (kube_apiserver, port) = start_retrying("kube-apiserver", |attempt| {
-            start_kube_apiserver(&assets, dir.path(), &pki, &etcd_url, attempt)
+            start_kube_apiserver(assets_ref, dir.path(), &pki, &etcd_url, attempt)
         });
         let url = format!("https://127.0.0.1:{port}");
         let admin_cert = pki
@@ -266,18 +295,30 @@ impl Envtest {
             pki,
             admin,
             startup: Duration::ZERO,
+            assets,
             home,
             dir,
         };
         env.wait_ready();
+        let kube_apiserver_ready = t0.elapsed();
         if opts.controller_manager {
-            env.start_controller_manager(&assets);
+            env.start_controller_manager();
         }
         env.startup = t0.elapsed();
         eprintln!(
-            "envtest: control plane at {} ready in {:.1?} (state in {})",
+            "envtest: control plane at {} ready in {:.1?} (etcd {:.1?}, kube-apiserver {:.1?}{}; state in {})",
             env.url,
             env.startup,
+            etcd_ready,
+            kube_apiserver_ready - etcd_ready,
+            if opts.controller_manager {
+                format!(
+                    ", kube-controller-manager {:.1?}",
+                    env.startup - kube_apiserver_ready
+                )
+            } else {
+                String::new()
+            },
             env.dir.path().display()
         );
         Some(env)
@@ -312,7 +353,14 @@ impl Envtest {
         }
     }
 
-    fn start_controller_manager(&mut self, assets: &Assets) {
+    /// Starts kube-controller-manager (when [`Options::controller_manager`] was false) and
+    /// waits until it runs its controllers. Started after an aggregated API is registered, its
+    /// garbage collector and quota controller include that API in their first sync.
+    pub fn start_controller_manager(&mut self) {
+        assert!(
+            self.controller_manager.is_none(),
+            "kube-controller-manager already runs"
+        );
         let cert = self
             .pki
             .ca
@@ -351,7 +399,7 @@ impl Envtest {
         ];
         let mut kcm = GroupChild::spawn(
             "kube-controller-manager",
-            &assets.kube_controller_manager,
+            &self.assets.kube_controller_manager,
             &args,
             self.dir.path().join("kube-controller-manager.log"),
         );
@@ -586,9 +634,18 @@ impl Envtest {
         self.kube_apiserver.log_tail(n)
     }
 
-    /// Whether etcd still runs (for tests of the harness).
-    pub fn etcd_running(&mut self) -> bool {
-        self.etcd.exited().is_none()
+    /// The process groups of the control plane (etcd, kube-apiserver, and
+    /// kube-controller-manager when it runs), for tests of the harness.
+    pub fn process_groups(&self) -> Vec<u32> {
+        [
+            Some(&self.etcd),
+            Some(&self.kube_apiserver),
+            self.controller_manager.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(GroupChild::pid)
+        .collect()
     }
 }
 

@@ -1101,3 +1101,4 @@ impl Watch {
 
 pub mod envtest;
 pub mod faults;
+pub mod tenancy;
