@@ -13,8 +13,9 @@
 //!
 //! The CA bundles and header names can change while serving ([`Authenticator::reload`]; in
 //! cluster mode [`cluster`] follows `kube-system/extension-apiserver-authentication`): the
-//! TLS layer's verifier ([`verifier::DynamicVerifier`]) and each new connection's
-//! classification use the bundles of the moment.
+//! TLS layer's verifier ([`verifier::DynamicVerifier`]) uses the bundles of the moment, and
+//! each connection's classification (made once, at the handshake) is made again after a
+//! change ([`Authenticator::connection_peer`]).
 
 pub mod cluster;
 pub mod headers;
@@ -101,6 +102,8 @@ pub struct Bundles {
 
 /// The bundles in force, with their verifiers built.
 pub(crate) struct Active {
+    /// Which reload made these (connections classified under another are classified again).
+    generation: u64,
     client: Option<Arc<dyn ClientCertVerifier>>,
     front_proxy: Option<Arc<dyn ClientCertVerifier>>,
     /// Either CA (what the TLS layer accepts); `None`: no CA at all.
@@ -110,7 +113,7 @@ pub(crate) struct Active {
 }
 
 impl Active {
-    fn build(b: Bundles) -> Result<Self, AuthError> {
+    fn build(b: Bundles, generation: u64) -> Result<Self, AuthError> {
         let build = |pems: &[&str], what: &str| -> Result<_, AuthError> {
             let pems: Vec<&str> = pems
                 .iter()
@@ -123,6 +126,7 @@ impl Active {
             Ok(Some(verifier(roots(&pems, what)?)?))
         };
         Ok(Self {
+            generation,
             client: build(&[&b.client_ca], "client CA")?,
             front_proxy: build(&[&b.request_header_ca], "request-header CA")?,
             tls: build(&[&b.client_ca, &b.request_header_ca], "client CAs")?,
@@ -136,6 +140,7 @@ impl Active {
 #[derive(Clone)]
 pub struct Authenticator {
     active: Arc<ArcSwap<Active>>,
+    generations: Arc<std::sync::atomic::AtomicU64>,
     tokens: Option<Arc<token::TokenAuthenticator>>,
     /// Requests without any credential are `system:anonymous` (cluster mode, as kube's
     /// delegating authenticator) instead of refused.
@@ -196,7 +201,8 @@ impl Authenticator {
 
     pub fn from_bundles(b: Bundles) -> Result<Self, AuthError> {
         Ok(Self {
-            active: Arc::new(ArcSwap::from_pointee(Active::build(b)?)),
+            active: Arc::new(ArcSwap::from_pointee(Active::build(b, 0)?)),
+            generations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             tokens: None,
             anonymous: false,
         })
@@ -222,7 +228,11 @@ impl Authenticator {
         if self.active.load().bundles == b {
             return Ok(());
         }
-        self.active.store(Arc::new(Active::build(b)?));
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.active.store(Arc::new(Active::build(b, generation)?));
         Ok(())
     }
 
@@ -294,6 +304,29 @@ impl Authenticator {
         Peer::Anonymous
     }
 
+    /// A new connection: its peer classified now, and again whenever the bundles change
+    /// ([`Authenticator::connection_peer`]), so a CA removed from the bundles stops vouching
+    /// for open connections too.
+    pub fn connection(&self, chain: Option<&[CertificateDer<'static>]>) -> Connection {
+        let generation = self.active.load().generation;
+        Connection {
+            classified: ArcSwap::from_pointee((generation, self.peer(chain))),
+            chain: chain.map(<[_]>::to_vec),
+        }
+    }
+
+    /// The peer of `conn` under the bundles in force (classified again after a reload).
+    pub fn connection_peer(&self, conn: &Connection) -> Arc<(u64, Peer)> {
+        let current = self.active.load().generation;
+        let classified = conn.classified.load_full();
+        if classified.0 == current {
+            return classified;
+        }
+        let fresh = Arc::new((current, self.peer(conn.chain.as_deref())));
+        conn.classified.store(fresh.clone());
+        fresh
+    }
+
     /// The user of one request on a connection from `peer` by its certificate (or, from a
     /// front proxy, its request headers). `None`: anonymous.
     pub fn user(&self, peer: &Peer, headers: &http::HeaderMap) -> Option<UserInfo> {
@@ -321,6 +354,14 @@ impl Authenticator {
         }
         Ok(self.anonymous.then(UserInfo::anonymous))
     }
+}
+
+/// A connection's certificate chain and its classification (see
+/// [`Authenticator::connection`]).
+pub struct Connection {
+    chain: Option<Vec<CertificateDer<'static>>>,
+    /// The bundles' generation it was classified under, and the peer.
+    classified: ArcSwap<(u64, Peer)>,
 }
 
 /// Who is at the other end of a connection.
@@ -454,6 +495,26 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".into();
         assert!(authn.reload(bad).is_err());
         assert!(tls_accepts(&authn, &admin_b));
+    }
+
+    #[test]
+    fn open_connections_are_classified_again_after_a_reload() {
+        let (_dir, a, b) = pkis();
+        let authn = Authenticator::from_bundles(bundles(&a)).unwrap();
+        let admin = authn.connection(Some(&chain(&a, "admin.crt")));
+        let proxy = authn.connection(Some(&chain(&a, "front-proxy-client.crt")));
+        assert!(matches!(&authn.connection_peer(&admin).1, Peer::User(_)));
+        assert_eq!(authn.connection_peer(&proxy).1, Peer::FrontProxy);
+        // The same bundles again: nothing changes, no new generation.
+        authn.reload(bundles(&a)).unwrap();
+        assert_eq!(authn.connection_peer(&admin).0, 0);
+        authn.reload(bundles(&b)).unwrap();
+        assert_eq!(authn.connection_peer(&admin).1, Peer::Anonymous);
+        assert_eq!(authn.connection_peer(&proxy).1, Peer::Anonymous);
+        authn.reload(bundles(&a)).unwrap();
+        assert_eq!(authn.connection_peer(&proxy).1, Peer::FrontProxy);
+        let none = authn.connection(None);
+        assert_eq!(authn.connection_peer(&none).1, Peer::Anonymous);
     }
 
     #[test]
