@@ -61,7 +61,7 @@ pub enum RunError {
         #[source]
         source: storage::StorageError,
     },
-    #[error("creating the bootstrap atespaces: {message}")]
+    #[error("creating the bootstrap atespaces and RBAC policy: {message}")]
     Bootstrap { message: String },
 }
 
@@ -139,10 +139,41 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
             url: args.valkey_url.clone(),
             source,
         })?;
-    let registry = Registry::new(store);
+    // Standalone RBAC: the authorizer answers from the policy it keeps; the registry refuses
+    // RBAC writes that would escalate privileges (asking the whole chain about `bind` and
+    // `escalate`).
+    let rbac = authz::rbac::RbacAuthorizer::default();
+    let chain = authz::Chain::new(
+        authz::ALWAYS_ALLOW_PATHS
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+        vec![Arc::new(rbac.clone())],
+    );
+    let registry = Registry::new(store)
+        .with_check(authz::rbac::escalation::check(rbac.clone(), chain.clone()));
     lifecycle::ensure_bootstrap(&registry)
         .await
         .map_err(|e| RunError::Bootstrap { message: e.message })?;
+    authz::rbac::bootstrap::ensure_policy(&registry)
+        .await
+        .map_err(|e| RunError::Bootstrap { message: e.message })?;
+    // Serve decisions from a policy that holds the bootstrap objects just written.
+    for r in authz::rbac::RESOURCES {
+        let rv = registry
+            .current_rv(r)
+            .await
+            .map_err(|e| RunError::Bootstrap { message: e.message })?;
+        registry
+            .store
+            .cache(rkey(r))
+            .wait_for_rv(rv, std::time::Duration::from_secs(10))
+            .await
+            .map_err(|e| RunError::Bootstrap {
+                message: e.to_string(),
+            })?;
+    }
+    rbac.refresh(&registry.store);
 
     let listener = server::bind(args.bind).await?;
     let addr = listener
@@ -157,6 +188,8 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
         tokio::spawn(lifecycle::run(registry.clone())),
         tokio::spawn(lifecycle::keep_bootstrap(registry.clone())),
         tokio::spawn(scheduler::run(scheduler.clone())),
+        tokio::spawn(rbac.clone().run(registry.store.clone())),
+        tokio::spawn(authz::rbac::aggregation::run(registry.clone())),
     ];
 
     if let Some(out) = &args.kubeconfig_out {
@@ -172,13 +205,7 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
         registry: registry.clone(),
         scheduler,
         auth: authn,
-        authz: authz::Chain::new(
-            authz::ALWAYS_ALLOW_PATHS
-                .iter()
-                .map(|p| p.to_string())
-                .collect(),
-            vec![Arc::new(authz::SystemAuthorizer)],
-        ),
+        authz: chain,
         max_body: args.max_request_bytes,
     });
     let (tx, rx) = oneshot::channel();

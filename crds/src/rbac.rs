@@ -232,7 +232,9 @@ pub fn validate_policy_rule(rule: &PolicyRule, namespaced: bool, path: &str) -> 
                 "namespaced rules cannot apply to non-resource URLs",
             ));
         }
-        if !is_empty(&rule.api_groups) || !is_empty(&rule.resources) || !is_empty(&rule.resource_names)
+        if !is_empty(&rule.api_groups)
+            || !is_empty(&rule.resources)
+            || !is_empty(&rule.resource_names)
         {
             errs.push(FieldError::invalid(
                 format!("{path}.nonResourceURLs"),
@@ -432,7 +434,11 @@ pub fn actor_view_rules() -> Vec<PolicyRule> {
             &["actors", "actors/status", "atespaces"],
             READ,
         ),
-        rule(&[crate::ATE_GROUP], &["actortemplates", "workerpools"], READ),
+        rule(
+            &[crate::ATE_GROUP],
+            &["actortemplates", "workerpools"],
+            READ,
+        ),
     ]
 }
 
@@ -468,8 +474,16 @@ pub fn substrate_actor_roles() -> Vec<ClusterRole> {
         aggregation_rule: None,
     };
     vec![
-        role("substrate-actor-view", AGGREGATE_TO_VIEW, actor_view_rules()),
-        role("substrate-actor-edit", AGGREGATE_TO_EDIT, actor_edit_rules()),
+        role(
+            "substrate-actor-view",
+            AGGREGATE_TO_VIEW,
+            actor_view_rules(),
+        ),
+        role(
+            "substrate-actor-edit",
+            AGGREGATE_TO_EDIT,
+            actor_edit_rules(),
+        ),
         role(
             "substrate-actor-admin",
             AGGREGATE_TO_ADMIN,
@@ -488,7 +502,8 @@ pub fn render_actor_roles() -> String {
          # Substrate's ClusterRoles, aggregated into the cluster's view/edit/admin.\n",
     );
     for r in substrate_actor_roles() {
-        let yaml = serde_saphyr::to_string(&r).unwrap_or_else(|e| format!("# render failed: {e}\n"));
+        let yaml =
+            serde_saphyr::to_string(&r).unwrap_or_else(|e| format!("# render failed: {e}\n"));
         out.push_str("---\n");
         out.push_str(&yaml);
     }
@@ -504,8 +519,12 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join(ACTOR_ROLES_PATH);
-        let committed = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; run `cargo run -p crds --bin crdgen`", path.display()));
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run `cargo run -p crds --bin crdgen`",
+                path.display()
+            )
+        });
         assert!(
             committed == render_actor_roles(),
             "{} drifted from crds/src/rbac.rs; run `cargo run -p crds --bin crdgen`",
@@ -585,7 +604,9 @@ mod tests {
         let new = json!({"roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": "edit"}});
         assert_eq!(
             errs(validate_binding_update(&old, &new)),
-            ["roleRef: Invalid value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", Kind:\"ClusterRole\", Name:\"edit\"}: cannot change roleRef"]
+            [
+                "roleRef: Invalid value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", Kind:\"ClusterRole\", Name:\"edit\"}: cannot change roleRef"
+            ]
         );
         assert!(validate_binding_update(&old, &old).is_empty());
     }
