@@ -743,6 +743,7 @@ impl Registry {
                     )
                 })?,
                 PatchBody::Merge(p) => json_patch::merge(&mut patched, p),
+                PatchBody::Strategic(p) => crate::strategic::merge(&mut patched, p),
             }
             if !patched.is_object() {
                 return Err(ApiError::bad_request("the patch must leave a JSON object"));
@@ -1290,6 +1291,8 @@ impl Registry {
 pub enum PatchBody {
     Json(json_patch::Patch),
     Merge(Value),
+    /// Strategic merge patch (built-in kinds only: [`crate::strategic`]).
+    Strategic(Value),
 }
 
 /// `DeleteOptions` a client may send (decoded and validated by `request.rs`).
