@@ -115,10 +115,9 @@ fn strings(buf: &[u8], names: &[(u64, &str, bool)]) -> Result<Map<String, Value>
         };
         let s = Value::String(text(b)?);
         if repeated {
-            m.entry(name)
-                .or_insert_with(|| json!([]))
-                .as_array_mut()
-                .map(|a| a.push(s));
+            if let Some(a) = m.entry(name).or_insert_with(|| json!([])).as_array_mut() {
+                a.push(s);
+            }
         } else {
             m.insert(name.into(), s);
         }

@@ -64,6 +64,28 @@ pub fn desired(roles: &[ClusterRole]) -> Vec<(String, Vec<PolicyRule>)> {
     out
 }
 
+/// `roles` with every aggregated ClusterRole's rules filled in, as the controller leaves them
+/// once settled (chains such as `view` → `edit` → `admin` included). For tests that
+/// evaluate a snapshot of RBAC objects without running the controller.
+pub fn aggregated(mut roles: Vec<ClusterRole>) -> Vec<ClusterRole> {
+    // Each round settles at least one more level of a chain; a cycle stops at the bound.
+    for _ in 0..=roles.len() {
+        let d = desired(&roles);
+        if d.is_empty() {
+            break;
+        }
+        for (name, rules) in d {
+            if let Some(r) = roles
+                .iter_mut()
+                .find(|r| r.metadata.name.as_deref() == Some(name.as_str()))
+            {
+                r.rules = Some(rules);
+            }
+        }
+    }
+    roles
+}
+
 /// Brings every aggregated ClusterRole's rules up to date once; how many it rewrote.
 pub async fn sync(registry: &Registry, roles: &[ClusterRole]) -> usize {
     let mut n = 0;

@@ -45,6 +45,11 @@ struct Binding {
     subjects: Vec<Subject>,
 }
 
+/// What [`Policy::visit_rules_for`] calls with each rule (or resolution error) and where it
+/// came from; returning false stops the visit.
+pub type Visitor<'v> =
+    dyn FnMut(&Source<'_>, Option<&PolicyRule>, Option<&RoleRefError>) -> bool + 'v;
+
 /// The RBAC objects of one moment, indexed. Cheap to share (`Arc` inside).
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -175,12 +180,7 @@ impl Policy {
     /// `VisitRulesFor`: calls `visit` with each rule that applies to `user` in `namespace`
     /// (cluster role bindings first, then the namespace's role bindings) and each error met
     /// resolving them; stops when `visit` returns false.
-    pub fn visit_rules_for(
-        &self,
-        user: &UserInfo,
-        namespace: &str,
-        visit: &mut dyn FnMut(&Source<'_>, Option<&PolicyRule>, Option<&RoleRefError>) -> bool,
-    ) {
+    pub fn visit_rules_for(&self, user: &UserInfo, namespace: &str, visit: &mut Visitor<'_>) {
         let groups: [&[Binding]; 2] = [
             &self.cluster_role_bindings,
             if namespace.is_empty() {
@@ -339,7 +339,7 @@ impl fmt::Display for Source<'_> {
 pub fn applies_to(user: &UserInfo, subject: &Subject, namespace: &str) -> bool {
     match subject.kind.as_str() {
         crds::rbac::USER_KIND => user.name == subject.name,
-        crds::rbac::GROUP_KIND => user.groups.iter().any(|g| *g == subject.name),
+        crds::rbac::GROUP_KIND => user.groups.contains(&subject.name),
         crds::rbac::SERVICE_ACCOUNT_KIND => {
             let ns = subject
                 .namespace
