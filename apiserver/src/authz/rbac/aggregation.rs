@@ -169,4 +169,26 @@ mod tests {
         )];
         assert!(desired(&lonely).is_empty());
     }
+
+    #[test]
+    fn the_bootstrap_chain_view_edit_admin_settles() {
+        let roles = aggregated(super::super::bootstrap::cluster_roles());
+        let rules_of = |n: &str| {
+            roles
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(n))
+                .and_then(|r| r.rules.clone())
+                .unwrap_or_default()
+        };
+        let (view, edit, admin) = (rules_of("view"), rules_of("edit"), rules_of("admin"));
+        assert_eq!(view, crds::rbac::actor_view_rules());
+        assert!(view.iter().all(|r| edit.contains(r)), "{edit:?}");
+        assert!(edit.iter().all(|r| admin.contains(r)), "{admin:?}");
+        assert!(
+            crds::rbac::actor_admin_rules()
+                .iter()
+                .all(|r| admin.contains(r))
+        );
+        assert!(desired(&roles).is_empty());
+    }
 }
