@@ -340,6 +340,28 @@ fn rbac_objects_are_served_to_kubectl_as_kubernetes_serves_them() {
         rules.contains("actors/status").then_some(())
     });
 
+    // A new aggregated ClusterRole follows the roles its selector picks, as they change.
+    w.ok(&["create", "clusterrole", "agg", "--aggregation-rule=pick=me"]);
+    w.ok(&[
+        "create",
+        "clusterrole",
+        "src",
+        "--verb=get",
+        "--resource=actors.substrate.ate.dev",
+    ]);
+    let out = w.ok(&["describe", "clusterrole", "agg"]);
+    assert_contains(&out, "agg");
+    w.ok(&["label", "clusterrole", "src", "pick=me"]);
+    eventually("agg to aggregate src", || {
+        let rules = w.jsonpath("clusterrole", "agg", "", "{.rules[*].resources}");
+        rules.contains("actors").then_some(())
+    });
+    w.ok(&["label", "clusterrole", "src", "pick-"]);
+    eventually("agg to drop src's rules", || {
+        let rules = w.jsonpath("clusterrole", "agg", "", "{.rules}");
+        (!rules.contains("actors")).then_some(())
+    });
+
     // The shipped YAML applies (client-side and server-side) over the bootstrap copies.
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
