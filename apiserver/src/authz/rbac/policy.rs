@@ -145,6 +145,49 @@ impl Policy {
         )
     }
 
+    /// A policy of RBAC objects of any of the four kinds, told apart by `kind` (others are
+    /// ignored), with the aggregated ClusterRoles' rules filled in as the aggregation
+    /// controller fills them ([`super::aggregation::aggregated`]). What a test that compares
+    /// decisions with kube-apiserver's feeds the same manifests to.
+    pub fn from_manifests<'a>(objects: impl IntoIterator<Item = &'a Value>) -> Self {
+        let mut by_kind: [Vec<&Value>; 4] = Default::default();
+        for o in objects {
+            let i = match o.get("kind").and_then(Value::as_str) {
+                Some("Role") => 0,
+                Some("ClusterRole") => 1,
+                Some("RoleBinding") => 2,
+                Some("ClusterRoleBinding") => 3,
+                _ => continue,
+            };
+            by_kind[i].push(o);
+        }
+        let typed = |items: &[&Value]| -> Vec<ClusterRole> {
+            items
+                .iter()
+                .filter_map(|v| serde_json::from_value((*v).clone()).ok())
+                .collect()
+        };
+        let cluster_roles = super::aggregation::aggregated(typed(&by_kind[1]));
+        let p = Self::from_json(
+            by_kind[0].iter().copied(),
+            [],
+            by_kind[2].iter().copied(),
+            by_kind[3].iter().copied(),
+        );
+        Self {
+            cluster_roles: cluster_roles
+                .into_iter()
+                .map(|r| {
+                    (
+                        meta_name(&r.metadata),
+                        Arc::new(r.rules.unwrap_or_default()),
+                    )
+                })
+                .collect(),
+            ..p
+        }
+    }
+
     /// The rules of a ClusterRole, if it exists.
     pub fn cluster_role_rules(&self, name: &str) -> Option<&[PolicyRule]> {
         self.cluster_roles.get(name).map(|r| r.as_slice())
@@ -594,6 +637,21 @@ mod tests {
                 t.elapsed() / n
             );
         }
+    }
+
+    #[test]
+    fn manifests_of_mixed_kinds_make_an_aggregated_policy() {
+        let objs = [
+            json!({"kind": "ClusterRole", "metadata": {"name": "agg"}, "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"a": "b"}}]}}),
+            json!({"kind": "ClusterRole", "metadata": {"name": "src", "labels": {"a": "b"}}, "rules": [{"apiGroups": ["substrate.ate.dev"], "resources": ["actors"], "verbs": ["get"]}]}),
+            json!({"kind": "RoleBinding", "metadata": {"name": "b", "namespace": "team-a"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "agg"},
+                   "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "alice"}]}),
+            json!({"kind": "Atespace", "metadata": {"name": "team-a"}}),
+        ];
+        let p = Policy::from_manifests(&objs);
+        assert_eq!(p.counts(), [0, 2, 1, 0]);
+        let alice = user("alice", &[]);
+        assert!(ask(&p, &alice, "get", "actors", None, Some("team-a")).allowed());
     }
 
     #[test]
