@@ -340,6 +340,18 @@ fn rbac_objects_are_served_to_kubectl_as_kubernetes_serves_them() {
         rules.contains("actors/status").then_some(())
     });
 
+    let out = w.ok(&["explain", "rolebinding.roleRef"]);
+    assert_contains(&out, "RoleRef can reference a Role");
+    let out = w.ok(&["api-resources", "--api-group=rbac.authorization.k8s.io"]);
+    for r in [
+        "clusterrolebindings",
+        "clusterroles",
+        "rolebindings",
+        "roles",
+    ] {
+        assert_contains(&out, r);
+    }
+
     // A new aggregated ClusterRole follows the roles its selector picks, as they change.
     w.ok(&["create", "clusterrole", "agg", "--aggregation-rule=pick=me"]);
     w.ok(&[
