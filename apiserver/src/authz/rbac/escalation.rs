@@ -292,6 +292,127 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn writes_of_roles_and_bindings_are_checked_as_kubernetes_checks_them() {
+        use crds::resources::{CLUSTER_ROLES, ROLE_BINDINGS, ROLES};
+        let objs = [
+            json!({"kind": "Role", "metadata": {"name": "rbac", "namespace": "team-a"},
+                   "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings", "clusterroles"], "verbs": ["create", "update", "get"]},
+                             {"apiGroups": ["substrate.ate.dev"], "resources": ["actors"], "verbs": ["get"]}]}),
+            json!({"kind": "RoleBinding", "metadata": {"name": "rbac", "namespace": "team-a"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "rbac"},
+                   "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "alice"}]}),
+            json!({"kind": "ClusterRole", "metadata": {"name": "edit"},
+                   "rules": [{"apiGroups": ["substrate.ate.dev"], "resources": ["actors"], "verbs": ["*"]}]}),
+        ];
+        let rbac = RbacAuthorizer::new(Policy::from_manifests(&objs));
+        let chain = Chain::new(vec![], vec![Arc::new(rbac.clone())]);
+        let check = EscalationCheck { rbac, authz: chain };
+        let alice = user("alice", &["system:authenticated"]);
+        let role = |name: &str, verbs: &[&str]| {
+            json!({"kind": "Role", "metadata": {"name": name, "namespace": "team-a"},
+            "rules": [{"apiGroups": ["substrate.ate.dev"], "resources": ["actors"], "verbs": verbs}]})
+        };
+        let run = |res, old: Option<Value>, new: Value| {
+            let check = &check;
+            let alice = &alice;
+            async move {
+                check
+                    .check(alice, res, Some("team-a"), old.as_ref(), &new)
+                    .await
+            }
+        };
+        // Roles: what she holds, yes; more, no (in her namespace); `escalate` lets her.
+        assert!(run(&ROLES, None, role("r", &["get"])).await.is_ok());
+        let e = run(&ROLES, None, role("r", &["delete"])).await.unwrap_err();
+        assert_eq!(e.code, 403);
+        assert!(
+            e.message
+                .starts_with("roles.rbac.authorization.k8s.io \"r\" is forbidden: user \"alice\""),
+            "{}",
+            e.message
+        );
+        // (`*` on roles includes `escalate`.)
+        let escalator = Policy::from_manifests(&[
+            json!({"kind": "ClusterRoleBinding", "metadata": {"name": "e"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "esc"},
+            "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "alice"}]}),
+            json!({"kind": "ClusterRole", "metadata": {"name": "esc"},
+            "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["*"]}]}),
+        ]);
+        let esc = RbacAuthorizer::new(escalator);
+        let esc_check = EscalationCheck {
+            rbac: esc.clone(),
+            authz: Chain::new(vec![], vec![Arc::new(esc)]),
+        };
+        assert!(
+            esc_check
+                .check(
+                    &alice,
+                    &ROLES,
+                    Some("team-a"),
+                    None,
+                    &role("r", &["delete"])
+                )
+                .await
+                .is_ok()
+        );
+        // A change of only finalizers or owner references is not checked.
+        let mut gc = role("r", &["delete"]);
+        gc["metadata"]["finalizers"] = json!(["x"]);
+        assert!(run(&ROLES, Some(role("r", &["delete"])), gc).await.is_ok());
+        // Bindings: a missing role is the registry's 404; `bind` is not held here.
+        let binding = |kind: &str, name: &str| {
+            json!({"kind": "RoleBinding", "metadata": {"name": "b", "namespace": "team-a"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name}})
+        };
+        let e = run(&ROLE_BINDINGS, None, binding("Role", "nope"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (404, "roles.rbac.authorization.k8s.io \"nope\" not found")
+        );
+        assert!(
+            run(&ROLE_BINDINGS, None, binding("Role", "rbac"))
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            run(&ROLE_BINDINGS, None, binding("ClusterRole", "edit"))
+                .await
+                .unwrap_err()
+                .code,
+            403
+        );
+        // An aggregation rule needs everything, whatever its rules.
+        let agg = json!({"kind": "ClusterRole", "metadata": {"name": "agg"}, "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"a": "b"}}]}});
+        let e = check
+            .check(&alice, &CLUSTER_ROLES, None, None, &agg)
+            .await
+            .unwrap_err();
+        assert!(
+            e.message
+                .ends_with("must have cluster-admin privileges to use the aggregationRule"),
+            "{}",
+            e.message
+        );
+        // system:masters and the apiserver itself are trusted.
+        let root = user("root", &["system:masters"]);
+        assert!(
+            check
+                .check(&root, &CLUSTER_ROLES, None, None, &agg)
+                .await
+                .is_ok()
+        );
+        assert!(
+            check
+                .check(&UserInfo::system(), &CLUSTER_ROLES, None, None, &agg)
+                .await
+                .is_ok()
+        );
+    }
+
     #[test]
     fn escalation_is_refused_with_kubernetes_message() {
         let cr = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "edit"},
