@@ -553,7 +553,7 @@ async fn resource(
                 &parts.headers,
             );
             let body = read_body(state, parts, req_body).await?;
-            let obj = crate::decode::object(negotiate::body_format(content_type(parts))?, &body)?;
+            let obj = crate::decode::object_of(res, content_type(parts), &body)?;
             let Written { object, warnings } = registry.create(user, res, ns, obj, &wo).await?;
             let mut r = encode(output_for_write(output), 201, &object);
             add_warnings(&mut r, &warnings);
@@ -565,7 +565,7 @@ async fn resource(
                 &parts.headers,
             );
             let body = read_body(state, parts, req_body).await?;
-            let obj = crate::decode::object(negotiate::body_format(content_type(parts))?, &body)?;
+            let obj = crate::decode::object_of(res, content_type(parts), &body)?;
             let Written { object, warnings } = registry
                 .update(
                     user,
@@ -597,7 +597,8 @@ async fn resource(
                 ));
             }
             let wo = with_manager(wo, &parts.headers);
-            let patch = crate::decode::patch(ptype, content_type(parts).unwrap_or(""), &body)?;
+            let patch =
+                crate::decode::patch_of(res, ptype, content_type(parts).unwrap_or(""), &body)?;
             let Written { object, warnings } = registry
                 .patch(
                     user,

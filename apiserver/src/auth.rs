@@ -56,7 +56,11 @@ impl UserInfo {
     pub fn system() -> Self {
         Self {
             name: "system:apiserver".into(),
-            groups: vec![crds::SYSTEM_GROUP.into(), "system:authenticated".into()],
+            groups: vec![
+                crds::SYSTEM_GROUP.into(),
+                crate::authz::PRIVILEGED_GROUP.into(),
+                "system:authenticated".into(),
+            ],
             extra: BTreeMap::new(),
         }
     }

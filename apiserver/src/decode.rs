@@ -25,6 +25,39 @@ pub fn object(format: BodyFormat, body: &[u8]) -> Result<Value, ApiError> {
     }
 }
 
+/// A create or update body of `res`: JSON or YAML, or protobuf for the built-in kinds that
+/// kubectl's typed commands send so ([`crate::protobuf`]).
+pub fn object_of(
+    res: &crds::resources::ResourceInfo,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let essence = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase());
+    if essence.as_deref() == Some(crate::protobuf::MEDIA_TYPE) && crate::protobuf::supported(res) {
+        return crate::protobuf::decode_object(res, body);
+    }
+    object(negotiate::body_format(content_type)?, body)
+}
+
+/// A PATCH body of `res`: as [`patch`], and strategic merge patches for the built-in kinds
+/// ([`crate::strategic`]).
+pub fn patch_of(
+    res: &crds::resources::ResourceInfo,
+    ptype: PatchType,
+    content_type: &str,
+    body: &[u8],
+) -> Result<PatchBody, ApiError> {
+    if ptype == PatchType::Strategic && crate::protobuf::supported(res) {
+        return match patch(PatchType::Merge, content_type, body)? {
+            PatchBody::Merge(v) => Ok(PatchBody::Strategic(v)),
+            other => Ok(other),
+        };
+    }
+    patch(ptype, content_type, body)
+}
+
 /// A PATCH body of type `ptype` (`content_type` names it in a 415). Apply patches are
 /// decoded by [`apply_config`].
 pub fn patch(ptype: PatchType, content_type: &str, body: &[u8]) -> Result<PatchBody, ApiError> {

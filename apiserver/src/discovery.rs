@@ -423,7 +423,12 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["substrate.ate.dev", "ate.dev", "coordination.k8s.io"]
+            [
+                "substrate.ate.dev",
+                "ate.dev",
+                "coordination.k8s.io",
+                "rbac.authorization.k8s.io"
+            ]
         );
         assert_eq!(
             list["groups"][0]["preferredVersion"],

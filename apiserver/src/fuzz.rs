@@ -82,7 +82,7 @@ pub fn patch(data: &[u8]) {
         PatchBody::Json(p) => {
             let _ = json_patch::patch(&mut target, &p);
         }
-        PatchBody::Merge(p) => {
+        PatchBody::Merge(p) | PatchBody::Strategic(p) => {
             json_patch::merge(&mut target, &p);
             assert!(
                 target.is_object(),

@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod negotiate;
 pub mod openapi;
 pub mod pki;
+pub mod protobuf;
 pub mod registry;
 pub mod request;
 pub mod scheduler;
@@ -23,6 +24,7 @@ pub mod selector;
 pub mod server;
 pub mod status;
 pub mod storage;
+pub mod strategic;
 pub mod table;
 pub mod testing;
 pub mod ttl_cache;
@@ -63,7 +65,7 @@ pub enum RunError {
         #[source]
         source: storage::StorageError,
     },
-    #[error("creating the bootstrap atespaces: {message}")]
+    #[error("creating the bootstrap atespaces and RBAC policy: {message}")]
     Bootstrap { message: String },
 }
 
@@ -110,9 +112,6 @@ fn read(path: &Path) -> Result<String, RunError> {
 pub async fn start(args: &Args) -> Result<Running, RunError> {
     let pki = pki::ensure(&args.pki_dir, &args.tls_sans)?;
     let (authn, mut background) = authentication(args, &pki).await?;
-    // Standalone: Substrate's own authorizers; cluster mode: the cluster's
-    // SubjectAccessReview behind a decision cache.
-    let chain = authorization(args, vec![Arc::new(authz::SystemAuthorizer)]).await?;
     let verifier = authn.client_verifier();
     let cert = read(args.tls_cert_file.as_deref().unwrap_or(&pki.serving_cert()))?;
     let key = read(
@@ -134,10 +133,36 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
             url: args.valkey_url.clone(),
             source,
         })?;
-    let registry = Registry::new(store);
+    // Standalone RBAC: the authorizer answers from the policy it keeps; the registry refuses
+    // RBAC writes that would escalate privileges (asking the whole chain about `bind` and
+    // `escalate`). In cluster mode the chain asks the cluster instead (SubjectAccessReview
+    // behind a decision cache); the local policy is still kept for the RBAC objects served.
+    let rbac = authz::rbac::RbacAuthorizer::default();
+    let chain = authorization(args, vec![Arc::new(rbac.clone())]).await?;
+    let registry = Registry::new(store)
+        .with_check(authz::rbac::escalation::check(rbac.clone(), chain.clone()));
     lifecycle::ensure_bootstrap(&registry)
         .await
         .map_err(|e| RunError::Bootstrap { message: e.message })?;
+    authz::rbac::bootstrap::ensure_policy(&registry)
+        .await
+        .map_err(|e| RunError::Bootstrap { message: e.message })?;
+    // Serve decisions from a policy that holds the bootstrap objects just written.
+    for r in authz::rbac::RESOURCES {
+        let rv = registry
+            .current_rv(r)
+            .await
+            .map_err(|e| RunError::Bootstrap { message: e.message })?;
+        registry
+            .store
+            .cache(rkey(r))
+            .wait_for_rv(rv, std::time::Duration::from_secs(10))
+            .await
+            .map_err(|e| RunError::Bootstrap {
+                message: e.to_string(),
+            })?;
+    }
+    rbac.refresh(&registry.store);
 
     let listener = server::bind(args.bind).await?;
     let addr = listener
@@ -152,6 +177,8 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
         tokio::spawn(lifecycle::run(registry.clone())),
         tokio::spawn(lifecycle::keep_bootstrap(registry.clone())),
         tokio::spawn(scheduler::run(scheduler.clone())),
+        tokio::spawn(rbac.clone().run(registry.store.clone())),
+        tokio::spawn(authz::rbac::aggregation::run(registry.clone())),
     ]);
 
     if let Some(out) = &args.kubeconfig_out {

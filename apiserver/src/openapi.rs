@@ -1125,6 +1125,7 @@ mod tests {
                 "api/v1",
                 "apis/ate.dev/v1alpha1",
                 "apis/coordination.k8s.io/v1",
+                "apis/rbac.authorization.k8s.io/v1",
                 "apis/substrate.ate.dev/v1alpha1"
             ]
         );
@@ -1180,7 +1181,12 @@ mod tests {
                 assert_eq!(name, &def);
             }
             let kind = &schemas[&definition_name(r.group, r.version, r.kind)];
-            for p in ["apiVersion", "kind", "metadata", "spec"] {
+            let body = match r.kind {
+                "Role" | "ClusterRole" => "rules",
+                "RoleBinding" | "ClusterRoleBinding" => "roleRef",
+                _ => "spec",
+            };
+            for p in ["apiVersion", "kind", "metadata", body] {
                 assert!(
                     kind["properties"][p]["description"]
                         .as_str()

@@ -186,15 +186,60 @@ const WAIT_FOR_CONSISTENT: Duration = Duration::from_secs(10);
 /// Kubernetes' answer to a continue token whose resourceVersion the history no longer holds.
 const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
 
+/// A check of a write by a user before it is stored, after decoding and defaulting (what
+/// Kubernetes does in a resource's policy-based storage: RBAC's escalation prevention).
+/// `old` is the stored object (`None` on create); `new` the normalized object to store.
+pub trait WriteCheck: Send + Sync {
+    fn check<'a>(
+        &'a self,
+        user: &'a UserInfo,
+        res: &'static ResourceInfo,
+        ns: Option<&'a str>,
+        old: Option<&'a Value>,
+        new: &'a Value,
+    ) -> futures::future::BoxFuture<'a, Result<(), ApiError>>;
+}
+
 /// The generic registry.
 #[derive(Clone)]
 pub struct Registry {
     pub store: Store,
+    checks: Vec<Arc<dyn WriteCheck>>,
 }
 
 impl Registry {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            checks: Vec::new(),
+        }
+    }
+
+    /// This registry with `check` run on every user write (create, update, patch, apply).
+    pub fn with_check(mut self, check: Arc<dyn WriteCheck>) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    async fn run_checks(
+        &self,
+        user: &UserInfo,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        old: Option<&Value>,
+        new: &Value,
+    ) -> Result<(), ApiError> {
+        if self.checks.is_empty() {
+            return Ok(());
+        }
+        // The checks take the table's `'static` entry.
+        let Some(res) = crds::resources::find(res.group, res.plural) else {
+            return Ok(());
+        };
+        for c in &self.checks {
+            c.check(user, res, ns, old, new).await?;
+        }
+        Ok(())
     }
 
     /// Consistent read of one object.
@@ -547,7 +592,9 @@ impl Registry {
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-        meta.insert("generation".into(), json!(1));
+        if res.has_generation() {
+            meta.insert("generation".into(), json!(1));
+        }
         let name = meta
             .get("name")
             .and_then(Value::as_str)
@@ -580,6 +627,7 @@ impl Registry {
         if res.namespaced {
             self.admit_namespace(res, ns.unwrap_or(""), &name).await?;
         }
+        self.run_checks(user, res, ns, None, &obj).await?;
         if wo.dry_run {
             if self.get_opt(res, ns, &name).await?.is_some() {
                 return Err(ApiError::already_exists(res, &name));
@@ -695,6 +743,7 @@ impl Registry {
                     )
                 })?,
                 PatchBody::Merge(p) => json_patch::merge(&mut patched, p),
+                PatchBody::Strategic(p) => crate::strategic::merge(&mut patched, p),
             }
             if !patched.is_object() {
                 return Err(ApiError::bad_request("the patch must leave a JSON object"));
@@ -945,6 +994,7 @@ impl Registry {
         mut new: Value,
         wo: &WriteOptions,
     ) -> Result<Value, ApiError> {
+        self.run_checks(user, res, ns, Some(old), &new).await?;
         let mut errs = res.validate_update(old, &new);
         let old_fin = finalizers(old);
         let new_fin = finalizers(&new);
@@ -965,10 +1015,12 @@ impl Registry {
             .and_then(Value::as_i64)
             .unwrap_or(1);
         let spec_changed = old.get("spec") != new.get("spec");
-        meta_mut(&mut new).insert(
-            "generation".into(),
-            json!(if spec_changed { old_gen + 1 } else { old_gen }),
-        );
+        if res.has_generation() {
+            meta_mut(&mut new).insert(
+                "generation".into(),
+                json!(if spec_changed { old_gen + 1 } else { old_gen }),
+            );
+        }
         let old_rv = rv_of(old);
         // Finalized: the last finalizer is gone from an object being deleted.
         if old.pointer("/metadata/deletionTimestamp").is_some()
@@ -1239,6 +1291,8 @@ impl Registry {
 pub enum PatchBody {
     Json(json_patch::Patch),
     Merge(Value),
+    /// Strategic merge patch (built-in kinds only: [`crate::strategic`]).
+    Strategic(Value),
 }
 
 /// `DeleteOptions` a client may send (decoded and validated by `request.rs`).

@@ -108,6 +108,9 @@ fn columns(res: &ResourceInfo) -> Cow<'static, [Column]> {
 
 /// The `TableColumnDefinition`s of `res`: `Name`, then its printer columns.
 pub fn column_definitions(res: &ResourceInfo) -> Vec<Value> {
+    if let Some(cols) = rbac_columns(res) {
+        return cols;
+    }
     let mut cols = vec![json!({
         "name": "Name",
         "type": "string",
@@ -126,11 +129,15 @@ pub fn row(res: &ResourceInfo, obj: &Value, include: IncludeObject, now: jiff::T
         .and_then(Value::as_str)
         .unwrap_or_default();
     let mut cells = vec![Value::String(name.to_string())];
-    for c in columns(res).iter() {
-        cells.push(match c.path.as_ref().and_then(|p| p.first(obj)) {
-            Some(v) => cell(&c.column_type, v, now),
-            None => Value::Null,
-        });
+    if let Some(more) = rbac_cells(res, obj, now) {
+        cells.extend(more);
+    } else {
+        for c in columns(res).iter() {
+            cells.push(match c.path.as_ref().and_then(|p| p.first(obj)) {
+                Some(v) => cell(&c.column_type, v, now),
+                None => Value::Null,
+            });
+        }
     }
     let object = match include {
         IncludeObject::None => Value::Null,
@@ -165,6 +172,85 @@ pub fn table(
         "columnDefinitions": columns,
         "rows": rows,
     })
+}
+
+const CREATION_DESCRIPTION: &str = "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
+const ROLE_REF_DESCRIPTION: &str = "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error.";
+
+fn is_rbac(res: &ResourceInfo) -> Option<bool> {
+    match res.kind_id {
+        Kind::Role | Kind::ClusterRole => Some(false),
+        Kind::RoleBinding | Kind::ClusterRoleBinding => Some(true),
+        _ => None,
+    }
+}
+
+/// kube-apiserver's own printers of the RBAC kinds (`pkg/printers/internalversion`): roles
+/// `Name`, `Created At` (RFC 3339); bindings `Name`, `Role` (`Kind/name`), `Age`, and the
+/// wide `Users`, `Groups`, `ServiceAccounts`.
+fn rbac_columns(res: &ResourceInfo) -> Option<Vec<Value>> {
+    let col = |name: &str, ty: &str, description: &str, priority: i64| {
+        json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" },
+               "description": description, "priority": priority})
+    };
+    let name = col("Name", "string", NAME_DESCRIPTION, 0);
+    Some(if is_rbac(res)? {
+        vec![
+            name,
+            col("Role", "string", ROLE_REF_DESCRIPTION, 0),
+            col("Age", "string", CREATION_DESCRIPTION, 0),
+            col("Users", "string", "Users in the roleBinding", 1),
+            col("Groups", "string", "Groups in the roleBinding", 1),
+            col(
+                "ServiceAccounts",
+                "string",
+                "ServiceAccounts in the roleBinding",
+                1,
+            ),
+        ]
+    } else {
+        vec![name, col("Created At", "date", CREATION_DESCRIPTION, 0)]
+    })
+}
+
+/// The cells after `Name` of an RBAC object (see [`rbac_columns`]).
+fn rbac_cells(res: &ResourceInfo, obj: &Value, now: jiff::Timestamp) -> Option<Vec<Value>> {
+    let created = obj
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !is_rbac(res)? {
+        return Some(vec![json!(created)]);
+    }
+    let s = |v: &Value, p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let role = format!("{}/{}", s(obj, "/roleRef/kind"), s(obj, "/roleRef/name"));
+    let (mut users, mut groups, mut sas) = (Vec::new(), Vec::new(), Vec::new());
+    for subject in obj
+        .get("subjects")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = s(subject, "/name");
+        match s(subject, "/kind").as_str() {
+            "User" => users.push(name),
+            "Group" => groups.push(name),
+            "ServiceAccount" => sas.push(format!("{}/{name}", s(subject, "/namespace"))),
+            _ => {}
+        }
+    }
+    Some(vec![
+        json!(role),
+        json!(age(created, now)),
+        json!(users.join(", ")),
+        json!(groups.join(", ")),
+        json!(sas.join(", ")),
+    ])
 }
 
 /// `metav1.PartialObjectMetadata` of an object: its whole `metadata`.
@@ -637,7 +723,7 @@ mod tests {
             cols[1]["description"],
             "Custom resource definition column (in JSONPath format): .status.phase"
         );
-        for r in ALL {
+        for r in ALL.iter().filter(|r| is_rbac(r).is_none()) {
             assert_eq!(
                 column_definitions(r).len(),
                 r.printer_columns().len() + 1,
@@ -645,6 +731,43 @@ mod tests {
                 r.kind
             );
         }
+    }
+
+    #[test]
+    fn rbac_tables_are_kube_apiserver_ones() {
+        use crds::resources::{ROLE_BINDINGS, ROLES};
+        let now: jiff::Timestamp = "2025-01-01T12:00:00Z".parse().unwrap();
+        let role = json!({"metadata": {"name": "r", "creationTimestamp": "2025-01-01T11:55:00Z"}});
+        let names = |res| -> Vec<String> {
+            column_definitions(res)
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(names(&ROLES), ["Name", "Created At"]);
+        assert_eq!(
+            row(&ROLES, &role, IncludeObject::None, now)["cells"],
+            json!(["r", "2025-01-01T11:55:00Z"])
+        );
+        assert_eq!(
+            names(&ROLE_BINDINGS),
+            ["Name", "Role", "Age", "Users", "Groups", "ServiceAccounts"]
+        );
+        let b = json!({"metadata": {"name": "b", "creationTimestamp": "2025-01-01T11:55:00Z"},
+            "roleRef": {"kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"kind": "User", "name": "alice"}, {"kind": "User", "name": "bob"},
+                         {"kind": "Group", "name": "team-a"}, {"kind": "ServiceAccount", "name": "bot", "namespace": "team-a"}]});
+        assert_eq!(
+            row(&ROLE_BINDINGS, &b, IncludeObject::None, now)["cells"],
+            json!([
+                "b",
+                "ClusterRole/edit",
+                "5m",
+                "alice, bob",
+                "team-a",
+                "team-a/bot"
+            ])
+        );
     }
 
     fn actor() -> Value {

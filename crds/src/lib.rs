@@ -13,6 +13,7 @@
 pub mod ate;
 pub mod crdgen;
 pub mod duration;
+pub mod rbac;
 pub mod resources;
 pub mod substrate;
 pub mod validation;

@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::validation::{self, FieldError, NameRule};
 use crate::{Actor, ActorTemplate, Atespace, Worker, WorkerPool};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 
 /// Which kind a [`ResourceInfo`] describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,6 +25,11 @@ pub enum Kind {
     ActorTemplate,
     /// `coordination.k8s.io/v1` `Lease` (leader election of the operator).
     Lease,
+    /// `rbac.authorization.k8s.io/v1` (standalone authorization, [`crate::rbac`]).
+    Role,
+    ClusterRole,
+    RoleBinding,
+    ClusterRoleBinding,
 }
 
 /// Everything the apiserver needs to know to serve one resource.
@@ -168,15 +174,107 @@ pub static LEASES: ResourceInfo = ResourceInfo {
     name_rule: NameRule::Subdomain,
 };
 
+const fn rbac(
+    kind_id: Kind,
+    kind: &'static str,
+    list_kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+) -> ResourceInfo {
+    ResourceInfo {
+        kind_id,
+        group: crate::rbac::GROUP,
+        version: crate::rbac::VERSION,
+        kind,
+        list_kind,
+        plural,
+        singular,
+        short_names: &[],
+        categories: &[],
+        namespaced,
+        selectable_fields: &[],
+        has_status: false,
+        spec_optional: false,
+        is_crd: false,
+        name_rule: NameRule::PathSegment,
+    }
+}
+
+/// `rbac.authorization.k8s.io/v1` `Role` (standalone authorization).
+pub static ROLES: ResourceInfo = rbac(Kind::Role, "Role", "RoleList", "roles", "role", true);
+/// `rbac.authorization.k8s.io/v1` `ClusterRole`.
+pub static CLUSTER_ROLES: ResourceInfo = rbac(
+    Kind::ClusterRole,
+    "ClusterRole",
+    "ClusterRoleList",
+    "clusterroles",
+    "clusterrole",
+    false,
+);
+/// `rbac.authorization.k8s.io/v1` `RoleBinding`.
+pub static ROLE_BINDINGS: ResourceInfo = rbac(
+    Kind::RoleBinding,
+    "RoleBinding",
+    "RoleBindingList",
+    "rolebindings",
+    "rolebinding",
+    true,
+);
+/// `rbac.authorization.k8s.io/v1` `ClusterRoleBinding`.
+pub static CLUSTER_ROLE_BINDINGS: ResourceInfo = rbac(
+    Kind::ClusterRoleBinding,
+    "ClusterRoleBinding",
+    "ClusterRoleBindingList",
+    "clusterrolebindings",
+    "clusterrolebinding",
+    false,
+);
+
 /// Every kind, in discovery order.
-pub static ALL: [&ResourceInfo; 6] = [
+pub static ALL: [&ResourceInfo; 10] = [
     &ATESPACES,
     &ACTORS,
     &WORKERS,
     &WORKER_POOLS,
     &ACTOR_TEMPLATES,
     &LEASES,
+    &CLUSTER_ROLE_BINDINGS,
+    &CLUSTER_ROLES,
+    &ROLE_BINDINGS,
+    &ROLES,
 ];
+
+/// The schema and printer columns of an RBAC kind, as a CustomResourceDefinition (the shape
+/// every other kind's schema comes in). The columns are those kube-apiserver prints
+/// (`table.rs` computes the binding's `Role` cell, which no JSONPath can express).
+fn rbac_crd(res: &ResourceInfo) -> CustomResourceDefinition {
+    let columns = match res.kind_id {
+        Kind::Role | Kind::ClusterRole => serde_json::json!([
+            {"name": "Created At", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ]),
+        _ => serde_json::json!([
+            {"name": "Role", "type": "string", "jsonPath": ".roleRef.name"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ]),
+    };
+    let crd = serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": res.qualified()},
+        "spec": {
+            "group": res.group,
+            "names": {"kind": res.kind, "listKind": res.list_kind, "plural": res.plural, "singular": res.singular},
+            "scope": if res.namespaced { "Namespaced" } else { "Cluster" },
+            "versions": [{
+                "name": res.version, "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": crate::rbac::schema(res.kind)},
+                "additionalPrinterColumns": columns,
+            }],
+        },
+    });
+    // A literal of the right shape: decoding cannot fail.
+    serde_json::from_value(crd).unwrap_or_default()
+}
 
 /// The structural schema of a `Lease` (Kubernetes' `LeaseSpec`), and its printer columns.
 fn lease_crd() -> CustomResourceDefinition {
@@ -270,6 +368,9 @@ impl ResourceInfo {
             Kind::WorkerPool => WorkerPool::crd(),
             Kind::ActorTemplate => ActorTemplate::crd(),
             Kind::Lease => lease_crd(),
+            Kind::Role | Kind::ClusterRole | Kind::RoleBinding | Kind::ClusterRoleBinding => {
+                rbac_crd(self)
+            }
         }
     }
 
@@ -281,7 +382,8 @@ impl ResourceInfo {
     /// [`ResourceInfo::schema`], generated once per kind: generating a CRD is expensive and
     /// the write path needs the schema on every request (unknown-field detection).
     pub fn schema_ref(&self) -> &'static Value {
-        static SCHEMAS: [std::sync::OnceLock<Value>; 6] = [const { std::sync::OnceLock::new() }; 6];
+        static SCHEMAS: [std::sync::OnceLock<Value>; ALL.len()] =
+            [const { std::sync::OnceLock::new() }; ALL.len()];
         SCHEMAS[self.kind_id as usize].get_or_init(|| {
             self.crd()
                 .spec
@@ -340,7 +442,32 @@ impl ResourceInfo {
             Kind::Lease => roundtrip::<Lease>(obj, |l| {
                 validation::validate_metadata(&l.metadata, self.name_rule)
             }),
+            Kind::Role => {
+                crate::rbac::default_json(&mut obj);
+                roundtrip::<Role>(obj, crate::rbac::validate_role)
+            }
+            Kind::ClusterRole => {
+                crate::rbac::default_json(&mut obj);
+                roundtrip::<ClusterRole>(obj, crate::rbac::validate_cluster_role)
+            }
+            Kind::RoleBinding => {
+                crate::rbac::default_json(&mut obj);
+                roundtrip::<RoleBinding>(obj, crate::rbac::validate_role_binding)
+            }
+            Kind::ClusterRoleBinding => {
+                crate::rbac::default_json(&mut obj);
+                roundtrip::<ClusterRoleBinding>(obj, crate::rbac::validate_cluster_role_binding)
+            }
         }
+    }
+
+    /// Whether the registry keeps `metadata.generation` (bumped when `spec` changes). RBAC
+    /// objects have no spec, and Kubernetes sets no generation on them.
+    pub fn has_generation(&self) -> bool {
+        !matches!(
+            self.kind_id,
+            Kind::Role | Kind::ClusterRole | Kind::RoleBinding | Kind::ClusterRoleBinding
+        )
     }
 
     /// Rules between the stored object and its replacement (immutable fields). Both must
@@ -359,6 +486,9 @@ impl ResourceInfo {
                 (Some(o), Some(n)) => validation::validate_worker_update(&o, &n),
                 _ => Vec::new(),
             },
+            Kind::RoleBinding | Kind::ClusterRoleBinding => {
+                crate::rbac::validate_binding_update(old, new)
+            }
             _ => Vec::new(),
         }
     }
@@ -538,7 +668,9 @@ mod tests {
         for r in ALL {
             assert_eq!(r.schema()["type"], "object", "{}", r.kind);
             assert!(
-                r.printer_columns().iter().any(|c| c.name == "Age"),
+                r.printer_columns()
+                    .iter()
+                    .any(|c| c.name == "Age" || c.name == "Created At"),
                 "{}",
                 r.kind
             );

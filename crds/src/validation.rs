@@ -242,6 +242,23 @@ pub const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
 pub enum NameRule {
     Label,
     Subdomain,
+    /// Kubernetes' `path.IsValidPathSegmentName` (RBAC objects): not `.` or `..`, no `/`
+    /// or `%`.
+    PathSegment,
+}
+
+/// Problems with `name` as a path segment (`path.IsValidPathSegmentName`).
+pub fn path_segment_name(name: &str) -> Vec<String> {
+    for bad in [".", ".."] {
+        if name == bad {
+            return vec![format!("may not be '{bad}'")];
+        }
+    }
+    ["/", "%"]
+        .iter()
+        .filter(|c| name.contains(*c))
+        .map(|c| format!("may not contain '{c}'"))
+        .collect()
 }
 
 /// Validates the user-settable parts of metadata (name, labels, annotations, finalizers).
@@ -256,6 +273,7 @@ pub fn validate_metadata(meta: &ObjectMeta, rule: NameRule) -> Vec<FieldError> {
             let problems = match rule {
                 NameRule::Label => dns1123_label(name),
                 NameRule::Subdomain => dns1123_subdomain(name),
+                NameRule::PathSegment => path_segment_name(name),
             };
             for p in problems {
                 errs.push(FieldError::invalid("metadata.name", name, p));

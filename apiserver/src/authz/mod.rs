@@ -19,6 +19,7 @@ use crate::auth::UserInfo;
 use crate::status::ApiError;
 
 pub mod cache;
+pub mod rbac;
 pub mod webhook;
 
 /// The group whose members may do anything (kube's `system:masters`).
@@ -269,9 +270,11 @@ pub fn forbidden(a: &Attributes, reason: &str) -> ApiError {
     }))
 }
 
-/// The members of Substrate's own components' group (`substrate:system`) may do anything;
-/// every authenticated user may read discovery, OpenAPI and version (kube's
-/// `system:discovery` and `system:public-info-viewer`). No opinion otherwise.
+/// Every authenticated user may read discovery, OpenAPI and version (kube's
+/// `system:discovery` and `system:public-info-viewer`). No opinion otherwise. (Standalone,
+/// the RBAC bootstrap policy grants this, and Substrate's components' group
+/// `substrate:system` is bound to `cluster-admin`; this authorizer is for servers without
+/// local RBAC.)
 pub struct SystemAuthorizer;
 
 /// The non-resource paths any authenticated user may `get` (kube's `system:discovery`
@@ -303,11 +306,10 @@ pub fn path_matches(rule: &str, path: &str) -> bool {
 
 impl Authorizer for SystemAuthorizer {
     fn authorize<'a>(&'a self, a: &'a Attributes) -> AnswerFuture<'a> {
-        let answer = if a.user.in_group(crds::SYSTEM_GROUP)
-            || (!a.resource_request
-                && a.verb == "get"
-                && a.user.in_group("system:authenticated")
-                && DISCOVERY_PATHS.iter().any(|r| path_matches(r, &a.path)))
+        let answer = if !a.resource_request
+            && a.verb == "get"
+            && a.user.in_group("system:authenticated")
+            && DISCOVERY_PATHS.iter().any(|r| path_matches(r, &a.path))
         {
             Answer::allow("")
         } else {

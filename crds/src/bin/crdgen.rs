@@ -8,5 +8,13 @@ fn main() -> std::io::Result<()> {
         std::fs::write(&path, yaml)?;
         println!("wrote {}", path.display());
     }
+    let roles = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(crds::rbac::ACTOR_ROLES_PATH);
+    if let Some(parent) = roles.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&roles, crds::rbac::render_actor_roles())?;
+    println!("wrote {}", roles.display());
     Ok(())
 }
