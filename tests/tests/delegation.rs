@@ -16,7 +16,8 @@
 //! - a client CA added to the ConfigMap is trusted without a restart.
 //!
 //! And a start whose identity may not read the ConfigMap fails with a clear error, unless
-//! `--authentication-tolerate-lookup-failure`.
+//! `--authentication-tolerate-lookup-failure`; the bindings shipped in
+//! `config/cluster/delegation-rbac.yaml` are all a ServiceAccount needs.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -165,6 +166,39 @@ fn start_fails_clearly_when_the_authentication_configmap_cannot_be_read() {
     let (code, _) = anonymous.request_raw("GET", "/healthz", None);
     // The certificate's CA is not trusted (the handshake fails) or the user is anonymous.
     assert!(code == 0 || code == 401, "{code}");
+}
+
+#[test]
+fn the_shipped_delegation_rbac_is_enough_for_a_service_account() {
+    // config/cluster/delegation-rbac.yaml applied, Substrate started with a token of its
+    // ServiceAccount (what the in-cluster configuration gives a pod): it reads the
+    // ConfigMap, reviews tokens and asks for SubjectAccessReviews.
+    let Some(env) = control_plane() else { return };
+    let manifest =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/cluster/delegation-rbac.yaml");
+    env.kubectl()
+        .ok(&["apply", "-f", &manifest.display().to_string()], None);
+    let sa = env.service_account_identity("substrate-system", "substrate-apiserver");
+    let s = start(&env, &sa.kubeconfig, &[]).expect("Substrate starts as its ServiceAccount");
+    env.ensure_namespace("team-a");
+    let robot = env.service_account_identity("team-a", "robot");
+    bind_actor_role(
+        &env,
+        "robot-actors",
+        json!({"kind": "ServiceAccount", "name": "robot", "namespace": "team-a"}),
+    );
+    let (code, body) = s.direct(&env, &robot).request("GET", ACTORS_A, None);
+    assert_eq!(
+        code, 200,
+        "TokenReview and SubjectAccessReview as the ServiceAccount: {body}"
+    );
+    let (code, body) = s
+        .direct(&env, &env.user("bob", &[]))
+        .request("GET", ACTORS_A, None);
+    assert_eq!(
+        (code, body["message"].clone()),
+        (403, json!(forbidden("bob", "list", None)))
+    );
 }
 
 #[test]
