@@ -212,9 +212,7 @@ impl Chain {
             Ok(a) => Err(forbidden(attrs, &a.reason)),
             Err(e) => {
                 tracing::warn!(user = %attrs.user.name, verb = %attrs.verb, resource = %attrs.resource, path = %attrs.path, error = %e, "authorization failed");
-                Err(ApiError::internal(format!(
-                    "Internal error occurred: authorization failed: {e}"
-                )))
+                Err(ApiError::internal(format!("authorization failed: {e}")))
             }
         }
     }
