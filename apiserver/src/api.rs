@@ -36,8 +36,9 @@ pub struct AppState {
     pub max_body: usize,
 }
 
-/// The connection's peer, classified once per connection.
-pub type PeerChain = Arc<auth::Peer>;
+/// The connection's peer, classified once per connection (and again after the
+/// authentication bundles change).
+pub type PeerChain = Arc<auth::Connection>;
 
 fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
@@ -273,7 +274,7 @@ async fn route(
     // 401, as kube answers; the token authenticator logs why).
     let Ok(Some(user)) = state
         .auth
-        .authenticate_request(&chain, &parts.headers)
+        .authenticate_request(&state.auth.connection_peer(&chain).1, &parts.headers)
         .await
     else {
         return Err((ApiError::unauthorized(), None));

@@ -104,6 +104,14 @@ pub struct Args {
     /// authorization.
     #[arg(long, env = "SUBSTRATE_AUTHORIZATION_KUBECONFIG")]
     pub authorization_kubeconfig: Option<PathBuf>,
+    /// Never delegate to a cluster, not even with the in-cluster configuration of a pod
+    /// (tests and demos running inside a Kubernetes pod).
+    #[arg(
+        long,
+        env = "SUBSTRATE_STANDALONE",
+        conflicts_with_all = ["authentication_kubeconfig", "authorization_kubeconfig"]
+    )]
+    pub standalone: bool,
     /// How long token reviews are cached (Go duration: 10s, 1m, 1m30s, 500ms).
     #[arg(long, env = "SUBSTRATE_AUTHENTICATION_TOKEN_WEBHOOK_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub authentication_token_webhook_cache_ttl: Duration,
@@ -236,5 +244,13 @@ mod tests {
             Duration::from_secs(30)
         );
         assert!(a.authentication_tolerate_lookup_failure);
+        assert!(
+            Args::try_parse_from([
+                "substrate-apiserver",
+                "--standalone",
+                "--authorization-kubeconfig=/k"
+            ])
+            .is_err()
+        );
     }
 }

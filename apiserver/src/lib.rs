@@ -27,6 +27,7 @@ pub mod table;
 pub mod testing;
 pub mod ttl_cache;
 pub mod watch;
+pub mod webhook_retry;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -109,6 +110,9 @@ fn read(path: &Path) -> Result<String, RunError> {
 pub async fn start(args: &Args) -> Result<Running, RunError> {
     let pki = pki::ensure(&args.pki_dir, &args.tls_sans)?;
     let (authn, mut background) = authentication(args, &pki).await?;
+    // Standalone: Substrate's own authorizers; cluster mode: the cluster's
+    // SubjectAccessReview behind a decision cache.
+    let chain = authorization(args, vec![Arc::new(authz::SystemAuthorizer)]).await?;
     let verifier = authn.client_verifier();
     let cert = read(args.tls_cert_file.as_deref().unwrap_or(&pki.serving_cert()))?;
     let key = read(
@@ -163,7 +167,7 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
         registry: registry.clone(),
         scheduler,
         auth: authn,
-        authz: authorization(args).await?,
+        authz: chain,
         max_body: args.max_request_bytes,
     });
     let (tx, rx) = oneshot::channel();
@@ -181,9 +185,10 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
 }
 
 /// A client of the cluster to delegate to: from `kubeconfig`, else the in-cluster
-/// configuration when running in a pod, else `None` (standalone).
+/// configuration when running in a pod (unless `--standalone`), else `None` (standalone).
 pub async fn cluster_client(
     kubeconfig: Option<&Path>,
+    standalone: bool,
     what: &str,
 ) -> Result<Option<kube::Client>, auth::AuthError> {
     let err = |reason: String| auth::AuthError::Client {
@@ -198,6 +203,7 @@ pub async fn cluster_client(
                 .await
                 .map_err(|e| err(format!("{}: {e}", path.display())))?
         }
+        None if standalone => return Ok(None),
         None => match kube::Config::incluster() {
             Ok(c) => c,
             Err(_) => return Ok(None),
@@ -217,6 +223,7 @@ async fn authentication(
 ) -> Result<(auth::Authenticator, Vec<JoinHandle<()>>), RunError> {
     let client = cluster_client(
         args.authentication_kubeconfig.as_deref(),
+        args.standalone,
         "--authentication-kubeconfig",
     )
     .await?;
@@ -252,7 +259,9 @@ async fn authentication(
         args.authentication_token_webhook_cache_ttl,
         auth::token::DEFAULT_CAPACITY,
     );
-    let authn = auth::Authenticator::from_bundles(bundles)?.with_tokens(Arc::new(tokens));
+    let authn = auth::Authenticator::from_bundles(bundles)?
+        .with_tokens(Arc::new(tokens))
+        .with_anonymous();
     let follow = tokio::spawn(auth::cluster::follow(client, authn.clone(), local));
     tracing::info!(
         namespace = auth::cluster::NAMESPACE,
@@ -262,17 +271,21 @@ async fn authentication(
     Ok((authn, vec![follow]))
 }
 
-/// The authorization chain: always-allowed paths, `system:masters`, then standalone
-/// ([`authz::SystemAuthorizer`]) or the cluster's `SubjectAccessReview` behind a decision
-/// cache.
-async fn authorization(args: &Args) -> Result<authz::Chain, RunError> {
+/// The authorization chain: always-allowed paths (`--authorization-always-allow-paths`),
+/// `system:masters`, then `standalone` when no cluster is configured, else the cluster's
+/// `SubjectAccessReview` behind a decision cache (`--authorization-kubeconfig`, or in a pod).
+pub async fn authorization(
+    args: &Args,
+    standalone: Vec<Arc<dyn authz::Authorizer>>,
+) -> Result<authz::Chain, RunError> {
     let client = cluster_client(
         args.authorization_kubeconfig.as_deref(),
+        args.standalone,
         "--authorization-kubeconfig",
     )
     .await?;
     let authorizers: Vec<Arc<dyn authz::Authorizer>> = match client {
-        None => vec![Arc::new(authz::SystemAuthorizer)],
+        None => standalone,
         Some(client) => {
             tracing::info!("authorization delegated to the cluster (SubjectAccessReview)");
             let webhook = authz::webhook::WebhookAuthorizer::new(Arc::new(

@@ -106,7 +106,7 @@ pub async fn serve(
                     return;
                 }
             };
-            let chain = Arc::new(state.auth.peer(tls.get_ref().1.peer_certificates()));
+            let chain = Arc::new(state.auth.connection(tls.get_ref().1.peer_certificates()));
             let svc = service_fn(move |req| api::handle(state.clone(), chain.clone(), req));
             let mut builder = auto::Builder::new(TokioExecutor::new());
             // Header lists up to 1 MiB over HTTP/2 (Go's default, so kube-apiserver's): with

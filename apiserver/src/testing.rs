@@ -23,6 +23,8 @@ pub fn apiserver_args(valkey: &ValkeyServer, dir: &Path) -> (crate::config::Args
         format!("--valkey-url={}", valkey.url()),
         format!("--pki-dir={}", dir.join("pki").display()),
         format!("--kubeconfig-out={}", kubeconfig.display()),
+        // Standalone even when the tests run inside a Kubernetes pod.
+        "--standalone".into(),
     ])
     .expect("apiserver arguments");
     (args, kubeconfig)

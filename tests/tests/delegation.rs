@@ -10,7 +10,8 @@
 //!   client certificate, signed by the cluster's client CA); bob gets the exact 403 from
 //!   Substrate (a SubjectAccessReview said no) and the same one from kube-apiserver;
 //! - a ServiceAccount token from the TokenRequest API sent straight to Substrate is
-//!   authenticated by a TokenReview; a made-up token is 401, no credential 401;
+//!   authenticated by a TokenReview; a made-up token is 401; no credential is
+//!   `system:anonymous`, denied by the cluster's RBAC (403);
 //! - a RoleBinding removed is a 403 once the decision cache's TTL has passed;
 //! - a client CA added to the ConfigMap is trusted without a restart.
 //!
@@ -267,8 +268,13 @@ fn substrate_delegates_authentication_and_authorization_to_kube_apiserver() {
         (401, json!("Unauthorized")),
         "{body}"
     );
+    // No credential: system:anonymous, whom the cluster's RBAC denies (kube's 403).
     let (code, body) = no_credential(&s, &env).request("GET", ACTORS_A, None);
-    assert_eq!(code, 401, "{body}");
+    assert_eq!(
+        (code, body["message"].clone()),
+        (403, json!(forbidden("system:anonymous", "list", None))),
+        "{body}"
+    );
     // Health is always allowed, credential or not.
     let (code, text) = no_credential(&s, &env).request_raw("GET", "/healthz", None);
     assert_eq!((code, text.as_str()), (200, "ok"));
@@ -361,7 +367,7 @@ fn decision_cache_cost_against_kube_apiserver() {
     bind_actor_role(&env, "alice-actors", user_subject("alice"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let client = rt
-        .block_on(apiserver::cluster_client(Some(&kubeconfig), "test"))
+        .block_on(apiserver::cluster_client(Some(&kubeconfig), false, "test"))
         .expect("client")
         .expect("a kubeconfig was given");
     let cached = CachedAuthorizer::new(

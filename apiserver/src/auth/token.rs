@@ -3,8 +3,8 @@
 //! delegating authenticator does: no audiences (the kube-apiserver's own), answers cached for
 //! `--authentication-token-webhook-cache-ttl` (accepted and refused alike; a failed call is
 //! not cached), the cache keyed by a SHA-256 of the token (the token is never stored as a key
-//! nor logged) and bounded. A refused token and a failed review are both 401, as in kube; the
-//! failure is logged.
+//! nor logged) and bounded. Transient failures are retried ([`crate::webhook_retry`]). A
+//! refused token and a failed review are both 401, as in kube; the failure is logged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,11 +88,11 @@ impl TokenReviewer for KubeTokenReviewer {
             status: None,
         };
         Box::pin(async move {
-            let created = self
-                .api
-                .create(&kube::api::PostParams::default(), &review)
-                .await
-                .map_err(|e| e.to_string())?;
+            let params = kube::api::PostParams::default();
+            let created = crate::webhook_retry::with_retries("TokenReview", || {
+                self.api.create(&params, &review)
+            })
+            .await?;
             Ok(reviewed(created.status))
         })
     }

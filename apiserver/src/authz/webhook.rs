@@ -3,8 +3,9 @@
 //! authorizer maps it (`k8s.io/apiserver/plugin/pkg/authorizer/webhook`): resource attributes
 //! (namespace, verb, group, version, resource, subresource, name) or non-resource ones (path,
 //! verb), and the user (name, groups, extra). `status.allowed` is allow, `status.denied` deny,
-//! anything else no opinion; the reason is passed through. A failed call is an [`AuthzError`]
-//! (the chain answers 500) and is logged. Put a [`super::cache::CachedAuthorizer`] in front.
+//! anything else no opinion; the reason is passed through. Transient failures are retried
+//! ([`crate::webhook_retry`]); a failed call is an [`AuthzError`] (the chain answers 500) and
+//! is logged. Put a [`super::cache::CachedAuthorizer`] in front.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,11 +45,11 @@ impl Reviewer for KubeReviewer {
         review: SubjectAccessReview,
     ) -> BoxFuture<'_, Result<SubjectAccessReviewStatus, String>> {
         Box::pin(async move {
-            let created = self
-                .api
-                .create(&kube::api::PostParams::default(), &review)
-                .await
-                .map_err(|e| e.to_string())?;
+            let params = kube::api::PostParams::default();
+            let created = crate::webhook_retry::with_retries("SubjectAccessReview", || {
+                self.api.create(&params, &review)
+            })
+            .await?;
             created
                 .status
                 .ok_or_else(|| "the SubjectAccessReview came back without a status".to_string())

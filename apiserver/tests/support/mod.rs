@@ -184,6 +184,8 @@ impl World {
             format!("--key-prefix={}", self.key_prefix),
             format!("--pki-dir={}", self.pki_dir.display()),
             format!("--kubeconfig-out={}", self.kubeconfig.display()),
+            // Standalone even when the tests run inside a Kubernetes pod.
+            "--standalone".into(),
         ])
         .expect("apiserver arguments")
     }
