@@ -295,6 +295,7 @@ fn tenant_matrix_through_kube_apiserver() {
 
     // kube-apiserver's RBAC agrees with the table, asked for someone else and by oneself.
     let sar = tenancy::subject_access_reviews(&env.admin, ROWS);
+    assert!(sar.iter().all(|d| !d.denied), "RBAC has no explicit deny");
     let mut wrong: Vec<String> = ROWS
         .iter()
         .zip(&sar)
