@@ -271,22 +271,23 @@ impl Envtest {
         });
         let (etcd, etcd_url) = etcd_port;
         let etcd_ready = t0.elapsed();
-        let (kube_apiserver, port) = start_retrying("kube-apiserver", |attempt| {
-            start_kube_apiserver(assets_ref, dir.path(), &pki, &etcd_url, attempt)
-        });
-        let url = format!("https://127.0.0.1:{port}");
         let admin_cert = pki
             .ca
             .client(&pki.dir, "admin", "envtest-admin", &["system:masters"])
             .expect("admin certificate");
-        let admin = Identity::new(
-            dir.path(),
-            &url,
-            &pki,
-            "envtest-admin",
-            Credential::Cert(admin_cert),
-            &home,
-        );
+        let (kube_apiserver, admin) = start_retrying("kube-apiserver", |attempt| {
+            let port = free_port();
+            let admin = Identity::new(
+                dir.path(),
+                &format!("https://127.0.0.1:{port}"),
+                &pki,
+                "envtest-admin",
+                Credential::Cert(admin_cert.clone()),
+                &home,
+            );
+            start_kube_apiserver(assets_ref, dir.path(), &pki, &etcd_url, &admin, attempt)
+        });
+        let url = admin.server.clone();
         let mut env = Envtest {
             controller_manager: None,
             kube_apiserver,
@@ -299,7 +300,6 @@ impl Envtest {
             home,
             dir,
         };
-        env.wait_ready();
         let kube_apiserver_ready = t0.elapsed();
         if opts.controller_manager {
             env.start_controller_manager();
@@ -327,30 +327,6 @@ impl Envtest {
     /// The state directory (PKI, kubeconfigs, logs).
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    /// Waits until kube-apiserver's `/readyz` answers `ok` to the admin (its RBAC bootstrap
-    /// roles included).
-    fn wait_ready(&mut self) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.kube_apiserver.exited() {
-                panic!(
-                    "kube-apiserver exited ({status}):\n{}",
-                    self.kube_apiserver.log_tail(40)
-                );
-            }
-            let (code, body) = self.admin.request_raw("GET", "/readyz", None);
-            if code == 200 {
-                return;
-            }
-            assert!(
-                start.elapsed() < START_DEADLINE,
-                "kube-apiserver not ready after {START_DEADLINE:?}: {code} {body}\n{}",
-                self.kube_apiserver.log_tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
     }
 
     /// Starts kube-controller-manager (when [`Options::controller_manager`] was false) and
@@ -670,14 +646,19 @@ fn start_etcd(assets: &Assets, dir: &Path, attempt: u32) -> Option<(GroupChild, 
     let client = format!("http://127.0.0.1:{}", free_port());
     let peer = format!("http://127.0.0.1:{}", free_port());
     let data = dir.join(format!("etcd-data-{attempt}"));
+    // A name of its own: the member list tells our etcd from another one on the port.
+    let name = format!(
+        "envtest-{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("etcd")
+    );
     let args = vec![
-        "--name=envtest".to_string(),
+        format!("--name={name}"),
         format!("--data-dir={}", data.display()),
         format!("--listen-client-urls={client}"),
         format!("--advertise-client-urls={client}"),
         format!("--listen-peer-urls={peer}"),
         format!("--initial-advertise-peer-urls={peer}"),
-        format!("--initial-cluster=envtest={peer}"),
+        format!("--initial-cluster={name}={peer}"),
         "--log-level=warn".into(),
         "--logger=zap".into(),
     ];
@@ -689,10 +670,11 @@ fn start_etcd(assets: &Assets, dir: &Path, attempt: u32) -> Option<(GroupChild, 
             return None;
         }
         let ok = Command::new("curl")
-            .args(["-sf", "--max-time", "2", &format!("{client}/health")])
+            .args(["-sf", "--max-time", "2", "-X", "POST", "-d", "{}"])
+            .arg(format!("{client}/v3/cluster/member/list"))
             .output()
             .is_ok_and(|o| {
-                o.status.success() && String::from_utf8_lossy(&o.stdout).contains("true")
+                o.status.success() && String::from_utf8_lossy(&o.stdout).contains(&name)
             });
         if ok {
             return Some((etcd, client));
@@ -705,16 +687,18 @@ fn start_etcd(assets: &Assets, dir: &Path, attempt: u32) -> Option<(GroupChild, 
     );
 }
 
-/// kube-apiserver on loopback; (process, port) once it listens (readiness is checked by the
-/// caller with the admin's certificate).
+/// kube-apiserver on loopback, on the port of `admin`'s URL; (process, admin) once `/readyz`
+/// answers `ok` to the admin (its RBAC bootstrap roles included), `None` when it exited first
+/// (the port was taken meanwhile: the caller tries another).
 fn start_kube_apiserver(
     assets: &Assets,
     dir: &Path,
     pki: &Pki,
     etcd_url: &str,
+    admin: &Identity,
     _attempt: u32,
-) -> Option<(GroupChild, u16)> {
-    let port = free_port();
+) -> Option<(GroupChild, Identity)> {
+    let port = admin.server.rsplit(':').next().expect("port");
     let cert_dir = dir.join("kube-apiserver-certs");
     std::fs::create_dir_all(&cert_dir).expect("cert dir");
     let p = |f: &Path| f.display().to_string();
@@ -756,22 +740,24 @@ fn start_kube_apiserver(
         &args,
         dir.join("kube-apiserver.log"),
     );
-    // Listening (TLS handshake possible) or exited (port taken: try another).
+    // Ready (a server that verifies with our CA and knows our admin) or exited.
     let start = Instant::now();
-    while start.elapsed() < START_DEADLINE {
+    loop {
         if let Some(status) = kas.exited() {
             eprintln!("kube-apiserver exited ({status}):\n{}", kas.log_tail(20));
             return None;
         }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some((kas, port));
+        let (code, body) = admin.request_raw("GET", "/readyz", None);
+        if code == 200 {
+            return Some((kas, admin.clone()));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            start.elapsed() < START_DEADLINE,
+            "kube-apiserver not ready after {START_DEADLINE:?}: {code} {body}\n{}",
+            kas.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
-    panic!(
-        "kube-apiserver does not listen after {START_DEADLINE:?}:\n{}",
-        kas.log_tail(40)
-    );
 }
 
 /// The JSON of a `kubectl` `List` of `items` (for [`Identity::apply`]).

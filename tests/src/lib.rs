@@ -12,6 +12,10 @@
 //!
 //! Every system gets its own node name, worker address range and worker index base, so tests
 //! can run at once: see [`Options`].
+//!
+//! [`envtest`] is the other harness: a real Kubernetes control plane (etcd, kube-apiserver,
+//! kube-controller-manager from `KUBEBUILDER_ASSETS`) with Substrate registered as an
+//! aggregated API; [`tenancy`] is the tenant matrix of issue 13, runnable against any apiserver.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -357,3 +357,18 @@ pub fn differences(rows: &[Row], a: &[Decision], b: &[Decision]) -> Vec<String> 
         .map(|(r, (x, y))| format!("{r:?}: {x:?} vs {y:?}"))
         .collect()
 }
+
+/// What kube-apiserver (envtest, no controller manager) decides for `rows` under
+/// [`rbac_objects`]: a SubjectAccessReview per row. `None` when `KUBEBUILDER_ASSETS` is
+/// unset (see [`crate::envtest::Assets::find`]). The reference another apiserver's decisions
+/// are compared with ([`differences`]).
+pub fn kube_decisions(rows: &[Row]) -> Option<Vec<Decision>> {
+    let env = crate::envtest::Envtest::start_with(crate::envtest::Options {
+        controller_manager: false,
+    })?;
+    for (ns, _) in NAMESPACES {
+        env.ensure_namespace(ns);
+    }
+    apply_rbac(&env.admin);
+    Some(subject_access_reviews(&env.admin, rows))
+}

@@ -60,3 +60,22 @@ fn control_plane_identities_and_cleanup() {
     let alive: Vec<u32> = groups.into_iter().filter(|g| group_alive(*g)).collect();
     assert!(alive.is_empty(), "process groups still alive: {alive:?}");
 }
+
+#[test]
+fn kube_decisions_are_the_tables() {
+    // The reference the standalone RBAC is compared with: kube-apiserver's answers for the
+    // table's RBAC objects are the table's `allowed` column.
+    let Some(kube) = e2e::tenancy::kube_decisions(e2e::tenancy::ROWS) else {
+        return;
+    };
+    let table: Vec<e2e::tenancy::Decision> = e2e::tenancy::ROWS
+        .iter()
+        .map(|r| e2e::tenancy::Decision {
+            allowed: r.allowed,
+            denied: false,
+            reason: String::new(),
+        })
+        .collect();
+    let diff = e2e::tenancy::differences(e2e::tenancy::ROWS, &kube, &table);
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+}

@@ -35,19 +35,30 @@ impl Identity {
         credential: Credential,
         home: &Path,
     ) -> Identity {
-        let file: String = user
+        Identity::for_server(dir, server, &pki.ca.files.cert_pem, user, credential, home)
+    }
+
+    /// An identity of any apiserver (`server`, verified by `ca_pem`): the CA and a kubeconfig
+    /// are written to `dir` (named after the user and the server's port), `home` is kubectl's
+    /// HOME. For Substrate's standalone apiserver, `credential` is a certificate signed by its
+    /// own CA (`apiserver::pki::issue_client`).
+    pub fn for_server(
+        dir: &Path,
+        server: &str,
+        ca_pem: &str,
+        user: &str,
+        credential: Credential,
+        home: &Path,
+    ) -> Identity {
+        let port = server.rsplit(':').next().unwrap_or_default();
+        let file: String = format!("{user}-{port}")
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
+        let ca = dir.join(format!("{file}-ca.crt"));
+        pki::write(&ca, ca_pem, false).expect("CA file");
         let kubeconfig = dir.join(format!("{file}.kubeconfig"));
-        pki::write_kubeconfig(
-            &kubeconfig,
-            server,
-            &pki.ca.files.cert_pem,
-            user,
-            &credential,
-        )
-        .expect("kubeconfig");
+        pki::write_kubeconfig(&kubeconfig, server, ca_pem, user, &credential).expect("kubeconfig");
         Identity {
             user: user.to_string(),
             server: server.to_string(),
@@ -57,33 +68,20 @@ impl Identity {
             },
             kubeconfig,
             credential,
-            ca: pki.ca.files.cert.clone(),
+            ca,
         }
     }
 
-    /// The same credential against another apiserver (`server`, verified by `ca`).
+    /// The same credential against another apiserver (`server`, verified by `ca_pem`).
     pub fn at(&self, server: &str, ca_pem: &str, dir: &Path) -> Identity {
-        let file: String = self
-            .user
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let ca = dir.join(format!("{file}-at-ca.crt"));
-        pki::write(&ca, ca_pem, false).expect("CA file");
-        let kubeconfig = dir.join(format!("{file}-at.kubeconfig"));
-        pki::write_kubeconfig(&kubeconfig, server, ca_pem, &self.user, &self.credential)
-            .expect("kubeconfig");
-        Identity {
-            user: self.user.clone(),
-            server: server.to_string(),
-            kubectl: Kubectl {
-                kubeconfig: kubeconfig.clone(),
-                home: self.kubectl.home.clone(),
-            },
-            kubeconfig,
-            credential: self.credential.clone(),
-            ca,
-        }
+        Identity::for_server(
+            dir,
+            server,
+            ca_pem,
+            &self.user,
+            self.credential.clone(),
+            &self.kubectl.home,
+        )
     }
 
     /// `METHOD path` with an optional JSON body; (status code, body as JSON — `Null` when

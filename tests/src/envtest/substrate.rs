@@ -1,9 +1,10 @@
 //! Substrate's apiserver (in the test's process, over its own Valkey) as an aggregated API
 //! server of an [`Envtest`] control plane: served with a certificate for
-//! `substrate-apiserver.substrate-system.svc` signed by the cluster CA, trusting the cluster's
-//! client CA and front-proxy CA, and — when the apiserver has the flags — delegating
+//! `substrate-apiserver.substrate-system.svc` signed by the cluster CA, delegating
 //! authentication and authorization to kube-apiserver (`--authentication-kubeconfig`,
-//! `--authorization-kubeconfig`, with [`Envtest::delegation_kubeconfig`]).
+//! `--authorization-kubeconfig` with [`Envtest::delegation_kubeconfig`]; the CAs it trusts
+//! come from the cluster's `extension-apiserver-authentication` ConfigMap), as it is deployed
+//! in a cluster.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,9 +16,6 @@ use super::identity::Identity;
 pub struct Substrate {
     /// `127.0.0.1:<port>`.
     pub addr: SocketAddr,
-    /// Whether it delegates authentication and authorization to kube-apiserver (false when
-    /// this build of the apiserver has no `--authentication-kubeconfig`).
-    pub delegated: bool,
     running: Option<apiserver::Running>,
     rt: tokio::runtime::Runtime,
     _valkey: apiserver::testing::ValkeyServer,
@@ -27,44 +25,29 @@ impl std::fmt::Debug for Substrate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Substrate")
             .field("addr", &self.addr)
-            .field("delegated", &self.delegated)
             .finish()
     }
 }
 
-/// The apiserver's arguments, and whether they include delegation.
-fn args(env: &Envtest, valkey_url: &str, dir: &Path) -> (apiserver::config::Args, bool) {
+/// The apiserver's arguments as in a cluster: the serving certificate kube-apiserver verifies
+/// and the delegation kubeconfigs; no CA files (they come from the cluster's
+/// `extension-apiserver-authentication` ConfigMap).
+fn args(env: &Envtest, valkey_url: &str, dir: &Path) -> apiserver::config::Args {
     use clap::Parser as _;
     let serving = env.substrate_serving_cert();
+    let kubeconfig = env.delegation_kubeconfig();
     let p = |f: &Path| f.display().to_string();
-    let base = vec![
+    apiserver::config::Args::try_parse_from([
         "substrate-apiserver".to_string(),
         "--bind=127.0.0.1:0".into(),
         format!("--valkey-url={valkey_url}"),
         format!("--pki-dir={}", dir.join("pki").display()),
         format!("--tls-cert-file={}", p(&serving.cert)),
         format!("--tls-private-key-file={}", p(&serving.key)),
-        format!("--client-ca-file={}", p(&env.pki.ca.files.cert)),
-        format!(
-            "--requestheader-client-ca-file={}",
-            p(&env.pki.front_proxy_ca.files.cert)
-        ),
-        "--requestheader-allowed-names=front-proxy-client".into(),
-    ];
-    let kubeconfig = env.delegation_kubeconfig();
-    let mut delegated = base.clone();
-    delegated.extend([
         format!("--authentication-kubeconfig={}", p(&kubeconfig)),
         format!("--authorization-kubeconfig={}", p(&kubeconfig)),
-    ]);
-    match apiserver::config::Args::try_parse_from(&delegated) {
-        Ok(a) => (a, true),
-        Err(e) if e.kind() == clap::error::ErrorKind::UnknownArgument => (
-            apiserver::config::Args::try_parse_from(&base).expect("apiserver arguments"),
-            false,
-        ),
-        Err(e) => panic!("apiserver arguments: {e}"),
-    }
+    ])
+    .expect("apiserver arguments")
 }
 
 impl Substrate {
@@ -74,15 +57,7 @@ impl Substrate {
         let dir = env.dir().join("substrate");
         std::fs::create_dir_all(&dir).expect("substrate dir");
         let valkey = apiserver::testing::ValkeyServer::start();
-        let (args, delegated) = args(env, &valkey.url(), &dir);
-        eprintln!(
-            "envtest: Substrate's apiserver {} delegation to kube-apiserver",
-            if delegated {
-                "with"
-            } else {
-                "WITHOUT (this build has no --authentication-kubeconfig)"
-            }
-        );
+        let args = args(env, &valkey.url(), &dir);
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let running = rt
             .block_on(apiserver::start(&args))
@@ -92,7 +67,6 @@ impl Substrate {
         env.register_substrate(addr, &env.pki.ca.files.cert_pem);
         Substrate {
             addr,
-            delegated,
             running: Some(running),
             rt,
             _valkey: valkey,
