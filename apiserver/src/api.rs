@@ -274,6 +274,13 @@ async fn route(
         return Err((ApiError::unauthorized(), None));
     };
     let uname = Some(user.name.clone());
+    if let Some(review) = crate::reviews::parse(&parts.method, path) {
+        let r = match review {
+            Ok(review) => access_review(state, &user, &review, &query, parts, body).await,
+            Err(e) => Err(e),
+        };
+        return r.map(|resp| (resp, uname.clone())).map_err(|e| (e, uname));
+    }
     let target = request::parse(&parts.method, path, &query).map_err(|e| (e, uname.clone()))?;
     let r = match target {
         Target::NonResource => {
@@ -296,6 +303,28 @@ async fn route(
         Ok(resp) => Ok((resp, uname)),
         Err(e) => Err((e, uname)),
     }
+}
+
+/// `POST /apis/authorization.k8s.io/v1/...`: a review, answered and not stored (201, as
+/// kube-apiserver answers a create).
+async fn access_review(
+    state: &AppState,
+    user: &UserInfo,
+    review: &crate::reviews::ReviewRequest,
+    query: &Query,
+    parts: &http::request::Parts,
+    body: &RequestBody,
+) -> Result<Response<Body>, ApiError> {
+    state.authz.check(&review.attributes(user)).await?;
+    let accept = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let output = output_for_write(negotiate::negotiate(accept, query)?);
+    let bytes = read_body(state, parts, body).await?;
+    let obj = crate::decode::object(negotiate::body_format(content_type(parts))?, &bytes)?;
+    let answer = crate::reviews::review(&state.authz, user, review, obj).await?;
+    Ok(encode(output, 201, &answer))
 }
 
 fn version() -> Value {

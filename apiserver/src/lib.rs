@@ -18,6 +18,7 @@ pub mod openapi;
 pub mod pki;
 pub mod registry;
 pub mod request;
+pub mod reviews;
 pub mod scheduler;
 pub mod selector;
 pub mod server;
@@ -106,6 +107,15 @@ fn read(path: &Path) -> Result<String, RunError> {
 /// Starts the apiserver described by `args`; returns once it is listening and the kubeconfig
 /// (if asked for) is written.
 pub async fn start(args: &Args) -> Result<Running, RunError> {
+    start_with(args, Vec::new()).await
+}
+
+/// [`start`] with more authorizers after the built-in ones (tests: a fixed policy such as
+/// [`authz::FnAuthorizer`]).
+pub async fn start_with(
+    args: &Args,
+    extra_authorizers: Vec<Arc<dyn authz::Authorizer>>,
+) -> Result<Running, RunError> {
     let pki = pki::ensure(&args.pki_dir, &args.tls_sans)?;
     let client_ca = read(args.client_ca_file.as_deref().unwrap_or(&pki.ca_cert()))?;
     let front_proxy_ca = read(
@@ -177,7 +187,9 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
                 .iter()
                 .map(|p| p.to_string())
                 .collect(),
-            vec![Arc::new(authz::SystemAuthorizer)],
+            std::iter::once(Arc::new(authz::SystemAuthorizer) as Arc<dyn authz::Authorizer>)
+                .chain(extra_authorizers)
+                .collect(),
         ),
         max_body: args.max_request_bytes,
     });
