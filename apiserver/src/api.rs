@@ -395,25 +395,6 @@ fn with_type(mut r: Response<Body>, ct: &'static str) -> Response<Body> {
     r
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn authorize(
-    state: &AppState,
-    user: &UserInfo,
-    verb: &str,
-    res: (&str, &str, &str),
-    sub: Option<&str>,
-    ns: Option<&str>,
-    name: Option<&str>,
-) -> Result<(), ApiError> {
-    let (group, version, resource) = res;
-    state
-        .authz
-        .check(&Attributes::resource(
-            user, verb, group, version, resource, sub, ns, name,
-        ))
-        .await
-}
-
 /// Reads the request body (413 past the limit; a declared length over it is refused before
 /// reading).
 async fn read_body(
@@ -483,16 +464,24 @@ async fn resource(
         .subresource
         .as_deref()
         .is_some_and(|s| request::ACTIONS.contains(&s));
-    authorize(
-        state,
+    let attrs = Attributes::resource(
         user,
         rr.verb.as_str(),
-        (res.group, res.version, res.plural),
+        res.group,
+        res.version,
+        res.plural,
         rr.subresource.as_deref(),
-        ns,
+        crate::tenancy::authz_namespace(res, ns, name),
         name,
-    )
-    .await?;
+    );
+    let filter = if res.kind_id == crds::resources::Kind::Atespace
+        && matches!(rr.verb, Verb::List | Verb::Watch)
+    {
+        atespace_filter(state, &attrs, crate::tenancy::AtespaceFilter::atespaces).await?
+    } else {
+        state.authz.check(&attrs).await?;
+        None
+    };
     let accept = parts
         .headers
         .get(header::ACCEPT)
@@ -530,7 +519,10 @@ async fn resource(
         }
         Verb::List => {
             let opts = ListOptions::from_query(query)?;
-            let out = registry.list(res, ns, &opts).await?;
+            let mut out = registry.list(res, ns, &opts).await?;
+            if let Some(f) = &filter {
+                out.items = f.retain(std::mem::take(&mut out.items)).await;
+            }
             let doc = match output {
                 Output::Table(include) => {
                     let refs: Vec<&Value> = out.items.iter().collect();
@@ -565,6 +557,7 @@ async fn resource(
                     opts,
                     output,
                     view: watch::View::Native,
+                    filter,
                 },
             )
             .await?;
@@ -746,16 +739,24 @@ async fn core_namespaces(
     verb: Verb,
     query: &Query,
 ) -> Result<Response<Body>, ApiError> {
-    authorize(
-        state,
+    // As kube: a request about one namespace is in that namespace; the list and watch are
+    // filtered for a user who may not list them all.
+    let attrs = Attributes::resource(
         user,
         verb.as_str(),
-        ("", "v1", "namespaces"),
-        None,
+        "",
+        "v1",
+        "namespaces",
         None,
         name.as_deref(),
-    )
-    .await?;
+        name.as_deref(),
+    );
+    let filter = if name.is_none() {
+        atespace_filter(state, &attrs, crate::tenancy::AtespaceFilter::namespaces).await?
+    } else {
+        state.authz.check(&attrs).await?;
+        None
+    };
     match (verb, name) {
         (Verb::Get, Some(n)) => match state.registry.get(&ATESPACES, None, &n).await {
             Ok(a) => Ok(json_response(200, &as_namespace(&a))),
@@ -767,7 +768,11 @@ async fn core_namespaces(
                 .registry
                 .list(&ATESPACES, None, &ListOptions::from_query(query)?)
                 .await?;
-            let items: Vec<Value> = out.items.iter().map(as_namespace).collect();
+            let visible = match &filter {
+                Some(f) => f.retain(out.items).await,
+                None => out.items,
+            };
+            let items: Vec<Value> = visible.iter().map(as_namespace).collect();
             Ok(json_response(
                 200,
                 &json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {"resourceVersion": out.rv.to_string()}, "items": items}),
@@ -786,6 +791,7 @@ async fn core_namespaces(
                     opts,
                     output: Output::Json,
                     view: watch::View::CoreNamespaces(as_namespace),
+                    filter,
                 },
             )
             .await?;
@@ -793,6 +799,20 @@ async fn core_namespaces(
         }
         // `parse` makes only get, list and watch of namespaces.
         (_, _) => Err(ApiError::method_not_allowed(verb.as_str(), "GET")),
+    }
+}
+
+/// A list or watch of atespaces (or namespaces): everything for a user who may list them
+/// all, else the filter of the ones they may get (never a 403: see [`crate::tenancy`]).
+async fn atespace_filter(
+    state: &AppState,
+    attrs: &Attributes,
+    filter: fn(&authz::Chain, &UserInfo) -> crate::tenancy::AtespaceFilter,
+) -> Result<Option<crate::tenancy::AtespaceFilter>, ApiError> {
+    match state.authz.authorize(attrs).await {
+        Ok(a) if a.allowed() => Ok(None),
+        Ok(_) => Ok(Some(filter(&state.authz, &attrs.user))),
+        Err(e) => Err(authz::failed(attrs, &e)),
     }
 }
 

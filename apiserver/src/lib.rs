@@ -25,6 +25,7 @@ pub mod server;
 pub mod status;
 pub mod storage;
 pub mod table;
+pub mod tenancy;
 pub mod testing;
 pub mod watch;
 

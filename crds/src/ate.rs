@@ -6,7 +6,7 @@
 #![allow(clippy::duplicated_attributes)]
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -134,6 +134,26 @@ pub struct ActorTemplateSpec {
     /// How to tell that a booted actor is ready (for the golden snapshot and every resume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Probe>,
+    /// Which other atespaces' actors may use this template (and its golden snapshot). Actors
+    /// of the template's own atespace always may; without `sharing`, no other atespace may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<TemplateSharing>,
+}
+
+/// The atespaces an ActorTemplate is shared with: those listed by name, and those whose
+/// labels match the selector. Checked when an actor naming the template in
+/// `spec.template.namespace` is created, and again at every resume.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateSharing {
+    /// Atespaces (by name) whose actors may use this template.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub atespaces: Vec<String>,
+    /// Atespaces whose labels match may use this template. An empty selector (`{}`) matches
+    /// every atespace; leaving it out matches none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atespace_selector: Option<LabelSelector>,
 }
 
 /// A container of an actor.

@@ -309,14 +309,17 @@ impl Chain {
         match self.authorize(attrs).await {
             Ok(a) if a.allowed() => Ok(()),
             Ok(a) => Err(forbidden(attrs, &a.reason)),
-            Err(e) => {
-                tracing::warn!(user = %attrs.user.name, verb = %attrs.verb, resource = %attrs.resource, path = %attrs.path, error = %e, "authorization failed");
-                Err(ApiError::internal(format!(
-                    "Internal error occurred: authorization failed: {e}"
-                )))
-            }
+            Err(e) => Err(failed(attrs, &e)),
         }
     }
+}
+
+/// The 500 of a request no authorizer could decide because one failed.
+pub fn failed(attrs: &Attributes, e: &AuthzError) -> ApiError {
+    tracing::warn!(user = %attrs.user.name, verb = %attrs.verb, resource = %attrs.resource, path = %attrs.path, error = %e, "authorization failed");
+    ApiError::internal(format!(
+        "Internal error occurred: authorization failed: {e}"
+    ))
 }
 
 /// kube's `forbiddenMessage`: what the user could not do.
