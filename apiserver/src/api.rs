@@ -320,11 +320,34 @@ async fn access_review(
         .headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok());
-    let output = output_for_write(negotiate::negotiate(accept, query)?);
+    use crate::reviews::proto;
+    // client-go's typed client (kubectl auth can-i) sends protobuf and accepts JSON too; a
+    // client that accepts only protobuf gets protobuf.
+    let output = match negotiate::negotiate(accept, query) {
+        Ok(o) => Some(output_for_write(o)),
+        Err(_) if accept.is_some_and(|a| a.contains(proto::MEDIA_TYPE)) => None,
+        Err(e) => return Err(e),
+    };
     let bytes = read_body(state, parts, body).await?;
-    let obj = crate::decode::object(negotiate::body_format(content_type(parts))?, &bytes)?;
+    let ct = content_type(parts);
+    let obj = if proto::is_protobuf(ct) {
+        proto::decode(&review.kind, &bytes)?
+    } else {
+        crate::decode::object(negotiate::body_format(ct)?, &bytes)?
+    };
     let answer = crate::reviews::review(&state.authz, user, review, obj).await?;
-    Ok(encode(output, 201, &answer))
+    Ok(match output {
+        Some(output) => encode(output, 201, &answer),
+        None => {
+            let mut r = Response::new(full(proto::encode(&review.kind, &answer)));
+            *r.status_mut() = StatusCode::CREATED;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(proto::MEDIA_TYPE),
+            );
+            r
+        }
+    })
 }
 
 fn version() -> Value {

@@ -223,6 +223,23 @@ pub fn issue_client(pki: &Pki, user: &str, groups: &[&str]) -> Result<(String, S
     Ok((cert.pem(), kp.serialize_pem()))
 }
 
+/// A kubeconfig for `user` in `groups` at `server`: issues a client certificate signed by
+/// the cluster CA, stores it as `<user>.crt`/`<user>.key` in the PKI directory (so raw
+/// clients such as curl can present it too) and writes the kubeconfig to `out`. For tests
+/// and demo tenants.
+pub fn user_kubeconfig(
+    pki: &Pki,
+    server: &str,
+    user: &str,
+    groups: &[&str],
+    out: &Path,
+) -> Result<(), PkiError> {
+    let (crt, key) = issue_client(pki, user, groups)?;
+    write(&pki.path(&format!("{user}.crt")), &crt, false)?;
+    write(&pki.path(&format!("{user}.key")), &key, true)?;
+    write_kubeconfig(pki, server, user, out)
+}
+
 /// Writes a kubeconfig for `server` authenticating with `<client>.crt`/`.key` from the PKI.
 pub fn write_kubeconfig(pki: &Pki, server: &str, client: &str, out: &Path) -> Result<(), PkiError> {
     let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);

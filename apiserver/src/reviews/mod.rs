@@ -15,6 +15,8 @@
 //! nobody saying yes), `status.reason`, `status.evaluationError` (an authorizer failed);
 //! the same validation errors (422) and decoding errors (400).
 
+pub mod proto;
+
 use k8s_openapi::api::authorization::v1 as authv1;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
