@@ -404,6 +404,8 @@ impl System {
                     "ports": [{"containerPort": 8080}]}],
                 "workerPoolRef": {"name": pool},
                 "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+                // Actors of every atespace use it (an empty selector matches them all).
+                "sharing": {"atespaceSelector": {}},
             },
         }));
         let mut sys = System {
