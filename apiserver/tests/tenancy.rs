@@ -256,6 +256,18 @@ fn kubectl_auth_can_i_and_access_reviews_answer_from_the_authorizer() {
     );
     let r = w.http_as(&Identity::Cert("alice".into()), "GET", path, None, &[]);
     assert_eq!(r.code, 405, "{}", r.body);
+    // `kubectl create` of a review, found through discovery. (Without `--validate=false`
+    // kubectl validates client-side, as reviews have no patch operation announcing
+    // server-side validation, and wants the protobuf OpenAPI v2, which is not served.)
+    let flag = format!("--kubeconfig={}", alice.display());
+    let out = w.kubectl_with(
+        &[&flag, "create", "--validate=false", "-o", "json", "-f", "-"],
+        Some(&ssar("team-a").to_string()),
+        &[],
+    );
+    assert!(out.success(), "{out}");
+    let created: Value = serde_json::from_str(&out.stdout).expect("kubectl -o json");
+    assert_eq!(created["status"]["allowed"], true, "{out}");
 
     // A SubjectAccessReview about someone else needs its own permission.
     let sar = |user: &str| {
