@@ -199,8 +199,7 @@ enum Placement {
     NoFreeWorker(String),
 }
 
-/// Whether `obj`'s labels match a `LabelSelector` (`None` matches everything).
-pub fn labels_match(selector: Option<&Value>, worker: &Value) -> bool {
+fn labels_match(selector: Option<&Value>, worker: &Value) -> bool {
     let Some(sel) = selector else { return true };
     let labels = worker.pointer("/metadata/labels");
     let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);

@@ -160,21 +160,16 @@ impl Shown {
 /// template: the atespace is listed by name, or its labels match the selector (an empty
 /// selector `{}` matches every atespace; no selector matches none).
 pub fn shares_with(sharing: Option<&Value>, atespace: &Value) -> bool {
-    let Some(sharing) = sharing else {
+    let Some(sharing) =
+        sharing.and_then(|s| serde_json::from_value::<crds::ate::TemplateSharing>(s.clone()).ok())
+    else {
         return false;
     };
-    let name = name_of(atespace);
-    if sharing
-        .get("atespaces")
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|n| n.as_str() == Some(name)))
-    {
-        return true;
-    }
-    match sharing.get("atespaceSelector") {
-        Some(sel) if sel.is_object() => crate::scheduler::labels_match(Some(sel), atespace),
-        _ => false,
-    }
+    let labels: std::collections::BTreeMap<String, String> = atespace
+        .pointer("/metadata/labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
+    sharing.allows(name_of(atespace), &labels)
 }
 
 /// Why actors of `actor_ns` may not use the template `tns/tname` (kube's FieldValueForbidden
