@@ -12,7 +12,8 @@
 //! ([`AtespaceFilter`]). The same for the core `namespaces` the standalone server answers
 //! from atespaces. A watch is filtered per event with the authorizer's answer at that
 //! moment; what this watcher was shown is remembered, so an atespace that becomes visible
-//! arrives as `ADDED` and one that stops being visible leaves as `DELETED`. A permission
+//! arrives as `ADDED` and one that stops being visible leaves as `DELETED` (a watch that
+//! follows a list starts with what is visible when it starts). A permission
 //! change alone produces no event: it shows at the atespace's next event, or when the
 //! client lists again (every watch ends within its timeout).
 //!
@@ -139,7 +140,9 @@ impl Shown {
     ) -> Option<&'static str> {
         let name = name_of(obj);
         if kind == "DELETED" {
-            return self.0.remove(name).then_some("DELETED");
+            // Shown, or visible (deleted after the list this watch follows).
+            let shown = self.0.remove(name);
+            return (shown || filter.visible(obj).await).then_some("DELETED");
         }
         match (filter.visible(obj).await, self.0.contains(name)) {
             (true, true) => Some(kind),

@@ -275,6 +275,13 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
                 Err(e) => return Err(ApiError::from_storage(req.res, "", e)),
             }
         };
+    // A filtered watch that starts after a list (from its resourceVersion) remembers what
+    // that list showed: the atespaces visible now.
+    let seed: Vec<Arc<Value>> = if req.filter.is_some() && initial.is_empty() {
+        cache.snapshot(None).1
+    } else {
+        Vec::new()
+    };
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
     let timeout = match o.timeout_seconds {
         // kube-apiserver allows a negative timeout: its timer fires at once and the watch
@@ -297,6 +304,13 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
         };
         let mut last_rv = snapshot_rv;
         let mut shown = crate::tenancy::Shown::default();
+        if let Some(f) = &req.filter {
+            for obj in seed.iter().filter(|o| req.in_scope(o)) {
+                if f.visible(obj).await {
+                    shown.insert(obj);
+                }
+            }
+        }
         for obj in initial.iter().filter(|o| req.in_scope(o)) {
             last_rv = last_rv.max(crate::registry::rv_of(obj));
             if let Some(f) = &req.filter {

@@ -487,6 +487,35 @@ fn tenants_list_and_watch_exactly_the_atespaces_they_may_get() {
         event(l) == ("MODIFIED".into(), "team-b".into())
     });
     assert_eq!(ns_watch.seen().len(), 2, "{:?}", ns_watch.seen());
+
+    // kubectl lists, then watches from the list's resourceVersion: what the list showed is
+    // modified and deleted, not added again.
+    let mut kw = w.spawn(&[
+        &flag,
+        "get",
+        "atespaces",
+        "-w",
+        "--output-watch-events",
+        "-o",
+        "custom-columns=EVENT:.type,NAME:.object.metadata.name",
+    ]);
+    let row = |l: &str| l.split_whitespace().collect::<Vec<_>>().join(" ");
+    kw.expect_line("ADDED team-b", |l| row(l) == "ADDED team-b");
+    w.ok(&["label", "atespace", "team-b", "x=4", "--overwrite"]);
+    kw.expect_line("MODIFIED team-b", |l| row(l) == "MODIFIED team-b");
+    w.ok(&["delete", "atespace", "team-b"]);
+    kw.expect_line("DELETED team-b", |l| row(l) == "DELETED team-b");
+    let seen: Vec<String> = kw.seen().iter().map(|l| row(l)).collect();
+    assert_eq!(
+        seen.iter().filter(|l| l.as_str() == "ADDED team-b").count(),
+        1,
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|l| !l.contains("team-a") && !l.contains("team-c")),
+        "{seen:?}"
+    );
 }
 
 fn template_yaml(name: &str, sharing: &str) -> String {
