@@ -280,6 +280,13 @@ async fn route(
         return Err((ApiError::unauthorized(), None));
     };
     let uname = Some(user.name.clone());
+    if let Some(review) = crate::reviews::parse(&parts.method, path) {
+        let r = match review {
+            Ok(review) => access_review(state, &user, &review, &query, parts, body).await,
+            Err(e) => Err(e),
+        };
+        return r.map(|resp| (resp, uname.clone())).map_err(|e| (e, uname));
+    }
     let target = request::parse(&parts.method, path, &query).map_err(|e| (e, uname.clone()))?;
     let r = match target {
         Target::NonResource => {
@@ -302,6 +309,51 @@ async fn route(
         Ok(resp) => Ok((resp, uname)),
         Err(e) => Err((e, uname)),
     }
+}
+
+/// `POST /apis/authorization.k8s.io/v1/...`: a review, answered and not stored (201, as
+/// kube-apiserver answers a create).
+async fn access_review(
+    state: &AppState,
+    user: &UserInfo,
+    review: &crate::reviews::ReviewRequest,
+    query: &Query,
+    parts: &http::request::Parts,
+    body: &RequestBody,
+) -> Result<Response<Body>, ApiError> {
+    state.authz.check(&review.attributes(user)).await?;
+    let accept = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    use crate::reviews::proto;
+    // client-go's typed client (kubectl auth can-i) sends protobuf and accepts JSON too; a
+    // client that accepts only protobuf gets protobuf.
+    let output = match negotiate::negotiate(accept, query) {
+        Ok(o) => Some(output_for_write(o)),
+        Err(_) if accept.is_some_and(|a| a.contains(proto::MEDIA_TYPE)) => None,
+        Err(e) => return Err(e),
+    };
+    let bytes = read_body(state, parts, body).await?;
+    let ct = content_type(parts);
+    let obj = if proto::is_protobuf(ct) {
+        proto::decode(&review.kind, &bytes)?
+    } else {
+        crate::decode::object(negotiate::body_format(ct)?, &bytes)?
+    };
+    let answer = crate::reviews::review(&state.authz, user, review, obj).await?;
+    Ok(match output {
+        Some(output) => encode(output, 201, &answer),
+        None => {
+            let mut r = Response::new(full(proto::encode(&review.kind, &answer)));
+            *r.status_mut() = StatusCode::CREATED;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(proto::MEDIA_TYPE),
+            );
+            r
+        }
+    })
 }
 
 fn version() -> Value {
@@ -370,25 +422,6 @@ fn with_type(mut r: Response<Body>, ct: &'static str) -> Response<Body> {
     r.headers_mut()
         .insert(header::VARY, HeaderValue::from_static("Accept"));
     r
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn authorize(
-    state: &AppState,
-    user: &UserInfo,
-    verb: &str,
-    res: (&str, &str, &str),
-    sub: Option<&str>,
-    ns: Option<&str>,
-    name: Option<&str>,
-) -> Result<(), ApiError> {
-    let (group, version, resource) = res;
-    state
-        .authz
-        .check(&Attributes::resource(
-            user, verb, group, version, resource, sub, ns, name,
-        ))
-        .await
 }
 
 /// Reads the request body (413 past the limit; a declared length over it is refused before
@@ -460,16 +493,24 @@ async fn resource(
         .subresource
         .as_deref()
         .is_some_and(|s| request::ACTIONS.contains(&s));
-    authorize(
-        state,
+    let attrs = Attributes::resource(
         user,
         rr.verb.as_str(),
-        (res.group, res.version, res.plural),
+        res.group,
+        res.version,
+        res.plural,
         rr.subresource.as_deref(),
-        ns,
+        crate::tenancy::authz_namespace(res, ns, name),
         name,
-    )
-    .await?;
+    );
+    let filter = if res.kind_id == crds::resources::Kind::Atespace
+        && matches!(rr.verb, Verb::List | Verb::Watch)
+    {
+        atespace_filter(state, &attrs, crate::tenancy::AtespaceFilter::atespaces).await?
+    } else {
+        state.authz.check(&attrs).await?;
+        None
+    };
     let accept = parts
         .headers
         .get(header::ACCEPT)
@@ -507,7 +548,10 @@ async fn resource(
         }
         Verb::List => {
             let opts = ListOptions::from_query(query)?;
-            let out = registry.list(res, ns, &opts).await?;
+            let mut out = registry.list(res, ns, &opts).await?;
+            if let Some(f) = &filter {
+                out.items = f.retain(std::mem::take(&mut out.items)).await;
+            }
             let doc = match output {
                 Output::Table(include) => {
                     let refs: Vec<&Value> = out.items.iter().collect();
@@ -542,6 +586,7 @@ async fn resource(
                     opts,
                     output,
                     view: watch::View::Native,
+                    filter,
                 },
             )
             .await?;
@@ -724,16 +769,24 @@ async fn core_namespaces(
     verb: Verb,
     query: &Query,
 ) -> Result<Response<Body>, ApiError> {
-    authorize(
-        state,
+    // As kube: a request about one namespace is in that namespace; the list and watch are
+    // filtered for a user who may not list them all.
+    let attrs = Attributes::resource(
         user,
         verb.as_str(),
-        ("", "v1", "namespaces"),
-        None,
+        "",
+        "v1",
+        "namespaces",
         None,
         name.as_deref(),
-    )
-    .await?;
+        name.as_deref(),
+    );
+    let filter = if name.is_none() {
+        atespace_filter(state, &attrs, crate::tenancy::AtespaceFilter::namespaces).await?
+    } else {
+        state.authz.check(&attrs).await?;
+        None
+    };
     match (verb, name) {
         (Verb::Get, Some(n)) => match state.registry.get(&ATESPACES, None, &n).await {
             Ok(a) => Ok(json_response(200, &as_namespace(&a))),
@@ -745,7 +798,11 @@ async fn core_namespaces(
                 .registry
                 .list(&ATESPACES, None, &ListOptions::from_query(query)?)
                 .await?;
-            let items: Vec<Value> = out.items.iter().map(as_namespace).collect();
+            let visible = match &filter {
+                Some(f) => f.retain(out.items).await,
+                None => out.items,
+            };
+            let items: Vec<Value> = visible.iter().map(as_namespace).collect();
             Ok(json_response(
                 200,
                 &json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {"resourceVersion": out.rv.to_string()}, "items": items}),
@@ -764,6 +821,7 @@ async fn core_namespaces(
                     opts,
                     output: Output::Json,
                     view: watch::View::CoreNamespaces(as_namespace),
+                    filter,
                 },
             )
             .await?;
@@ -771,6 +829,20 @@ async fn core_namespaces(
         }
         // `parse` makes only get, list and watch of namespaces.
         (_, _) => Err(ApiError::method_not_allowed(verb.as_str(), "GET")),
+    }
+}
+
+/// A list or watch of atespaces (or namespaces): everything for a user who may list them
+/// all, else the filter of the ones they may get (never a 403: see [`crate::tenancy`]).
+async fn atespace_filter(
+    state: &AppState,
+    attrs: &Attributes,
+    filter: fn(&authz::Chain, &UserInfo) -> crate::tenancy::AtespaceFilter,
+) -> Result<Option<crate::tenancy::AtespaceFilter>, ApiError> {
+    match state.authz.authorize(attrs).await {
+        Ok(a) if a.allowed() => Ok(None),
+        Ok(_) => Ok(Some(filter(&state.authz, &attrs.user))),
+        Err(e) => Err(authz::failed(attrs, &e)),
     }
 }
 

@@ -47,6 +47,7 @@ fn groups() -> Vec<&'static str> {
             out.push(r.group);
         }
     }
+    out.push(crate::reviews::GROUP);
     out
 }
 
@@ -57,6 +58,9 @@ fn resources_of(group: &str, version: &str) -> impl Iterator<Item = &'static Res
 }
 
 fn versions_of(group: &str) -> Vec<&'static str> {
+    if group == crate::reviews::GROUP {
+        return vec![crate::reviews::VERSION];
+    }
     let mut out: Vec<&'static str> = Vec::new();
     for r in ALL.iter().filter(|r| r.group == group) {
         if !out.contains(&r.version) {
@@ -130,6 +134,9 @@ pub fn api_group(group: &str) -> Option<Value> {
 /// subresource, or `None` for a group/version not served.
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
+    if group == crate::reviews::GROUP && version == crate::reviews::VERSION {
+        resources = crate::reviews::api_resources();
+    }
     for r in resources_of(group, version) {
         resources.push(json!({
             "name": r.plural,
@@ -234,9 +241,14 @@ pub fn aggregated_apis() -> Value {
             let versions: Vec<Value> = versions_of(g)
                 .into_iter()
                 .map(|v| {
+                    let resources: Vec<Value> = if g == crate::reviews::GROUP {
+                        crate::reviews::resource_discoveries()
+                    } else {
+                        resources_of(g, v).map(resource_discovery).collect()
+                    };
                     json!({
                         "version": v,
-                        "resources": resources_of(g, v).map(resource_discovery).collect::<Vec<_>>(),
+                        "resources": resources,
                         "freshness": "Current",
                     })
                 })
@@ -427,7 +439,8 @@ mod tests {
                 "substrate.ate.dev",
                 "ate.dev",
                 "coordination.k8s.io",
-                "rbac.authorization.k8s.io"
+                "rbac.authorization.k8s.io",
+                "authorization.k8s.io"
             ]
         );
         assert_eq!(
@@ -485,6 +498,24 @@ mod tests {
         let mut count = 0;
         for item in d["items"].as_array().unwrap() {
             let group = item["metadata"]["name"].as_str().unwrap();
+            if group == crate::reviews::GROUP {
+                let names: Vec<&str> = item["versions"][0]["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["resource"].as_str().unwrap())
+                    .collect();
+                assert_eq!(
+                    names,
+                    [
+                        "localsubjectaccessreviews",
+                        "selfsubjectaccessreviews",
+                        "selfsubjectrulesreviews",
+                        "subjectaccessreviews"
+                    ]
+                );
+                continue;
+            }
             for v in item["versions"].as_array().unwrap() {
                 assert_eq!(v["freshness"], "Current");
                 for r in v["resources"].as_array().unwrap() {

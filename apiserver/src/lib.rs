@@ -19,6 +19,7 @@ pub mod pki;
 pub mod protobuf;
 pub mod registry;
 pub mod request;
+pub mod reviews;
 pub mod scheduler;
 pub mod selector;
 pub mod server;
@@ -26,6 +27,7 @@ pub mod status;
 pub mod storage;
 pub mod strategic;
 pub mod table;
+pub mod tenancy;
 pub mod testing;
 pub mod ttl_cache;
 pub mod watch;
@@ -110,6 +112,15 @@ fn read(path: &Path) -> Result<String, RunError> {
 /// Starts the apiserver described by `args`; returns once it is listening and the kubeconfig
 /// (if asked for) is written.
 pub async fn start(args: &Args) -> Result<Running, RunError> {
+    start_with(args, Vec::new()).await
+}
+
+/// [`start`] with more authorizers after the built-in ones (tests: a fixed policy such as
+/// [`authz::FnAuthorizer`]).
+pub async fn start_with(
+    args: &Args,
+    extra_authorizers: Vec<Arc<dyn authz::Authorizer>>,
+) -> Result<Running, RunError> {
     let pki = pki::ensure(&args.pki_dir, &args.tls_sans)?;
     let (authn, mut background) = authentication(args, &pki).await?;
     let verifier = authn.client_verifier();
@@ -138,7 +149,9 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
     // `escalate`). In cluster mode the chain asks the cluster instead (SubjectAccessReview
     // behind a decision cache); the local policy is still kept for the RBAC objects served.
     let rbac = authz::rbac::RbacAuthorizer::default();
-    let chain = authorization(args, vec![Arc::new(rbac.clone())]).await?;
+    let mut standalone: Vec<Arc<dyn authz::Authorizer>> = vec![Arc::new(rbac.clone())];
+    standalone.extend(extra_authorizers);
+    let chain = authorization(args, standalone).await?;
     let registry = Registry::new(store)
         .with_check(authz::rbac::escalation::check(rbac.clone(), chain.clone()));
     lifecycle::ensure_bootstrap(&registry)
@@ -186,7 +199,7 @@ pub async fn start(args: &Args) -> Result<Running, RunError> {
             .kubeconfig_server
             .clone()
             .unwrap_or_else(|| format!("https://{addr}"));
-        pki::write_kubeconfig(&pki, &server_url, "admin", out)?;
+        pki::write_kubeconfig(&pki, &server_url, "admin", "default", out)?;
         tracing::info!(path = %out.display(), server = %server_url, "wrote admin kubeconfig");
     }
 

@@ -902,6 +902,75 @@ fn namespace_paths(flavor: Flavor) -> Vec<(String, Value)> {
     ]
 }
 
+/// `authorization.k8s.io/v1`: a `post` per review kind (create-only, nothing stored) and
+/// the kinds' schemas from k8s-openapi.
+fn review_parts(flavor: Flavor, paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>) {
+    use crate::reviews::{GROUP, KINDS, VERSION};
+    use k8s_openapi::api::authorization::v1 as authv1;
+    let mut generator = match flavor {
+        Flavor::V3 => SchemaSettings::openapi3(),
+        Flavor::V2 => SchemaSettings::draft07().with(|s| {
+            s.meta_schema = None;
+            s.transforms.clear();
+        }),
+    }
+    .into_generator();
+    generator.subschema_for::<authv1::SelfSubjectAccessReview>();
+    generator.subschema_for::<authv1::SubjectAccessReview>();
+    generator.subschema_for::<authv1::LocalSubjectAccessReview>();
+    generator.subschema_for::<authv1::SelfSubjectRulesReview>();
+    for (name, mut schema) in generator.take_definitions(true) {
+        if flavor == Flavor::V2 {
+            to_v2_schema(&mut schema);
+        }
+        if let Some(kind) = KINDS
+            .iter()
+            .find(|k| name == definition_name(GROUP, VERSION, k.kind))
+        {
+            schema["x-kubernetes-group-version-kind"] = json!([gvk(GROUP, VERSION, kind.kind)]);
+        }
+        schemas.entry(name).or_insert(schema);
+    }
+    let pretty = param_json(&PRETTY, flavor);
+    for k in KINDS {
+        let def = definition_name(GROUP, VERSION, k.kind);
+        let (path, id, mut params) = if k.namespaced {
+            (
+                format!(
+                    "/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{}",
+                    k.plural
+                ),
+                format!("createNamespacedAuthorizationV1{}", k.kind),
+                vec![param_json(&NAMESPACE, flavor)],
+            )
+        } else {
+            (
+                format!("/apis/{GROUP}/{VERSION}/{}", k.plural),
+                format!("createAuthorizationV1{}", k.kind),
+                Vec::new(),
+            )
+        };
+        params.push(pretty.clone());
+        let op = Operation {
+            action: Action::Post,
+            operation_id: id,
+            description: format!("create{}{}", article(k.kind), k.kind),
+            tag: "authorization_v1",
+            gvk: gvk(GROUP, VERSION, k.kind),
+            params: WRITE_PARAMS,
+            body: Body::Object,
+            object: &def,
+            responses: vec![
+                ("200", def.clone()),
+                ("201", def.clone()),
+                ("202", def.clone()),
+            ],
+        }
+        .to_json(flavor);
+        paths.insert(path, json!({"post": op, "parameters": params}));
+    }
+}
+
 // ---- documents ----
 
 /// Paths and schemas of one group/version (or all of them), before wrapping.
@@ -937,6 +1006,9 @@ fn parts(group_version: Option<(&str, &str)>, flavor: Flavor) -> Parts {
             "io.k8s.api.core.v1.NamespaceList".into(),
             list_schema("", "v1", "Namespace", "NamespaceList", "namespaces", flavor),
         );
+    }
+    if wants(crate::reviews::GROUP, crate::reviews::VERSION) {
+        review_parts(flavor, &mut paths, &mut schemas);
     }
     for res in ALL.iter().filter(|r| wants(r.group, r.version)) {
         for (p, item) in resource_paths(res, flavor) {
@@ -997,7 +1069,8 @@ struct Documents {
 }
 
 static DOCUMENTS: LazyLock<Documents> = LazyLock::new(|| {
-    let mut gvs: Vec<(&str, &str)> = vec![("", "v1")];
+    let mut gvs: Vec<(&str, &str)> =
+        vec![("", "v1"), (crate::reviews::GROUP, crate::reviews::VERSION)];
     for r in ALL {
         if !gvs.contains(&(r.group, r.version)) {
             gvs.push((r.group, r.version));
@@ -1124,10 +1197,28 @@ mod tests {
             [
                 "api/v1",
                 "apis/ate.dev/v1alpha1",
+                "apis/authorization.k8s.io/v1",
                 "apis/coordination.k8s.io/v1",
                 "apis/rbac.authorization.k8s.io/v1",
                 "apis/substrate.ate.dev/v1alpha1"
             ]
+        );
+        // The reviews: one post each, and the kinds' schemas tagged with their GVK.
+        let authz = v3_document("apis/authorization.k8s.io/v1").unwrap();
+        let post =
+            &authz["paths"]["/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"]["post"];
+        assert_eq!(
+            post["operationId"],
+            "createAuthorizationV1SelfSubjectAccessReview"
+        );
+        assert_eq!(post["x-kubernetes-action"], "post");
+        assert!(
+            authz["paths"]["/apis/authorization.k8s.io/v1/namespaces/{namespace}/localsubjectaccessreviews"]["post"]
+                .is_object()
+        );
+        assert_eq!(
+            authz["components"]["schemas"]["io.k8s.api.authorization.v1.SelfSubjectRulesReview"]["x-kubernetes-group-version-kind"],
+            json!([{"group": "authorization.k8s.io", "kind": "SelfSubjectRulesReview", "version": "v1"}])
         );
         for (path, entry) in paths {
             let url = entry["serverRelativeURL"].as_str().unwrap();

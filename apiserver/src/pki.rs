@@ -223,14 +223,39 @@ pub fn issue_client(pki: &Pki, user: &str, groups: &[&str]) -> Result<(String, S
     Ok((cert.pem(), kp.serialize_pem()))
 }
 
-/// Writes a kubeconfig for `server` authenticating with `<client>.crt`/`.key` from the PKI.
-pub fn write_kubeconfig(pki: &Pki, server: &str, client: &str, out: &Path) -> Result<(), PkiError> {
+/// A kubeconfig for `user` in `groups` at `server`, its context in `namespace`: issues a
+/// client certificate signed by the cluster CA, stores it as `<user>.crt`/`<user>.key` in
+/// the PKI directory (so raw clients such as curl can present it too) and writes the
+/// kubeconfig to `out`. For tests and demo tenants (`substrate-kubeconfig`).
+pub fn user_kubeconfig(
+    pki: &Pki,
+    server: &str,
+    user: &str,
+    groups: &[&str],
+    namespace: &str,
+    out: &Path,
+) -> Result<(), PkiError> {
+    let (crt, key) = issue_client(pki, user, groups)?;
+    write(&pki.path(&format!("{user}.crt")), &crt, false)?;
+    write(&pki.path(&format!("{user}.key")), &key, true)?;
+    write_kubeconfig(pki, server, user, namespace, out)
+}
+
+/// Writes a kubeconfig for `server` authenticating with `<client>.crt`/`.key` from the PKI,
+/// its context in `namespace`.
+pub fn write_kubeconfig(
+    pki: &Pki,
+    server: &str,
+    client: &str,
+    namespace: &str,
+    out: &Path,
+) -> Result<(), PkiError> {
     let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
     let ca = b64(read(&pki.ca_cert())?);
     let crt = b64(read(&pki.path(&format!("{client}.crt")))?);
     let key = b64(read(&pki.path(&format!("{client}.key")))?);
     let doc = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: substrate\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {client}\n  user:\n    client-certificate-data: {crt}\n    client-key-data: {key}\ncontexts:\n- name: substrate\n  context:\n    cluster: substrate\n    user: {client}\n    namespace: default\ncurrent-context: substrate\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: substrate\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {client}\n  user:\n    client-certificate-data: {crt}\n    client-key-data: {key}\ncontexts:\n- name: substrate\n  context:\n    cluster: substrate\n    user: {client}\n    namespace: {namespace}\ncurrent-context: substrate\n"
     );
     if let Some(parent) = out.parent() {
         fs::create_dir_all(parent).map_err(|source| PkiError::Io {

@@ -628,6 +628,12 @@ impl Registry {
             self.admit_namespace(res, ns.unwrap_or(""), &name).await?;
         }
         self.run_checks(user, res, ns, None, &obj).await?;
+        if res.kind_id == Kind::Actor {
+            let errs = crate::tenancy::check_template_use(self, &obj).await?;
+            if !errs.is_empty() {
+                return Err(ApiError::invalid(res, &name, &errs));
+            }
+        }
         if wo.dry_run {
             if self.get_opt(res, ns, &name).await?.is_some() {
                 return Err(ApiError::already_exists(res, &name));
@@ -1006,6 +1012,11 @@ impl Registry {
                     format!("no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"),
                 ));
             }
+        }
+        if res.kind_id == Kind::Actor
+            && old.pointer("/spec/template") != new.pointer("/spec/template")
+        {
+            errs.extend(crate::tenancy::check_template_use(self, &new).await?);
         }
         if !errs.is_empty() {
             return Err(ApiError::invalid(res, name, &errs));

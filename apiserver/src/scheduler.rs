@@ -271,6 +271,17 @@ impl Scheduler {
                 ),
             ));
         };
+        // A template of another atespace may stop being shared (or be created unshared after
+        // the actor): checked at every resume, not only when the actor was created.
+        if !crate::tenancy::template_usable(&self.registry, &t, ns).await? {
+            let name = str_at(actor, "/metadata/name").unwrap_or_default();
+            return Err(ApiError::forbidden_msg(format!(
+                "{} \"{name}\" is forbidden: cannot resume: {}",
+                ACTORS.qualified(),
+                crate::tenancy::not_shared(tname, tns, ns).detail
+            ))
+            .with_details(crate::status::details(&ACTORS, name)));
+        }
         Ok(str_at(&t, "/spec/workerPoolRef/name")
             .unwrap_or_default()
             .to_string())

@@ -38,6 +38,8 @@ pub struct WatchRequest {
     pub output: Output,
     /// How objects are shown to this watcher.
     pub view: View,
+    /// Atespaces only: the ones this user may see ([`crate::tenancy`]); `None`: all.
+    pub filter: Option<crate::tenancy::AtespaceFilter>,
 }
 
 /// How a watcher sees the objects of its resource.
@@ -273,6 +275,13 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
                 Err(e) => return Err(ApiError::from_storage(req.res, "", e)),
             }
         };
+    // A filtered watch that starts after a list (from its resourceVersion) remembers what
+    // that list showed: the atespaces visible now.
+    let seed: Vec<Arc<Value>> = if req.filter.is_some() && initial.is_empty() {
+        cache.snapshot(None).1
+    } else {
+        Vec::new()
+    };
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
     let timeout = match o.timeout_seconds {
         // kube-apiserver allows a negative timeout: its timer fires at once and the watch
@@ -294,8 +303,22 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
             async move { tx.send(Ok(Frame::data(b))).await.is_ok() }
         };
         let mut last_rv = snapshot_rv;
+        let mut shown = crate::tenancy::Shown::default();
+        if let Some(f) = &req.filter {
+            for obj in seed.iter().filter(|o| req.in_scope(o)) {
+                if f.visible(obj).await {
+                    shown.insert(obj);
+                }
+            }
+        }
         for obj in initial.iter().filter(|o| req.in_scope(o)) {
             last_rv = last_rv.max(crate::registry::rv_of(obj));
+            if let Some(f) = &req.filter {
+                if !f.visible(obj).await {
+                    continue;
+                }
+                shown.insert(obj);
+            }
             if !send(enc.event("ADDED", obj)).await {
                 return;
             }
@@ -316,7 +339,14 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
                 ev = watcher.next() => match ev {
                     Ok(ev) => {
                         last_rv = ev.rv;
-                        if let Some((kind, obj)) = req.translate(&ev)
+                        let out = match (req.translate(&ev), &req.filter) {
+                            (Some((kind, obj)), Some(f)) => {
+                                shown.event(f, kind, &obj).await.map(|k| (k, obj))
+                            }
+                            (out, None) => out,
+                            (None, Some(_)) => None,
+                        };
+                        if let Some((kind, obj)) = out
                             && !send(enc.event(kind, &obj)).await
                         {
                             return;

@@ -2188,7 +2188,8 @@ fn authentication_and_authorization() {
     assert!(!out.success(), "{out}");
     assert_contains(
         &out.stderr,
-        "User \"alice\" cannot delete resource \"atespaces\" in API group \"substrate.ate.dev\" at the cluster scope",
+        // One atespace by name is authorized in its own namespace (as kube's namespaces).
+        "User \"alice\" cannot delete resource \"atespaces\" in API group \"substrate.ate.dev\" in the namespace \"team-a\"",
     );
     let out = w.kubectl(&[
         "--kubeconfig",

@@ -42,7 +42,9 @@ fn setup(w: &World, n: usize) {
             "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
             "metadata": {"name": "counter"},
             "spec": {"containers": [{"name": "main", "image": "127.0.0.1:5000/counter:latest"}],
-                     "workerPoolRef": {"name": "small"}},
+                     "workerPoolRef": {"name": "small"},
+                     // Actors of other atespaces (team-c) use it too.
+                     "sharing": {"atespaceSelector": {}}},
         }),
     );
     assert_eq!(r.code, 201, "{}", r.body);

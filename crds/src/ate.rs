@@ -6,7 +6,7 @@
 #![allow(clippy::duplicated_attributes)]
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -134,6 +134,26 @@ pub struct ActorTemplateSpec {
     /// How to tell that a booted actor is ready (for the golden snapshot and every resume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Probe>,
+    /// Which other atespaces' actors may use this template (and its golden snapshot). Actors
+    /// of the template's own atespace always may; without `sharing`, no other atespace may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<TemplateSharing>,
+}
+
+/// The atespaces an ActorTemplate is shared with: those listed by name, and those whose
+/// labels match the selector. Checked when an actor naming the template in
+/// `spec.template.namespace` is created, and again at every resume.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateSharing {
+    /// Atespaces (by name) whose actors may use this template.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub atespaces: Vec<String>,
+    /// Atespaces whose labels match may use this template. An empty selector (`{}`) matches
+    /// every atespace; leaving it out matches none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atespace_selector: Option<LabelSelector>,
 }
 
 /// A container of an actor.
@@ -260,7 +280,54 @@ pub struct ActorTemplateStatus {
     pub snapshot: Option<SnapshotRef>,
 }
 
+impl TemplateSharing {
+    /// Whether the atespace `name` with `labels` is shared with: listed by name, or its
+    /// labels match `atespaceSelector` (`{}` matches every atespace).
+    pub fn allows(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.atespaces.iter().any(|a| a == name)
+            || self
+                .atespace_selector
+                .as_ref()
+                .is_some_and(|s| selector_matches(s, labels))
+    }
+}
+
+/// Whether `labels` match a `LabelSelector` (every `matchLabels` pair and every
+/// `matchExpressions` requirement; an unknown operator matches nothing).
+pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let pairs = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    pairs
+        && sel.match_expressions.iter().flatten().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            let value = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
+}
+
 impl ActorTemplate {
+    /// Whether actors of atespace `name` (with `labels`) may use this template: those of
+    /// the template's own atespace and of the golden atespace always; others when
+    /// `spec.sharing` allows them.
+    pub fn usable_from(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.metadata.namespace.as_deref() == Some(name)
+            || name == crate::GOLDEN_ATESPACE
+            || self
+                .spec
+                .sharing
+                .as_ref()
+                .is_some_and(|s| s.allows(name, labels))
+    }
+
     /// The golden snapshot when it was taken for the template's current generation
     /// (`Ready=True` observed at it). `observedGeneration` alone is not enough: it moves as
     /// soon as a new golden boot starts, while `snapshot` still names the old one.
@@ -276,5 +343,49 @@ impl ActorTemplate {
             })
             .then_some(st.snapshot.as_ref())
             .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_template_is_usable_from_its_atespace_the_golden_one_and_those_it_shares_with() {
+        let mut t: ActorTemplate = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+            "metadata": {"name": "t", "namespace": "lib"},
+            "spec": {"containers": [{"name": "a", "image": "x"}], "workerPoolRef": {"name": "p"}},
+        }))
+        .unwrap();
+        let none = labels(&[]);
+        let gold = labels(&[("tier", "gold")]);
+        assert!(t.usable_from("lib", &none));
+        assert!(t.usable_from(crate::GOLDEN_ATESPACE, &none));
+        assert!(!t.usable_from("team-a", &gold));
+        t.spec.sharing = serde_json::from_value(serde_json::json!({
+            "atespaces": ["team-b"],
+            "atespaceSelector": {"matchLabels": {"tier": "gold"},
+                "matchExpressions": [{"key": "banned", "operator": "DoesNotExist"}]},
+        }))
+        .unwrap();
+        assert!(t.usable_from("team-a", &gold));
+        assert!(!t.usable_from("team-a", &labels(&[("tier", "gold"), ("banned", "")])));
+        assert!(t.usable_from("team-b", &none));
+        assert!(!t.usable_from("team-c", &labels(&[("tier", "free")])));
+        // `{}` selects every atespace; no selector, none.
+        let all = TemplateSharing {
+            atespaces: vec![],
+            atespace_selector: Some(LabelSelector::default()),
+        };
+        assert!(all.allows("anyone", &none));
+        assert!(!TemplateSharing::default().allows("anyone", &none));
     }
 }

@@ -524,6 +524,30 @@ pub fn validate_actor_template_spec(spec: &ActorTemplateSpec) -> Vec<FieldError>
             }
         }
     }
+    if let Some(sharing) = &spec.sharing {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, a) in sharing.atespaces.iter().enumerate() {
+            for p in dns1123_label(a) {
+                errs.push(FieldError::invalid(
+                    format!("spec.sharing.atespaces[{i}]"),
+                    a,
+                    p,
+                ));
+            }
+            if !seen.insert(a.as_str()) {
+                errs.push(FieldError::duplicate(
+                    format!("spec.sharing.atespaces[{i}]"),
+                    a,
+                ));
+            }
+        }
+        if let Some(sel) = &sharing.atespace_selector {
+            errs.extend(validate_label_selector(
+                sel,
+                "spec.sharing.atespaceSelector",
+            ));
+        }
+    }
     if spec.worker_pool_ref.name.is_empty() {
         errs.push(FieldError::required(
             "spec.workerPoolRef.name",
@@ -674,6 +698,34 @@ mod tests {
                 "spec.containers[0].env[2].name: Duplicate value: \"E\"",
                 "spec.containers[0].ports[2]: Duplicate value: {\"containerPort\":80,\"protocol\":\"TCP\"}"
             ]
+        );
+        // Sharing: atespace names and the selector are checked.
+        let spec: ActorTemplateSpec = serde_json::from_value(serde_json::json!({
+            "containers": [{"name": "a", "image": "x"}],
+            "workerPoolRef": {"name": "p"},
+            "sharing": {"atespaces": ["team-a", "Team_B", "team-a"],
+                "atespaceSelector": {"matchLabels": {"tier": "gold"},
+                    "matchExpressions": [{"key": "tier", "operator": "Near", "values": ["x"]}]}}
+        }))
+        .unwrap();
+        let errs: Vec<String> = validate_actor_template_spec(&spec)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs[0].starts_with(
+                "spec.sharing.atespaces[1]: Invalid value: \"Team_B\": a lowercase RFC 1123 label"
+            ),
+            "{errs:?}"
+        );
+        assert_eq!(
+            errs[1],
+            "spec.sharing.atespaces[2]: Duplicate value: \"team-a\""
+        );
+        assert_eq!(
+            errs[2],
+            "spec.sharing.atespaceSelector.matchExpressions[0].operator: Unsupported value: \"Near\": supported values: \"In\", \"NotIn\", \"Exists\", \"DoesNotExist\""
         );
     }
 }

@@ -1019,6 +1019,34 @@ impl Agent {
             })
     }
 
+    /// A template of another atespace must (still) share itself with the actor's atespace
+    /// (`spec.sharing`): the apiserver checks it on create and at every resume; checked here
+    /// too, so an actor bound some other way (a status write) cannot boot from it.
+    async fn check_template_shared(
+        &self,
+        actor: &Actor,
+        template: &ActorTemplate,
+    ) -> Result<(), AgentError> {
+        let ns = actor.metadata.namespace.as_deref().unwrap_or_default();
+        if template.metadata.namespace.as_deref() == Some(ns) || ns == crds::GOLDEN_ATESPACE {
+            return Ok(());
+        }
+        let atespaces: Api<crds::Atespace> = Api::all(self.client.clone());
+        let labels = atespaces
+            .get_opt(ns)
+            .await?
+            .and_then(|a| a.metadata.labels)
+            .unwrap_or_default();
+        if template.usable_from(ns, &labels) {
+            return Ok(());
+        }
+        Err(AgentError::Invalid(format!(
+            "actortemplates.ate.dev \"{}\" in atespace \"{}\" is not shared with atespace \"{ns}\"",
+            template.metadata.name.as_deref().unwrap_or_default(),
+            template.metadata.namespace.as_deref().unwrap_or_default(),
+        )))
+    }
+
     /// The process to run, from the template's first container and its image config.
     ///
     /// `image` (from a snapshot's record) replaces the template's image: a process restores
@@ -1246,6 +1274,7 @@ impl Agent {
         let uid = actor.metadata.uid.clone().unwrap_or_default();
         let started = std::time::Instant::now();
         let template = self.template(actor).await?;
+        self.check_template_shared(actor, &template).await?;
         let mut prepared = started.elapsed();
         let mut fetched = Duration::ZERO;
         let own = actor.status.as_ref().and_then(|s| s.snapshot.as_ref());

@@ -78,6 +78,15 @@ impl Authorizer for CachedAuthorizer {
                 .await
         })
     }
+
+    /// Rules are not cached: a rules review is rare and must reflect the current policy.
+    fn rules_for<'a>(
+        &'a self,
+        user: &'a crate::auth::UserInfo,
+        namespace: &'a str,
+    ) -> crate::authz::RulesFuture<'a> {
+        self.inner.rules_for(user, namespace)
+    }
 }
 
 #[cfg(test)]

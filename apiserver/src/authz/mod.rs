@@ -142,9 +142,99 @@ pub struct AuthzError(pub String);
 /// A boxed future of an answer.
 pub type AnswerFuture<'a> = Pin<Box<dyn Future<Output = Result<Answer, AuthzError>> + Send + 'a>>;
 
+/// One rule about resources a user may use (kube's `authorizer.ResourceRuleInfo`, the
+/// `resourceRules` of a `SelfSubjectRulesReview`). `*` means any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceRule {
+    pub verbs: Vec<String>,
+    pub api_groups: Vec<String>,
+    /// Resources, `resource/subresource` for a subresource.
+    pub resources: Vec<String>,
+    /// Restricts the rule to these object names (empty: any).
+    pub resource_names: Vec<String>,
+}
+
+/// One rule about non-resource paths (kube's `authorizer.NonResourceRuleInfo`); a path
+/// ending in `*` is a prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NonResourceRule {
+    pub verbs: Vec<String>,
+    pub non_resource_urls: Vec<String>,
+}
+
+/// What a user may do in one namespace, as an authorizer can tell it (kube's
+/// `RuleResolver.RulesFor`): the answer of a `SelfSubjectRulesReview`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub resource_rules: Vec<ResourceRule>,
+    pub non_resource_rules: Vec<NonResourceRule>,
+    /// The authorizer could not list everything the user may do (a webhook, a policy that
+    /// is not made of rules): the rules are a lower bound.
+    pub incomplete: bool,
+    /// Why the rules could not be evaluated completely (kube's `evaluationError`); empty
+    /// when nothing went wrong.
+    pub evaluation_error: String,
+}
+
+impl Rules {
+    /// The default answer of an authorizer that cannot list rules.
+    pub fn incomplete() -> Self {
+        Self {
+            incomplete: true,
+            ..Self::default()
+        }
+    }
+
+    /// Everything (`*` verbs on `*` groups and resources, and every path): what
+    /// `system:masters` may do.
+    pub fn everything() -> Self {
+        let star = || vec!["*".to_string()];
+        Self {
+            resource_rules: vec![ResourceRule {
+                verbs: star(),
+                api_groups: star(),
+                resources: star(),
+                resource_names: Vec::new(),
+            }],
+            non_resource_rules: vec![NonResourceRule {
+                verbs: star(),
+                non_resource_urls: star(),
+            }],
+            incomplete: false,
+            evaluation_error: String::new(),
+        }
+    }
+
+    /// Adds another authorizer's rules (kube's union rule resolver: rules concatenated, any
+    /// incomplete makes the whole incomplete, errors joined).
+    pub fn extend(&mut self, other: Rules) {
+        self.resource_rules.extend(other.resource_rules);
+        self.non_resource_rules.extend(other.non_resource_rules);
+        self.incomplete |= other.incomplete;
+        if !other.evaluation_error.is_empty() {
+            if !self.evaluation_error.is_empty() {
+                self.evaluation_error.push_str(", ");
+            }
+            self.evaluation_error.push_str(&other.evaluation_error);
+        }
+    }
+}
+
+/// A boxed future of the rules of a user.
+pub type RulesFuture<'a> = Pin<Box<dyn Future<Output = Rules> + Send + 'a>>;
+
 /// Answers authorization questions.
 pub trait Authorizer: Send + Sync {
     fn authorize<'a>(&'a self, attrs: &'a Attributes) -> AnswerFuture<'a>;
+
+    /// The rules `user` has in `namespace` (cluster-wide rules included), for
+    /// `SelfSubjectRulesReview` (`kubectl auth can-i --list`); kube's `RuleResolver`. The
+    /// default says nothing and marks the answer incomplete, as kube's webhook authorizer
+    /// does; an authorizer made of rules (RBAC) overrides it.
+    fn rules_for<'a>(&'a self, user: &'a UserInfo, namespace: &'a str) -> RulesFuture<'a> {
+        let _ = (user, namespace);
+        Box::pin(async { Rules::incomplete() })
+    }
 }
 
 /// What a server runs: always-allowed paths, the privileged group, then each authorizer in
@@ -205,17 +295,33 @@ impl Chain {
         Ok(Answer::no_opinion(reasons.join("\n")))
     }
 
+    /// The rules of `user` in `namespace` from every authorizer (kube's union rule
+    /// resolver); `system:masters` may do everything.
+    pub async fn rules_for(&self, user: &UserInfo, namespace: &str) -> Rules {
+        if user.in_group(PRIVILEGED_GROUP) {
+            return Rules::everything();
+        }
+        let mut rules = Rules::default();
+        for a in &self.authorizers {
+            rules.extend(a.rules_for(user, namespace).await);
+        }
+        rules
+    }
+
     /// Authorizes or fails with kube's 403 (denied) or 500 (no authorizer could decide).
     pub async fn check(&self, attrs: &Attributes) -> Result<(), ApiError> {
         match self.authorize(attrs).await {
             Ok(a) if a.allowed() => Ok(()),
             Ok(a) => Err(forbidden(attrs, &a.reason)),
-            Err(e) => {
-                tracing::warn!(user = %attrs.user.name, verb = %attrs.verb, resource = %attrs.resource, path = %attrs.path, error = %e, "authorization failed");
-                Err(ApiError::internal(format!("authorization failed: {e}")))
-            }
+            Err(e) => Err(failed(attrs, &e)),
         }
     }
+}
+
+/// The 500 of a request no authorizer could decide because one failed.
+pub fn failed(attrs: &Attributes, e: &AuthzError) -> ApiError {
+    tracing::warn!(user = %attrs.user.name, verb = %attrs.verb, resource = %attrs.resource, path = %attrs.path, error = %e, "authorization failed");
+    ApiError::internal(format!("authorization failed: {e}"))
 }
 
 /// kube's `forbiddenMessage`: what the user could not do.
@@ -302,18 +408,54 @@ pub fn path_matches(rule: &str, path: &str) -> bool {
     }
 }
 
+/// The resources of `authorization.k8s.io` any authenticated user may `create` (kube's
+/// `system:basic-user` ClusterRole): asking what oneself may do.
+pub const SELF_REVIEW_RESOURCES: &[&str] = &["selfsubjectaccessreviews", "selfsubjectrulesreviews"];
+
 impl Authorizer for SystemAuthorizer {
     fn authorize<'a>(&'a self, a: &'a Attributes) -> AnswerFuture<'a> {
-        let answer = if !a.resource_request
+        let authenticated = a.user.in_group("system:authenticated");
+        let answer = if (!a.resource_request
             && a.verb == "get"
-            && a.user.in_group("system:authenticated")
-            && DISCOVERY_PATHS.iter().any(|r| path_matches(r, &a.path))
+            && authenticated
+            && DISCOVERY_PATHS.iter().any(|r| path_matches(r, &a.path)))
+            || (a.resource_request
+                && authenticated
+                && a.verb == "create"
+                && a.group == "authorization.k8s.io"
+                && a.subresource.is_empty()
+                && SELF_REVIEW_RESOURCES.contains(&a.resource.as_str()))
         {
             Answer::allow("")
         } else {
             Answer::no_opinion("")
         };
         Box::pin(async move { Ok(answer) })
+    }
+
+    fn rules_for<'a>(&'a self, user: &'a UserInfo, _namespace: &'a str) -> RulesFuture<'a> {
+        let rules = if user.in_group("system:authenticated") {
+            Rules {
+                resource_rules: vec![ResourceRule {
+                    verbs: vec!["create".into()],
+                    api_groups: vec!["authorization.k8s.io".into()],
+                    resources: SELF_REVIEW_RESOURCES
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect(),
+                    resource_names: Vec::new(),
+                }],
+                non_resource_rules: vec![NonResourceRule {
+                    verbs: vec!["get".into()],
+                    non_resource_urls: DISCOVERY_PATHS.iter().map(|p| p.to_string()).collect(),
+                }],
+                incomplete: false,
+                evaluation_error: String::new(),
+            }
+        } else {
+            Rules::default()
+        };
+        Box::pin(async move { rules })
     }
 }
 

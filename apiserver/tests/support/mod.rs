@@ -149,11 +149,20 @@ pub struct World {
     pub pki_dir: PathBuf,
     pub home: PathBuf,
     key_prefix: String,
+    /// Authorizers after the built-in ones, kept across restarts.
+    authorizers: Vec<std::sync::Arc<dyn apiserver::authz::Authorizer>>,
 }
 
 impl World {
     /// Starts Valkey and the apiserver; panics (failing the test) when either cannot start.
     pub fn start() -> Self {
+        Self::start_with_authz(Vec::new())
+    }
+
+    /// Starts a world whose apiserver also asks `authorizers` (after the built-in ones).
+    pub fn start_with_authz(
+        authorizers: Vec<std::sync::Arc<dyn apiserver::authz::Authorizer>>,
+    ) -> Self {
         init_tracing();
         let valkey = ValkeyServer::start();
         let dir = tempfile::Builder::new()
@@ -171,6 +180,7 @@ impl World {
             home,
             dir,
             key_prefix: "substrate-test".into(),
+            authorizers,
         };
         w.start_apiserver();
         w
@@ -199,9 +209,14 @@ impl World {
             .build()
             .expect("tokio runtime");
         let args = self.args();
+        let authorizers = self.authorizers.clone();
         let running = rt
             .block_on(async {
-                tokio::time::timeout(Duration::from_secs(30), apiserver::start(&args)).await
+                tokio::time::timeout(
+                    Duration::from_secs(30),
+                    apiserver::start_with(&args, authorizers),
+                )
+                .await
             })
             .expect("apiserver did not start within 30s")
             .unwrap_or_else(|e| panic!("apiserver failed to start: {e}"));
@@ -447,13 +462,9 @@ impl World {
         let pki = apiserver::pki::Pki {
             dir: self.pki_dir.clone(),
         };
-        let (crt, key) =
-            apiserver::pki::issue_client(&pki, user, groups).expect("issuing client certificate");
-        std::fs::write(self.pki_dir.join(format!("{user}.crt")), crt).expect("writing cert");
-        std::fs::write(self.pki_dir.join(format!("{user}.key")), key).expect("writing key");
         let out = self.dir.path().join(format!("kubeconfig-{user}"));
-        apiserver::pki::write_kubeconfig(&pki, &self.base_url(), user, &out)
-            .expect("writing kubeconfig");
+        apiserver::pki::user_kubeconfig(&pki, &self.base_url(), user, groups, "default", &out)
+            .expect("issuing a client certificate and writing its kubeconfig");
         out
     }
 

@@ -29,7 +29,10 @@ use futures::FutureExt;
 
 pub use policy::{Policy, RoleRefError};
 
-use crate::authz::{AnswerFuture, Attributes, Authorizer};
+use crate::auth::UserInfo;
+use crate::authz::{
+    AnswerFuture, Attributes, Authorizer, NonResourceRule, ResourceRule, Rules, RulesFuture,
+};
 use crate::registry::rkey;
 use crate::storage::Store;
 
@@ -115,5 +118,84 @@ impl Authorizer for RbacAuthorizer {
     fn authorize<'a>(&'a self, a: &'a Attributes) -> AnswerFuture<'a> {
         let answer = self.policy.load().authorize(a);
         Box::pin(async move { Ok(answer) })
+    }
+
+    /// kube's `RBACAuthorizer.RulesFor`: every rule bound to the user in the namespace, as
+    /// resource and non-resource rules; a binding whose role is missing makes the answer
+    /// incomplete, with the resolution errors as `evaluationError`.
+    fn rules_for<'a>(&'a self, user: &'a UserInfo, namespace: &'a str) -> RulesFuture<'a> {
+        let (found, errors) = self.policy.load().rules_for(user, namespace);
+        Box::pin(async move { to_rules(&found, &errors) })
+    }
+}
+
+/// `convertToResourceRules` and friends: policy rules in the shape of a rules review.
+fn to_rules(found: &[k8s_openapi::api::rbac::v1::PolicyRule], errors: &[String]) -> Rules {
+    let mut out = Rules::default();
+    for r in found {
+        let resources = r.resources.clone().unwrap_or_default();
+        if !resources.is_empty() {
+            out.resource_rules.push(ResourceRule {
+                verbs: r.verbs.clone(),
+                api_groups: r.api_groups.clone().unwrap_or_default(),
+                resources,
+                resource_names: r.resource_names.clone().unwrap_or_default(),
+            });
+        }
+        let urls = r.non_resource_urls.clone().unwrap_or_default();
+        if !urls.is_empty() {
+            out.non_resource_rules.push(NonResourceRule {
+                verbs: r.verbs.clone(),
+                non_resource_urls: urls,
+            });
+        }
+    }
+    if !errors.is_empty() {
+        out.incomplete = true;
+        out.evaluation_error = policy::aggregate(errors);
+    }
+    out
+}
+
+#[cfg(test)]
+mod rules_for_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn rules_of_a_tenant_in_their_namespace_only() {
+        let objects = [
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                   "metadata": {"name": "actors", "namespace": "team-a"},
+                   "rules": [{"apiGroups": ["substrate.ate.dev"], "resources": ["actors"],
+                              "verbs": ["get", "list"]}]}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "alice", "namespace": "team-a"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "actors"},
+                   "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "broken", "namespace": "team-a"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "gone"},
+                   "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]}),
+        ];
+        let rbac = RbacAuthorizer::default();
+        rbac.set(Policy::from_manifests(&objects));
+        let alice = UserInfo {
+            name: "alice".into(),
+            groups: vec!["system:authenticated".into()],
+            extra: Default::default(),
+        };
+        let rules = rbac.rules_for(&alice, "team-a").await;
+        assert_eq!(rules.resource_rules.len(), 1);
+        assert_eq!(rules.resource_rules[0].resources, ["actors"]);
+        assert_eq!(rules.resource_rules[0].verbs, ["get", "list"]);
+        assert!(rules.incomplete);
+        assert_eq!(
+            rules.evaluation_error,
+            r#"clusterrole.rbac.authorization.k8s.io "gone" not found"#
+        );
+        let elsewhere = rbac.rules_for(&alice, "team-b").await;
+        assert!(elsewhere.resource_rules.is_empty());
+        assert!(!elsewhere.incomplete);
     }
 }
