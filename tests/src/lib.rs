@@ -15,7 +15,8 @@
 //!
 //! [`envtest`] is the other harness: a real Kubernetes control plane (etcd, kube-apiserver,
 //! kube-controller-manager from `KUBEBUILDER_ASSETS`) with Substrate registered as an
-//! aggregated API; [`tenancy`] is the tenant matrix of issue 13, runnable against any apiserver.
+//! aggregated API; [`standalone`] is the apiserver alone with its own RBAC; [`tenancy`] is the
+//! tenant matrix of issue 13, runnable against either.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -408,6 +409,8 @@ impl System {
                     "ports": [{"containerPort": 8080}]}],
                 "workerPoolRef": {"name": pool},
                 "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+                // Actors of every atespace use it (an empty selector matches them all).
+                "sharing": {"atespaceSelector": {}},
             },
         }));
         let mut sys = System {
@@ -1105,4 +1108,5 @@ impl Watch {
 
 pub mod envtest;
 pub mod faults;
+pub mod standalone;
 pub mod tenancy;
