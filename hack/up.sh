@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Starts the whole of Substrate on this machine, with a demo: Valkey, the apiserver, a local
 # OCI registry with the counter image, the node agent with two gVisor workers, the
-# operator, the router and its DNS; then the demo atespace, template and actor.
+# operator, the router and its DNS; then the demo atespace, template and actor, and two
+# demo tenants (alice: atespace team-a, bob: team-b) with kubeconfigs in tenants/.
 #
 #   hack/up.sh          install what is missing, build, start (or restart) everything,
 #                       print what to type next
 #   hack/down.sh        stop it again (running actors are suspended first)
 #
 # Needs root (gVisor sandboxes, network namespaces). State lives in .substrate/ (or
-# $SUBSTRATE_HOME): kubeconfig, endpoints.env, pki/, valkey/, registry/, node/, snapshots/,
+# $SUBSTRATE_HOME): kubeconfig, tenants/, endpoints.env, pki/, valkey/, registry/, node/, snapshots/,
 # logs/, run/. Ports (all on 127.0.0.1): SUBSTRATE_{VALKEY,APISERVER,REGISTRY,ROUTER,
 # ROUTER_ADMIN,DNS}_PORT (6390, 6443, 5000, 8080, 9091, 1053). Workers: SUBSTRATE_ADDR_RANGE
 # (10.203.0.0/16), SUBSTRATE_WORKER_INDEX_BASE (1), SUBSTRATE_NODE_NAME (local).
@@ -58,7 +59,7 @@ build() {
     die "building Substrate failed (compiler output above); fix it, then rerun $0"
   BIN_DIR="$target/$PROFILE"
   local b
-  for b in substrate-apiserver substrate-executor substrate-nodeagent substrate-image substrate-operator substrate-router substrate-supervise; do
+  for b in substrate-apiserver substrate-kubeconfig substrate-executor substrate-nodeagent substrate-image substrate-operator substrate-router substrate-supervise; do
     [[ -x "$BIN_DIR/$b" ]] || die "the build succeeded but $BIN_DIR/$b is missing"
   done
   # Every long-running component runs under it (hack/lib.sh, supervised_spawn).
@@ -222,6 +223,24 @@ apply_demo() {
     die "kubectl apply of the demo failed (see above)"
 }
 
+# The demo tenants (config/demo/tenants.yaml): atespaces team-a and team-b, their
+# RoleBindings, and a kubeconfig each for alice and bob in $SUBSTRATE_DIR/tenants/.
+TENANTS_DIR="$SUBSTRATE_DIR/tenants"
+apply_tenants() {
+  log "applying the demo tenants (config/demo/tenants.yaml); kubeconfigs in $TENANTS_DIR/"
+  kubectl_ apply -f "$ROOT/config/demo/tenants.yaml" >&2 ||
+    die "kubectl apply of the demo tenants failed (see above)"
+  local user group
+  for user in alice:team-a bob:team-b; do
+    group="${user#*:}"
+    user="${user%%:*}"
+    "$BIN_DIR/substrate-kubeconfig" --pki-dir "$SUBSTRATE_PKI_DIR" \
+      --server "https://127.0.0.1:$APISERVER_PORT" --user "$user" --group "$group" \
+      --namespace "$group" --out "$TENANTS_DIR/$user.kubeconfig" >/dev/null ||
+      die "writing the kubeconfig of $user failed (see above)"
+  done
+}
+
 # Ready=True observed at the template's current generation (a rebuilt image changes the
 # template: the Ready of the previous generation's golden snapshot does not count).
 template_ready() {
@@ -267,6 +286,7 @@ print_next_steps() {
 
 Substrate is up.
   apiserver  https://127.0.0.1:$APISERVER_PORT    kubeconfig: $SUBSTRATE_KUBECONFIG
+  tenants    alice (admin of atespace team-a), bob (edits team-b): $TENANTS_DIR/{alice,bob}.kubeconfig
   router     http://127.0.0.1:$ROUTER_PORT     metrics: http://127.0.0.1:$ROUTER_ADMIN_PORT/metrics
   operator   metrics: http://127.0.0.1:$OPERATOR_ADMIN_PORT/metrics
   DNS        127.0.0.1:$DNS_PORT (udp+tcp)  zone actors.resources.substrate.ate.dev
@@ -310,6 +330,7 @@ main() {
   start_registry
   push_counter_image
   apply_demo
+  apply_tenants
   start_nodeagent
   start_operator
   start_router
