@@ -52,6 +52,15 @@ async fn deleting_an_atespace_of_thousands_of_actors_does_not_starve_other_work(
     atespace(&w, "team-a").await;
     atespace(&w, "churn").await;
     template(&w, "team-a").await;
+    // The churned actors live in another atespace: the template shares itself with it.
+    Api::<crds::ate::ActorTemplate>::namespaced(w.client.clone(), "team-a")
+        .patch(
+            "t",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"sharing": {"atespaces": ["churn"]}}})),
+        )
+        .await
+        .expect("share the template");
     free_worker(&w, "w0", "10.0.0.2").await;
     free_worker(&w, "w1", "10.0.0.3").await;
     // The template's golden actor takes one worker.

@@ -44,13 +44,19 @@ fn control_plane_identities_and_cleanup() {
         "pods is forbidden: User \"system:serviceaccount:default:robot\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
     );
 
-    // kube-controller-manager runs its controllers under their own ServiceAccounts.
-    let (code, _) = env.admin.request(
-        "GET",
-        "/api/v1/namespaces/kube-system/serviceaccounts/generic-garbage-collector",
-        None,
+    // kube-controller-manager runs its controllers under their own ServiceAccounts (it
+    // creates them as each controller starts).
+    e2e::eventually(
+        "kube-controller-manager's garbage collector ServiceAccount",
+        || {
+            let (code, _) = env.admin.request(
+                "GET",
+                "/api/v1/namespaces/kube-system/serviceaccounts/generic-garbage-collector",
+                None,
+            );
+            (code == 200).then_some(())
+        },
     );
-    assert_eq!(code, 200);
 
     // Every process group goes with the harness.
     let groups = env.process_groups();
