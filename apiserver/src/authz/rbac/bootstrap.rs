@@ -7,7 +7,7 @@
 //!
 //! ClusterRoles: `cluster-admin`, `admin`, `edit`, `view` (aggregated through the
 //! `rbac.authorization.k8s.io/aggregate-to-*` labels), `system:discovery`,
-//! `system:basic-user`, `system:public-info-viewer`, and Substrate's `substrate-actor-view`,
+//! `system:basic-user`, `system:public-info-viewer`, `system:auth-delegator` (unbound), and Substrate's `substrate-actor-view`,
 //! `-edit`, `-admin`. ClusterRoleBindings: `cluster-admin` (group `system:masters`),
 //! `system:discovery` and `system:basic-user` (`system:authenticated`),
 //! `system:public-info-viewer` (`system:authenticated`, `system:unauthenticated`), and
@@ -133,6 +133,26 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 verbs: strings(&["create"]),
                 ..Default::default()
             }],
+        ),
+        // Lets a server delegate authentication and authorization to this one (kube's; not
+        // bound by default).
+        role(
+            "system:auth-delegator",
+            &[],
+            vec![
+                PolicyRule {
+                    api_groups: Some(strings(&["authentication.k8s.io"])),
+                    resources: Some(strings(&["tokenreviews"])),
+                    verbs: strings(&["create"]),
+                    ..Default::default()
+                },
+                PolicyRule {
+                    api_groups: Some(strings(&["authorization.k8s.io"])),
+                    resources: Some(strings(&["subjectaccessreviews"])),
+                    verbs: strings(&["create"]),
+                    ..Default::default()
+                },
+            ],
         ),
         role(
             "system:public-info-viewer",
