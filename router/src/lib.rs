@@ -32,6 +32,7 @@
 //! | 503 | no free worker (`Scheduled=False/NoFreeWorker`, with `Retry-After`); the apiserver refused the resume or is unreachable; the apiserver has the actor but the watch did not deliver it within 10 s |
 //! | 504 | the actor did not become ready within `--wake-timeout` |
 
+pub mod access;
 pub mod activity;
 pub mod binding;
 pub mod dns;
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod resume;
 pub mod table;
+pub mod ttl_cache;
 pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
@@ -84,6 +86,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Proxy threads (0: one per CPU).
     pub threads: usize,
+    /// How long `TokenReview` answers of `Authorized` atespaces' checks are cached.
+    pub access_token_cache_ttl: Duration,
+    /// How long `SubjectAccessReview` answers (allowed and denied) are cached.
+    pub access_decision_cache_ttl: Duration,
 }
 
 impl Default for Config {
@@ -99,6 +105,8 @@ impl Default for Config {
             default_idle_timeout: DEFAULT_IDLE_TIMEOUT,
             connect_timeout: Duration::from_secs(5),
             threads: 0,
+            access_token_cache_ttl: access::DEFAULT_TTL,
+            access_decision_cache_ttl: access::DEFAULT_TTL,
         }
     }
 }
@@ -253,6 +261,7 @@ fn proxy_thread(
                     reporter: shared.reporter.clone(),
                     metrics: shared.metrics.clone(),
                     upstream: pool,
+                    access: shared.access.clone(),
                 });
                 let _ = serve(listener, shutdown, move |peer| {
                     let (p, conn) = (proxy.clone(), proxy::Conn::new(peer));
@@ -274,6 +283,7 @@ struct Shared {
     reporter: Arc<Reporter>,
     metrics: Arc<Metrics>,
     connect_timeout: Duration,
+    access: Arc<access::Access>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -363,6 +373,12 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Star
         reporter: reporter.clone(),
         metrics: metrics.clone(),
         connect_timeout: config.connect_timeout,
+        access: Arc::new(access::Access::new(
+            Arc::new(access::KubeReviewer::new(client.clone())),
+            config.access_token_cache_ttl,
+            config.access_decision_cache_ttl,
+            access::DEFAULT_CAPACITY,
+        )),
     });
     let (shutdown, rx) = watch::channel(false);
 

@@ -364,6 +364,7 @@ impl World {
             default_idle_timeout: router::DEFAULT_IDLE_TIMEOUT,
             connect_timeout: Duration::from_secs(2),
             threads,
+            ..router::Config::default()
         };
         let r = router::start(config, client).await.expect("router starts");
         let admin = r.admin_addr;
