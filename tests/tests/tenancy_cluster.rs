@@ -449,3 +449,96 @@ fn tenant_matrix_directly_against_substrate() {
     let wrong = tenancy::check_requests(&who, ROWS, "directly to Substrate");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+#[test]
+fn namespace_admins_and_viewers_use_actors_through_the_shipped_aggregated_roles() {
+    // config/rbac/substrate-actor-roles.yaml in a cluster: kube-controller-manager's
+    // ClusterRole aggregation puts Substrate's rules into the built-in admin/edit/view, so a
+    // binding to `admin` or `view` (nothing Substrate-specific) is all a tenant needs.
+    let Some(env) = Envtest::start() else { return };
+    let substrate = Substrate::start(&env);
+    let roles = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/rbac/substrate-actor-roles.yaml"
+    );
+    env.admin.kubectl.ok(&["apply", "-f", roles], None);
+    let ns = "team-x";
+    tenant_namespace(&env, ns);
+    create(
+        &substrate.direct(&env, &env.admin),
+        &format!("/apis/ate.dev/v1alpha1/namespaces/{ns}/actortemplates"),
+        &json!({
+            "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+            "metadata": {"name": "counter", "namespace": ns},
+            "spec": {"containers": [{"name": "counter", "image": "example.invalid/counter:1"}],
+                     "workerPoolRef": {"name": "none"}},
+        }),
+    );
+    create(
+        &env.admin,
+        &format!("/apis/substrate.ate.dev/v1alpha1/namespaces/{ns}/actors"),
+        &actor(ns, "x1"),
+    );
+    for (user, role) in [("carol", "admin"), ("dave", "view")] {
+        env.admin.kubectl.ok(
+            &[
+                "create",
+                "rolebinding",
+                &format!("{user}-{role}"),
+                &format!("--clusterrole={role}"),
+                &format!("--user={user}"),
+                "-n",
+                ns,
+            ],
+            None,
+        );
+    }
+    let carol = env.user("carol", &[]);
+    let dave = env.user("dave", &[]);
+
+    // The aggregation controller fills admin and view within seconds.
+    let can = |who: &Identity, verb: &str, sub: &str| {
+        let (ok, out, _) = who.kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            "actors",
+            &format!("--subresource={sub}"),
+            "-n",
+            ns,
+        ]);
+        ok && out.trim() == "yes"
+    };
+    eventually_within(
+        CONTROLLER_DEADLINE,
+        "admin and view hold Substrate's rules",
+        || (can(&carol, "create", "resume") && can(&dave, "get", "")).then_some(()),
+    );
+    assert!(!can(&dave, "create", ""), "view may not create actors");
+    assert!(
+        !can(&dave, "create", "resume"),
+        "view may not resume actors"
+    );
+
+    // Through kube-apiserver, as each of them.
+    let actors = format!("/apis/substrate.ate.dev/v1alpha1/namespaces/{ns}/actors");
+    create(&carol, &actors, &actor(ns, "by-carol"));
+    let (code, body) = carol.request("POST", &format!("{actors}/x1/resume"), Some(&json!({})));
+    assert_eq!(code, 202, "carol resumes x1: {body}");
+    let (code, body) = dave.request("GET", &format!("{actors}/by-carol"), None);
+    assert_eq!(code, 200, "dave reads: {body}");
+    let (code, body) = dave.request("POST", &actors, Some(&actor(ns, "by-dave")));
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        body["message"],
+        "actors.substrate.ate.dev is forbidden: User \"dave\" cannot create resource \"actors\" \
+         in API group \"substrate.ate.dev\" in the namespace \"team-x\""
+    );
+    let (code, body) = dave.request("POST", &format!("{actors}/x1/suspend"), Some(&json!({})));
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        body["message"],
+        "actors.substrate.ate.dev \"x1\" is forbidden: User \"dave\" cannot create resource \
+         \"actors/suspend\" in API group \"substrate.ate.dev\" in the namespace \"team-x\""
+    );
+}

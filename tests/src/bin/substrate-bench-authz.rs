@@ -13,7 +13,7 @@
 //!   through the cache;
 //! - **gets/s**: `GET` of one actor against a standalone apiserver, `--concurrency` clients
 //!   (kube-rs) for `--seconds`, as an admin (`system:masters`, short-circuited) and as a
-//!   tenant (decided by RBAC), and their ratio.
+//!   tenant (decided by RBAC), alternating over `--rounds`, and the median ratio.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,8 +48,11 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Duration of each gets/s measurement.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     seconds: u64,
+    /// Rounds of the gets/s phase (each: admin, then tenant).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 fn user(name: &str, groups: &[&str]) -> UserInfo {
@@ -288,11 +291,10 @@ async fn gets_per_second(client: kube::Client, args: &Args) -> anyhow::Result<f6
 
 fn gets(args: &Args) -> anyhow::Result<()> {
     let s = e2e::standalone::Standalone::start();
+    let atespace = |name: &str| json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Atespace", "metadata": {"name": name}});
     for (ns, obj) in [
-        (
-            "",
-            json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Atespace", "metadata": {"name": "team-a"}}),
-        ),
+        ("", atespace("team-a")),
+        ("", atespace("team-b")),
         (
             "team-a",
             json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
@@ -313,22 +315,41 @@ fn gets(args: &Args) -> anyhow::Result<()> {
     e2e::tenancy::apply_rbac(&s.admin);
     let alice = s.user("alice", &["team-a"]);
     let rt = tokio::runtime::Runtime::new()?;
-    let (admin, tenant) = rt.block_on(async {
+    // Rounds alternate admin and tenant, so that both see the same background load.
+    let rounds = rt.block_on(async {
         let client = |path| async move {
             apiserver::cluster_client(Some(path), false, "bench")
                 .await
                 .context("a client")?
                 .context("no client")
         };
-        let admin = gets_per_second(client(&s.admin.kubeconfig).await?, args).await?;
-        let tenant = gets_per_second(client(&alice.kubeconfig).await?, args).await?;
-        anyhow::Ok((admin, tenant))
+        let (admin, tenant) = (
+            client(&s.admin.kubeconfig).await?,
+            client(&alice.kubeconfig).await?,
+        );
+        let mut rounds = Vec::new();
+        for _ in 0..args.rounds {
+            let a = gets_per_second(admin.clone(), args).await?;
+            let t = gets_per_second(tenant.clone(), args).await?;
+            rounds.push((a, t));
+        }
+        anyhow::Ok(rounds)
     })?;
+    for (i, (admin, tenant)) in rounds.iter().enumerate() {
+        println!(
+            "GET of one actor, standalone, {} clients, {} s each, round {}: admin (system:masters) {admin:.0}/s, tenant (RBAC) {tenant:.0}/s, tenant/admin {:.2}",
+            args.concurrency,
+            args.seconds,
+            i + 1,
+            tenant / admin
+        );
+    }
+    let mut ratios: Vec<f64> = rounds.iter().map(|(a, t)| t / a).collect();
+    ratios.sort_by(f64::total_cmp);
     println!(
-        "GET of one actor, standalone, {} clients, {} s each: admin (system:masters) {admin:.0}/s, tenant (RBAC) {tenant:.0}/s, tenant/admin {:.2}",
-        args.concurrency,
-        args.seconds,
-        tenant / admin
+        "GET tenant/admin, median of {} rounds: {:.2}",
+        ratios.len(),
+        ratios[ratios.len() / 2]
     );
     Ok(())
 }

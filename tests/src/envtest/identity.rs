@@ -154,9 +154,18 @@ impl Identity {
         self.kubectl.run(args, None)
     }
 
-    /// `kubectl apply -f -` of `obj` (a `List` applies every item); panics on failure.
+    /// `kubectl apply -f -` of `obj`; panics on failure. A `List` is sent as a stream of its items
+    /// (JSON objects one after the other): kubectl validates a `kind: List` document against the OpenAPI v2
+    /// document in protobuf, which Substrate's standalone apiserver does not serve (JSON only).
     pub fn apply(&self, obj: &Value) -> String {
-        self.kubectl
-            .ok(&["apply", "-f", "-"], Some(&obj.to_string()))
+        let stream = match (obj["kind"].as_str(), obj["items"].as_array()) {
+            (Some("List"), Some(items)) => items
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => obj.to_string(),
+        };
+        self.kubectl.ok(&["apply", "-f", "-"], Some(&stream))
     }
 }

@@ -181,12 +181,16 @@ mod tests {
                 .unwrap_or_default()
         };
         let (view, edit, admin) = (rules_of("view"), rules_of("edit"), rules_of("admin"));
-        assert_eq!(view, crds::rbac::actor_view_rules());
+        // Substrate's view rules, then kube's (namespaces), in the order of the role names.
+        let mut want = crds::rbac::actor_view_rules();
+        want.extend(rules_of("system:aggregate-to-view"));
+        assert_eq!(view, want);
         assert!(view.iter().all(|r| edit.contains(r)), "{edit:?}");
         assert!(edit.iter().all(|r| admin.contains(r)), "{admin:?}");
         assert!(
             crds::rbac::actor_admin_rules()
                 .iter()
+                .chain(&rules_of("system:aggregate-to-admin"))
                 .all(|r| admin.contains(r))
         );
         assert!(desired(&roles).is_empty());

@@ -6,8 +6,11 @@
 //! `roleRef` changed is recreated).
 //!
 //! ClusterRoles: `cluster-admin`, `admin`, `edit`, `view` (aggregated through the
-//! `rbac.authorization.k8s.io/aggregate-to-*` labels), `system:discovery`,
-//! `system:basic-user`, `system:public-info-viewer`, `system:auth-delegator` (unbound), and Substrate's `substrate-actor-view`,
+//! `rbac.authorization.k8s.io/aggregate-to-*` labels), `system:aggregate-to-admin` (Roles and
+//! RoleBindings, LocalSubjectAccessReviews) and `system:aggregate-to-view` (namespaces) as
+//! kube's are for what is served here, `system:discovery`,
+//! `system:basic-user`, `system:public-info-viewer`, `system:auth-delegator`
+//! (unbound: what a delegating server's identity is bound to), and Substrate's `substrate-actor-view`,
 //! `-edit`, `-admin`. ClusterRoleBindings: `cluster-admin` (group `system:masters`),
 //! `system:discovery` and `system:basic-user` (`system:authenticated`),
 //! `system:public-info-viewer` (`system:authenticated`, `system:unauthenticated`), and
@@ -158,6 +161,46 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             "system:public-info-viewer",
             &[],
             vec![urls(PUBLIC_INFO_URLS)],
+        ),
+        // kube's own contributions to admin and view, for the resources served here: a
+        // namespace admin manages the namespace's Roles and RoleBindings (within what they
+        // hold: escalation prevention) and asks access reviews about it; a viewer reads it.
+        role(
+            "system:aggregate-to-admin",
+            &[(AGGREGATE_TO_ADMIN, "true")],
+            vec![
+                PolicyRule {
+                    api_groups: Some(strings(&["authorization.k8s.io"])),
+                    resources: Some(strings(&["localsubjectaccessreviews"])),
+                    verbs: strings(&["create"]),
+                    ..Default::default()
+                },
+                PolicyRule {
+                    api_groups: Some(strings(&[GROUP])),
+                    resources: Some(strings(&["rolebindings", "roles"])),
+                    verbs: strings(&[
+                        "create",
+                        "delete",
+                        "deletecollection",
+                        "get",
+                        "list",
+                        "patch",
+                        "update",
+                        "watch",
+                    ]),
+                    ..Default::default()
+                },
+            ],
+        ),
+        role(
+            "system:aggregate-to-view",
+            &[(AGGREGATE_TO_VIEW, "true")],
+            vec![PolicyRule {
+                api_groups: Some(strings(&[""])),
+                resources: Some(strings(&["namespaces"])),
+                verbs: strings(&["get", "list", "watch"]),
+                ..Default::default()
+            }],
         ),
     ];
     for mut r in crds::rbac::substrate_actor_roles() {
@@ -410,5 +453,57 @@ mod tests {
         let mut bare = b.clone();
         bare.subjects = None;
         assert_eq!(reconcile_binding(&bare, &b).unwrap().subjects, b.subjects);
+    }
+
+    #[test]
+    fn a_namespace_admin_manages_bindings_and_a_viewer_reads_the_namespace() {
+        use crate::authz::Attributes;
+        let mut objects: Vec<Value> = cluster_roles()
+            .into_iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap();
+                v["kind"] = "ClusterRole".into();
+                v
+            })
+            .collect();
+        for (user, role) in [("ann", "admin"), ("vic", "view")] {
+            objects.push(serde_json::json!({
+                "kind": "RoleBinding", "metadata": {"name": user, "namespace": "team-a"},
+                "roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": role},
+                "subjects": [{"apiGroup": GROUP, "kind": "User", "name": user}],
+            }));
+        }
+        let policy = super::super::Policy::from_manifests(&objects);
+        let user = |name: &str| UserInfo {
+            name: name.into(),
+            groups: vec!["system:authenticated".into()],
+            extra: Default::default(),
+        };
+        let may = |who: &str, verb: &str, group: &str, resource: &str| {
+            policy
+                .authorize(&Attributes::resource(
+                    &user(who),
+                    verb,
+                    group,
+                    "v1",
+                    resource,
+                    None,
+                    Some("team-a"),
+                    Some("x"),
+                ))
+                .allowed()
+        };
+        assert!(may("ann", "create", GROUP, "rolebindings"));
+        assert!(may(
+            "ann",
+            "create",
+            "authorization.k8s.io",
+            "localsubjectaccessreviews"
+        ));
+        assert!(may("ann", "delete", "substrate.ate.dev", "actors"));
+        assert!(may("vic", "get", "", "namespaces"));
+        assert!(may("vic", "get", "substrate.ate.dev", "actors"));
+        assert!(!may("vic", "create", GROUP, "rolebindings"));
+        assert!(!may("vic", "delete", "substrate.ate.dev", "actors"));
     }
 }
