@@ -29,7 +29,6 @@ pub mod strategic;
 pub mod table;
 pub mod tenancy;
 pub mod testing;
-pub mod ttl_cache;
 pub mod watch;
 pub mod webhook_retry;
 

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use crate::host::ActorKey;
 use crate::proxy::{ProxyBody, text};
-use crate::ttl_cache::TtlCache;
+use ttl_cache::TtlCache;
 
 /// The `WWW-Authenticate` challenge of a `401`.
 pub const CHALLENGE: &str = "Bearer realm=\"substrate\"";

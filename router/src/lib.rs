@@ -49,7 +49,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod resume;
 pub mod table;
-pub mod ttl_cache;
 pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
