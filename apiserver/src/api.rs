@@ -311,8 +311,8 @@ async fn route(
     }
 }
 
-/// `POST /apis/authorization.k8s.io/v1/...`: a review, answered and not stored (201, as
-/// kube-apiserver answers a create).
+/// `POST /apis/authorization.k8s.io/v1/...` and `/apis/authentication.k8s.io/v1/tokenreviews`:
+/// a review, answered and not stored (201, as kube-apiserver answers a create).
 async fn access_review(
     state: &AppState,
     user: &UserInfo,
@@ -336,12 +336,23 @@ async fn access_review(
     };
     let bytes = read_body(state, parts, body).await?;
     let ct = content_type(parts);
+    let token_review = review.kind == crate::reviews::TOKEN_REVIEWS;
     let obj = if proto::is_protobuf(ct) {
+        if token_review {
+            return Err(ApiError::unsupported_media_type(
+                ct.unwrap_or_default(),
+                &["application/json", "application/yaml"],
+            ));
+        }
         proto::decode(&review.kind, &bytes)?
     } else {
         crate::decode::object(negotiate::body_format(ct)?, &bytes)?
     };
-    let answer = crate::reviews::review(&state.authz, user, review, obj).await?;
+    let answer = if token_review {
+        crate::reviews::token::review(&state.auth, obj).await?
+    } else {
+        crate::reviews::review(&state.authz, user, review, obj).await?
+    };
     Ok(match output {
         Some(output) => encode(output, 201, &answer),
         None => {

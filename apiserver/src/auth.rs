@@ -6,8 +6,9 @@
 //! comes from the configured request headers (`X-Remote-User`, `X-Remote-Group`,
 //! `X-Remote-Extra-*` by default). Any other certificate must chain to the client CA: the user
 //! is its CN and the groups its O values. Request headers from anyone else are ignored.
-//! Without a certificate user, an `Authorization: Bearer` token is reviewed by the cluster
-//! ([`token`], cluster mode only). Nobody: 401 (health endpoints excepted), or in cluster
+//! Without a certificate user, an `Authorization: Bearer` token is looked up in the
+//! `--token-auth-file` ([`token_file`], either mode), else reviewed by the cluster ([`token`],
+//! cluster mode only). Nobody: 401 (health endpoints excepted), or in cluster
 //! mode `system:anonymous` for the cluster's authorizer to judge, as kube's delegating
 //! authenticator does. A refused token is 401 either way.
 //!
@@ -20,6 +21,7 @@
 pub mod cluster;
 pub mod headers;
 pub mod token;
+pub mod token_file;
 pub mod verifier;
 
 use std::collections::BTreeMap;
@@ -146,6 +148,8 @@ pub struct Authenticator {
     active: Arc<ArcSwap<Active>>,
     generations: Arc<std::sync::atomic::AtomicU64>,
     tokens: Option<Arc<token::TokenAuthenticator>>,
+    /// `--token-auth-file`'s tokens, asked before [`Authenticator::tokens`].
+    static_tokens: Option<Arc<token_file::StaticTokens>>,
     /// Requests without any credential are `system:anonymous` (cluster mode, as kube's
     /// delegating authenticator) instead of refused.
     anonymous: bool,
@@ -208,6 +212,7 @@ impl Authenticator {
             active: Arc::new(ArcSwap::from_pointee(Active::build(b, 0)?)),
             generations: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             tokens: None,
+            static_tokens: None,
             anonymous: false,
         })
     }
@@ -216,6 +221,40 @@ impl Authenticator {
     pub fn with_tokens(mut self, tokens: Arc<token::TokenAuthenticator>) -> Self {
         self.tokens = Some(tokens);
         self
+    }
+
+    /// Bearer tokens found in `tokens` (`--token-auth-file`) are their users; others go to
+    /// the cluster's review when there is one.
+    pub fn with_static_tokens(mut self, tokens: Arc<token_file::StaticTokens>) -> Self {
+        self.static_tokens = Some(tokens);
+        self
+    }
+
+    /// Whether any bearer-token authenticator is configured.
+    pub fn authenticates_tokens(&self) -> bool {
+        self.tokens.is_some() || self.static_tokens.is_some()
+    }
+
+    /// The user `token` names: the token file first, then the cluster's `TokenReview` (kube's
+    /// union of token authenticators). Refused when nobody knows it; `Failed` when the review
+    /// could not be made. The uid is known for static tokens only.
+    pub async fn authenticate_token(
+        &self,
+        token: &str,
+    ) -> Result<token_file::TokenUser, token::TokenError> {
+        if let Some(u) = self.static_tokens.as_ref().and_then(|s| s.get(token)) {
+            return Ok(u.clone());
+        }
+        match &self.tokens {
+            Some(tokens) => tokens
+                .authenticate(token)
+                .await
+                .map(|user| token_file::TokenUser {
+                    user,
+                    uid: String::new(),
+                }),
+            None => Err(token::TokenError::Refused(String::new())),
+        }
     }
 
     /// Requests without any credential are the user `system:anonymous` in the group
@@ -342,7 +381,7 @@ impl Authenticator {
     }
 
     /// The user of one request: certificate or front proxy first, then a bearer token
-    /// (reviewed by the cluster, cached), then `system:anonymous` when allowed
+    /// (the token file's, else reviewed by the cluster, cached), then `system:anonymous` when allowed
     /// ([`Authenticator::with_anonymous`]). `Ok(None)`: nobody (401); `Err`: a token was
     /// presented and refused, or could not be reviewed (both 401, as kube answers).
     pub async fn authenticate_request(
@@ -353,8 +392,10 @@ impl Authenticator {
         if let Some(u) = self.user(peer, headers) {
             return Ok(Some(u));
         }
-        if let (Some(tokens), Some(bearer)) = (&self.tokens, token::bearer(headers)) {
-            return tokens.authenticate(bearer).await.map(Some);
+        if self.authenticates_tokens()
+            && let Some(bearer) = token::bearer(headers)
+        {
+            return self.authenticate_token(bearer).await.map(|u| Some(u.user));
         }
         Ok(self.anonymous.then(UserInfo::anonymous))
     }
@@ -612,6 +653,42 @@ mod tests {
         assert_eq!(
             u.unwrap().unwrap().name,
             "system:serviceaccount:team-a:robot"
+        );
+        // The token file comes first; tokens it lacks go to the cluster.
+        let file =
+            token_file::StaticTokens::parse("t.csv", "good,from-file,7,g\nfile-only,carol,8\n")
+                .unwrap();
+        let both = authn.clone().with_static_tokens(Arc::new(file.clone()));
+        let calls = *reviewer.calls.lock().unwrap();
+        let u = both.authenticate_token("good").await.unwrap();
+        assert_eq!((u.user.name.as_str(), u.uid.as_str()), ("from-file", "7"));
+        assert_eq!(*reviewer.calls.lock().unwrap(), calls);
+        assert!(matches!(
+            both.authenticate_request(&anon, &bearer("not-in-file"))
+                .await,
+            Err(TokenError::Refused(_))
+        ));
+        assert_eq!(*reviewer.calls.lock().unwrap(), calls + 1);
+        // Standalone with a token file: its tokens are users, others are refused (401).
+        let standalone = Authenticator::from_bundles(bundles(&a))
+            .unwrap()
+            .with_static_tokens(Arc::new(file));
+        let u = standalone
+            .authenticate_request(&anon, &bearer("file-only"))
+            .await;
+        assert_eq!(
+            u.unwrap().unwrap().groups,
+            vec!["system:authenticated".to_string()]
+        );
+        assert!(matches!(
+            standalone
+                .authenticate_request(&anon, &bearer("good-elsewhere"))
+                .await,
+            Err(TokenError::Refused(_))
+        ));
+        assert_eq!(
+            standalone.authenticate_request(&anon, &headers(&[])).await,
+            Ok(None)
         );
         // Standalone (no token authenticator): a token is nobody.
         let standalone = Authenticator::from_bundles(bundles(&a)).unwrap();

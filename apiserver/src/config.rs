@@ -112,6 +112,11 @@ pub struct Args {
         conflicts_with_all = ["authentication_kubeconfig", "authorization_kubeconfig"]
     )]
     pub standalone: bool,
+    /// Static bearer tokens (kube's `--token-auth-file`): CSV `token,user,uid,"group1,group2"`,
+    /// read at start. Its users authenticate with `Authorization: Bearer <token>` (kubectl
+    /// `--token`) and are in `system:authenticated`; `TokenReview` answers for them.
+    #[arg(long, env = "SUBSTRATE_TOKEN_AUTH_FILE")]
+    pub token_auth_file: Option<PathBuf>,
     /// How long token reviews are cached (Go duration: 10s, 1m, 1m30s, 500ms).
     #[arg(long, env = "SUBSTRATE_AUTHENTICATION_TOKEN_WEBHOOK_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub authentication_token_webhook_cache_ttl: Duration,

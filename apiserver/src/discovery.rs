@@ -47,7 +47,7 @@ fn groups() -> Vec<&'static str> {
             out.push(r.group);
         }
     }
-    out.push(crate::reviews::GROUP);
+    out.extend(crate::reviews::GROUPS);
     out
 }
 
@@ -58,7 +58,7 @@ fn resources_of(group: &str, version: &str) -> impl Iterator<Item = &'static Res
 }
 
 fn versions_of(group: &str) -> Vec<&'static str> {
-    if group == crate::reviews::GROUP {
+    if crate::reviews::GROUPS.contains(&group) {
         return vec![crate::reviews::VERSION];
     }
     let mut out: Vec<&'static str> = Vec::new();
@@ -134,8 +134,8 @@ pub fn api_group(group: &str) -> Option<Value> {
 /// subresource, or `None` for a group/version not served.
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
-    if group == crate::reviews::GROUP && version == crate::reviews::VERSION {
-        resources = crate::reviews::api_resources();
+    if crate::reviews::GROUPS.contains(&group) && version == crate::reviews::VERSION {
+        resources = crate::reviews::api_resources(group);
     }
     for r in resources_of(group, version) {
         resources.push(json!({
@@ -241,8 +241,8 @@ pub fn aggregated_apis() -> Value {
             let versions: Vec<Value> = versions_of(g)
                 .into_iter()
                 .map(|v| {
-                    let resources: Vec<Value> = if g == crate::reviews::GROUP {
-                        crate::reviews::resource_discoveries()
+                    let resources: Vec<Value> = if crate::reviews::GROUPS.contains(&g) {
+                        crate::reviews::resource_discoveries(g)
                     } else {
                         resources_of(g, v).map(resource_discovery).collect()
                     };
@@ -440,6 +440,7 @@ mod tests {
                 "ate.dev",
                 "coordination.k8s.io",
                 "rbac.authorization.k8s.io",
+                "authentication.k8s.io",
                 "authorization.k8s.io"
             ]
         );
@@ -513,6 +514,18 @@ mod tests {
                         "selfsubjectrulesreviews",
                         "subjectaccessreviews"
                     ]
+                );
+                continue;
+            }
+            if group == crate::reviews::AUTHENTICATION_GROUP {
+                let r = &item["versions"][0]["resources"];
+                assert_eq!(r.as_array().unwrap().len(), 1);
+                assert_eq!(r[0]["resource"], "tokenreviews");
+                assert_eq!(r[0]["scope"], "Cluster");
+                assert_eq!(r[0]["verbs"], json!(["create"]));
+                assert_eq!(
+                    r[0]["responseKind"],
+                    json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenReview"})
                 );
                 continue;
             }

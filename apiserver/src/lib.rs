@@ -29,7 +29,6 @@ pub mod strategic;
 pub mod table;
 pub mod tenancy;
 pub mod testing;
-pub mod ttl_cache;
 pub mod watch;
 pub mod webhook_retry;
 
@@ -59,6 +58,8 @@ pub enum RunError {
     },
     #[error("setting up client authentication: {0}")]
     Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    TokenFile(#[from] auth::token_file::TokenFileError),
     #[error(transparent)]
     Server(#[from] server::ServerError),
     #[error("connecting to Valkey at {url}: {source}")]
@@ -283,8 +284,23 @@ async fn authentication(
             &args.requestheader_allowed_names,
         ),
     };
+    let static_tokens = match &args.token_auth_file {
+        Some(path) => {
+            let t = auth::token_file::StaticTokens::read(path)?;
+            tracing::info!(path = %path.display(), tokens = t.len(), "read the token file");
+            Some(Arc::new(t))
+        }
+        None => None,
+    };
+    let with_static = |a: auth::Authenticator| match &static_tokens {
+        Some(t) => a.with_static_tokens(t.clone()),
+        None => a,
+    };
     let Some(client) = client else {
-        return Ok((auth::Authenticator::from_bundles(local)?, Vec::new()));
+        return Ok((
+            with_static(auth::Authenticator::from_bundles(local)?),
+            Vec::new(),
+        ));
     };
     let bundles = match auth::cluster::load(&client, &local).await {
         Ok(b) => b,
@@ -299,7 +315,7 @@ async fn authentication(
         args.authentication_token_webhook_cache_ttl,
         auth::token::DEFAULT_CAPACITY,
     );
-    let authn = auth::Authenticator::from_bundles(bundles)?
+    let authn = with_static(auth::Authenticator::from_bundles(bundles)?)
         .with_tokens(Arc::new(tokens))
         .with_anonymous();
     let follow = tokio::spawn(auth::cluster::follow(client, authn.clone(), local));

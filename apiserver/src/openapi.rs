@@ -902,11 +902,18 @@ fn namespace_paths(flavor: Flavor) -> Vec<(String, Value)> {
     ]
 }
 
-/// `authorization.k8s.io/v1`: a `post` per review kind (create-only, nothing stored) and
-/// the kinds' schemas from k8s-openapi.
-fn review_parts(flavor: Flavor, paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>) {
-    use crate::reviews::{GROUP, KINDS, VERSION};
+/// `authorization.k8s.io/v1` or `authentication.k8s.io/v1`: a `post` per review kind
+/// (create-only, nothing stored) and the kinds' schemas from k8s-openapi.
+fn review_parts(
+    group: &'static str,
+    flavor: Flavor,
+    paths: &mut Map<String, Value>,
+    schemas: &mut Map<String, Value>,
+) {
+    use crate::reviews::{AUTHENTICATION_GROUP, VERSION, kinds_of};
+    use k8s_openapi::api::authentication::v1 as authnv1;
     use k8s_openapi::api::authorization::v1 as authv1;
+    let kinds = kinds_of(group);
     let mut generator = match flavor {
         Flavor::V3 => SchemaSettings::openapi3(),
         Flavor::V2 => SchemaSettings::draft07().with(|s| {
@@ -915,38 +922,47 @@ fn review_parts(flavor: Flavor, paths: &mut Map<String, Value>, schemas: &mut Ma
         }),
     }
     .into_generator();
-    generator.subschema_for::<authv1::SelfSubjectAccessReview>();
-    generator.subschema_for::<authv1::SubjectAccessReview>();
-    generator.subschema_for::<authv1::LocalSubjectAccessReview>();
-    generator.subschema_for::<authv1::SelfSubjectRulesReview>();
+    if group == AUTHENTICATION_GROUP {
+        generator.subschema_for::<authnv1::TokenReview>();
+    } else {
+        generator.subschema_for::<authv1::SelfSubjectAccessReview>();
+        generator.subschema_for::<authv1::SubjectAccessReview>();
+        generator.subschema_for::<authv1::LocalSubjectAccessReview>();
+        generator.subschema_for::<authv1::SelfSubjectRulesReview>();
+    }
     for (name, mut schema) in generator.take_definitions(true) {
         if flavor == Flavor::V2 {
             to_v2_schema(&mut schema);
         }
-        if let Some(kind) = KINDS
+        if let Some(kind) = kinds
             .iter()
-            .find(|k| name == definition_name(GROUP, VERSION, k.kind))
+            .find(|k| name == definition_name(group, VERSION, k.kind))
         {
-            schema["x-kubernetes-group-version-kind"] = json!([gvk(GROUP, VERSION, kind.kind)]);
+            schema["x-kubernetes-group-version-kind"] = json!([gvk(group, VERSION, kind.kind)]);
         }
         schemas.entry(name).or_insert(schema);
     }
+    let tag = if group == AUTHENTICATION_GROUP {
+        ("authentication_v1", "AuthenticationV1")
+    } else {
+        ("authorization_v1", "AuthorizationV1")
+    };
     let pretty = param_json(&PRETTY, flavor);
-    for k in KINDS {
-        let def = definition_name(GROUP, VERSION, k.kind);
+    for k in kinds {
+        let def = definition_name(group, VERSION, k.kind);
         let (path, id, mut params) = if k.namespaced {
             (
                 format!(
-                    "/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{}",
+                    "/apis/{group}/{VERSION}/namespaces/{{namespace}}/{}",
                     k.plural
                 ),
-                format!("createNamespacedAuthorizationV1{}", k.kind),
+                format!("createNamespaced{}{}", tag.1, k.kind),
                 vec![param_json(&NAMESPACE, flavor)],
             )
         } else {
             (
-                format!("/apis/{GROUP}/{VERSION}/{}", k.plural),
-                format!("createAuthorizationV1{}", k.kind),
+                format!("/apis/{group}/{VERSION}/{}", k.plural),
+                format!("create{}{}", tag.1, k.kind),
                 Vec::new(),
             )
         };
@@ -955,8 +971,8 @@ fn review_parts(flavor: Flavor, paths: &mut Map<String, Value>, schemas: &mut Ma
             action: Action::Post,
             operation_id: id,
             description: format!("create{}{}", article(k.kind), k.kind),
-            tag: "authorization_v1",
-            gvk: gvk(GROUP, VERSION, k.kind),
+            tag: tag.0,
+            gvk: gvk(group, VERSION, k.kind),
             params: WRITE_PARAMS,
             body: Body::Object,
             object: &def,
@@ -1007,8 +1023,10 @@ fn parts(group_version: Option<(&str, &str)>, flavor: Flavor) -> Parts {
             list_schema("", "v1", "Namespace", "NamespaceList", "namespaces", flavor),
         );
     }
-    if wants(crate::reviews::GROUP, crate::reviews::VERSION) {
-        review_parts(flavor, &mut paths, &mut schemas);
+    for g in crate::reviews::GROUPS {
+        if wants(g, crate::reviews::VERSION) {
+            review_parts(g, flavor, &mut paths, &mut schemas);
+        }
     }
     for res in ALL.iter().filter(|r| wants(r.group, r.version)) {
         for (p, item) in resource_paths(res, flavor) {
@@ -1069,8 +1087,8 @@ struct Documents {
 }
 
 static DOCUMENTS: LazyLock<Documents> = LazyLock::new(|| {
-    let mut gvs: Vec<(&str, &str)> =
-        vec![("", "v1"), (crate::reviews::GROUP, crate::reviews::VERSION)];
+    let mut gvs: Vec<(&str, &str)> = vec![("", "v1")];
+    gvs.extend(crate::reviews::GROUPS.map(|g| (g, crate::reviews::VERSION)));
     for r in ALL {
         if !gvs.contains(&(r.group, r.version)) {
             gvs.push((r.group, r.version));
@@ -1197,6 +1215,7 @@ mod tests {
             [
                 "api/v1",
                 "apis/ate.dev/v1alpha1",
+                "apis/authentication.k8s.io/v1",
                 "apis/authorization.k8s.io/v1",
                 "apis/coordination.k8s.io/v1",
                 "apis/rbac.authorization.k8s.io/v1",
@@ -1219,6 +1238,14 @@ mod tests {
         assert_eq!(
             authz["components"]["schemas"]["io.k8s.api.authorization.v1.SelfSubjectRulesReview"]["x-kubernetes-group-version-kind"],
             json!([{"group": "authorization.k8s.io", "kind": "SelfSubjectRulesReview", "version": "v1"}])
+        );
+        let authn = v3_document("apis/authentication.k8s.io/v1").unwrap();
+        let post = &authn["paths"]["/apis/authentication.k8s.io/v1/tokenreviews"]["post"];
+        assert_eq!(post["operationId"], "createAuthenticationV1TokenReview");
+        assert_eq!(post["tags"], json!(["authentication_v1"]));
+        assert_eq!(
+            authn["components"]["schemas"]["io.k8s.api.authentication.v1.TokenReview"]["x-kubernetes-group-version-kind"],
+            json!([{"group": "authentication.k8s.io", "kind": "TokenReview", "version": "v1"}])
         );
         for (path, entry) in paths {
             let url = entry["serverRelativeURL"].as_str().unwrap();

@@ -451,8 +451,19 @@ pub fn actor_edit_rules() -> Vec<PolicyRule> {
         &["actors/resume", "actors/suspend", "actors/reset"],
         &["create"],
     ));
+    // HTTP through the router to actors of `Authorized` atespaces (as kube puts
+    // `pods/proxy` in edit and admin, not view).
+    r.push(rule(
+        &[crate::SUBSTRATE_GROUP],
+        &["actors/proxy"],
+        PROXY_VERBS,
+    ));
     r
 }
+
+/// The verbs a request through the router can be authorized as (see
+/// `router::access::verb`).
+pub const PROXY_VERBS: &[&str] = &["get", "create", "update", "patch", "delete"];
 
 /// The rules of `substrate-actor-admin` (edit's, and writing templates).
 pub fn actor_admin_rules() -> Vec<PolicyRule> {
@@ -544,6 +555,17 @@ mod tests {
         let (v, e, a) = (actor_view_rules(), actor_edit_rules(), actor_admin_rules());
         assert!(v.iter().all(|r| e.contains(r)));
         assert!(e.iter().all(|r| a.contains(r)));
+        // HTTP through the router: edit and admin, not view (as kube's pods/proxy).
+        let proxy = |rules: &[PolicyRule]| {
+            rules.iter().any(|r| {
+                r.resources
+                    .as_ref()
+                    .is_some_and(|x| x.iter().any(|x| x == "actors/proxy"))
+                    && PROXY_VERBS.iter().all(|v| r.verbs.iter().any(|x| x == v))
+            })
+        };
+        assert!(!proxy(&v));
+        assert!(proxy(&e) && proxy(&a));
     }
 
     fn errs(e: Vec<FieldError>) -> Vec<String> {

@@ -638,6 +638,41 @@ mod tests {
     }
 
     #[test]
+    fn atespace_http_access_is_validated_and_defaults_to_open() {
+        let ate = |spec: Value| {
+            json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Atespace",
+                "metadata": {"name": "team-a"}, "spec": spec})
+        };
+        let out = ATESPACES
+            .normalize(ate(json!({"httpAccess": {"policy": "Authorized"}})))
+            .unwrap();
+        assert_eq!(out["spec"]["httpAccess"], json!({"policy": "Authorized"}));
+        let a: crate::Atespace = serde_json::from_value(out).unwrap();
+        assert_eq!(
+            a.spec.http_access_policy(),
+            crate::substrate::HttpAccessPolicy::Authorized
+        );
+        let out = ATESPACES.normalize(ate(json!({"httpAccess": {}}))).unwrap();
+        assert_eq!(out["spec"]["httpAccess"], json!({"policy": "Open"}));
+        let a: crate::Atespace = serde_json::from_value(ate(json!({}))).unwrap();
+        assert_eq!(
+            a.spec.http_access_policy(),
+            crate::substrate::HttpAccessPolicy::Open
+        );
+        let errs = ATESPACES
+            .normalize(ate(json!({"httpAccess": {"policy": "Closed"}})))
+            .unwrap_err();
+        assert_eq!(errs[0].field, "spec.httpAccess.policy");
+        assert!(errs[0].detail.contains("Authorized"), "{}", errs[0]);
+        // The schema served to kubectl (explain, validation) has the enum.
+        let schema = ATESPACES.schema_ref();
+        assert_eq!(
+            schema["properties"]["spec"]["properties"]["httpAccess"]["properties"]["policy"]["enum"],
+            json!(["Open", "Authorized"])
+        );
+    }
+
+    #[test]
     fn atespace_spec_is_optional() {
         let out = ATESPACES
             .normalize(json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Atespace", "metadata": {"name": "team-a"}}))

@@ -43,7 +43,45 @@ pub struct AtespaceSpec {
     /// Free-form description of the tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Who may reach this atespace's actors over HTTP through the router. Unset: `Open`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_access: Option<HttpAccess>,
 }
+
+impl AtespaceSpec {
+    /// The HTTP access policy in force (`Open` when unset).
+    pub fn http_access_policy(&self) -> HttpAccessPolicy {
+        self.http_access
+            .as_ref()
+            .map(|h| h.policy)
+            .unwrap_or_default()
+    }
+}
+
+/// Who may reach an atespace's actors over HTTP (the router's check, see docs/tenancy.md).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpAccess {
+    /// `Open` (default) or `Authorized`.
+    #[serde(default)]
+    pub policy: HttpAccessPolicy,
+}
+
+/// HTTP access policy of an atespace.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum HttpAccessPolicy {
+    /// Anyone who reaches the router.
+    #[default]
+    Open,
+    /// A request must carry `Authorization: Bearer <token>` of a user (authenticated by a
+    /// `TokenReview`) allowed the request's verb on `actors/proxy` of the actor (a
+    /// `SubjectAccessReview`); the router removes the header before forwarding.
+    Authorized,
+}
+
+/// The subresource a request through the router is authorized as (`actors/proxy`, as
+/// kube-apiserver authorizes `pods/proxy`).
+pub const PROXY_SUBRESOURCE: &str = "proxy";
 
 /// Lifecycle phase of an atespace, as for a namespace.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]

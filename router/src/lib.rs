@@ -21,17 +21,26 @@
 //! Listeners: the proxy (`--listen`), the admin endpoints `/healthz`, `/livez`, `/readyz`,
 //! `/metrics` (`--admin-listen`), DNS over UDP and TCP (`--dns-listen`).
 //!
+//! An atespace whose `spec.httpAccess.policy` is `Authorized` admits only requests with a
+//! bearer token of a user allowed the request's verb on `actors/proxy` of the actor (a
+//! `TokenReview` and a `SubjectAccessReview` on the apiserver, cached), checked before the
+//! actor is looked up or woken; the `Authorization` header is not forwarded ([`access`],
+//! docs/tenancy.md). `Open` atespaces (the default) are not checked.
+//!
 //! Answers the router makes itself (plain text naming the actor and what happened):
 //!
 //! | status | when |
 //! |---|---|
 //! | 400 | the host is malformed, or missing |
+//! | 401 | `Authorized` atespace: no `Authorization: Bearer` token, or the token review did not authenticate it (with `WWW-Authenticate: Bearer realm="substrate"`) |
+//! | 403 | `Authorized` atespace: `User "x" cannot <verb> actors/proxy "<actor>" in atespace "<atespace>"` |
 //! | 404 | the host is not `<actor>.<atespace>.<suffix>`; the atespace or the actor does not exist (different messages; a name the table lacks is checked with one GET on the apiserver first, so an actor created a moment ago is found and waited for) |
 //! | 409 | `spec.activation: Suspended` (not woken by traffic) |
 //! | 502 | the actor refused the connection / closed it before answering; the wake ended in phase `Failed` (with the `Ready` condition's message) |
-//! | 503 | no free worker (`Scheduled=False/NoFreeWorker`, with `Retry-After`); the apiserver refused the resume or is unreachable; the apiserver has the actor but the watch did not deliver it within 10 s |
+//! | 503 | no free worker (`Scheduled=False/NoFreeWorker`, with `Retry-After`); the apiserver refused the resume or is unreachable; the apiserver has the actor but the watch did not deliver it within 10 s; `Authorized` atespace: the token or access review could not be made |
 //! | 504 | the actor did not become ready within `--wake-timeout` |
 
+pub mod access;
 pub mod activity;
 pub mod binding;
 pub mod dns;
@@ -84,6 +93,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Proxy threads (0: one per CPU).
     pub threads: usize,
+    /// How long `TokenReview` answers of `Authorized` atespaces' checks are cached.
+    pub access_token_cache_ttl: Duration,
+    /// How long `SubjectAccessReview` answers (allowed and denied) are cached.
+    pub access_decision_cache_ttl: Duration,
 }
 
 impl Default for Config {
@@ -99,6 +112,8 @@ impl Default for Config {
             default_idle_timeout: DEFAULT_IDLE_TIMEOUT,
             connect_timeout: Duration::from_secs(5),
             threads: 0,
+            access_token_cache_ttl: access::DEFAULT_TTL,
+            access_decision_cache_ttl: access::DEFAULT_TTL,
         }
     }
 }
@@ -253,6 +268,7 @@ fn proxy_thread(
                     reporter: shared.reporter.clone(),
                     metrics: shared.metrics.clone(),
                     upstream: pool,
+                    access: shared.access.clone(),
                 });
                 let _ = serve(listener, shutdown, move |peer| {
                     let (p, conn) = (proxy.clone(), proxy::Conn::new(peer));
@@ -274,6 +290,7 @@ struct Shared {
     reporter: Arc<Reporter>,
     metrics: Arc<Metrics>,
     connect_timeout: Duration,
+    access: Arc<access::Access>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -363,6 +380,12 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Star
         reporter: reporter.clone(),
         metrics: metrics.clone(),
         connect_timeout: config.connect_timeout,
+        access: Arc::new(access::Access::new(
+            Arc::new(access::KubeReviewer::new(client.clone())),
+            config.access_token_cache_ttl,
+            config.access_decision_cache_ttl,
+            access::DEFAULT_CAPACITY,
+        )),
     });
     let (shutdown, rx) = watch::channel(false);
 

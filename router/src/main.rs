@@ -83,6 +83,20 @@ struct Args {
     /// pool; 0 means one per CPU.
     #[arg(long, env = "SUBSTRATE_ROUTER_THREADS", default_value_t = 0)]
     threads: usize,
+    /// How long the TokenReview answers of `Authorized` atespaces' checks are cached (e.g. 10s).
+    #[arg(
+        long,
+        env = "SUBSTRATE_ROUTER_ACCESS_TOKEN_CACHE_TTL",
+        default_value = "10s"
+    )]
+    access_token_cache_ttl: String,
+    /// How long their SubjectAccessReview answers (allowed and denied) are cached (e.g. 10s).
+    #[arg(
+        long,
+        env = "SUBSTRATE_ROUTER_ACCESS_DECISION_CACHE_TTL",
+        default_value = "10s"
+    )]
+    access_decision_cache_ttl: String,
     /// Log format.
     #[arg(
         long,
@@ -145,6 +159,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         default_idle_timeout: duration("default-idle-timeout", &args.default_idle_timeout)?,
         connect_timeout: duration("connect-timeout", &args.connect_timeout)?,
         threads: args.threads,
+        access_token_cache_ttl: duration("access-token-cache-ttl", &args.access_token_cache_ttl)?,
+        access_decision_cache_ttl: duration(
+            "access-decision-cache-ttl",
+            &args.access_decision_cache_ttl,
+        )?,
     };
     let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;

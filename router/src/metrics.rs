@@ -36,6 +36,10 @@ pub struct Metrics {
     /// `substrate_router_fresh_lookups_total`: requests for an actor the apiserver had but
     /// the routing table did not yet (created a moment before).
     pub fresh_lookups: Counter,
+    /// `substrate_router_access_denials_total{reason}`: requests refused by an atespace's
+    /// `Authorized` HTTP access policy (`no_token`, `unauthenticated`, `forbidden`,
+    /// `unavailable`).
+    pub access_denials: Family<Labels, Counter>,
     /// `substrate_router_table_objects{kind}`: objects in the routing table, set when
     /// `/metrics` is read ([`Metrics::set_table_sizes`]).
     pub table_objects: Family<Labels, Gauge>,
@@ -112,6 +116,12 @@ impl Default for Metrics {
             "status.lastActiveTime writes a request waited for before it was forwarded (less than half the actor's idle timeout was left on the recorded activity)",
             activity_sync_reports.clone(),
         );
+        let access_denials = Family::<Labels, Counter>::default();
+        registry.register(
+            "access_denials",
+            "Requests refused by an atespace's Authorized HTTP access policy, by reason",
+            access_denials.clone(),
+        );
         let table_objects = Family::<Labels, Gauge>::default();
         registry.register(
             "table_objects",
@@ -131,6 +141,7 @@ impl Default for Metrics {
             activity_patches,
             activity_sync_reports,
             fresh_lookups,
+            access_denials,
             table_objects,
             by_code: (100..600).map(|_| std::sync::OnceLock::new()).collect(),
         }
@@ -164,6 +175,12 @@ impl Metrics {
 
     pub fn wake_failure(&self, reason: &'static str) {
         self.wake_failures
+            .get_or_create(&[("reason", reason.to_string())])
+            .inc();
+    }
+
+    pub fn access_denial(&self, reason: &'static str) {
+        self.access_denials
             .get_or_create(&[("reason", reason.to_string())])
             .inc();
     }

@@ -25,6 +25,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::access::Access;
 use crate::activity::{self, Activity, Counters, Ensured, Guard, Reporter};
 use crate::binding::Binding;
 use crate::host::{self, ActorKey, Suffix};
@@ -92,6 +93,8 @@ pub struct Proxy {
     pub reporter: Arc<Reporter>,
     pub metrics: Arc<Metrics>,
     pub upstream: Arc<Pool>,
+    /// The checks of atespaces whose HTTP access policy is `Authorized`.
+    pub access: Arc<Access>,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the obsolete `Proxy-Connection`).
@@ -282,6 +285,8 @@ pub struct Route {
     /// The binding the actor was routable by: its pooled connections only.
     binding: Binding,
     host: Option<HeaderValue>,
+    /// The atespace's HTTP access policy is `Authorized`: every request is checked.
+    authorized: bool,
     /// `X-Forwarded-For` and `Forwarded` for a request that brought neither.
     xff: HeaderValue,
     forwarded: Option<HeaderValue>,
@@ -295,9 +300,11 @@ impl Route {
         activity: Arc<Counters>,
         target: Target,
         peer: SocketAddr,
+        authorized: bool,
     ) -> Result<Self, String> {
         Ok(Self {
             authority: authority.to_string(),
+            authorized,
             generation,
             host: HeaderValue::from_str(authority).ok(),
             xff: HeaderValue::from_str(&peer.ip().to_string())
@@ -364,12 +371,37 @@ impl Proxy {
         Ok(resp)
     }
 
-    async fn route(&self, req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
+    /// An `Authorized` atespace's checks ([`crate::access`]): `Err` is the refusal to answer;
+    /// admitted, the request loses the `Authorization` header the router consumed.
+    async fn admit(
+        &self,
+        req: &mut Request<Incoming>,
+        key: &ActorKey,
+    ) -> Result<(), Response<ProxyBody>> {
+        match self.access.check(key, req.method(), req.headers()).await {
+            Ok(_) => {
+                req.headers_mut().remove(header::AUTHORIZATION);
+                Ok(())
+            }
+            Err(d) => {
+                self.metrics.access_denial(d.reason());
+                tracing::debug!(atespace = %key.atespace, actor = %key.name, reason = d.reason(), "request refused by the atespace's HTTP access policy");
+                Err(d.response(key))
+            }
+        }
+    }
+
+    async fn route(&self, mut req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
         // Read before the lookups: a change after it makes the cached route stale.
         let generation = self.table.generation();
         if let Some(route) = host::request_authority(&req).and_then(|a| conn.cached(a, generation))
             && !route.activity.stale(activity::now_ms())
         {
+            if route.authorized
+                && let Err(refused) = self.admit(&mut req, &route.key).await
+            {
+                return refused;
+            }
             let guard = route.activity.begin();
             return self.forward(req, conn.peer, &route, guard).await;
         }
@@ -377,6 +409,13 @@ impl Proxy {
             Ok(k) => k,
             Err(e) => return text(e.status(), e.to_string()),
         };
+        // Before anything else: a refused request learns nothing of the actor and wakes
+        // nothing.
+        let authorized =
+            self.table.http_access(&key.atespace) == crds::substrate::HttpAccessPolicy::Authorized;
+        if authorized && let Err(refused) = self.admit(&mut req, &key).await {
+            return refused;
+        }
         // Once: after a write that found the actor no longer running, the route is looked
         // up again from a table that shows that write.
         let mut looked_again = false;
@@ -421,7 +460,9 @@ impl Proxy {
                 continue;
             }
             let authority = host::request_authority(&req).unwrap_or_default();
-            let route = match Route::new(authority, generation, key, counters, target, conn.peer) {
+            let route = match Route::new(
+                authority, generation, key, counters, target, conn.peer, authorized,
+            ) {
                 Ok(r) => Arc::new(r),
                 Err(message) => return text(502, message),
             };

@@ -7,9 +7,10 @@
 //! ([`crate::binding`]) current: a routable actor is bound, one that stops being routable or
 //! is deleted is unbound.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
 use kube::api::Api;
@@ -18,7 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
 use crds::ate::ActorTemplate;
-use crds::substrate::{Activation, Actor, ActorPhase, Atespace};
+use crds::substrate::{Activation, Actor, ActorPhase, Atespace, HttpAccessPolicy};
 
 use crate::binding::{Binding, Bindings, Placement};
 use crate::host::ActorKey;
@@ -54,6 +55,11 @@ pub struct Table {
     generation: AtomicU64,
     synced: AtomicBool,
     bindings: Arc<Bindings>,
+    /// Atespaces whose `spec.httpAccess.policy` is `Authorized` ([`Table::http_access`]).
+    authorized: RwLock<HashSet<String>>,
+    /// Whether `authorized` has any: when not (the default), a request's policy costs one
+    /// atomic load.
+    any_authorized: AtomicBool,
 }
 
 impl Table {
@@ -71,6 +77,8 @@ impl Table {
             generation: AtomicU64::new(0),
             synced: AtomicBool::new(false),
             bindings: Arc::default(),
+            authorized: RwLock::default(),
+            any_authorized: AtomicBool::new(false),
         });
         let t = table.clone();
         let task = tokio::spawn(async move {
@@ -88,11 +96,21 @@ impl Table {
                     }
                     0u8
                 });
+            let policies = t.clone();
             let s = watcher(Api::<Atespace>::all(client.clone()), Default::default())
                 .default_backoff()
                 .reflect(sw)
                 .touched_objects()
-                .map(|_| 1u8);
+                .map(move |a| {
+                    // Before the generation bump: a route cached under the old generation
+                    // is not reused with the old policy.
+                    if let Ok(a) = a
+                        && let Some(name) = a.metadata.name.as_deref()
+                    {
+                        policies.observe_atespace(name);
+                    }
+                    1u8
+                });
             let tp = watcher(Api::<ActorTemplate>::all(client), Default::default())
                 .default_backoff()
                 .reflect(tw)
@@ -145,6 +163,39 @@ impl Table {
                     .collect();
                 self.bindings.retain(|u| present.contains(u));
             }
+        }
+    }
+
+    /// Keeps [`Table::http_access`] current for atespace `name` (the store has applied the
+    /// event already: absent means deleted).
+    fn observe_atespace(&self, name: &str) {
+        let policy = self
+            .atespaces
+            .get(&ObjectRef::new(name))
+            .map(|a| a.spec.http_access_policy())
+            .unwrap_or_default();
+        let mut set = self.authorized.write().unwrap_or_else(|e| e.into_inner());
+        let changed = match policy {
+            HttpAccessPolicy::Authorized => set.insert(name.to_string()),
+            HttpAccessPolicy::Open => set.remove(name),
+        };
+        if changed {
+            tracing::info!(atespace = name, policy = ?policy, "atespace HTTP access policy");
+        }
+        self.any_authorized
+            .store(!set.is_empty(), Ordering::Release);
+    }
+
+    /// The HTTP access policy of atespace `name` (`Open` for an atespace the table lacks).
+    pub fn http_access(&self, name: &str) -> HttpAccessPolicy {
+        if !self.any_authorized.load(Ordering::Acquire) {
+            return HttpAccessPolicy::Open;
+        }
+        let set = self.authorized.read().unwrap_or_else(|e| e.into_inner());
+        if set.contains(name) {
+            HttpAccessPolicy::Authorized
+        } else {
+            HttpAccessPolicy::Open
         }
     }
 

@@ -310,6 +310,8 @@ pub struct Options {
     /// in the test's process, so that it can be killed and restarted; see
     /// [`System::kill9_apiserver`].
     pub apiserver_process: bool,
+    /// The apiserver's `--token-auth-file` (static bearer tokens; in-process apiserver only).
+    pub token_auth_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -325,6 +327,7 @@ impl Options {
             wait_workers: true,
             supervised_agent: false,
             apiserver_process: false,
+            token_auth_file: None,
         }
     }
 }
@@ -376,7 +379,8 @@ impl System {
         let (running, kubeconfig) = if opts.apiserver_process {
             ApiserverProcess::start(&valkey, dir.path())
         } else {
-            let (args, kubeconfig) = apiserver::testing::apiserver_args(&valkey, dir.path());
+            let (mut args, kubeconfig) = apiserver::testing::apiserver_args(&valkey, dir.path());
+            args.token_auth_file = opts.token_auth_file.clone();
             let running = rt
                 .block_on(apiserver::start(&args))
                 .expect("apiserver starts");

@@ -429,3 +429,137 @@ fn a_new_actor_on_a_reused_worker_gets_none_of_the_old_ones_connections() {
     let counts: Vec<u64> = answers.iter().map(|a| first_int(&a.body)).collect();
     assert_eq!(counts, (1..=50).collect::<Vec<u64>>(), "each answer from B");
 }
+
+/// `GET path` with `Host: host`, `Connection: close` and, when given, a bearer token.
+fn get_with_token(router: SocketAddr, host: &str, path: &str, token: Option<&str>) -> Response {
+    let mut s = connect(router);
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}User-Agent: e2e\r\n\r\n"
+    )
+    .expect("request");
+    let mut r = BufReader::new(s);
+    let (status, headers) = read_head(&mut r);
+    let mut body = String::new();
+    r.read_to_string(&mut body).ok();
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// An atespace with `spec.httpAccess.policy: Authorized` in front of a real actor: no token
+/// and a user without a binding are refused without waking it; after a RoleBinding to
+/// `substrate-actor-edit` the counter answers. (That the actor does not receive the
+/// `Authorization` header is checked in `router/tests/access.rs`, whose stand-in actor
+/// echoes its request headers; the counter does not.)
+#[test]
+fn authorized_atespaces_refuse_without_waking_and_admit_bound_users() {
+    let tokens = tempfile::tempdir().expect("tempdir");
+    let file = tokens.path().join("tokens.csv");
+    std::fs::write(
+        &file,
+        "alice-e2e-token,alice,uid-alice,team-a-devs\nbob-e2e-token,bob,uid-bob\n",
+    )
+    .expect("token file");
+    let mut opts = Options::new("e2e-access", "10.226.0.0/16", 2100);
+    opts.token_auth_file = Some(file);
+    let Some(mut sys) = System::start(opts) else {
+        return;
+    };
+    let r = sys.start_router(&[
+        "--wake-timeout=30s",
+        "--activity-interval=1s",
+        "--access-decision-cache-ttl=1s",
+    ]);
+    // Open (the default): unchanged, a token is neither needed nor checked.
+    sys.create_actor("open", json!({}));
+    let resp = get_with_token(r.http, &host("open"), "/", Some("whatever"));
+    assert_eq!(resp.status, 200, "{resp:?}\n{}", sys.log("router"));
+    assert_eq!(first_int(&resp.body), 1);
+
+    sys.create_actor("guarded", json!({}));
+    sys.kube.ok(
+        &[
+            "patch",
+            "atespace",
+            "team-a",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"httpAccess":{"policy":"Authorized"}}}"#,
+        ],
+        None,
+    );
+    let resumes = metric(r.admin, "router_resumes_total");
+    // Polled with an actor that does not exist: while the atespace is still Open, a
+    // request for `guarded` would wake it.
+    eventually("the router applies the policy", || {
+        let resp = get_with_token(r.http, &host("ghost"), "/", None);
+        (resp.status == 401).then_some(())
+    });
+    let resp = get_with_token(r.http, &host("guarded"), "/", None);
+    assert_eq!(resp.status, 401, "{resp:?}");
+    assert_eq!(
+        resp.header("www-authenticate"),
+        Some("Bearer realm=\"substrate\"")
+    );
+    assert_eq!(
+        resp.body,
+        "actor team-a/guarded: atespace \"team-a\" requires an Authorization: Bearer token\n"
+    );
+    let resp = get_with_token(r.http, &host("guarded"), "/", Some("not-a-token"));
+    assert_eq!(resp.status, 401, "{resp:?}");
+    let resp = get_with_token(r.http, &host("guarded"), "/", Some("bob-e2e-token"));
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert_eq!(
+        resp.body,
+        "User \"bob\" cannot get actors/proxy \"guarded\" in atespace \"team-a\"\n"
+    );
+    // Not woken: no resume was sent and the actor never ran.
+    assert_eq!(metric(r.admin, "router_resumes_total"), resumes);
+    assert_ne!(phase(&sys.actor("guarded")), "Running");
+    assert_ne!(phase(&sys.actor("guarded")), "Resuming");
+    assert!(
+        !sys.log("nodeagent")
+            .lines()
+            .any(|l| l.contains("actor running") && l.contains("actor=guarded")),
+        "the guarded actor was started"
+    );
+    for (reason, n) in [
+        ("no_token", 1.0),
+        ("unauthenticated", 1.0),
+        ("forbidden", 1.0),
+    ] {
+        let key = format!("substrate_router_access_denials_total{{reason=\"{reason}\"}}");
+        assert!(metric(r.admin, &key) >= n, "{key}");
+    }
+
+    // bob is bound to the shipped edit role in team-a (the router's decision cache holds
+    // the denial for up to its TTL).
+    sys.kube.ok(
+        &[
+            "create",
+            "rolebinding",
+            "bob-edit",
+            "--clusterrole=substrate-actor-edit",
+            "--user=bob",
+            "-n",
+            "team-a",
+        ],
+        None,
+    );
+    let resp = eventually("bob reaches the actor", || {
+        let resp = get_with_token(r.http, &host("guarded"), "/", Some("bob-e2e-token"));
+        (resp.status != 403).then_some(resp)
+    });
+    assert_eq!(resp.status, 200, "{resp:?}\n{}", sys.log("router"));
+    assert_eq!(first_int(&resp.body), 1, "{resp:?}");
+    assert_eq!(phase(&sys.actor("guarded")), "Running");
+    // alice's group has no binding: still refused, and the token alone is not enough.
+    let resp = get_with_token(r.http, &host("guarded"), "/", Some("alice-e2e-token"));
+    assert_eq!(resp.status, 403, "{resp:?}");
+}

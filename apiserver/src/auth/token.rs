@@ -14,7 +14,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenRe
 use sha2::{Digest, Sha256};
 
 use super::UserInfo;
-use crate::ttl_cache::{Stats, TtlCache};
+use ttl_cache::{Stats, TtlCache};
 
 /// Default bound on cached token reviews.
 pub const DEFAULT_CAPACITY: usize = 10_000;

@@ -3,13 +3,13 @@
 //! answers for `--authorization-webhook-cache-unauthorized-ttl`, errors never. Keyed by every
 //! attribute (user, groups, extra, verb, group, version, resource, subresource, namespace,
 //! name, path); bounded; concurrent identical misses make one review
-//! ([`crate::ttl_cache::TtlCache`]).
+//! ([`ttl_cache::TtlCache`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Answer, AnswerFuture, Attributes, Authorizer, AuthzError, Decision};
-use crate::ttl_cache::{Stats, TtlCache};
+use ttl_cache::{Stats, TtlCache};
 
 /// Default bound on cached decisions.
 pub const DEFAULT_CAPACITY: usize = 10_000;

@@ -14,8 +14,12 @@
 //! Answers as kube's: `status.allowed`, `status.denied` (an authorizer said no, rather than
 //! nobody saying yes), `status.reason`, `status.evaluationError` (an authorizer failed);
 //! the same validation errors (422) and decoding errors (400).
+//!
+//! `authentication.k8s.io/v1` `TokenReview` ([`token`]) is served the same way: who does
+//! this bearer token name? Needs `create tokenreviews` (kube's `system:auth-delegator`).
 
 pub mod proto;
+pub mod token;
 
 use k8s_openapi::api::authorization::v1 as authv1;
 use serde::Serialize;
@@ -26,14 +30,19 @@ use crate::auth::UserInfo;
 use crate::authz::{self, Attributes, Decision};
 use crate::status::ApiError;
 
-/// The API group.
+/// The API group of the access reviews.
 pub const GROUP: &str = "authorization.k8s.io";
-/// Its one version.
+/// The API group of `TokenReview`.
+pub const AUTHENTICATION_GROUP: &str = "authentication.k8s.io";
+/// The one version of either group.
 pub const VERSION: &str = "v1";
+/// The groups served here, in kube's discovery order.
+pub const GROUPS: [&str; 2] = [AUTHENTICATION_GROUP, GROUP];
 
 /// One kind of review.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReviewKind {
+    pub group: &'static str,
     pub plural: &'static str,
     pub singular: &'static str,
     pub kind: &'static str,
@@ -41,31 +50,55 @@ pub struct ReviewKind {
 }
 
 pub const SELF_SUBJECT_ACCESS_REVIEWS: ReviewKind = ReviewKind {
+    group: GROUP,
     plural: "selfsubjectaccessreviews",
     singular: "selfsubjectaccessreview",
     kind: "SelfSubjectAccessReview",
     namespaced: false,
 };
 pub const SUBJECT_ACCESS_REVIEWS: ReviewKind = ReviewKind {
+    group: GROUP,
     plural: "subjectaccessreviews",
     singular: "subjectaccessreview",
     kind: "SubjectAccessReview",
     namespaced: false,
 };
 pub const LOCAL_SUBJECT_ACCESS_REVIEWS: ReviewKind = ReviewKind {
+    group: GROUP,
     plural: "localsubjectaccessreviews",
     singular: "localsubjectaccessreview",
     kind: "LocalSubjectAccessReview",
     namespaced: true,
 };
 pub const SELF_SUBJECT_RULES_REVIEWS: ReviewKind = ReviewKind {
+    group: GROUP,
     plural: "selfsubjectrulesreviews",
     singular: "selfsubjectrulesreview",
     kind: "SelfSubjectRulesReview",
     namespaced: false,
 };
 
-/// Every review kind, in kube's discovery order.
+pub const TOKEN_REVIEWS: ReviewKind = ReviewKind {
+    group: AUTHENTICATION_GROUP,
+    plural: "tokenreviews",
+    singular: "tokenreview",
+    kind: "TokenReview",
+    namespaced: false,
+};
+
+/// The kinds of `authentication.k8s.io`.
+pub const AUTHENTICATION_KINDS: [ReviewKind; 1] = [TOKEN_REVIEWS];
+
+/// The kinds of a group served here (empty for any other group).
+pub fn kinds_of(group: &str) -> &'static [ReviewKind] {
+    match group {
+        GROUP => &KINDS,
+        AUTHENTICATION_GROUP => &AUTHENTICATION_KINDS,
+        _ => &[],
+    }
+}
+
+/// Every access review kind, in kube's discovery order.
 pub const KINDS: [ReviewKind; 4] = [
     LOCAL_SUBJECT_ACCESS_REVIEWS,
     SELF_SUBJECT_ACCESS_REVIEWS,
@@ -87,7 +120,7 @@ impl ReviewRequest {
         Attributes::resource(
             user,
             "create",
-            GROUP,
+            self.kind.group,
             VERSION,
             self.kind.plural,
             None,
@@ -97,13 +130,15 @@ impl ReviewRequest {
     }
 }
 
-/// Parses a path under `/apis/authorization.k8s.io/v1/`: `None` for any other path (and the
-/// group's discovery documents), `Some(Err)` for an unknown resource (404) or a method other
-/// than POST (405).
+/// Parses a path under `/apis/authorization.k8s.io/v1/` or `/apis/authentication.k8s.io/v1/`:
+/// `None` for any other path (and the groups' discovery documents), `Some(Err)` for an
+/// unknown resource (404) or a method other than POST (405).
 pub fn parse(method: &http::Method, path: &str) -> Option<Result<ReviewRequest, ApiError>> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let rest = match parts.as_slice() {
-        ["apis", g, v, rest @ ..] if *g == GROUP && *v == VERSION && !rest.is_empty() => rest,
+    let (group, rest) = match parts.as_slice() {
+        ["apis", g, v, rest @ ..] if GROUPS.contains(g) && *v == VERSION && !rest.is_empty() => {
+            (*g, rest)
+        }
         _ => return None,
     };
     let (namespace, plural) = match rest {
@@ -111,7 +146,7 @@ pub fn parse(method: &http::Method, path: &str) -> Option<Result<ReviewRequest, 
         ["namespaces", ns, plural] => (Some(ns.to_string()), *plural),
         _ => return Some(Err(ApiError::path_not_found())),
     };
-    let Some(kind) = KINDS.iter().find(|k| k.plural == plural).copied() else {
+    let Some(kind) = kinds_of(group).iter().find(|k| k.plural == plural).copied() else {
         return Some(Err(ApiError::path_not_found()));
     };
     if kind.namespaced != namespace.is_some() {
@@ -399,9 +434,9 @@ pub async fn review(
 
 // ---- discovery ----
 
-/// `APIResourceList` entries (legacy discovery of `/apis/authorization.k8s.io/v1`).
-pub fn api_resources() -> Vec<Value> {
-    KINDS
+/// `APIResourceList` entries (legacy discovery of `/apis/<group>/v1`).
+pub fn api_resources(group: &str) -> Vec<Value> {
+    kinds_of(group)
         .iter()
         .map(|k| {
             json!({
@@ -416,13 +451,13 @@ pub fn api_resources() -> Vec<Value> {
 }
 
 /// `APIResourceDiscovery` entries (aggregated discovery).
-pub fn resource_discoveries() -> Vec<Value> {
-    KINDS
+pub fn resource_discoveries(group: &str) -> Vec<Value> {
+    kinds_of(group)
         .iter()
         .map(|k| {
             json!({
                 "resource": k.plural,
-                "responseKind": {"group": GROUP, "version": VERSION, "kind": k.kind},
+                "responseKind": {"group": k.group, "version": VERSION, "kind": k.kind},
                 "scope": if k.namespaced { "Namespaced" } else { "Cluster" },
                 "singularResource": k.singular,
                 "verbs": ["create"],
@@ -665,5 +700,21 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert_eq!(e.code, 404);
+        let r = parse(&post, "/apis/authentication.k8s.io/v1/tokenreviews")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.kind, TOKEN_REVIEWS);
+        assert_eq!(r.attributes(&alice()).group, "authentication.k8s.io");
+        assert_eq!(r.attributes(&alice()).resource, "tokenreviews");
+        // Each group has its own kinds.
+        let e = parse(&post, "/apis/authentication.k8s.io/v1/subjectaccessreviews")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code, 404);
+        let e = parse(&post, "/apis/authorization.k8s.io/v1/tokenreviews")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code, 404);
+        assert!(parse(&post, "/apis/authentication.k8s.io/v1").is_none());
     }
 }

@@ -151,6 +151,8 @@ pub struct World {
     key_prefix: String,
     /// Authorizers after the built-in ones, kept across restarts.
     authorizers: Vec<std::sync::Arc<dyn apiserver::authz::Authorizer>>,
+    /// More apiserver flags (`--token-auth-file=...`), kept across restarts.
+    extra_args: Vec<String>,
 }
 
 impl World {
@@ -162,6 +164,18 @@ impl World {
     /// Starts a world whose apiserver also asks `authorizers` (after the built-in ones).
     pub fn start_with_authz(
         authorizers: Vec<std::sync::Arc<dyn apiserver::authz::Authorizer>>,
+    ) -> Self {
+        Self::start_full(authorizers, Vec::new())
+    }
+
+    /// Starts a world whose apiserver gets more flags.
+    pub fn start_with_args(extra_args: Vec<String>) -> Self {
+        Self::start_full(Vec::new(), extra_args)
+    }
+
+    fn start_full(
+        authorizers: Vec<std::sync::Arc<dyn apiserver::authz::Authorizer>>,
+        extra_args: Vec<String>,
     ) -> Self {
         init_tracing();
         let valkey = ValkeyServer::start();
@@ -181,13 +195,14 @@ impl World {
             dir,
             key_prefix: "substrate-test".into(),
             authorizers,
+            extra_args,
         };
         w.start_apiserver();
         w
     }
 
     fn args(&self) -> Args {
-        Args::try_parse_from([
+        let fixed = [
             "substrate-apiserver".to_string(),
             "--bind=127.0.0.1:0".into(),
             format!("--valkey-url={}", self.valkey.url()),
@@ -196,8 +211,9 @@ impl World {
             format!("--kubeconfig-out={}", self.kubeconfig.display()),
             // Standalone even when the tests run inside a Kubernetes pod.
             "--standalone".into(),
-        ])
-        .expect("apiserver arguments")
+        ];
+        Args::try_parse_from(fixed.into_iter().chain(self.extra_args.iter().cloned()))
+            .expect("apiserver arguments")
     }
 
     fn start_apiserver(&mut self) {

@@ -64,10 +64,21 @@ fn now() -> String {
 /// Templates in `team-a`: `t` (port = the upstream server), `dead` (a port with no listener,
 /// pool `p`), `stuck`, `none` (pool `empty`), `broken` (pool `failing`).
 pub async fn world() -> World {
+    world_with_tokens(None).await
+}
+
+/// [`world`] with an apiserver that authenticates the static `tokens` (a
+/// `--token-auth-file`'s CSV).
+pub async fn world_with_tokens(tokens: Option<&str>) -> World {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let valkey = apiserver::testing::ValkeyServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (args, kubeconfig) = apiserver::testing::apiserver_args(&valkey, dir.path());
+    let (mut args, kubeconfig) = apiserver::testing::apiserver_args(&valkey, dir.path());
+    if let Some(t) = tokens {
+        let file = dir.path().join("tokens.csv");
+        std::fs::write(&file, t).expect("writing the token file");
+        args.token_auth_file = Some(file);
+    }
     let running = apiserver::start(&args).await.expect("apiserver starts");
     let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -364,6 +375,7 @@ impl World {
             default_idle_timeout: router::DEFAULT_IDLE_TIMEOUT,
             connect_timeout: Duration::from_secs(2),
             threads,
+            ..router::Config::default()
         };
         let r = router::start(config, client).await.expect("router starts");
         let admin = r.admin_addr;

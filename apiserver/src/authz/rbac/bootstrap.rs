@@ -9,7 +9,8 @@
 //! `rbac.authorization.k8s.io/aggregate-to-*` labels), `system:aggregate-to-admin` (Roles and
 //! RoleBindings, LocalSubjectAccessReviews) and `system:aggregate-to-view` (namespaces) as
 //! kube's are for what is served here, `system:discovery`,
-//! `system:basic-user`, `system:public-info-viewer`, and Substrate's `substrate-actor-view`,
+//! `system:basic-user`, `system:public-info-viewer`, `system:auth-delegator`
+//! (unbound: what a delegating server's identity is bound to), and Substrate's `substrate-actor-view`,
 //! `-edit`, `-admin`. ClusterRoleBindings: `cluster-admin` (group `system:masters`),
 //! `system:discovery` and `system:basic-user` (`system:authenticated`),
 //! `system:public-info-viewer` (`system:authenticated`, `system:unauthenticated`), and
@@ -135,6 +136,26 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 verbs: strings(&["create"]),
                 ..Default::default()
             }],
+        ),
+        // Lets a server delegate authentication and authorization to this one (kube's; not
+        // bound by default).
+        role(
+            "system:auth-delegator",
+            &[],
+            vec![
+                PolicyRule {
+                    api_groups: Some(strings(&["authentication.k8s.io"])),
+                    resources: Some(strings(&["tokenreviews"])),
+                    verbs: strings(&["create"]),
+                    ..Default::default()
+                },
+                PolicyRule {
+                    api_groups: Some(strings(&["authorization.k8s.io"])),
+                    resources: Some(strings(&["subjectaccessreviews"])),
+                    verbs: strings(&["create"]),
+                    ..Default::default()
+                },
+            ],
         ),
         role(
             "system:public-info-viewer",

@@ -1,8 +1,9 @@
 //! A bounded cache of answers with a time to live per entry, where concurrent misses for the
 //! same key wait for one fetch (kube's `singleflight` in front of its webhook caches).
 //!
-//! Used for authorization decisions ([`crate::authz::cache`]) and token reviews
-//! ([`crate::auth::token`]). Time is `tokio::time::Instant`, so tests run it with paused time.
+//! Used by the apiserver for authorization decisions (`apiserver::authz::cache`) and token
+//! reviews (`apiserver::auth::token`), and by the router for its access checks
+//! (`router::access`). Time is `tokio::time::Instant`, so tests run it with paused time.
 //! When full, an expired entry is dropped if one is found quickly, else an arbitrary one (the
 //! first in the hash map's order: random with respect to keys): no bookkeeping per hit.
 
