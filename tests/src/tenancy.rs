@@ -50,6 +50,17 @@ pub const TENANTS: [Tenant; 3] = [ALICE, BOB, ROBOT];
 /// The namespaces (atespaces) of the matrix and the actor that exists in each.
 pub const NAMESPACES: [(&str, &str); 2] = [("team-a", "a1"), ("team-b", "b1")];
 
+/// The ActorTemplate `counter` of namespace `ns` the matrix's actors use (no pool serves it:
+/// a resume waits for a worker, `202`).
+pub fn template(ns: &str) -> Value {
+    json!({
+        "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+        "metadata": {"name": "counter", "namespace": ns},
+        "spec": {"containers": [{"name": "counter", "image": "example.invalid/counter:1"}],
+                 "workerPoolRef": {"name": "none"}},
+    })
+}
+
 /// The groups of a [`TENANTS`] user.
 pub fn groups_of(user: &str) -> &'static [&'static str] {
     TENANTS

@@ -316,12 +316,7 @@ fn matrix_setup(env: &Envtest, substrate: &Substrate) {
         create(
             &direct_admin,
             &format!("/apis/ate.dev/v1alpha1/namespaces/{ns}/actortemplates"),
-            &json!({
-                "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
-                "metadata": {"name": "counter", "namespace": ns},
-                "spec": {"containers": [{"name": "counter", "image": "example.invalid/counter:1"}],
-                         "workerPoolRef": {"name": "none"}},
-            }),
+            &tenancy::template(ns),
         );
         create(
             &env.admin,
@@ -467,12 +462,7 @@ fn namespace_admins_and_viewers_use_actors_through_the_shipped_aggregated_roles(
     create(
         &substrate.direct(&env, &env.admin),
         &format!("/apis/ate.dev/v1alpha1/namespaces/{ns}/actortemplates"),
-        &json!({
-            "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
-            "metadata": {"name": "counter", "namespace": ns},
-            "spec": {"containers": [{"name": "counter", "image": "example.invalid/counter:1"}],
-                     "workerPoolRef": {"name": "none"}},
-        }),
+        &tenancy::template(ns),
     );
     create(
         &env.admin,

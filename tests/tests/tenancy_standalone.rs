@@ -35,12 +35,7 @@ fn setup(s: &Standalone) {
         create(
             &s.admin,
             &format!("/apis/ate.dev/v1alpha1/namespaces/{ns}/actortemplates"),
-            &json!({
-                "apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
-                "metadata": {"name": "counter", "namespace": ns},
-                "spec": {"containers": [{"name": "counter", "image": "example.invalid/counter:1"}],
-                         "workerPoolRef": {"name": "none"}},
-            }),
+            &tenancy::template(ns),
         );
         create(
             &s.admin,
