@@ -125,10 +125,15 @@ pub fn operator_metrics_addr() -> std::net::SocketAddr {
 }
 
 /// Starts the operator with a short snapshot GC grace (snapshots of actors deleted while it
-/// was down are collected within the run) and its metrics on [`operator_metrics_addr`].
+/// was down are collected within the run), the suite's default idle timeout and its metrics
+/// on [`operator_metrics_addr`].
 pub fn start_operator(sys: &mut System) {
     let metrics = format!("--metrics-addr={}", operator_metrics_addr());
-    sys.start_operator_with(&["--snapshot-gc-grace=20s", &metrics]);
+    sys.start_operator_with(&[
+        "--snapshot-gc-grace=20s",
+        &metrics,
+        world::DEFAULT_IDLE_TIMEOUT_FLAG,
+    ]);
 }
 
 fn drive(p: Params, mut opts: Options, history: History) -> String {

@@ -23,11 +23,16 @@ pub const HOME: &str = "team-a";
 pub const MAX_ACTORS: usize = 6;
 /// At most this many extra atespaces (`fz<n>`) exist at once.
 pub const MAX_ATESPACES: usize = 2;
+/// The idle timeout of `OnDemand` actors without one of their own, for the operator and the
+/// router alike (the default, 5 min, is longer than the settle window: three busy `OnDemand`
+/// actors would keep the pool's three workers from the `Always` actor past it).
+pub const DEFAULT_IDLE_TIMEOUT_FLAG: &str = "--default-idle-timeout=30s";
 /// Router flags of the suite.
-pub const ROUTER_FLAGS: [&str; 3] = [
+pub const ROUTER_FLAGS: [&str; 4] = [
     "--wake-timeout=20s",
     "--activity-interval=1s",
     "--connect-timeout=2s",
+    DEFAULT_IDLE_TIMEOUT_FLAG,
 ];
 
 /// `(atespace, name)`.
