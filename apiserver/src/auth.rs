@@ -43,6 +43,14 @@ pub struct UserInfo {
 }
 
 impl UserInfo {
+    /// `name` in `groups`, no extra (tests, benchmarks, fixed identities).
+    pub fn new(name: &str, groups: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            extra: BTreeMap::new(),
+        }
+    }
     pub fn in_group(&self, g: &str) -> bool {
         self.groups.iter().any(|x| x == g)
     }

@@ -475,14 +475,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn user(name: &str, groups: &[&str]) -> UserInfo {
-        UserInfo {
-            name: name.into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            extra: BTreeMap::new(),
-        }
+        UserInfo::new(name, groups)
     }
 
     #[test]

@@ -474,11 +474,7 @@ mod tests {
             }));
         }
         let policy = super::super::Policy::from_manifests(&objects);
-        let user = |name: &str| UserInfo {
-            name: name.into(),
-            groups: vec!["system:authenticated".into()],
-            extra: Default::default(),
-        };
+        let user = |name: &str| UserInfo::new(name, &["system:authenticated"]);
         let may = |who: &str, verb: &str, group: &str, resource: &str| {
             policy
                 .authorize(&Attributes::resource(

@@ -180,11 +180,7 @@ mod rules_for_tests {
         ];
         let rbac = RbacAuthorizer::default();
         rbac.set(Policy::from_manifests(&objects));
-        let alice = UserInfo {
-            name: "alice".into(),
-            groups: vec!["system:authenticated".into()],
-            extra: Default::default(),
-        };
+        let alice = UserInfo::new("alice", &["system:authenticated"]);
         let rules = rbac.rules_for(&alice, "team-a").await;
         assert_eq!(rules.resource_rules.len(), 1);
         assert_eq!(rules.resource_rules[0].resources, ["actors"]);

@@ -407,11 +407,7 @@ mod tests {
     use serde_json::json;
 
     fn user(name: &str, groups: &[&str]) -> UserInfo {
-        UserInfo {
-            name: name.into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            extra: Default::default(),
-        }
+        UserInfo::new(name, groups)
     }
 
     fn policy() -> Policy {
