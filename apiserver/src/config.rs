@@ -104,12 +104,18 @@ pub struct Args {
     /// authorization.
     #[arg(long, env = "SUBSTRATE_AUTHORIZATION_KUBECONFIG")]
     pub authorization_kubeconfig: Option<PathBuf>,
+    /// Kubeconfig of the cluster whose `ate.dev` CustomResourceDefinitions (ActorTemplate,
+    /// WorkerPool) are the templates and pools (cluster mode: read through a watch; this
+    /// apiserver then does not serve `ate.dev`). Unset: `--authorization-kubeconfig`, else the
+    /// in-cluster configuration in a pod, else standalone (`ate.dev` served from Valkey).
+    #[arg(long, env = "SUBSTRATE_CLUSTER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Never delegate to a cluster, not even with the in-cluster configuration of a pod
     /// (tests and demos running inside a Kubernetes pod).
     #[arg(
         long,
         env = "SUBSTRATE_STANDALONE",
-        conflicts_with_all = ["authentication_kubeconfig", "authorization_kubeconfig"]
+        conflicts_with_all = ["authentication_kubeconfig", "authorization_kubeconfig", "kubeconfig"]
     )]
     pub standalone: bool,
     /// Static bearer tokens (kube's `--token-auth-file`): CSV `token,user,uid,"group1,group2"`,

@@ -27,6 +27,7 @@ pub mod status;
 pub mod storage;
 pub mod strategic;
 pub mod table;
+pub mod templates;
 pub mod tenancy;
 pub mod testing;
 pub mod watch;
@@ -153,8 +154,26 @@ pub async fn start_with(
     let mut standalone: Vec<Arc<dyn authz::Authorizer>> = vec![Arc::new(rbac.clone())];
     standalone.extend(extra_authorizers);
     let chain = authorization(args, standalone).await?;
+    let templates = match cluster_client(
+        args.kubeconfig
+            .as_deref()
+            .or(args.authorization_kubeconfig.as_deref()),
+        args.standalone,
+        "--kubeconfig",
+    )
+    .await?
+    {
+        Some(client) => {
+            let (t, task) = templates::ClusterTemplates::start(client);
+            background.push(task);
+            tracing::info!("actortemplates.ate.dev are read from the cluster's CRDs");
+            templates::Templates::Cluster(t)
+        }
+        None => templates::Templates::Local,
+    };
     let registry = Registry::new(store)
-        .with_check(authz::rbac::escalation::check(rbac.clone(), chain.clone()));
+        .with_check(authz::rbac::escalation::check(rbac.clone(), chain.clone()))
+        .with_templates(templates);
     lifecycle::ensure_bootstrap(&registry)
         .await
         .map_err(|e| RunError::Bootstrap { message: e.message })?;

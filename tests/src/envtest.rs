@@ -503,8 +503,9 @@ impl Envtest {
     /// authorization (`--authentication-kubeconfig`, `--authorization-kubeconfig`): the user
     /// `substrate-apiserver` bound to `system:auth-delegator` (create TokenReviews and
     /// SubjectAccessReviews) and to `extension-apiserver-authentication-reader` in
-    /// `kube-system` (read the `extension-apiserver-authentication` ConfigMap), as an
-    /// aggregated server's ServiceAccount is in a cluster.
+    /// `kube-system` (read the `extension-apiserver-authentication` ConfigMap), and allowed to
+    /// read the `ate.dev` CRDs (the templates its scheduler uses), as Substrate's apiserver's
+    /// ServiceAccount is in a cluster (`config/rbac/`).
     pub fn delegation_kubeconfig(&self) -> PathBuf {
         let user = "substrate-apiserver";
         self.admin.apply(&json!({
@@ -513,6 +514,17 @@ impl Envtest {
                     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                     "metadata": {"name": "substrate-apiserver:system:auth-delegator"},
                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+                    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+                },
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                    "metadata": {"name": "substrate-apiserver:templates"},
+                    "rules": [{"apiGroups": ["ate.dev"], "resources": ["actortemplates", "workerpools"], "verbs": ["get", "list", "watch"]}],
+                },
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                    "metadata": {"name": "substrate-apiserver:templates"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "substrate-apiserver:templates"},
                     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
                 },
                 {
