@@ -561,9 +561,24 @@ impl Envtest {
     /// `substrate-apiserver.substrate-system.svc`): an `ExternalName` Service pointing at
     /// `localhost` and the APIService; waits until the APIService is `Available=True`.
     pub fn register_substrate(&self, addr: SocketAddr, ca_pem: &str) {
+        self.register_substrate_with(addr, Some(ca_pem));
+    }
+
+    /// [`Envtest::register_substrate`] with the APIService's `caBundle` left out when
+    /// `ca_pem` is `None` (as `config/` ships it: the apiserver fills it in with
+    /// `--apiservice`).
+    pub fn register_substrate_with(&self, addr: SocketAddr, ca_pem: Option<&str>) {
         use base64::Engine as _;
         self.ensure_namespace(SUBSTRATE_NAMESPACE);
         let port = addr.port();
+        let mut spec = json!({
+            "group": "substrate.ate.dev", "version": "v1alpha1",
+            "groupPriorityMinimum": 1000, "versionPriority": 100,
+            "service": {"namespace": SUBSTRATE_NAMESPACE, "name": SUBSTRATE_SERVICE, "port": port},
+        });
+        if let Some(ca) = ca_pem {
+            spec["caBundle"] = base64::engine::general_purpose::STANDARD.encode(ca).into();
+        }
         self.admin.apply(&json!({
             "apiVersion": "v1", "kind": "List", "items": [
                 {
@@ -575,12 +590,7 @@ impl Envtest {
                 {
                     "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
                     "metadata": {"name": "v1alpha1.substrate.ate.dev"},
-                    "spec": {
-                        "group": "substrate.ate.dev", "version": "v1alpha1",
-                        "groupPriorityMinimum": 1000, "versionPriority": 100,
-                        "service": {"namespace": SUBSTRATE_NAMESPACE, "name": SUBSTRATE_SERVICE, "port": port},
-                        "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
-                    },
+                    "spec": spec,
                 },
             ],
         }));
