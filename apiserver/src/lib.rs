@@ -64,10 +64,19 @@ pub enum RunError {
     Server(#[from] server::ServerError),
     #[error("connecting to Valkey at {url}: {source}")]
     Storage {
+        /// Redacted (no userinfo).
         url: String,
         #[source]
         source: storage::StorageError,
     },
+    #[error("valkey at {url} refused authentication: {reason}")]
+    ValkeyAuth {
+        /// Redacted (no userinfo).
+        url: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    ValkeyEndpoint(#[from] storage::EndpointError),
     #[error("creating the bootstrap atespaces and RBAC policy: {message}")]
     Bootstrap { message: String },
 }
@@ -139,12 +148,25 @@ pub async fn start_with(
         log_max_len: args.watch_history,
     };
     let resources: Vec<_> = ALL.iter().map(|r| rkey(r)).collect();
-    let store = Store::connect(&args.valkey_url, opts, &resources)
-        .await
-        .map_err(|source| RunError::Storage {
-            url: args.valkey_url.clone(),
-            source,
-        })?;
+    let valkey = storage::Endpoint::from_flags(
+        &args.valkey_url,
+        args.valkey_username.as_deref(),
+        args.valkey_password_file.as_deref(),
+        args.valkey_tls_ca_file.as_deref(),
+    )?;
+    let store =
+        Store::connect_to(&valkey, opts, &resources)
+            .await
+            .map_err(|source| match source {
+                storage::StorageError::Unauthenticated { reason } => RunError::ValkeyAuth {
+                    url: valkey.redacted(),
+                    reason,
+                },
+                source => RunError::Storage {
+                    url: valkey.redacted(),
+                    source,
+                },
+            })?;
     // Standalone RBAC: the authorizer answers from the policy it keeps; the registry refuses
     // RBAC writes that would escalate privileges (asking the whole chain about `bind` and
     // `escalate`). In cluster mode the chain asks the cluster instead (SubjectAccessReview
@@ -215,7 +237,7 @@ pub async fn start_with(
     let task = tokio::spawn(server::serve(listener, tls, state, async {
         let _ = rx.await;
     }));
-    tracing::info!(%addr, valkey = %args.valkey_url, "apiserver serving");
+    tracing::info!(%addr, valkey = %valkey.redacted(), "apiserver serving");
     Ok(Running {
         addr,
         registry,
