@@ -200,19 +200,25 @@ const CLUSTER_SCOPED: &[&str] = &[
 const WORKLOADS: &[&str] = &["Deployment", "StatefulSet", "DaemonSet"];
 
 /// Checks that hold for config/default and every overlay: namespaces, that every name a pod
-/// refers to exists (or is one the apiserver creates at run time), mounts, `$(VAR)`
+/// refers to exists (rendered, created by the apiserver at run time, a cert-manager
+/// Certificate's Secret, or one of `user_secrets`, which the user creates), mounts, `$(VAR)`
 /// references and probes.
-fn check_common(objs: &[Value]) {
+fn check_common(objs: &[Value], user_secrets: &[&str]) {
     // Objects the apiserver creates at its first start (config/apiserver/deployment.yaml).
-    let at_runtime = [
-        ("ConfigMap", "substrate-apiserver-ca"),
-        ("Secret", "substrate-valkey-auth"),
+    let mut elsewhere = vec![
+        (
+            "ConfigMap".to_string(),
+            "substrate-apiserver-ca".to_string(),
+        ),
+        ("Secret".into(), "substrate-valkey-auth".into()),
     ];
-    // Secrets the user creates (config/overlays/s3) or cert-manager does (cert-manager).
-    let external = [
-        ("Secret", "substrate-s3"),
-        ("Secret", "substrate-apiserver-tls"),
-    ];
+    elsewhere.extend(
+        objs.iter()
+            .filter(|o| o["kind"] == "Certificate")
+            .filter_map(|c| c["spec"]["secretName"].as_str())
+            .chain(user_secrets.iter().copied())
+            .map(|s| ("Secret".to_string(), s.to_string())),
+    );
     for o in objs {
         let (kind, name) = kind_name(o);
         let ns = o["metadata"]["namespace"].as_str();
@@ -234,8 +240,7 @@ fn check_common(objs: &[Value]) {
         }
         let spec = pod_spec(o);
         let exists = |kind: &str, name: &str| {
-            at_runtime.contains(&(kind, name))
-                || external.contains(&(kind, name))
+            elsewhere.iter().any(|(k, n)| k == kind && n == name)
                 || objs
                     .iter()
                     .any(|x| x["kind"] == kind && x["metadata"]["name"] == name)
@@ -653,7 +658,7 @@ fn numbers_as_f64(v: Value) -> Value {
 #[test]
 fn default_renders_every_object_with_what_it_must_contain() {
     let objs = render("default");
-    check_common(&objs);
+    check_common(&objs, &[]);
 
     // The objects, exactly (plus the two generated ConfigMaps).
     let mut got: Vec<(String, String)> = objs
@@ -1076,7 +1081,7 @@ fn default_renders_every_object_with_what_it_must_contain() {
 fn the_cert_manager_overlay_swaps_the_apiservers_pki_for_cert_managers() {
     let base = render("default");
     let objs = render("overlays/cert-manager");
-    check_common(&objs);
+    check_common(&objs, &[]);
     // Everything of config/default, plus cert-manager's objects.
     let names = |objs: &[Value]| objs.iter().map(kind_name).collect::<BTreeSet<_>>();
     let added: Vec<_> = names(&objs).difference(&names(&base)).cloned().collect();
@@ -1155,7 +1160,7 @@ fn the_cert_manager_overlay_swaps_the_apiservers_pki_for_cert_managers() {
 fn the_s3_overlay_moves_snapshots_to_s3_with_credentials_from_a_secret() {
     let base = render("default");
     let objs = render("overlays/s3");
-    check_common(&objs);
+    check_common(&objs, &["substrate-s3"]);
     let names = |objs: &[Value]| {
         objs.iter()
             .filter(|o| o["kind"] != "ConfigMap")
@@ -1761,13 +1766,23 @@ fn every_flag_the_manifests_give_exists_in_its_binary() {
             seen.insert(argv.join(" "), argv);
         }
     }
-    for argv in seen.values() {
-        let bin = e2e::workspace_bin(&argv[0]);
-        let out = Command::new(bin).args(&argv[1..]).output().expect("binary");
-        assert!(
-            out.status.success(),
-            "{argv:?}:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let failed: Vec<String> = seen
+        .values()
+        .filter_map(|argv| {
+            let bin = e2e::workspace_bin(&argv[0]);
+            // substrate-supervise finds substrate-nodeagent on PATH, as in the image.
+            let path = std::env::join_paths(std::iter::once(e2e::bin_dir()).chain(
+                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+            ))
+            .expect("PATH");
+            let out = Command::new(bin)
+                .args(&argv[1..])
+                .env("PATH", path)
+                .output()
+                .expect("binary");
+            (!out.status.success())
+                .then(|| format!("{argv:?}:\n{}", String::from_utf8_lossy(&out.stderr)))
+        })
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
