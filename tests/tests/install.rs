@@ -486,6 +486,12 @@ fn rbac_table() -> Vec<Access> {
         ),
         access(
             api,
+            "patch",
+            "core configmaps substrate-system substrate-apiserver-ca",
+            true,
+        ),
+        access(
+            api,
             "update",
             "core configmaps substrate-system coredns",
             false,
@@ -1260,83 +1266,95 @@ fn sh(script: &str, env: &[(&str, &Path)]) -> (bool, String) {
     )
 }
 
-#[test]
-fn the_valkey_pod_requires_the_apiservers_password_with_a_real_valkey() {
-    let Some((server, cli)) = valkey_binaries() else {
-        return;
-    };
-    let objs = render("default");
-    let sts = find(&objs, "StatefulSet", "substrate-valkey");
-    let conf = generated(&objs, "substrate-valkey");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    for key in ["valkey.conf", "render-acl.sh", "users.acl.tmpl"] {
-        std::fs::write(d.join(key), conf["data"][key].as_str().expect("data")).expect("write");
-    }
-    let password = random_hex();
-    // The password is the file's first line (a trailing newline is not part of it).
-    std::fs::write(d.join("password"), format!("{password}\n")).expect("password");
-    std::fs::create_dir(d.join("data")).expect("data dir");
+/// Valkey as StatefulSet substrate-valkey runs it: the init container's ACL script, then
+/// valkey-server with the pod's command line, its paths moved into a temporary directory and
+/// loopback with a free port instead of the pod's addresses and 6379.
+struct ValkeyPod {
+    _server: e2e::KillOnDrop,
+    port: String,
+    cli: PathBuf,
+    dir: tempfile::TempDir,
+}
 
-    // The init container, as the pod runs it, with the pod's paths moved here.
-    let init = &pod_spec(sts)["initContainers"][0];
-    assert_eq!(
-        strings(&init["command"]),
-        ["sh", "/etc/valkey/render-acl.sh"]
-    );
-    let acl = d.join("users.acl");
-    let render_acl = |password: &Path| {
+impl ValkeyPod {
+    /// Renders the ACL from `password_file` (which must exist: the pod waits for its Secret)
+    /// and starts the server.
+    fn start(
+        objs: &[Value],
+        server: &Path,
+        cli: &Path,
+        password_file: &Path,
+        port: u16,
+    ) -> ValkeyPod {
+        let sts = find(objs, "StatefulSet", "substrate-valkey");
+        let conf = generated(objs, "substrate-valkey");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        for key in ["valkey.conf", "render-acl.sh", "users.acl.tmpl"] {
+            std::fs::write(d.join(key), conf["data"][key].as_str().expect("data")).expect("write");
+        }
+        std::fs::create_dir(d.join("data")).expect("data dir");
+        let init = &pod_spec(sts)["initContainers"][0];
+        assert_eq!(
+            strings(&init["command"]),
+            ["sh", "/etc/valkey/render-acl.sh"]
+        );
+        let (ok, out) = ValkeyPod::render_acl(d, password_file);
+        assert!(ok, "{out}");
+
+        let port = port.to_string();
+        let vc = container(sts, "valkey");
+        let pod_args: Vec<String> = args(vc)
+            .iter()
+            .map(|a| match *a {
+                "/etc/valkey/valkey.conf" => d.join("valkey.conf").display().to_string(),
+                "/etc/valkey-acl/users.acl" => d.join("users.acl").display().to_string(),
+                "/data" => d.join("data").display().to_string(),
+                "6379" => port.clone(),
+                "*" => "127.0.0.1".into(),
+                "-::*" => "-::1".into(),
+                other => other.to_string(),
+            })
+            .collect();
+        assert_eq!(strings(&vc["command"]), ["valkey-server"]);
+        let log = std::fs::File::create(d.join("valkey.log")).expect("log");
+        let server = e2e::KillOnDrop(
+            Command::new(server)
+                .args(&pod_args)
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("valkey-server"),
+        );
+        let pod = ValkeyPod {
+            _server: server,
+            port,
+            cli: cli.to_path_buf(),
+            dir,
+        };
+        eventually("valkey answers", || {
+            pod.run(None, &["PING"]).contains("NOAUTH").then_some(())
+        });
+        pod
+    }
+
+    /// The init container's script with the pod's paths moved to `d`: (success, output).
+    fn render_acl(d: &Path, password_file: &Path) -> (bool, String) {
         sh(
             &format!("sh {}", d.join("render-acl.sh").display()),
             &[
-                ("SUBSTRATE_VALKEY_PASSWORD_FILE", password),
+                ("SUBSTRATE_VALKEY_PASSWORD_FILE", password_file),
                 ("SUBSTRATE_VALKEY_ACL_TEMPLATE", &d.join("users.acl.tmpl")),
-                ("SUBSTRATE_VALKEY_ACL_FILE", &acl),
+                ("SUBSTRATE_VALKEY_ACL_FILE", &d.join("users.acl")),
             ],
         )
-    };
-    let (ok, out) = render_acl(&d.join("missing"));
-    assert!(!ok && out.contains("substrate-valkey-auth"), "{out}");
-    let (ok, out) = render_acl(&d.join("password"));
-    assert!(ok, "{out}");
-    let acl_text = std::fs::read_to_string(&acl).expect("ACL file");
-    assert!(!acl_text.contains(&password), "only the hash is stored");
-    use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(
-        std::fs::metadata(&acl).expect("acl").permissions().mode() & 0o777,
-        0o600
-    );
+    }
 
-    // The server, with the pod's command line (loopback and a free port instead of the
-    // pod's addresses and 6379).
-    let port = free_port().to_string();
-    let vc = container(sts, "valkey");
-    let pod_args: Vec<String> = args(vc)
-        .iter()
-        .map(|a| match *a {
-            "/etc/valkey/valkey.conf" => d.join("valkey.conf").display().to_string(),
-            "/etc/valkey-acl/users.acl" => acl.display().to_string(),
-            "/data" => d.join("data").display().to_string(),
-            "6379" => port.clone(),
-            "*" => "127.0.0.1".into(),
-            "-::*" => "-::1".into(),
-            other => other.to_string(),
-        })
-        .collect();
-    assert_eq!(strings(&vc["command"]), ["valkey-server"]);
-    let log = std::fs::File::create(d.join("valkey.log")).expect("log");
-    let _valkey = e2e::KillOnDrop(
-        Command::new(&server)
-            .args(&pod_args)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("valkey-server"),
-    );
-    let run = |auth: Option<(&str, &str)>, cmd: &[&str]| {
-        let mut c = Command::new(&cli);
-        c.args(["-h", "127.0.0.1", "-p", &port, "--no-auth-warning"]);
+    /// `valkey-cli` as `auth` (user, password); its output, trimmed.
+    fn run(&self, auth: Option<(&str, &str)>, cmd: &[&str]) -> String {
+        let mut c = Command::new(&self.cli);
+        c.args(["-h", "127.0.0.1", "-p", &self.port, "--no-auth-warning"]);
         if let Some((user, pass)) = auth {
             c.args(["--user", user, "--pass", pass]);
         }
@@ -1348,17 +1366,44 @@ fn the_valkey_pod_requires_the_apiservers_password_with_a_real_valkey() {
         )
         .trim()
         .to_string()
+    }
+}
+
+#[test]
+fn the_valkey_pod_requires_the_apiservers_password_with_a_real_valkey() {
+    let Some((server, cli)) = valkey_binaries() else {
+        return;
     };
+    let objs = render("default");
+    let vc = container(find(&objs, "StatefulSet", "substrate-valkey"), "valkey");
+    let secret = tempfile::tempdir().expect("tempdir");
+    let password = random_hex();
+    // The password is the file's first line (a trailing newline is not part of it).
+    let password_file = secret.path().join("password");
+    std::fs::write(&password_file, format!("{password}\n")).expect("password");
+
+    let valkey = ValkeyPod::start(&objs, &server, &cli, &password_file, free_port());
+    // No Secret, no ACL file.
+    let (ok, out) = ValkeyPod::render_acl(valkey.dir.path(), &secret.path().join("missing"));
+    assert!(!ok && out.contains("substrate-valkey-auth"), "{out}");
+    let acl = valkey.dir.path().join("users.acl");
+    let acl_text = std::fs::read_to_string(&acl).expect("ACL file");
+    assert!(!acl_text.contains(&password), "only the hash is stored");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&acl).expect("acl").permissions().mode() & 0o777,
+        0o600
+    );
+    let run = |auth: Option<(&str, &str)>, cmd: &[&str]| valkey.run(auth, cmd);
+    let port = valkey.port.clone();
+    let d = valkey.dir.path();
     let me = Some(("substrate-apiserver", password.as_str()));
-    eventually("valkey answers", || {
-        (run(me, &["PING"]) == "PONG").then_some(())
-    });
+    assert_eq!(run(me, &["PING"]), "PONG");
 
     // Without the password, nothing.
     assert!(run(None, &["GET", "x"]).contains("NOAUTH"));
     assert!(run(Some(("default", "")), &["PING"]).contains("WRONGPASS"));
     assert!(run(Some(("substrate-apiserver", "wrong")), &["PING"]).contains("WRONGPASS"));
-    // With it, what the apiserver does: scripts, streams, plain keys.
     // With it, what the apiserver does: its scripts (loaded, then called by SHA), streams
     // and plain keys, all under its key prefix.
     let sha = run(
@@ -1401,7 +1446,7 @@ fn the_valkey_pod_requires_the_apiservers_password_with_a_real_valkey() {
                 &[],
             )
         };
-        let (ok, out) = with(&d.join("password"));
+        let (ok, out) = with(&password_file);
         assert!(ok, "{probe}: {out}");
         std::fs::write(d.join("other"), "not-the-password").expect("write");
         let (ok, _) = with(&d.join("other"));
@@ -1555,6 +1600,159 @@ fn default_applies_to_a_real_kube_apiserver_and_its_rbac_is_least_privilege() {
         "kube-apiserver disagrees:\n{}",
         wrong.join("\n")
     );
+}
+
+#[test]
+fn the_apiserver_bootstraps_the_install_as_its_service_account() {
+    // What a fresh install does at its first start, with the real apiserver and Valkey: the
+    // apiserver, as its ServiceAccount with config/rbac/apiserver.yaml only, creates its PKI
+    // Secret and Valkey's password Secret, publishes its CA and fills in the APIService's
+    // caBundle; Valkey (the StatefulSet's init script and command line) starts once the
+    // password Secret exists, and the apiserver, restarted until Valkey answers (as kubelet
+    // restarts a pod), stores objects in it through its ACL user.
+    let Some((server, cli)) = valkey_binaries() else {
+        return;
+    };
+    use base64::Engine as _;
+    let Some(env) = control_plane() else { return };
+    let k = env.kubectl();
+    let objs = render("default");
+    env.install_crds();
+    k.ok(
+        &["apply", "-f", "-"],
+        Some(&find(&objs, "Namespace", NS).to_string()),
+    );
+    k.ok(
+        &[
+            "apply",
+            "-f",
+            &repo()
+                .join("config/rbac/apiserver.yaml")
+                .display()
+                .to_string(),
+        ],
+        None,
+    );
+    let sa = env.service_account_identity(NS, "substrate-apiserver");
+    let kc = sa.kubeconfig.display().to_string();
+
+    // The pod's flags, with what differs outside a pod: the ServiceAccount's kubeconfig in
+    // place of the in-cluster configuration, loopback, and the ACL user in the URL (TODO:
+    // --valkey-username once it lands).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let valkey_port = free_port();
+    let pod = args(container(
+        find(&objs, "Deployment", "substrate-apiserver"),
+        "apiserver",
+    ))
+    .into_iter()
+    .filter(|a| {
+        !a.starts_with("--bind=")
+            && !a.starts_with("--valkey-url=")
+            && !a.starts_with("--valkey-username=")
+    })
+    .map(String::from);
+    let argv: Vec<String> = [
+        "substrate-apiserver".to_string(),
+        "--bind=127.0.0.1:0".into(),
+        format!("--valkey-url=redis://substrate-apiserver@127.0.0.1:{valkey_port}"),
+        format!("--pki-dir={}", dir.path().join("pki").display()),
+        format!("--kubeconfig={kc}"),
+        format!("--authentication-kubeconfig={kc}"),
+        format!("--authorization-kubeconfig={kc}"),
+    ]
+    .into_iter()
+    .chain(pod)
+    .collect();
+    use clap::Parser as _;
+    let apiserver_args = apiserver::config::Args::try_parse_from(&argv).expect("the pod's flags");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+
+    // First start: Valkey is not there yet (its pod waits for the password Secret).
+    let err = rt
+        .block_on(apiserver::start(&apiserver_args))
+        .err()
+        .expect("no Valkey yet");
+    assert!(
+        err.to_string().contains("connecting to Valkey"),
+        "the first start gets as far as Valkey: {err}"
+    );
+    let secret = |name: &str, key: &str| {
+        let s = k.get("secret", name, Some(NS));
+        let b = s["data"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no {key}: {s}"));
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .expect("base64"),
+        )
+        .expect("UTF-8")
+    };
+    let password = secret("substrate-valkey-auth", "password");
+    assert!(!password.is_empty(), "{err}");
+    let ca = secret("substrate-apiserver-pki", "ca.crt");
+    let cm = k.get("configmap", "substrate-apiserver-ca", Some(NS));
+    assert_eq!(cm["data"]["ca.crt"], ca.as_str());
+
+    // Valkey's pod starts with the Secret mounted.
+    let secret_dir = tempfile::tempdir().expect("tempdir");
+    let password_file = secret_dir.path().join("password");
+    std::fs::write(&password_file, &password).expect("password file");
+    let valkey = ValkeyPod::start(&objs, &server, &cli, &password_file, valkey_port);
+
+    // Restarted until it starts (the first try after Valkey is up should).
+    let running = e2e::eventually("the apiserver starts once Valkey answers", || {
+        rt.block_on(apiserver::start(&apiserver_args)).ok()
+    });
+    assert_eq!(
+        secret("substrate-valkey-auth", "password"),
+        password,
+        "the restart kept the Secret"
+    );
+    assert_eq!(secret("substrate-apiserver-pki", "ca.crt"), ca);
+
+    // Registered without a caBundle (as config/ ships the APIService), it fills it in, and
+    // kube-apiserver reaches it through the aggregator.
+    env.register_substrate_with(running.addr, None);
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&ca);
+    eventually("the apiserver fills in the APIService's caBundle", || {
+        let a = k.get("apiservice", "v1alpha1.substrate.ate.dev", None);
+        (a["spec"]["caBundle"] == bundle.as_str()).then_some(())
+    });
+    eventually("kube-apiserver verifies the aggregated server", || {
+        let (code, _) =
+            env.admin
+                .request("GET", "/apis/substrate.ate.dev/v1alpha1/atespaces", None);
+        (code == 200).then_some(())
+    });
+    let (code, body) = env.admin.request(
+        "POST",
+        "/apis/substrate.ate.dev/v1alpha1/atespaces",
+        Some(
+            &json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Atespace",
+                     "metadata": {"name": "team-a"}, "spec": {}}),
+        ),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = env.admin.request(
+        "GET",
+        "/apis/substrate.ate.dev/v1alpha1/atespaces/team-a",
+        None,
+    );
+    assert_eq!(
+        (code, body["metadata"]["name"].as_str()),
+        (200, Some("team-a")),
+        "{body}"
+    );
+    // Stored in Valkey, through the ACL user.
+    let keys = valkey.run(
+        Some(("substrate-apiserver", password.as_str())),
+        &["DBSIZE"],
+    );
+    assert!(keys.parse::<u64>().is_ok_and(|n| n > 0), "{keys}");
+
+    rt.block_on(running.stop());
 }
 
 /// kubeadm's Corefile (v1.25), as `kubeadm init` writes it into kube-system/coredns.
