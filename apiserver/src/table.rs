@@ -814,10 +814,11 @@ mod tests {
     #[test]
     fn cells_by_type() {
         let pool = json!({"metadata": {"name": "p"}, "spec": {"replicas": 3, "image": "img"},
-                          "status": {"readyReplicas": 2.0}});
+                          "status": {"readyReplicas": 2.0, "freeReplicas": 1}});
         let r = row(&WORKER_POOLS, &pool, IncludeObject::None, now());
-        // Integer columns stay numbers; a missing creationTimestamp is an absent value.
-        assert_eq!(r["cells"], json!(["p", 3, 2, null, "img"]));
+        // Integer columns stay numbers; missing values (boundReplicas, creationTimestamp)
+        // are absent.
+        assert_eq!(r["cells"], json!(["p", 3, 2, 1, null, null, "img"]));
 
         let tpl = json!({"metadata": {"name": "t", "creationTimestamp": "bogus"},
             "spec": {"workerPoolRef": {"name": "p"}},

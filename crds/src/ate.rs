@@ -29,6 +29,8 @@ use crate::substrate::SnapshotRef;
     doc = "WorkerPool is a set of identical warm gVisor workers that actors are multiplexed onto.",
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Free", type_ = "integer", json_path = ".status.freeReplicas"),
+    printcolumn(name = "Bound", type_ = "integer", json_path = ".status.boundReplicas"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -64,9 +66,15 @@ pub struct WorkerPoolStatus {
     /// Workers that exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
-    /// Workers that are healthy.
+    /// Workers that are healthy (free or bound, heartbeating).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// Ready workers waiting for an actor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_replicas: Option<i32>,
+    /// Ready workers running an actor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_replicas: Option<i32>,
     /// Generation of the spec this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

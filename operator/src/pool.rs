@@ -1,5 +1,6 @@
 //! Pool status (per `WorkerPool`, triggered also by its `Worker`s): kstatus `replicas`,
-//! `readyReplicas` (its workers that are Free or Bound and heartbeating),
+//! `readyReplicas` (its workers that are Free or Bound and heartbeating; of them
+//! `freeReplicas` and `boundReplicas`),
 //! `observedGeneration`, `Ready` and `Reconciling`. Written only when it changes; looked at
 //! again when the heartbeat of a ready worker would expire.
 //!
@@ -50,6 +51,7 @@ pub fn decide<'a>(
     let generation = pool.metadata.generation.unwrap_or(0);
     let want = pool.spec.replicas;
     let mut ready = 0i32;
+    let mut free = 0i32;
     let mut first_expiry: Option<Duration> = None;
     for w in workers.into_iter().filter(|w| w.spec.pool == name) {
         let Some(s) = w.status.as_ref() else { continue };
@@ -61,6 +63,9 @@ pub fn decide<'a>(
         };
         if a < DEAD_WORKER_AFTER {
             ready += 1;
+            if s.phase == Some(WorkerPhase::Free) {
+                free += 1;
+            }
             let left = DEAD_WORKER_AFTER - a + Duration::from_millis(200);
             first_expiry = Some(first_expiry.map_or(left, |f| f.min(left)));
         }
@@ -77,6 +82,8 @@ pub fn decide<'a>(
     let unchanged = cur.observed_generation == Some(generation)
         && cur.replicas == Some(want)
         && cur.ready_replicas == Some(ready)
+        && cur.free_replicas == Some(free)
+        && cur.bound_replicas == Some(ready - free)
         && cond(READY).is_some_and(|c| c.reason == reason);
     if unchanged {
         return PoolPlan {
@@ -97,6 +104,7 @@ pub fn decide<'a>(
     PoolPlan {
         patch: Some(json!({"status": {
             "observedGeneration": generation, "replicas": want, "readyReplicas": ready,
+            "freeReplicas": free, "boundReplicas": ready - free,
             "conditions": [c(READY, ok), c(RECONCILING, !ok)],
         }})),
         requeue_after: first_expiry,
@@ -157,6 +165,8 @@ mod tests {
         let plan = decide(&pool(json!({})), &ws, now);
         let patch = plan.patch.unwrap();
         assert_eq!(patch["status"]["readyReplicas"], 2);
+        assert_eq!(patch["status"]["freeReplicas"], 1);
+        assert_eq!(patch["status"]["boundReplicas"], 1);
         assert_eq!(patch["status"]["conditions"][0]["status"], "True");
         assert_eq!(
             patch["status"]["conditions"][0]["reason"],
@@ -167,5 +177,14 @@ mod tests {
         // Written already: no patch.
         let again = decide(&pool(patch["status"].clone()), &ws, now);
         assert_eq!(again.patch, None);
+        // An actor binds the free worker: the counts move, the status is written again.
+        let mut bound = ws.clone();
+        bound[0] = worker("p", "Bound", "2026-01-01T00:00:30Z");
+        let moved = decide(&pool(patch["status"].clone()), &bound, now)
+            .patch
+            .unwrap();
+        assert_eq!(moved["status"]["readyReplicas"], 2);
+        assert_eq!(moved["status"]["freeReplicas"], 0);
+        assert_eq!(moved["status"]["boundReplicas"], 2);
     }
 }
