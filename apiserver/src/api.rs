@@ -303,6 +303,18 @@ async fn route(
         Target::CoreNamespaces { name, verb } => {
             core_namespaces(state, &user, name, verb, &query).await
         }
+        Target::Resource(rr)
+            if rr.res.group == crds::ATE_GROUP && state.registry.ate_kinds_in_cluster() =>
+        {
+            Err(ApiError::new(
+                404,
+                "NotFound",
+                format!(
+                    "{} are CustomResourceDefinitions of the cluster in cluster mode: use kube-apiserver",
+                    rr.res.qualified()
+                ),
+            ))
+        }
         Target::Resource(rr) => resource(state, &user, rr, &query, parts, body).await,
     };
     match r {

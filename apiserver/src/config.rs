@@ -104,12 +104,45 @@ pub struct Args {
     /// authorization.
     #[arg(long, env = "SUBSTRATE_AUTHORIZATION_KUBECONFIG")]
     pub authorization_kubeconfig: Option<PathBuf>,
+    /// Kubeconfig of the cluster whose `ate.dev` CustomResourceDefinitions (ActorTemplate,
+    /// WorkerPool) are the templates and pools (cluster mode: read through a watch; this
+    /// apiserver then does not serve `ate.dev`). Unset: `--authorization-kubeconfig`, else the
+    /// in-cluster configuration in a pod, else standalone (`ate.dev` served from Valkey).
+    #[arg(long, env = "SUBSTRATE_CLUSTER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Cluster mode: the namespace the apiserver's Secrets and ConfigMap live in (default: its
+    /// pod's namespace, else `substrate-system`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Cluster mode: the name of the apiserver's Service (the serving certificate of
+    /// `--pki-secret` names `<service>.<namespace>.svc` and its other forms).
+    #[arg(
+        long,
+        env = "SUBSTRATE_SERVICE_NAME",
+        default_value = "substrate-apiserver"
+    )]
+    pub service_name: String,
+    /// Cluster mode: keep the serving CA and certificate in this Secret (created by the first
+    /// replica to start, used by every other), instead of `--tls-cert-file`.
+    #[arg(long, env = "SUBSTRATE_PKI_SECRET", conflicts_with_all = ["tls_cert_file", "tls_private_key_file"])]
+    pub pki_secret: Option<String>,
+    /// Cluster mode: publish the serving CA in this ConfigMap (key `ca.crt`) for the components
+    /// that talk to the apiserver's Service directly.
+    #[arg(long, env = "SUBSTRATE_CA_CONFIGMAP", conflicts_with = "tls_cert_file")]
+    pub ca_configmap: Option<String>,
+    /// Cluster mode: keep this APIService's `spec.caBundle` equal to the serving CA.
+    #[arg(long, env = "SUBSTRATE_APISERVICE", conflicts_with = "tls_cert_file")]
+    pub apiservice: Option<String>,
+    /// Cluster mode: Valkey's password from this Secret (key `password`; created with a random
+    /// password when absent).
+    #[arg(long, env = "SUBSTRATE_VALKEY_PASSWORD_SECRET")]
+    pub valkey_password_secret: Option<String>,
     /// Never delegate to a cluster, not even with the in-cluster configuration of a pod
     /// (tests and demos running inside a Kubernetes pod).
     #[arg(
         long,
         env = "SUBSTRATE_STANDALONE",
-        conflicts_with_all = ["authentication_kubeconfig", "authorization_kubeconfig"]
+        conflicts_with_all = ["authentication_kubeconfig", "authorization_kubeconfig", "kubeconfig", "pki_secret", "ca_configmap", "apiservice", "valkey_password_secret"]
     )]
     pub standalone: bool,
     /// Static bearer tokens (kube's `--token-auth-file`): CSV `token,user,uid,"group1,group2"`,

@@ -8,6 +8,7 @@ pub mod api;
 pub mod apply;
 pub mod auth;
 pub mod authz;
+pub mod bootstrap;
 pub mod config;
 pub mod decode;
 pub mod discovery;
@@ -27,6 +28,7 @@ pub mod status;
 pub mod storage;
 pub mod strategic;
 pub mod table;
+pub mod templates;
 pub mod tenancy;
 pub mod testing;
 pub mod watch;
@@ -70,6 +72,14 @@ pub enum RunError {
     },
     #[error("creating the bootstrap atespaces and RBAC policy: {message}")]
     Bootstrap { message: String },
+    #[error(
+        "{flag} needs a cluster: run in a pod, or give --kubeconfig or --authorization-kubeconfig"
+    )]
+    NeedsCluster { flag: &'static str },
+    #[error("cluster bootstrap: {0}")]
+    Cluster(#[from] bootstrap::BootstrapError),
+    #[error("--valkey-url: {0}")]
+    ValkeyUrl(&'static str),
 }
 
 /// A serving apiserver.
@@ -122,8 +132,20 @@ pub async fn start_with(
     args: &Args,
     extra_authorizers: Vec<Arc<dyn authz::Authorizer>>,
 ) -> Result<Running, RunError> {
+    let cluster = cluster_client(
+        args.kubeconfig
+            .as_deref()
+            .or(args.authorization_kubeconfig.as_deref()),
+        args.standalone,
+        "--kubeconfig",
+    )
+    .await?;
+    let boot = Bootstrap::new(args, cluster.clone())?;
+    boot.pki(args).await?;
     let pki = pki::ensure(&args.pki_dir, &args.tls_sans)?;
     let (authn, mut background) = authentication(args, &pki).await?;
+    background.extend(boot.publish_ca(args, &pki).await?);
+    let valkey_url = boot.valkey_url(args).await?;
     let verifier = authn.client_verifier();
     let cert = read(args.tls_cert_file.as_deref().unwrap_or(&pki.serving_cert()))?;
     let key = read(
@@ -139,7 +161,7 @@ pub async fn start_with(
         log_max_len: args.watch_history,
     };
     let resources: Vec<_> = ALL.iter().map(|r| rkey(r)).collect();
-    let store = Store::connect(&args.valkey_url, opts, &resources)
+    let store = Store::connect(&valkey_url, opts, &resources)
         .await
         .map_err(|source| RunError::Storage {
             url: args.valkey_url.clone(),
@@ -153,8 +175,18 @@ pub async fn start_with(
     let mut standalone: Vec<Arc<dyn authz::Authorizer>> = vec![Arc::new(rbac.clone())];
     standalone.extend(extra_authorizers);
     let chain = authorization(args, standalone).await?;
+    let templates = match cluster {
+        Some(client) => {
+            let (t, task) = templates::ClusterTemplates::start(client);
+            background.push(task);
+            tracing::info!("actortemplates.ate.dev are read from the cluster's CRDs");
+            templates::Templates::Cluster(t)
+        }
+        None => templates::Templates::Local,
+    };
     let registry = Registry::new(store)
-        .with_check(authz::rbac::escalation::check(rbac.clone(), chain.clone()));
+        .with_check(authz::rbac::escalation::check(rbac.clone(), chain.clone()))
+        .with_templates(templates);
     lifecycle::ensure_bootstrap(&registry)
         .await
         .map_err(|e| RunError::Bootstrap { message: e.message })?;
@@ -223,6 +255,105 @@ pub async fn start_with(
         task,
         background,
     })
+}
+
+/// The cluster-mode bootstrap steps the flags ask for ([`bootstrap`]).
+struct Bootstrap {
+    client: Option<kube::Client>,
+    namespace: String,
+}
+
+impl Bootstrap {
+    fn new(args: &Args, client: Option<kube::Client>) -> Result<Self, RunError> {
+        let asked = [
+            ("--pki-secret", args.pki_secret.is_some()),
+            ("--ca-configmap", args.ca_configmap.is_some()),
+            ("--apiservice", args.apiservice.is_some()),
+            (
+                "--valkey-password-secret",
+                args.valkey_password_secret.is_some(),
+            ),
+        ];
+        if client.is_none()
+            && let Some((flag, _)) = asked.iter().find(|(_, on)| *on)
+        {
+            return Err(RunError::NeedsCluster { flag });
+        }
+        Ok(Self {
+            client,
+            namespace: bootstrap::namespace(args.namespace.as_deref()),
+        })
+    }
+
+    /// `--pki-secret`: the serving CA and certificate from (or into) the Secret.
+    async fn pki(&self, args: &Args) -> Result<(), RunError> {
+        let (Some(client), Some(name)) = (&self.client, &args.pki_secret) else {
+            return Ok(());
+        };
+        let mut sans = bootstrap::service_names(&args.service_name, &self.namespace);
+        sans.extend(args.tls_sans.iter().cloned());
+        bootstrap::pki_from_secret(client, &self.namespace, name, &args.pki_dir, &sans)
+            .await
+            .map_err(RunError::from)
+    }
+
+    /// `--ca-configmap` and `--apiservice`: publish the serving CA; the task that sets and
+    /// keeps the APIService's `caBundle` (the APIService may not exist yet).
+    async fn publish_ca(
+        &self,
+        args: &Args,
+        pki: &pki::Pki,
+    ) -> Result<Option<JoinHandle<()>>, RunError> {
+        let Some(client) = &self.client else {
+            return Ok(None);
+        };
+        let args_cm = args.ca_configmap.as_deref();
+        let args_svc = args.apiservice.as_deref();
+        if args_cm.is_none() && args_svc.is_none() {
+            return Ok(None);
+        }
+        let ca = read(&pki.ca_cert())?;
+        if let Some(cm) = args_cm {
+            bootstrap::publish_ca(client, &self.namespace, cm, &ca)
+                .await
+                .map_err(RunError::from)?;
+        }
+        let Some(svc) = args_svc else {
+            return Ok(None);
+        };
+        Ok(Some(tokio::spawn(bootstrap::keep_apiservice_ca(
+            client.clone(),
+            svc.to_string(),
+            ca,
+        ))))
+    }
+
+    /// `--valkey-url` with the password of `--valkey-password-secret` in it.
+    async fn valkey_url(&self, args: &Args) -> Result<String, RunError> {
+        let (Some(client), Some(name)) = (&self.client, &args.valkey_password_secret) else {
+            return Ok(args.valkey_url.clone());
+        };
+        let password = bootstrap::valkey_password(client, &self.namespace, name)
+            .await
+            .map_err(RunError::from)?;
+        with_password(&args.valkey_url, &password)
+    }
+}
+
+/// `url` with `password` as its userinfo's password (the username kept).
+fn with_password(url: &str, password: &str) -> Result<String, RunError> {
+    let bad = RunError::ValkeyUrl;
+    // Never echo the URL: it may already carry a password.
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
+    let (userinfo, host) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let user = userinfo
+        .map(|u| u.split_once(':').map_or(u, |(u, _)| u))
+        .unwrap_or("");
+    let enc: String = form_urlencoded::byte_serialize(password.as_bytes()).collect();
+    Ok(format!("{scheme}://{user}:{enc}@{host}"))
 }
 
 /// A client of the cluster to delegate to: from `kubeconfig`, else the in-cluster
@@ -376,4 +507,21 @@ pub fn init_tracing(format: LogFormat) {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn with_password_keeps_the_user_and_encodes_the_password() {
+        use super::with_password;
+        assert_eq!(
+            with_password("redis://valkey:6379", "p@ss:/").unwrap(),
+            "redis://:p%40ss%3A%2F@valkey:6379"
+        );
+        assert_eq!(
+            with_password("redis://substrate-apiserver:old@valkey:6379/0", "new").unwrap(),
+            "redis://substrate-apiserver:new@valkey:6379/0"
+        );
+        assert!(with_password("valkey:6379", "x").is_err());
+    }
 }

@@ -205,6 +205,7 @@ pub trait WriteCheck: Send + Sync {
 pub struct Registry {
     pub store: Store,
     checks: Vec<Arc<dyn WriteCheck>>,
+    templates: crate::templates::Templates,
 }
 
 impl Registry {
@@ -212,6 +213,31 @@ impl Registry {
         Self {
             store,
             checks: Vec::new(),
+            templates: crate::templates::Templates::Local,
+        }
+    }
+
+    /// This registry reading `ActorTemplate`s from `templates` (the cluster's CRDs in cluster
+    /// mode) instead of its own store.
+    pub fn with_templates(mut self, templates: crate::templates::Templates) -> Self {
+        self.templates = templates;
+        self
+    }
+
+    /// Whether `ate.dev` kinds are the cluster's CRDs (cluster mode): then this apiserver does
+    /// not serve them.
+    pub fn ate_kinds_in_cluster(&self) -> bool {
+        self.templates.in_cluster()
+    }
+
+    /// The `ActorTemplate` `namespace/name`, from wherever templates live.
+    pub async fn template(&self, namespace: &str, name: &str) -> Result<Option<Value>, ApiError> {
+        match &self.templates {
+            crate::templates::Templates::Local => {
+                self.get_opt(&crds::resources::ACTOR_TEMPLATES, Some(namespace), name)
+                    .await
+            }
+            crate::templates::Templates::Cluster(c) => c.get(namespace, name).await,
         }
     }
 

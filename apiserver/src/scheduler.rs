@@ -256,11 +256,7 @@ impl Scheduler {
         let ns = str_at(actor, "/metadata/namespace").unwrap_or_default();
         let tns = str_at(actor, "/spec/template/namespace").unwrap_or(ns);
         let tname = str_at(actor, "/spec/template/name").unwrap_or_default();
-        let Some(t) = self
-            .registry
-            .get_opt(&ACTOR_TEMPLATES, Some(tns), tname)
-            .await?
-        else {
+        let Some(t) = self.registry.template(tns, tname).await? else {
             return Err(ApiError::new(
                 409,
                 "Conflict",

@@ -223,10 +223,7 @@ pub async fn check_template_use(
     if tns == actor_ns || actor_ns == crds::GOLDEN_ATESPACE {
         return Ok(Vec::new());
     }
-    let Some(template) = registry
-        .get_opt(&ACTOR_TEMPLATES, Some(&tns), &tname)
-        .await?
-    else {
+    let Some(template) = registry.template(&tns, &tname).await? else {
         return Ok(Vec::new());
     };
     template_usable(registry, &template, actor_ns)

@@ -503,8 +503,9 @@ impl Envtest {
     /// authorization (`--authentication-kubeconfig`, `--authorization-kubeconfig`): the user
     /// `substrate-apiserver` bound to `system:auth-delegator` (create TokenReviews and
     /// SubjectAccessReviews) and to `extension-apiserver-authentication-reader` in
-    /// `kube-system` (read the `extension-apiserver-authentication` ConfigMap), as an
-    /// aggregated server's ServiceAccount is in a cluster.
+    /// `kube-system` (read the `extension-apiserver-authentication` ConfigMap), and allowed to
+    /// read the `ate.dev` CRDs (the templates its scheduler uses), as Substrate's apiserver's
+    /// ServiceAccount is in a cluster (`config/rbac/`).
     pub fn delegation_kubeconfig(&self) -> PathBuf {
         let user = "substrate-apiserver";
         self.admin.apply(&json!({
@@ -513,6 +514,17 @@ impl Envtest {
                     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                     "metadata": {"name": "substrate-apiserver:system:auth-delegator"},
                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+                    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+                },
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                    "metadata": {"name": "substrate-apiserver:templates"},
+                    "rules": [{"apiGroups": ["ate.dev"], "resources": ["actortemplates", "workerpools"], "verbs": ["get", "list", "watch"]}],
+                },
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                    "metadata": {"name": "substrate-apiserver:templates"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "substrate-apiserver:templates"},
                     "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
                 },
                 {
@@ -549,9 +561,24 @@ impl Envtest {
     /// `substrate-apiserver.substrate-system.svc`): an `ExternalName` Service pointing at
     /// `localhost` and the APIService; waits until the APIService is `Available=True`.
     pub fn register_substrate(&self, addr: SocketAddr, ca_pem: &str) {
+        self.register_substrate_with(addr, Some(ca_pem));
+    }
+
+    /// [`Envtest::register_substrate`] with the APIService's `caBundle` left out when
+    /// `ca_pem` is `None` (as `config/` ships it: the apiserver fills it in with
+    /// `--apiservice`).
+    pub fn register_substrate_with(&self, addr: SocketAddr, ca_pem: Option<&str>) {
         use base64::Engine as _;
         self.ensure_namespace(SUBSTRATE_NAMESPACE);
         let port = addr.port();
+        let mut spec = json!({
+            "group": "substrate.ate.dev", "version": "v1alpha1",
+            "groupPriorityMinimum": 1000, "versionPriority": 100,
+            "service": {"namespace": SUBSTRATE_NAMESPACE, "name": SUBSTRATE_SERVICE, "port": port},
+        });
+        if let Some(ca) = ca_pem {
+            spec["caBundle"] = base64::engine::general_purpose::STANDARD.encode(ca).into();
+        }
         self.admin.apply(&json!({
             "apiVersion": "v1", "kind": "List", "items": [
                 {
@@ -563,12 +590,7 @@ impl Envtest {
                 {
                     "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
                     "metadata": {"name": "v1alpha1.substrate.ate.dev"},
-                    "spec": {
-                        "group": "substrate.ate.dev", "version": "v1alpha1",
-                        "groupPriorityMinimum": 1000, "versionPriority": 100,
-                        "service": {"namespace": SUBSTRATE_NAMESPACE, "name": SUBSTRATE_SERVICE, "port": port},
-                        "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
-                    },
+                    "spec": spec,
                 },
             ],
         }));

@@ -308,13 +308,12 @@ fn quota_controller_counts_actors_with_substrate_registered() {
 }
 
 /// Namespaces, atespaces, the actors of the matrix and its RBAC objects; the actors' template
-/// in Substrate's own store, where its scheduler reads it when an actor resumes.
-fn matrix_setup(env: &Envtest, substrate: &Substrate) {
-    let direct_admin = substrate.direct(env, &env.admin);
+/// a CRD object of kube-apiserver, where Substrate's scheduler reads it when an actor resumes.
+fn matrix_setup(env: &Envtest) {
     for (ns, actor_name) in NAMESPACES {
         tenant_namespace(env, ns);
         create(
-            &direct_admin,
+            &env.admin,
             &format!("/apis/ate.dev/v1alpha1/namespaces/{ns}/actortemplates"),
             &tenancy::template(ns),
         );
@@ -335,8 +334,8 @@ fn tenant_matrix_through_kube_apiserver() {
     }) else {
         return;
     };
-    let substrate = Substrate::start(&env);
-    matrix_setup(&env, &substrate);
+    let _substrate = Substrate::start(&env);
+    matrix_setup(&env);
     let alice = env.user(ALICE.user, &ALICE.groups[..1]);
     let bob = env.user(BOB.user, &BOB.groups[..1]);
     let robot = env.service_account_identity("team-a", "robot");
@@ -431,7 +430,7 @@ fn tenant_matrix_directly_against_substrate() {
         return;
     };
     let substrate = Substrate::start(&env);
-    matrix_setup(&env, &substrate);
+    matrix_setup(&env);
     let alice = substrate.direct(&env, &env.user(ALICE.user, &ALICE.groups[..1]));
     let bob = substrate.direct(&env, &env.user(BOB.user, &BOB.groups[..1]));
     let robot = substrate.direct(&env, &env.service_account_identity("team-a", "robot"));
@@ -451,7 +450,7 @@ fn namespace_admins_and_viewers_use_actors_through_the_shipped_aggregated_roles(
     // ClusterRole aggregation puts Substrate's rules into the built-in admin/edit/view, so a
     // binding to `admin` or `view` (nothing Substrate-specific) is all a tenant needs.
     let Some(env) = Envtest::start() else { return };
-    let substrate = Substrate::start(&env);
+    let _substrate = Substrate::start(&env);
     let roles = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../config/rbac/substrate-actor-roles.yaml"
@@ -460,7 +459,7 @@ fn namespace_admins_and_viewers_use_actors_through_the_shipped_aggregated_roles(
     let ns = "team-x";
     tenant_namespace(&env, ns);
     create(
-        &substrate.direct(&env, &env.admin),
+        &env.admin,
         &format!("/apis/ate.dev/v1alpha1/namespaces/{ns}/actortemplates"),
         &tenancy::template(ns),
     );
