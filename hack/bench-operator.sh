@@ -78,7 +78,8 @@ start_all() {
   log "starting the apiserver on https://127.0.0.1:$APISERVER_PORT"
   spawn_daemon "$APISERVER_PIDFILE" "$APISERVER_LOG" \
     "$BIN_DIR/substrate-apiserver" --bind "127.0.0.1:$APISERVER_PORT" \
-    --valkey-url "redis://127.0.0.1:$VALKEY_PORT" --pki-dir "$SUBSTRATE_PKI_DIR" \
+    --valkey-url "redis://127.0.0.1:$VALKEY_PORT" --valkey-password-file "$VALKEY_PASSWORD_FILE" \
+    --pki-dir "$SUBSTRATE_PKI_DIR" \
     --kubeconfig-out "$SUBSTRATE_KUBECONFIG" --log-format plain
   wait_for -t 60 -p "$(read_pidfile "$APISERVER_PIDFILE")" apiserver_ready ||
     die "the apiserver did not become ready (see $APISERVER_LOG)"

@@ -11,7 +11,8 @@
 #
 # By default it loads the system of hack/up.sh (.substrate/kubeconfig, Valkey on
 # SUBSTRATE_VALKEY_PORT) and checks that it is up. Another apiserver: pass --kubeconfig or
-# --pki-dir (or set SUBSTRATE_BENCH_KUBECONFIG), plus SUBSTRATE_BENCH_VALKEY_URL and, for its
+# --pki-dir (or set SUBSTRATE_BENCH_KUBECONFIG), plus SUBSTRATE_BENCH_VALKEY_URL (and
+# SUBSTRATE_BENCH_VALKEY_PASSWORD_FILE; default: hack/up.sh's valkey/password) and, for its
 # CPU share, SUBSTRATE_BENCH_APISERVER_PID. The run creates atespaces bench-<id>[-list|-watch|
 # -mem] and deletes them at the end (asynchronously; --wait-cleanup waits).
 set -euo pipefail
@@ -21,7 +22,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 source "$ROOT/hack/lib.sh"
 
 usage() {
-  sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,18s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 # check_system_up: the apiserver and Valkey of hack/up.sh answer; exports what
@@ -39,13 +40,14 @@ check_system_up() {
       "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null; then
     die "the apiserver (pid $pid) is not ready at https://127.0.0.1:$APISERVER_PORT/readyz; see $APISERVER_LOG, or $hint"
   fi
-  local cli
-  if cli="$(command -v valkey-cli || command -v redis-cli)" &&
-    [[ "$("$cli" -h 127.0.0.1 -p "$VALKEY_PORT" PING 2>/dev/null)" != PONG ]]; then
-    die "Valkey does not answer on 127.0.0.1:$VALKEY_PORT; $hint"
+  if command -v valkey-cli >/dev/null 2>&1 || command -v redis-cli >/dev/null 2>&1; then
+    valkey_ping "$VALKEY_PORT" || die "Valkey does not answer on 127.0.0.1:$VALKEY_PORT; $hint"
   fi
   export SUBSTRATE_BENCH_KUBECONFIG="$SUBSTRATE_KUBECONFIG"
   export SUBSTRATE_BENCH_VALKEY_URL="${SUBSTRATE_BENCH_VALKEY_URL:-redis://127.0.0.1:$VALKEY_PORT}"
+  if [[ -z "${SUBSTRATE_BENCH_VALKEY_PASSWORD_FILE:-}" && -r "$VALKEY_PASSWORD_FILE" ]]; then
+    export SUBSTRATE_BENCH_VALKEY_PASSWORD_FILE="$VALKEY_PASSWORD_FILE"
+  fi
   export SUBSTRATE_BENCH_APISERVER_PID="${SUBSTRATE_BENCH_APISERVER_PID:-$pid}"
   log "target: the apiserver of hack/up.sh (pid $pid, https://127.0.0.1:$APISERVER_PORT), Valkey $SUBSTRATE_BENCH_VALKEY_URL"
 }

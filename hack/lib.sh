@@ -699,13 +699,70 @@ VALKEY_PIDFILE="$SUBSTRATE_RUN_DIR/valkey.pid"
 VALKEY_PORTFILE="$SUBSTRATE_RUN_DIR/valkey.port"
 VALKEY_LOG="$SUBSTRATE_LOG_DIR/valkey.log"
 VALKEY_REGEX='(valkey|redis)-server'
+# Valkey requires a password (issue 14: it is the whole database; nothing on this machine
+# may bypass the API). Generated at the first start, kept across restarts, mode 0600.
+VALKEY_PASSWORD_FILE="$SUBSTRATE_VALKEY_DIR/password"
+# The `requirepass` line valkey_start includes (mode 0600): never on a command line, where
+# `ps` would show it.
+VALKEY_AUTH_CONF="$SUBSTRATE_VALKEY_DIR/auth.conf"
 APISERVER_PIDFILE="$SUBSTRATE_RUN_DIR/apiserver.pid"
 APISERVER_LOG="$SUBSTRATE_LOG_DIR/apiserver.log"
 APISERVER_REGEX='substrate-apiserver'
 
-# valkey_ping PORT: true if a Valkey answers PONG on 127.0.0.1:PORT (needs VALKEY_CLI).
+# valkey_cli ARGS...: VALKEY_CLI (or the valkey-cli/redis-cli on PATH) logged in with
+# VALKEY_PASSWORD_FILE when it exists. The password goes through REDISCLI_AUTH, never argv.
+valkey_cli() {
+  local cli="${VALKEY_CLI:-}" pw=""
+  [[ -n "$cli" ]] || cli="$(command -v valkey-cli || command -v redis-cli)" || return 127
+  if [[ -r "$VALKEY_PASSWORD_FILE" ]]; then
+    read -r pw <"$VALKEY_PASSWORD_FILE" || true
+  fi
+  if [[ -n "$pw" ]]; then
+    REDISCLI_AUTH="$pw" "$cli" "$@"
+  else
+    "$cli" "$@"
+  fi
+}
+
+# valkey_ping PORT: true if a Valkey answers PONG on 127.0.0.1:PORT to valkey_cli.
 valkey_ping() {
-  [[ "$("$VALKEY_CLI" -h 127.0.0.1 -p "$1" PING 2>/dev/null)" == PONG ]]
+  [[ "$(valkey_cli -h 127.0.0.1 -p "$1" PING 2>/dev/null)" == PONG ]]
+}
+
+# valkey_requires_auth PORT: true if the Valkey on 127.0.0.1:PORT refuses a client without
+# a password (NOAUTH).
+valkey_requires_auth() {
+  local cli="${VALKEY_CLI:-}"
+  [[ -n "$cli" ]] || cli="$(command -v valkey-cli || command -v redis-cli)" || return 1
+  [[ "$(env -u REDISCLI_AUTH "$cli" -h 127.0.0.1 -p "$1" PING 2>&1)" == *NOAUTH* ]]
+}
+
+# valkey_ensure_password: creates VALKEY_PASSWORD_FILE at the first start (64 hex digits
+# from /dev/urandom) and keeps an existing one; (re)writes VALKEY_AUTH_CONF from it. Both
+# are created under umask 077, so neither is readable by others even for a moment.
+valkey_ensure_password() {
+  local old_umask pw=""
+  old_umask="$(umask)"
+  umask 077
+  mkdir -p "$SUBSTRATE_VALKEY_DIR"
+  # The AOF (every object) lives here too: readable by its owner only.
+  chmod 700 "$SUBSTRATE_VALKEY_DIR"
+  if [[ ! -s "$VALKEY_PASSWORD_FILE" ]]; then
+    pw="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+    ((${#pw} == 64)) || die "could not read 32 random bytes from /dev/urandom for the Valkey password"
+    printf '%s\n' "$pw" >"$VALKEY_PASSWORD_FILE.tmp"
+    mv -f "$VALKEY_PASSWORD_FILE.tmp" "$VALKEY_PASSWORD_FILE"
+    log "generated the Valkey password: $VALKEY_PASSWORD_FILE (mode 0600)"
+  fi
+  chmod 600 "$VALKEY_PASSWORD_FILE"
+  read -r pw <"$VALKEY_PASSWORD_FILE" || true
+  [[ "$pw" =~ ^[A-Za-z0-9._~+/=-]+$ ]] ||
+    die "$VALKEY_PASSWORD_FILE: the password (its first line) must be letters, digits and ._~+/=- only; delete the file to generate one"
+  printf '# Written by hack/lib.sh from %s; included by valkey-server.\nrequirepass %s\n' \
+    "$VALKEY_PASSWORD_FILE" "$pw" >"$VALKEY_AUTH_CONF.tmp"
+  chmod 600 "$VALKEY_AUTH_CONF.tmp"
+  mv -f "$VALKEY_AUTH_CONF.tmp" "$VALKEY_AUTH_CONF"
+  umask "$old_umask"
 }
 
 # _rotate_log FILE: keeps one previous log as FILE.1.
@@ -715,12 +772,18 @@ _rotate_log() {
   fi
 }
 
-# valkey_start: starts Valkey on VALKEY_PORT with config/valkey/valkey.conf, or reuses the
-# healthy one a previous run started. Needs ensure_valkey first.
+# valkey_start: starts Valkey on VALKEY_PORT with config/valkey/valkey.conf and the password
+# of VALKEY_PASSWORD_FILE (valkey_ensure_password), or reuses the healthy one a previous run
+# started. A running Valkey that needs no password (started before Valkey had one) is
+# reused too, with VALKEY_WITHOUT_PASSWORD=1 set: the caller restarts it (valkey_stop,
+# valkey_start) once nothing depends on it. Needs ensure_valkey first.
+VALKEY_WITHOUT_PASSWORD=""
 valkey_start() {
   local conf="$ROOT/config/valkey/valkey.conf" pid old_port
   [[ -r "$conf" ]] || die "missing $conf"
   mkdir -p "$SUBSTRATE_RUN_DIR" "$SUBSTRATE_LOG_DIR" "$SUBSTRATE_VALKEY_DIR"
+  valkey_ensure_password
+  VALKEY_WITHOUT_PASSWORD=""
 
   pid="$(read_pidfile "$VALKEY_PIDFILE")"
   if [[ -n "$pid" ]] && pid_matches "$pid" "$VALKEY_REGEX"; then
@@ -729,6 +792,10 @@ valkey_start() {
       die "Valkey from an earlier hack/up.sh runs on port $old_port (pid $pid), not $VALKEY_PORT; run hack/down.sh first"
     fi
     if wait_for -t 10 -p "$pid" valkey_ping "$VALKEY_PORT"; then
+      if ! valkey_requires_auth "$VALKEY_PORT"; then
+        warn "the running Valkey (pid $pid) needs no password (an older hack/up.sh started it); it is restarted with $VALKEY_PASSWORD_FILE once nothing uses it"
+        VALKEY_WITHOUT_PASSWORD=1
+      fi
       log "reusing running Valkey on 127.0.0.1:$VALKEY_PORT (pid $pid)"
       return 0
     fi
@@ -743,7 +810,8 @@ valkey_start() {
   log "starting Valkey on 127.0.0.1:$VALKEY_PORT (data in $SUBSTRATE_VALKEY_DIR)"
   _rotate_log "$VALKEY_LOG"
   supervised_spawn "$VALKEY_PIDFILE" "$VALKEY_LOG" \
-    "$VALKEY_SERVER" "$conf" --port "$VALKEY_PORT" --dir "$SUBSTRATE_VALKEY_DIR"
+    "$VALKEY_SERVER" "$conf" --include "$VALKEY_AUTH_CONF" --port "$VALKEY_PORT" \
+    --dir "$SUBSTRATE_VALKEY_DIR"
   printf '%s\n' "$VALKEY_PORT" >"$VALKEY_PORTFILE"
   pid="$(read_pidfile "$VALKEY_PIDFILE")"
   if ! wait_for -t 30 -p "$pid" valkey_ping "$VALKEY_PORT"; then
@@ -772,7 +840,7 @@ valkey_stop() {
   # supervisor (below) reaches Valkey, which then shuts down cleanly as well.
   if [[ -n "$cli" ]] && ! is_supervisor "$pid"; then
     log "stopping Valkey (pid $pid, port $port): SHUTDOWN"
-    "$cli" -h 127.0.0.1 -p "$port" SHUTDOWN >/dev/null 2>&1 || true
+    VALKEY_CLI="$cli" valkey_cli -h 127.0.0.1 -p "$port" SHUTDOWN >/dev/null 2>&1 || true
     if ! wait_for -t 30 -i 0.2 _pid_gone "$pid"; then
       warn "Valkey (pid $pid) still runs 30s after SHUTDOWN"
     fi

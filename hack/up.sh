@@ -9,8 +9,9 @@
 #   hack/down.sh        stop it again (running actors are suspended first)
 #
 # Needs root (gVisor sandboxes, network namespaces). State lives in .substrate/ (or
-# $SUBSTRATE_HOME): kubeconfig, tenants/, endpoints.env, pki/, valkey/, registry/, node/, snapshots/,
-# logs/, run/. Ports (all on 127.0.0.1): SUBSTRATE_{VALKEY,APISERVER,REGISTRY,ROUTER,
+# $SUBSTRATE_HOME): kubeconfig, tenants/, endpoints.env, pki/, valkey/ (data, and the Valkey
+# password generated at the first start, valkey/password, mode 0600), registry/, node/,
+# snapshots/, logs/, run/. Ports (all on 127.0.0.1): SUBSTRATE_{VALKEY,APISERVER,REGISTRY,ROUTER,
 # ROUTER_ADMIN,DNS}_PORT (6390, 6443, 5000, 8080, 9091, 1053). Workers: SUBSTRATE_ADDR_RANGE
 # (10.203.0.0/16), SUBSTRATE_WORKER_INDEX_BASE (1), SUBSTRATE_NODE_NAME (local).
 # SUBSTRATE_PROFILE=debug uses debug builds. Running it again is safe: running actors are
@@ -33,7 +34,7 @@ WORKER_INDEX_BASE="${SUBSTRATE_WORKER_INDEX_BASE:-1}"
 export SUBSTRATE_MODE=standalone
 
 usage() {
-  sed -n '2,18s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 kubectl_() { "$KUBECTL" --kubeconfig "$SUBSTRATE_KUBECONFIG" --request-timeout=20s "$@"; }
@@ -90,6 +91,7 @@ start_apiserver() {
     "$BIN_DIR/substrate-apiserver" \
     --bind "127.0.0.1:$APISERVER_PORT" \
     --valkey-url "redis://127.0.0.1:$VALKEY_PORT" \
+    --valkey-password-file "$VALKEY_PASSWORD_FILE" \
     --pki-dir "$SUBSTRATE_PKI_DIR" \
     --kubeconfig-out "$SUBSTRATE_KUBECONFIG" \
     --log-format plain
@@ -273,6 +275,7 @@ ROUTER_ADMIN=127.0.0.1:$ROUTER_ADMIN_PORT
 DNS=127.0.0.1:$DNS_PORT
 REGISTRY=127.0.0.1:$REGISTRY_PORT
 VALKEY=127.0.0.1:$VALKEY_PORT
+VALKEY_PASSWORD_FILE=$VALKEY_PASSWORD_FILE
 KUBECONFIG=$SUBSTRATE_KUBECONFIG
 EOF
 }
@@ -293,7 +296,7 @@ Substrate is up.
   router     http://127.0.0.1:$ROUTER_PORT     metrics: http://127.0.0.1:$ROUTER_ADMIN_PORT/metrics
   operator   metrics: http://127.0.0.1:$OPERATOR_ADMIN_PORT/metrics
   DNS        127.0.0.1:$DNS_PORT (udp+tcp)  zone actors.resources.substrate.ate.dev
-  registry   127.0.0.1:$REGISTRY_PORT    valkey: 127.0.0.1:$VALKEY_PORT
+  registry   127.0.0.1:$REGISTRY_PORT    valkey: 127.0.0.1:$VALKEY_PORT (password: $VALKEY_PASSWORD_FILE)
   logs       $SUBSTRATE_LOG_DIR/    endpoints: $ENDPOINTS_FILE
 
 Next, in your shell (the README's walkthrough has more):
@@ -328,6 +331,12 @@ main() {
   component_stop operator
   if apiserver_ready 2>/dev/null; then
     suspend_running_actors
+  fi
+  if [[ -n "$VALKEY_WITHOUT_PASSWORD" ]]; then
+    # Started by an older hack/up.sh: now that nothing uses it, restart it with the password.
+    apiserver_stop
+    valkey_stop
+    valkey_start
   fi
   start_apiserver
   start_registry

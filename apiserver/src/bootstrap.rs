@@ -43,7 +43,7 @@ pub enum BootstrapError {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("Secret {namespace}/{name} has no key {key:?}")]
     MissingKey {
@@ -93,7 +93,7 @@ fn api_err(
         what,
         namespace,
         name,
-        source,
+        source: Box::new(source),
     }
 }
 

@@ -33,6 +33,17 @@ pub struct Args {
         default_value = "redis://127.0.0.1:6390"
     )]
     pub valkey_url: String,
+    /// Valkey ACL user to log in as (default: the URL's user, else `default`).
+    #[arg(long, env = "SUBSTRATE_VALKEY_USERNAME")]
+    pub valkey_username: Option<String>,
+    /// File whose first line is the Valkey password (read at start; wins over a password in
+    /// --valkey-url).
+    #[arg(long, env = "SUBSTRATE_VALKEY_PASSWORD_FILE")]
+    pub valkey_password_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signs Valkey's certificate, for a `rediss://` --valkey-url
+    /// (default: the system's roots).
+    #[arg(long, env = "SUBSTRATE_VALKEY_TLS_CA_FILE")]
+    pub valkey_tls_ca_file: Option<PathBuf>,
     /// Prefix of every Valkey key.
     #[arg(long, env = "SUBSTRATE_KEY_PREFIX", default_value = "substrate")]
     pub key_prefix: String,
@@ -244,6 +255,37 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn valkey_login_flags() {
+        let a = Args::try_parse_from(["substrate-apiserver"]).unwrap();
+        assert_eq!(a.valkey_url, "redis://127.0.0.1:6390");
+        assert_eq!(
+            (
+                a.valkey_username,
+                a.valkey_password_file,
+                a.valkey_tls_ca_file
+            ),
+            (None, None, None)
+        );
+        let a = Args::try_parse_from([
+            "substrate-apiserver",
+            "--valkey-url=rediss://valkey:6379",
+            "--valkey-username=substrate-apiserver",
+            "--valkey-password-file=/secrets/valkey/password",
+            "--valkey-tls-ca-file=/secrets/valkey/ca.crt",
+        ])
+        .unwrap();
+        assert_eq!(a.valkey_username.as_deref(), Some("substrate-apiserver"));
+        assert_eq!(
+            a.valkey_password_file,
+            Some(PathBuf::from("/secrets/valkey/password"))
+        );
+        assert_eq!(
+            a.valkey_tls_ca_file,
+            Some(PathBuf::from("/secrets/valkey/ca.crt"))
+        );
     }
 
     #[test]

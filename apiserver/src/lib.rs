@@ -66,10 +66,19 @@ pub enum RunError {
     Server(#[from] server::ServerError),
     #[error("connecting to Valkey at {url}: {source}")]
     Storage {
+        /// Redacted (no userinfo).
         url: String,
         #[source]
         source: storage::StorageError,
     },
+    #[error("valkey at {url} refused authentication: {reason}")]
+    ValkeyAuth {
+        /// Redacted (no userinfo).
+        url: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    ValkeyEndpoint(#[from] storage::EndpointError),
     #[error("creating the bootstrap atespaces and RBAC policy: {message}")]
     Bootstrap { message: String },
     #[error(
@@ -78,8 +87,6 @@ pub enum RunError {
     NeedsCluster { flag: &'static str },
     #[error("cluster bootstrap: {0}")]
     Cluster(#[from] bootstrap::BootstrapError),
-    #[error("--valkey-url: {0}")]
-    ValkeyUrl(&'static str),
 }
 
 /// A serving apiserver.
@@ -145,7 +152,6 @@ pub async fn start_with(
     let pki = pki::ensure(&args.pki_dir, &args.tls_sans)?;
     let (authn, mut background) = authentication(args, &pki).await?;
     background.extend(boot.publish_ca(args, &pki).await?);
-    let valkey_url = boot.valkey_url(args).await?;
     let verifier = authn.client_verifier();
     let cert = read(args.tls_cert_file.as_deref().unwrap_or(&pki.serving_cert()))?;
     let key = read(
@@ -161,12 +167,26 @@ pub async fn start_with(
         log_max_len: args.watch_history,
     };
     let resources: Vec<_> = ALL.iter().map(|r| rkey(r)).collect();
-    let store = Store::connect(&valkey_url, opts, &resources)
-        .await
-        .map_err(|source| RunError::Storage {
-            url: args.valkey_url.clone(),
-            source,
-        })?;
+    let valkey = storage::Endpoint::from_flags(
+        &args.valkey_url,
+        args.valkey_username.as_deref(),
+        args.valkey_password_file.as_deref(),
+        args.valkey_tls_ca_file.as_deref(),
+    )?;
+    let valkey = boot.valkey_password(args, valkey).await?;
+    let store =
+        Store::connect_to(&valkey, opts, &resources)
+            .await
+            .map_err(|source| match source {
+                storage::StorageError::Unauthenticated { reason } => RunError::ValkeyAuth {
+                    url: valkey.redacted(),
+                    reason,
+                },
+                source => RunError::Storage {
+                    url: valkey.redacted(),
+                    source,
+                },
+            })?;
     // Standalone RBAC: the authorizer answers from the policy it keeps; the registry refuses
     // RBAC writes that would escalate privileges (asking the whole chain about `bind` and
     // `escalate`). In cluster mode the chain asks the cluster instead (SubjectAccessReview
@@ -247,7 +267,7 @@ pub async fn start_with(
     let task = tokio::spawn(server::serve(listener, tls, state, async {
         let _ = rx.await;
     }));
-    tracing::info!(%addr, valkey = %args.valkey_url, "apiserver serving");
+    tracing::info!(%addr, valkey = %valkey.redacted(), "apiserver serving");
     Ok(Running {
         addr,
         registry,
@@ -328,32 +348,19 @@ impl Bootstrap {
         ))))
     }
 
-    /// `--valkey-url` with the password of `--valkey-password-secret` in it.
-    async fn valkey_url(&self, args: &Args) -> Result<String, RunError> {
+    /// Valkey's endpoint with the password of `--valkey-password-secret` (which wins over
+    /// `--valkey-password-file` and the URL's).
+    async fn valkey_password(
+        &self,
+        args: &Args,
+        valkey: storage::Endpoint,
+    ) -> Result<storage::Endpoint, RunError> {
         let (Some(client), Some(name)) = (&self.client, &args.valkey_password_secret) else {
-            return Ok(args.valkey_url.clone());
+            return Ok(valkey);
         };
-        let password = bootstrap::valkey_password(client, &self.namespace, name)
-            .await
-            .map_err(RunError::from)?;
-        with_password(&args.valkey_url, &password)
+        let password = bootstrap::valkey_password(client, &self.namespace, name).await?;
+        Ok(valkey.with_password(password))
     }
-}
-
-/// `url` with `password` as its userinfo's password (the username kept).
-fn with_password(url: &str, password: &str) -> Result<String, RunError> {
-    let bad = RunError::ValkeyUrl;
-    // Never echo the URL: it may already carry a password.
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
-    let (userinfo, host) = match rest.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, rest),
-    };
-    let user = userinfo
-        .map(|u| u.split_once(':').map_or(u, |(u, _)| u))
-        .unwrap_or("");
-    let enc: String = form_urlencoded::byte_serialize(password.as_bytes()).collect();
-    Ok(format!("{scheme}://{user}:{enc}@{host}"))
 }
 
 /// A client of the cluster to delegate to: from `kubeconfig`, else the in-cluster
@@ -507,21 +514,4 @@ pub fn init_tracing(format: LogFormat) {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn with_password_keeps_the_user_and_encodes_the_password() {
-        use super::with_password;
-        assert_eq!(
-            with_password("redis://valkey:6379", "p@ss:/").unwrap(),
-            "redis://:p%40ss%3A%2F@valkey:6379"
-        );
-        assert_eq!(
-            with_password("redis://substrate-apiserver:old@valkey:6379/0", "new").unwrap(),
-            "redis://substrate-apiserver:new@valkey:6379/0"
-        );
-        assert!(with_password("valkey:6379", "x").is_err());
-    }
 }

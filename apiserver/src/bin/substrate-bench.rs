@@ -71,6 +71,15 @@ struct Args {
         default_value = "redis://127.0.0.1:6390"
     )]
     valkey_url: String,
+    /// Valkey ACL user (default: the URL's user, else `default`).
+    #[arg(long, env = "SUBSTRATE_BENCH_VALKEY_USERNAME")]
+    valkey_username: Option<String>,
+    /// File whose first line is the Valkey password (wins over one in --valkey-url).
+    #[arg(long, env = "SUBSTRATE_BENCH_VALKEY_PASSWORD_FILE")]
+    valkey_password_file: Option<PathBuf>,
+    /// CA bundle of Valkey's certificate (a `rediss://` URL).
+    #[arg(long, env = "SUBSTRATE_BENCH_VALKEY_TLS_CA_FILE")]
+    valkey_tls_ca_file: Option<PathBuf>,
     /// The apiserver's --key-prefix.
     #[arg(long, env = "SUBSTRATE_BENCH_KEY_PREFIX", default_value = "substrate")]
     key_prefix: String,
@@ -712,7 +721,10 @@ impl Bench {
         let prefix = self.args.key_prefix.clone();
         let base = format!("{prefix}:{{substrate.ate.dev/actors}}:");
         let Some(conn) = self.probe.valkey() else {
-            bail!("the memory phase needs Valkey at {}", self.args.valkey_url);
+            bail!(
+                "the memory phase needs Valkey at {}",
+                apiserver::storage::redact_url(&self.args.valkey_url)
+            );
         };
         let mut conn = conn.clone();
         // The keys every actor adds a member to (the field terms are those of the typical
@@ -928,8 +940,15 @@ impl Bench {
     }
 }
 
-async fn connect_valkey(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(url).with_context(|| format!("Valkey URL {url}"))?;
+async fn connect_valkey(args: &Args) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let endpoint = apiserver::storage::Endpoint::from_flags(
+        &args.valkey_url,
+        args.valkey_username.as_deref(),
+        args.valkey_password_file.as_deref(),
+        args.valkey_tls_ca_file.as_deref(),
+    )?;
+    let url = endpoint.redacted();
+    let client = endpoint.client()?;
     let conn = tokio::time::timeout(
         Duration::from_secs(5),
         client.get_multiplexed_async_connection(),
@@ -976,7 +995,7 @@ async fn run(args: Args) -> anyhow::Result<Value> {
             ready.status
         );
     }
-    let valkey = match connect_valkey(&args.valkey_url).await {
+    let valkey = match connect_valkey(&args).await {
         Ok(c) => Some(c),
         Err(e) if args.phases.contains(&Phase::Memory) => return Err(e),
         Err(e) => {

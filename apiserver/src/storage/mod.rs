@@ -13,8 +13,10 @@
 //!   current; [`Watcher`]s read the history by cursor and never block the feed. Lists are
 //!   served by [`WatchCache::list`], at the cache's rv or at an older one still in its
 //!   history (so every page of a paginated list is a slice of one snapshot).
+//! * [`Endpoint`] is where Valkey is and how to log in (ACL user, password, TLS CA).
 
 mod cache;
+mod endpoint;
 mod valkey;
 
 use std::cmp::Ordering;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 pub use cache::{WatchCache, Watcher};
+pub use endpoint::{Endpoint, EndpointError, read_password_file, redact_url};
 pub use valkey::{Store, StoreOptions};
 
 /// A resource type: API group and plural resource name, e.g. `("substrate.ate.dev", "actors")`.
@@ -175,6 +178,15 @@ pub enum StorageError {
     Timeout { rv: u64, current: u64 },
     #[error("storage backend: {0}")]
     Backend(#[from] redis::RedisError),
+    /// Valkey refused to log in: wrong user or password, a disabled user, or no password
+    /// given to a Valkey that requires one.
+    #[error("refused authentication: {reason}")]
+    Unauthenticated { reason: String },
+    /// The ACL user lacks a permission the store needs (a command or a key pattern).
+    #[error("refused a command to ACL user {user}: {reason}")]
+    Forbidden { user: String, reason: String },
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     #[error("corrupt stored value for {key}: {reason}")]
     Corrupt { key: String, reason: String },
 }

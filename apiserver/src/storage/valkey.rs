@@ -33,7 +33,8 @@
 //! # The feed
 //!
 //! One task per [`Store`] follows every resource stream with `XREAD BLOCK` on a dedicated
-//! connection and applies the entries to the [`WatchCache`]s. It reconnects with backoff and
+//! connection and applies the entries to the [`WatchCache`]s. It reconnects with backoff
+//! (logging in again with the [`Endpoint`]'s credentials, as every connection does) and
 //! resumes from the cache's rv, so a Valkey restart (AOF) neither loses nor duplicates events.
 //! It reloads a cache (bumping its epoch, which expires its watchers) when the counter is
 //! lower than the cache's rv (Valkey lost data or was flushed) or when the stream does not
@@ -62,7 +63,7 @@ use redis::{AsyncConnectionConfig, Script};
 use serde_json::Value;
 
 use super::cache::{Loaded, StreamEvent, WatchCache};
-use super::{EventType, ObjectKey, ResourceKey, StorageError, stored_json, with_rv};
+use super::{Endpoint, EventType, ObjectKey, ResourceKey, StorageError, stored_json, with_rv};
 
 static CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/create.lua")));
 static UPDATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/update.lua")));
@@ -176,20 +177,38 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Connects, loads every resource's watch cache, and starts the feed.
+    /// [`Store::connect_to`] `url`, with the credentials the URL carries (if any).
     pub async fn connect(
         url: &str,
         opts: StoreOptions,
         resources: &[ResourceKey],
     ) -> Result<Store, StorageError> {
-        let client = redis::Client::open(url)?;
+        Self::connect_to(&Endpoint::new(url), opts, resources).await
+    }
+
+    /// Connects, loads every resource's watch cache, and starts the feed. Every connection
+    /// (the feed's reconnections after a Valkey restart included) logs in with `endpoint`'s
+    /// credentials. A refused login is [`StorageError::Unauthenticated`] at once (one attempt,
+    /// not the reconnect backoff); a missing ACL permission met while loading is
+    /// [`StorageError::Forbidden`].
+    pub async fn connect_to(
+        endpoint: &Endpoint,
+        opts: StoreOptions,
+        resources: &[ResourceKey],
+    ) -> Result<Store, StorageError> {
+        let client = endpoint.client()?;
+        let user = endpoint.username();
+        check_login(&client, &user).await?;
         let mut conn = ConnectionManager::new_with_config(
             client.clone(),
             ConnectionManagerConfig::new()
                 .set_response_timeout(Some(RESPONSE_TIMEOUT))
                 .set_connection_timeout(Some(CONNECT_TIMEOUT)),
         )
-        .await?;
+        .await
+        .map_err(|e| classify(e, &user))?;
+        tracing::info!(valkey = %endpoint.redacted(), user = %user,
+            password = endpoint.has_password(), "connected to Valkey");
         let mut map = HashMap::new();
         let mut feed_resources = Vec::new();
         for &res in resources {
@@ -197,7 +216,12 @@ impl Store {
                 continue;
             }
             let keys = Arc::new(Keys::new(&opts.prefix, res));
-            let loaded = load(&mut conn, res, &keys, opts.history).await?;
+            let loaded = load(&mut conn, res, &keys, opts.history)
+                .await
+                .map_err(|e| match e {
+                    StorageError::Backend(e) => classify(e, &user),
+                    e => e,
+                })?;
             tracing::info!(resource = %res, rv = loaded.rv, objects = loaded.objects.len(),
                 history = loaded.history.len(), "watch cache loaded");
             let cache = Arc::new(WatchCache::new(res, opts.history, loaded));
@@ -403,6 +427,57 @@ impl Store {
             })
             .await?;
         raw.map_or(Ok(0), |s| parse_u64(k, &s))
+    }
+}
+
+/// Logs in once and sends `PING`, so that wrong credentials fail the start at once with a
+/// clear error. A Valkey that cannot be reached (yet) is left to the connection manager,
+/// which retries.
+async fn check_login(client: &redis::Client, user: &str) -> Result<(), StorageError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    let mut conn = match client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return match classify(e, user) {
+                StorageError::Backend(_) => Ok(()),
+                refused => Err(refused),
+            };
+        }
+    };
+    redis::cmd("PING")
+        .exec_async(&mut conn)
+        .await
+        .map_err(|e| classify(e, user))
+}
+
+/// Tells refused logins ([`StorageError::Unauthenticated`]) and missing ACL permissions
+/// ([`StorageError::Forbidden`]) from other failures.
+fn classify(e: redis::RedisError, user: &str) -> StorageError {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return StorageError::Unauthenticated {
+            reason: format!(
+                "the password of user {user} was refused (wrong password, unknown user or \
+                 disabled user): {e}"
+            ),
+        };
+    }
+    match e.code() {
+        Some("NOAUTH") => StorageError::Unauthenticated {
+            reason: format!("Valkey requires a password and none was given: {e}"),
+        },
+        Some("WRONGPASS") => StorageError::Unauthenticated {
+            reason: format!("the password of user {user} was refused: {e}"),
+        },
+        Some("NOPERM") => StorageError::Forbidden {
+            user: user.to_string(),
+            reason: e.to_string(),
+        },
+        _ => StorageError::Backend(e),
     }
 }
 

@@ -173,12 +173,32 @@ impl World {
         Self::start_full(Vec::new(), extra_args)
     }
 
+    /// Starts a world on `valkey` (e.g. one that requires a password or an ACL user; the
+    /// apiserver gets its [`ValkeyServer::apiserver_flags`]), with the apiserver's default
+    /// key prefix `substrate` (the one the shipped ACL rules allow).
+    pub fn start_on(valkey: ValkeyServer) -> Self {
+        Self::start_on_full(valkey, "substrate", Vec::new(), Vec::new())
+    }
+
     fn start_full(
         authorizers: Vec<std::sync::Arc<dyn apiserver::authz::Authorizer>>,
         extra_args: Vec<String>,
     ) -> Self {
+        Self::start_on_full(
+            ValkeyServer::start(),
+            "substrate-test",
+            authorizers,
+            extra_args,
+        )
+    }
+
+    fn start_on_full(
+        valkey: ValkeyServer,
+        key_prefix: &str,
+        authorizers: Vec<std::sync::Arc<dyn apiserver::authz::Authorizer>>,
+        extra_args: Vec<String>,
+    ) -> Self {
         init_tracing();
-        let valkey = ValkeyServer::start();
         let dir = tempfile::Builder::new()
             .prefix("substrate-kubectl-")
             .tempdir()
@@ -193,7 +213,7 @@ impl World {
             pki_dir: dir.path().join("pki"),
             home,
             dir,
-            key_prefix: "substrate-test".into(),
+            key_prefix: key_prefix.into(),
             authorizers,
             extra_args,
         };
@@ -205,15 +225,19 @@ impl World {
         let fixed = [
             "substrate-apiserver".to_string(),
             "--bind=127.0.0.1:0".into(),
-            format!("--valkey-url={}", self.valkey.url()),
             format!("--key-prefix={}", self.key_prefix),
             format!("--pki-dir={}", self.pki_dir.display()),
             format!("--kubeconfig-out={}", self.kubeconfig.display()),
             // Standalone even when the tests run inside a Kubernetes pod.
             "--standalone".into(),
         ];
-        Args::try_parse_from(fixed.into_iter().chain(self.extra_args.iter().cloned()))
-            .expect("apiserver arguments")
+        Args::try_parse_from(
+            fixed
+                .into_iter()
+                .chain(self.valkey.apiserver_flags())
+                .chain(self.extra_args.iter().cloned()),
+        )
+        .expect("apiserver arguments")
     }
 
     fn start_apiserver(&mut self) {
