@@ -17,9 +17,16 @@
 //!   is older than [`DEAD_WORKER_AFTER`] goes back to `Suspended` at its last good snapshot,
 //!   and the worker is marked `Unhealthy`.
 //! * [`pool`] (per `WorkerPool`, triggered by its `Worker`s too): kstatus of the pool.
+//! * [`namespaces`] (cluster mode only): a Namespace for every Atespace, created or adopted;
+//!   deleted with its Atespace only when the operator created it; a deleted Namespace deletes
+//!   its Atespace.
 //! * [`snapshot_gc`] (when given the snapshot store): deletes the snapshots of deleted
 //!   actors (at once, on their watch event) and of owners gone while no operator ran, and
 //!   live actors' superseded snapshots, after a grace; a full sweep now and then.
+//!
+//! The operator talks to two apiservers through [`Clients`]: actors, workers and atespaces
+//! are Substrate's; templates, pools, namespaces and the leader lease the cluster's (one and
+//! the same apiserver standalone).
 //!
 //! Each controller decides with a pure function (the object, what the watch caches hold, the
 //! time) returning an action and when to look again; a thin layer performs the action. Work is

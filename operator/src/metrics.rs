@@ -19,7 +19,15 @@ use crate::caches::Caches;
 use crate::snapshot_gc::Reason;
 
 /// The controllers, in the order of [`Metrics`]' arrays.
-pub const CONTROLLERS: [&str; 5] = ["golden", "lifecycle", "dead_worker", "pool", "namespaces"];
+/// `namespaces` and `namespace_cleanup` run in cluster mode only (see [`crate::namespaces`]).
+pub const CONTROLLERS: [&str; 6] = [
+    "golden",
+    "lifecycle",
+    "dead_worker",
+    "pool",
+    "namespaces",
+    "namespace_cleanup",
+];
 
 fn index(controller: &str) -> Option<usize> {
     CONTROLLERS.iter().position(|c| *c == controller)

@@ -22,10 +22,11 @@
 //! * Reserved namespaces (`default`, `kube-*`) are never labelled, created or deleted by the
 //!   operator, whatever their Atespace does (logged).
 //!
-//! Two kube-runtime [`Controller`](kube::runtime::Controller)s share [`decide`]: one per
-//! Atespace (also triggered by the Namespace of its name), which acts while the Atespace
-//! exists, and one per Namespace (also triggered by the Atespace of its name), which acts
-//! once the Atespace is gone (a controller reconciles only objects its store holds).
+//! Two kube-runtime [`Controller`](kube::runtime::Controller)s share [`decide`]: `namespaces`,
+//! per Atespace (also triggered by the Namespace of its name), which acts while the Atespace
+//! exists, and `namespace_cleanup`, per Namespace (also triggered by the Atespace of its
+//! name), which acts once the Atespace is gone (a controller reconciles only objects its store
+//! holds).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,7 +189,7 @@ pub(crate) async fn reconcile_atespace(
     ctx: Arc<Ctx>,
 ) -> Result<Action, OperatorError> {
     let name = a.metadata.name.clone().unwrap_or_default();
-    reconcile(&name, &ctx).await
+    reconcile("namespaces", &name, &ctx).await
 }
 
 /// Reconciles the name of a Namespace (acts once its Atespace is gone).
@@ -204,10 +205,14 @@ pub(crate) async fn reconcile_namespace(
         // The per-Atespace controller has it.
         return Ok(Action::requeue(ctx.cfg.resync));
     }
-    reconcile(&name, &ctx).await
+    reconcile("namespace_cleanup", &name, &ctx).await
 }
 
-async fn reconcile(name: &str, ctx: &Ctx) -> Result<Action, OperatorError> {
+async fn reconcile(
+    controller: &'static str,
+    name: &str,
+    ctx: &Ctx,
+) -> Result<Action, OperatorError> {
     let (Some(atespaces), Some(namespaces)) = (
         ctx.caches.atespaces.as_ref(),
         ctx.caches.namespaces.as_ref(),
@@ -276,7 +281,7 @@ async fn reconcile(name: &str, ctx: &Ctx) -> Result<Action, OperatorError> {
                 .await
             {
                 Ok(_) => Ok(later),
-                Err(e) if is_not_found(&e) => Ok(ctx.gone("namespaces", name)),
+                Err(e) if is_not_found(&e) => Ok(ctx.gone(controller, name)),
                 Err(e) => Err(e.into()),
             }
         }
@@ -293,7 +298,7 @@ async fn reconcile(name: &str, ctx: &Ctx) -> Result<Action, OperatorError> {
                     tracing::info!(atespace = %name, "namespace deleted: atespace deleted");
                     Ok(later)
                 }
-                Err(e) if is_not_found(&e) => Ok(ctx.gone("namespaces", name)),
+                Err(e) if is_not_found(&e) => Ok(ctx.gone(controller, name)),
                 // Another Atespace of that name meanwhile.
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(Action::requeue(WAIT)),
                 Err(e) => Err(e.into()),
@@ -312,7 +317,7 @@ async fn reconcile(name: &str, ctx: &Ctx) -> Result<Action, OperatorError> {
                     tracing::info!(namespace = %name, "atespace deleted: the namespace created for it deleted");
                     Ok(later)
                 }
-                Err(e) if is_not_found(&e) => Ok(ctx.gone("namespaces", name)),
+                Err(e) if is_not_found(&e) => Ok(ctx.gone(controller, name)),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(Action::requeue(WAIT)),
                 Err(e) => Err(e.into()),
             }
@@ -333,7 +338,7 @@ async fn reconcile(name: &str, ctx: &Ctx) -> Result<Action, OperatorError> {
                     tracing::info!(namespace = %name, "atespace deleted: adopted namespace released (kept)");
                     Ok(later)
                 }
-                Err(e) if is_not_found(&e) => Ok(ctx.gone("namespaces", name)),
+                Err(e) if is_not_found(&e) => Ok(ctx.gone(controller, name)),
                 Err(e) => Err(e.into()),
             }
         }

@@ -294,13 +294,13 @@ pub(crate) async fn run(
                 })
                 .with_config(config)
                 .run(
-                    counted("namespaces", namespaces::reconcile_namespace),
-                    error_policy("namespaces"),
+                    counted("namespace_cleanup", namespaces::reconcile_namespace),
+                    error_policy("namespace_cleanup"),
                     ctx.clone(),
                 );
             tokio::select! {
                 _ = drain("namespaces", by_atespace) => {}
-                _ = drain("namespaces", by_namespace) => {}
+                _ = drain("namespace_cleanup", by_namespace) => {}
             }
         };
         // Snapshot GC (when a store is configured): deleted owners, superseded snapshots.
