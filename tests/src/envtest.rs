@@ -753,6 +753,9 @@ fn start_kube_apiserver(
         ),
         format!("--proxy-client-key-file={}", p(&pki.front_proxy_client.key)),
         "--enable-aggregator-routing=false".into(),
+        // As kubeadm and every distribution run it: config/'s node agent DaemonSet is
+        // privileged (tests/tests/install.rs applies it).
+        "--allow-privileged=true".into(),
         "--profiling=false".into(),
         "--v=1".into(),
     ];

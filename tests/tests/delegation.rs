@@ -17,7 +17,7 @@
 //!
 //! And a start whose identity may not read the ConfigMap fails with a clear error, unless
 //! `--authentication-tolerate-lookup-failure`; the bindings shipped in
-//! `config/cluster/delegation-rbac.yaml` are all a ServiceAccount needs.
+//! `config/rbac/apiserver.yaml` are all a ServiceAccount needs.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -170,12 +170,12 @@ fn start_fails_clearly_when_the_authentication_configmap_cannot_be_read() {
 
 #[test]
 fn the_shipped_delegation_rbac_is_enough_for_a_service_account() {
-    // config/cluster/delegation-rbac.yaml applied, Substrate started with a token of its
+    // config/rbac/apiserver.yaml applied, Substrate started with a token of its
     // ServiceAccount (what the in-cluster configuration gives a pod): it reads the
     // ConfigMap, reviews tokens and asks for SubjectAccessReviews.
     let Some(env) = control_plane() else { return };
-    let manifest =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/cluster/delegation-rbac.yaml");
+    env.ensure_namespace("substrate-system");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/rbac/apiserver.yaml");
     env.kubectl()
         .ok(&["apply", "-f", &manifest.display().to_string()], None);
     let sa = env.service_account_identity("substrate-system", "substrate-apiserver");
