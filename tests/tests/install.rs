@@ -1936,7 +1936,6 @@ fn the_coredns_step_forwards_the_actor_zone_to_the_dns_service() {
 }
 
 #[test]
-#[ignore = "until the cluster-mode flags (--mode, --substrate-ca-file, --valkey-username, ...) land (issue 14)"]
 fn every_flag_the_manifests_give_exists_in_its_binary() {
     // Each container's command and args, with `--help` last: clap rejects an unknown flag
     // before it gets to the help.
