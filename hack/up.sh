@@ -29,6 +29,9 @@ NODE_NAME="${SUBSTRATE_NODE_NAME:-local}"
 # it is added to the host before any is used). Index base 1 → 10.203.0.4/30 and up.
 ADDR_RANGE="${SUBSTRATE_ADDR_RANGE:-10.203.0.0/16}"
 WORKER_INDEX_BASE="${SUBSTRATE_WORKER_INDEX_BASE:-1}"
+# One machine: every component talks to this apiserver alone, even inside a pod (where
+# `--mode auto` would pick cluster mode; see the clients crate).
+export SUBSTRATE_MODE=standalone
 
 usage() {
   sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"

@@ -158,4 +158,20 @@ pub mod liveness {
 pub mod labels {
     /// Set on actors: the pool of the worker the actor is bound to.
     pub const WORKER_POOL: &str = "substrate.ate.dev/worker-pool";
+    /// Cluster mode: set by the operator on the Namespace it keeps for an Atespace (value: the
+    /// atespace's name); a Namespace carrying it is managed by the operator.
+    pub const ATESPACE: &str = "substrate.ate.dev/atespace";
+}
+
+/// Well-known annotations.
+pub mod annotations {
+    /// Cluster mode: on a Namespace the operator created for an Atespace (value
+    /// [`CREATED_BY_OPERATOR`]); only such a Namespace is deleted with its Atespace.
+    pub const CREATED_BY: &str = "substrate.ate.dev/created-by";
+    /// The value of [`CREATED_BY`], also the operator's field manager.
+    pub const CREATED_BY_OPERATOR: &str = "substrate-operator";
+    /// Cluster mode: on an Atespace, the Namespace it has had: `<atespace uid>/<namespace uid>`
+    /// (written by the operator; ignored on an Atespace of another uid, e.g. one restored
+    /// from a backup). An Atespace whose recorded Namespace is deleted is deleted too.
+    pub const NAMESPACE: &str = "substrate.ate.dev/namespace";
 }

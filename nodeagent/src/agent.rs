@@ -198,7 +198,9 @@ fn pid_alive(pid: i32) -> bool {
 
 /// The node agent.
 pub struct Agent {
-    client: kube::Client,
+    /// Workers, actors and atespaces on Substrate's apiserver; pools and templates on the
+    /// cluster's (one and the same in standalone mode).
+    clients: clients::Clients,
     cfg: AgentConfig,
     images: ImageCache,
     snapshots: SnapshotStore,
@@ -374,14 +376,15 @@ fn from_crd_snapshot(s: &crds::substrate::SnapshotRef) -> Option<SnapshotRef> {
 }
 
 impl Agent {
+    /// The agent; a single `kube::Client` is standalone mode.
     pub fn new(
-        client: kube::Client,
+        clients: impl Into<clients::Clients>,
         cfg: AgentConfig,
         images: ImageCache,
         snapshots: SnapshotStore,
     ) -> Arc<Self> {
         Arc::new(Self {
-            client,
+            clients: clients.into(),
             cfg,
             images,
             snapshots,
@@ -393,11 +396,11 @@ impl Agent {
     }
 
     fn worker_api(&self) -> Api<Worker> {
-        Api::all(self.client.clone())
+        Api::all(self.clients.substrate.clone())
     }
 
     fn actor_api(&self, ns: &str) -> Api<Actor> {
-        Api::namespaced(self.client.clone(), ns)
+        Api::namespaced(self.clients.substrate.clone(), ns)
     }
 
     /// Runs the agent until the returned future is dropped.
@@ -405,7 +408,7 @@ impl Agent {
         let (store, writer) = reflector::store::<Actor>();
         let cfg =
             watcher::Config::default().fields(&format!("status.worker.node={}", self.cfg.node));
-        let stream = watcher(Api::<Actor>::all(self.client.clone()), cfg)
+        let stream = watcher(Api::<Actor>::all(self.clients.substrate.clone()), cfg)
             .default_backoff()
             .reflect(writer)
             .applied_objects();
@@ -447,7 +450,8 @@ impl Agent {
 
     /// Desired workers: `(name, pool)` for every replica of every hosted pool.
     async fn desired_workers(&self) -> Result<Vec<(String, String)>, AgentError> {
-        let pools: Api<WorkerPool> = Api::namespaced(self.client.clone(), &self.cfg.pool_namespace);
+        let pools: Api<WorkerPool> =
+            Api::namespaced(self.clients.cluster.clone(), &self.cfg.pool_namespace);
         let mut out = Vec::new();
         for p in pools.list(&ListParams::default()).await? {
             let name = p.metadata.name.clone().unwrap_or_default();
@@ -850,7 +854,8 @@ impl Agent {
     }
 
     async fn pool_labels(&self, pool: &str) -> Option<BTreeMap<String, String>> {
-        let pools: Api<WorkerPool> = Api::namespaced(self.client.clone(), &self.cfg.pool_namespace);
+        let pools: Api<WorkerPool> =
+            Api::namespaced(self.clients.cluster.clone(), &self.cfg.pool_namespace);
         let p = pools.get_opt(pool).await.ok()??;
         let mut labels = p.spec.worker_labels.clone();
         labels.insert(crds::labels::WORKER_POOL.into(), pool.into());
@@ -1008,7 +1013,7 @@ impl Agent {
     async fn template(&self, actor: &Actor) -> Result<ActorTemplate, AgentError> {
         let ns = actor.metadata.namespace.clone().unwrap_or_default();
         let tns = actor.spec.template.namespace.clone().unwrap_or(ns);
-        let api: Api<ActorTemplate> = Api::namespaced(self.client.clone(), &tns);
+        let api: Api<ActorTemplate> = Api::namespaced(self.clients.cluster.clone(), &tns);
         api.get_opt(&actor.spec.template.name)
             .await?
             .ok_or_else(|| {
@@ -1031,7 +1036,7 @@ impl Agent {
         if template.metadata.namespace.as_deref() == Some(ns) || ns == crds::GOLDEN_ATESPACE {
             return Ok(());
         }
-        let atespaces: Api<crds::Atespace> = Api::all(self.client.clone());
+        let atespaces: Api<crds::Atespace> = Api::all(self.clients.substrate.clone());
         let labels = atespaces
             .get_opt(ns)
             .await?

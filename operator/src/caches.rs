@@ -14,8 +14,10 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
+use clients::Clients;
 use crds::ate::{ActorTemplate, WorkerPool};
-use crds::substrate::{Actor, Worker};
+use crds::substrate::{Actor, Atespace, Worker};
+use k8s_openapi::api::core::v1::Namespace;
 
 /// The stores of every kind the operator watches.
 #[derive(Clone)]
@@ -24,6 +26,10 @@ pub struct Caches {
     pub workers: Store<Worker>,
     pub templates: Store<ActorTemplate>,
     pub pools: Store<WorkerPool>,
+    /// Cluster mode only (the Atespace ↔ Namespace controllers): atespaces and the cluster's
+    /// namespaces.
+    pub atespaces: Option<Store<Atespace>>,
+    pub namespaces: Option<Store<Namespace>>,
 }
 
 /// The keys (`namespace/name`, or `name` for cluster-scoped kinds) of every cached object,
@@ -52,6 +58,19 @@ pub(crate) struct Feeds {
     pub(crate) gc_actors: mpsc::UnboundedReceiver<Actor>,
     /// Templates touched (for the snapshot GC).
     pub(crate) gc_templates: mpsc::UnboundedReceiver<ActorTemplate>,
+    /// Cluster mode only: atespaces and namespaces touched, for each of the two namespace
+    /// controllers.
+    pub(crate) namespaces: Option<NamespaceFeeds>,
+}
+
+/// The streams of the Atespace ↔ Namespace controllers (cluster mode).
+pub(crate) struct NamespaceFeeds {
+    /// For the per-Atespace controller: its atespaces, and the namespaces of their names.
+    pub(crate) atespaces: mpsc::UnboundedReceiver<Atespace>,
+    pub(crate) atespace_namespaces: mpsc::UnboundedReceiver<Namespace>,
+    /// For the per-Namespace controller: its namespaces, and the atespaces of their names.
+    pub(crate) namespaces: mpsc::UnboundedReceiver<Namespace>,
+    pub(crate) namespace_atespaces: mpsc::UnboundedReceiver<Atespace>,
 }
 
 fn key<K: kube::Resource>(o: &K) -> String {
@@ -111,7 +130,10 @@ where
 
 impl Caches {
     /// The caches and the watches that fill them (not started: see [`Feeds::watches`]).
-    pub(crate) fn new(client: kube::Client) -> (Caches, Feeds) {
+    /// Actors and workers come from Substrate's apiserver, templates and pools from the
+    /// cluster's (the same in standalone mode).
+    pub(crate) fn new(clients: &Clients) -> (Caches, Feeds) {
+        let (substrate, cluster) = (&clients.substrate, &clients.cluster);
         let (actors, aw) = reflector::store::<Actor>();
         let (workers, ww) = reflector::store::<Worker>();
         let (templates, tw) = reflector::store::<ActorTemplate>();
@@ -126,33 +148,72 @@ impl Caches {
         let (del_tx, del_rx) = mpsc::unbounded();
         let (gca_tx, gca_rx) = mpsc::unbounded();
         let (gt_tx, gt_rx) = mpsc::unbounded();
-        let watches = vec![
+        let mut watches = vec![
             watch(
-                Api::<Actor>::all(client.clone()),
+                Api::<Actor>::all(substrate.clone()),
                 aw,
                 vec![ga_tx, la_tx, da_tx, gca_tx],
                 Some(del_tx),
             ),
             watch(
-                Api::<Worker>::all(client.clone()),
+                Api::<Worker>::all(substrate.clone()),
                 ww,
                 vec![dw_tx, pw_tx],
                 None,
             ),
             watch(
-                Api::<ActorTemplate>::all(client.clone()),
+                Api::<ActorTemplate>::all(cluster.clone()),
                 tw,
                 vec![t_tx, gt_tx],
                 None,
             ),
-            watch(Api::<WorkerPool>::all(client), pw, vec![p_tx], None),
+            watch(
+                Api::<WorkerPool>::all(cluster.clone()),
+                pw,
+                vec![p_tx],
+                None,
+            ),
         ];
+        let (atespaces, namespaces, namespace_feeds) = if clients.mode.is_cluster() {
+            let (astore, asw) = reflector::store::<Atespace>();
+            let (nstore, nsw) = reflector::store::<Namespace>();
+            let (a1_tx, a1_rx) = mpsc::unbounded();
+            let (a2_tx, a2_rx) = mpsc::unbounded();
+            let (n1_tx, n1_rx) = mpsc::unbounded();
+            let (n2_tx, n2_rx) = mpsc::unbounded();
+            watches.push(watch(
+                Api::<Atespace>::all(substrate.clone()),
+                asw,
+                vec![a1_tx, a2_tx],
+                None,
+            ));
+            watches.push(watch(
+                Api::<Namespace>::all(cluster.clone()),
+                nsw,
+                vec![n1_tx, n2_tx],
+                None,
+            ));
+            (
+                Some(astore),
+                Some(nstore),
+                Some(NamespaceFeeds {
+                    atespaces: a1_rx,
+                    atespace_namespaces: n1_rx,
+                    namespaces: n2_rx,
+                    namespace_atespaces: a2_rx,
+                }),
+            )
+        } else {
+            (None, None, None)
+        };
         (
             Caches {
                 actors,
                 workers,
                 templates,
                 pools,
+                atespaces,
+                namespaces,
             },
             Feeds {
                 watches,
@@ -166,6 +227,7 @@ impl Caches {
                 deleted_actors: del_rx,
                 gc_actors: gca_rx,
                 gc_templates: gt_rx,
+                namespaces: namespace_feeds,
             },
         )
     }

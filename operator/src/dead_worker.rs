@@ -162,7 +162,7 @@ async fn release(
 ) -> Result<Outcome, OperatorError> {
     let ns = a.metadata.namespace.clone().unwrap_or_default();
     let name = a.metadata.name.clone().unwrap_or_default();
-    let api: Api<Actor> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<Actor> = Api::namespaced(ctx.clients.substrate.clone(), &ns);
     // The current object (not the cached one): the replace is a compare-and-swap on it.
     let cur = match api.get(&name).await {
         Ok(cur) => cur,
@@ -185,7 +185,7 @@ async fn release(
         Err(e) => return Err(e.into()),
     }
     if why == Lost::Silent {
-        let workers: Api<Worker> = Api::all(ctx.client.clone());
+        let workers: Api<Worker> = Api::all(ctx.clients.substrate.clone());
         act::patch_status(
             &workers,
             worker,

@@ -205,8 +205,8 @@ pub(crate) async fn reconcile(
         .and_then(|g| g.metadata.uid.clone())
         .unwrap_or_default();
     let plan = decide(&t, golden.as_deref(), ctx.retry(&guid), now);
-    let templates: Api<ActorTemplate> = Api::namespaced(ctx.client.clone(), &tns);
-    let actors: Api<Actor> = Api::namespaced(ctx.client.clone(), crds::GOLDEN_ATESPACE);
+    let templates: Api<ActorTemplate> = Api::namespaced(ctx.clients.cluster.clone(), &tns);
+    let actors: Api<Actor> = Api::namespaced(ctx.clients.substrate.clone(), crds::GOLDEN_ATESPACE);
     if plan.mark_reconciling {
         let msg = format!("booting the golden actor {}/{gname}", crds::GOLDEN_ATESPACE);
         let patch = json!({"status": {
@@ -250,7 +250,8 @@ pub(crate) async fn reconcile(
             } else {
                 "suspend"
             };
-            if act::actor_action(&ctx.client, crds::GOLDEN_ATESPACE, &gname, verb).await?
+            if act::actor_action(&ctx.clients.substrate, crds::GOLDEN_ATESPACE, &gname, verb)
+                .await?
                 == Outcome::Refused
             {
                 requeue = requeue.min(REFUSED_RETRY);
@@ -283,7 +284,13 @@ pub(crate) async fn reconcile(
             }
             if let Some(next) = retry {
                 ctx.set_retry(&guid, Some(next));
-                if act::actor_action(&ctx.client, crds::GOLDEN_ATESPACE, &gname, "resume").await?
+                if act::actor_action(
+                    &ctx.clients.substrate,
+                    crds::GOLDEN_ATESPACE,
+                    &gname,
+                    "resume",
+                )
+                .await?
                     == Outcome::Refused
                 {
                     requeue = requeue.min(REFUSED_RETRY);

@@ -17,9 +17,16 @@
 //!   is older than [`DEAD_WORKER_AFTER`] goes back to `Suspended` at its last good snapshot,
 //!   and the worker is marked `Unhealthy`.
 //! * [`pool`] (per `WorkerPool`, triggered by its `Worker`s too): kstatus of the pool.
+//! * [`namespaces`] (cluster mode only): a Namespace for every Atespace, created or adopted;
+//!   deleted with its Atespace only when the operator created it; a deleted Namespace deletes
+//!   its Atespace.
 //! * [`snapshot_gc`] (when given the snapshot store): deletes the snapshots of deleted
 //!   actors (at once, on their watch event) and of owners gone while no operator ran, and
 //!   live actors' superseded snapshots, after a grace; a full sweep now and then.
+//!
+//! The operator talks to two apiservers through [`Clients`]: actors, workers and atespaces
+//! are Substrate's; templates, pools, namespaces and the leader lease the cluster's (one and
+//! the same apiserver standalone).
 //!
 //! Each controller decides with a pure function (the object, what the watch caches hold, the
 //! time) returning an action and when to look again; a thin layer performs the action. Work is
@@ -32,12 +39,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use clients::{Clients, Mode};
+
 pub mod caches;
 pub mod dead_worker;
 pub mod golden;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
+pub mod namespaces;
 pub mod pool;
 pub mod snapshot_gc;
 pub mod summary;
@@ -130,7 +140,9 @@ impl Default for Deadlines {
 
 /// The operator.
 pub struct Operator {
-    client: kube::Client,
+    /// Actors and workers on Substrate's apiserver; templates, pools and the leader lease on
+    /// the cluster's (one and the same in standalone mode).
+    clients: Clients,
     cfg: OperatorConfig,
     /// Leader election; `None` runs the controllers at once (a single replica).
     leader: Option<LeaderConfig>,
@@ -142,19 +154,24 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// An operator that acts on its own (no leader election: a single replica).
-    pub fn new(client: kube::Client, cfg: OperatorConfig) -> Arc<Self> {
-        Self::build(client, cfg, None)
+    /// An operator that acts on its own (no leader election: a single replica). A single
+    /// `kube::Client` is standalone mode.
+    pub fn new(clients: impl Into<Clients>, cfg: OperatorConfig) -> Arc<Self> {
+        Self::build(clients.into(), cfg, None)
     }
 
     /// An operator that acts only while it holds the leader lease.
-    pub fn elected(client: kube::Client, cfg: OperatorConfig, leader: LeaderConfig) -> Arc<Self> {
-        Self::build(client, cfg, Some(leader))
+    pub fn elected(
+        clients: impl Into<Clients>,
+        cfg: OperatorConfig,
+        leader: LeaderConfig,
+    ) -> Arc<Self> {
+        Self::build(clients.into(), cfg, Some(leader))
     }
 
-    fn build(client: kube::Client, cfg: OperatorConfig, leader: Option<LeaderConfig>) -> Arc<Self> {
+    fn build(clients: Clients, cfg: OperatorConfig, leader: Option<LeaderConfig>) -> Arc<Self> {
         Arc::new(Self {
-            client,
+            clients,
             cfg,
             leader,
             metrics: Arc::new(Metrics::default()),
@@ -188,9 +205,12 @@ impl Operator {
         match self.leader.clone() {
             Some(lc) => {
                 let me = self.clone();
-                leader::run_elected(self.client.clone(), lc, self.metrics.clone(), move || {
-                    me.clone().run_controllers()
-                })
+                leader::run_elected(
+                    self.clients.cluster.clone(),
+                    lc,
+                    self.metrics.clone(),
+                    move || me.clone().run_controllers(),
+                )
                 .await
             }
             None => self.run_controllers().await,
@@ -204,7 +224,7 @@ impl Operator {
             Some(lc) => {
                 let me = self.clone();
                 leader::run_elected_until(
-                    self.client.clone(),
+                    self.clients.cluster.clone(),
                     lc,
                     self.metrics.clone(),
                     move || me.clone().run_controllers(),
@@ -223,14 +243,14 @@ impl Operator {
 
     /// The controllers and their caches, until dropped.
     async fn run_controllers(self: Arc<Self>) {
-        let (caches, feeds) = Caches::new(self.client.clone());
+        let (caches, feeds) = Caches::new(&self.clients);
         if let Ok(mut c) = self.caches.lock() {
             *c = Some(caches.clone());
         }
         let _clear = ClearOnDrop(self.clone());
         let gc = self.snapshot_gc.lock().ok().and_then(|g| g.clone());
         runner::run(
-            self.client.clone(),
+            self.clients.clone(),
             self.cfg.clone(),
             caches,
             feeds,

@@ -505,7 +505,7 @@ pub(crate) async fn reconcile(a: Arc<Actor>, ctx: Arc<Ctx>) -> Result<Action, Op
         RetryChange::Clear => ctx.set_retry(&uid, None),
         RetryChange::Set(r) => ctx.set_retry(&uid, Some(r)),
     }
-    let api: Api<Actor> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<Actor> = Api::namespaced(ctx.clients.substrate.clone(), &ns);
     if let Some(generation) = d.observed_generation {
         let patch = json!({"status": {"observedGeneration": generation}});
         if act::patch_status(&api, &name, patch).await? == Outcome::Gone {
@@ -545,7 +545,7 @@ pub(crate) async fn reconcile(a: Arc<Actor>, ctx: Arc<Ctx>) -> Result<Action, Op
             if out != Outcome::Done {
                 return finish(&ctx, &uid, out, REFUSED_RETRY);
             }
-            let workers: Api<Worker> = Api::all(ctx.client.clone());
+            let workers: Api<Worker> = Api::all(ctx.clients.substrate.clone());
             act::patch_status(
                 &workers,
                 worker,
@@ -606,7 +606,7 @@ pub(crate) async fn reconcile(a: Arc<Actor>, ctx: Arc<Ctx>) -> Result<Action, Op
             Act::IdleSuspend { .. } => act::idle_suspend_options(&a),
             _ => json!({}),
         };
-        match act::actor_action_with(&ctx.client, &ns, &name, verb, options).await? {
+        match act::actor_action_with(&ctx.clients.substrate, &ns, &name, verb, options).await? {
             Outcome::Done => {}
             Outcome::Refused => requeue = requeue.min(REFUSED_RETRY),
             Outcome::Gone => return Ok(ctx.gone("lifecycle", &uid)),

@@ -19,7 +19,15 @@ use crate::caches::Caches;
 use crate::snapshot_gc::Reason;
 
 /// The controllers, in the order of [`Metrics`]' arrays.
-pub const CONTROLLERS: [&str; 4] = ["golden", "lifecycle", "dead_worker", "pool"];
+/// `namespaces` and `namespace_cleanup` run in cluster mode only (see [`crate::namespaces`]).
+pub const CONTROLLERS: [&str; 6] = [
+    "golden",
+    "lifecycle",
+    "dead_worker",
+    "pool",
+    "namespaces",
+    "namespace_cleanup",
+];
 
 fn index(controller: &str) -> Option<usize> {
     CONTROLLERS.iter().position(|c| *c == controller)
@@ -28,10 +36,10 @@ fn index(controller: &str) -> Option<usize> {
 /// Counters of the operator.
 #[derive(Default)]
 pub struct Metrics {
-    reconciles: [AtomicU64; 4],
-    errors: [AtomicU64; 4],
+    reconciles: [AtomicU64; CONTROLLERS.len()],
+    errors: [AtomicU64; CONTROLLERS.len()],
     /// Reconciles that found their object gone on the apiserver (404).
-    gone: [AtomicU64; 4],
+    gone: [AtomicU64; CONTROLLERS.len()],
     /// Times this replica became the leader.
     pub leader_acquired: AtomicU64,
     /// Times this replica stopped leading.
@@ -75,7 +83,7 @@ pub struct Counts {
 }
 
 impl Metrics {
-    fn bump(arr: &[AtomicU64; 4], controller: &str) {
+    fn bump(arr: &[AtomicU64], controller: &str) {
         if let Some(i) = index(controller) {
             arr[i].fetch_add(1, Ordering::Relaxed);
         }

@@ -118,7 +118,7 @@ pub(crate) async fn reconcile(p: Arc<WorkerPool>, ctx: Arc<Ctx>) -> Result<Actio
     if let Some(patch) = plan.patch {
         let ns = p.metadata.namespace.clone().unwrap_or_default();
         let name = p.metadata.name.clone().unwrap_or_default();
-        let api: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
+        let api: Api<WorkerPool> = Api::namespaced(ctx.clients.cluster.clone(), &ns);
         if act::patch_status(&api, &name, patch).await? == Outcome::Gone {
             return Ok(ctx.gone("pool", p.metadata.uid.as_deref().unwrap_or_default()));
         }

@@ -12,6 +12,7 @@ use futures::{FutureExt, StreamExt};
 use kube::runtime::controller::{self, Action, Config, Controller};
 use kube::runtime::reflector::ObjectRef;
 
+use clients::Clients;
 use crds::substrate::{Actor, Worker};
 
 use crate::caches::{Caches, Feeds};
@@ -19,7 +20,7 @@ use crate::lifecycle::Retry;
 use crate::metrics::Metrics;
 use crate::snapshot_gc::{self, SnapshotGcConfig};
 use crate::summary::{self, Summary};
-use crate::{OperatorConfig, OperatorError, dead_worker, golden, lifecycle, pool};
+use crate::{OperatorConfig, OperatorError, dead_worker, golden, lifecycle, namespaces, pool};
 
 /// Reconciles in flight at once, per controller.
 const CONCURRENCY: u16 = 16;
@@ -30,7 +31,8 @@ const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// What every reconcile can reach.
 pub(crate) struct Ctx {
-    pub(crate) client: kube::Client,
+    /// Actors and workers: `substrate`; templates and pools: `cluster`.
+    pub(crate) clients: Clients,
     pub(crate) cfg: OperatorConfig,
     pub(crate) caches: Caches,
     pub(crate) metrics: Arc<Metrics>,
@@ -182,7 +184,7 @@ where
 
 /// Runs the watches and the controllers until dropped.
 pub(crate) async fn run(
-    client: kube::Client,
+    clients: Clients,
     cfg: OperatorConfig,
     caches: Caches,
     feeds: Feeds,
@@ -191,7 +193,7 @@ pub(crate) async fn run(
 ) {
     let _tracked = metrics.track_caches(caches.clone());
     let ctx = Arc::new(Ctx {
-        client,
+        clients,
         summary: Mutex::new(Summary::new(summary::DEFAULT_INTERVAL)),
         cfg,
         caches: caches.clone(),
@@ -211,6 +213,7 @@ pub(crate) async fn run(
         deleted_actors,
         gc_actors,
         gc_templates,
+        namespaces: namespace_feeds,
     } = feeds;
     let watches = futures::future::join_all(watches);
     let controllers = async {
@@ -223,6 +226,9 @@ pub(crate) async fn run(
             caches.pools.wait_until_ready(),
         )
         .await;
+        if let (Some(a), Some(n)) = (&caches.atespaces, &caches.namespaces) {
+            let _ = futures::future::join(a.wait_until_ready(), n.wait_until_ready()).await;
+        }
         tracing::info!("caches synced; controllers starting");
         let config = Config::default().concurrency(CONCURRENCY);
         let golden = Controller::for_stream(templates.map(Ok), caches.templates.clone())
@@ -257,18 +263,52 @@ pub(crate) async fn run(
             .watches_stream(pool_workers.map(Ok), move |w: Worker| {
                 pool::pools_of(&w, &pool_store.state())
             })
-            .with_config(config)
+            .with_config(config.clone())
             .run(
                 counted("pool", pool::reconcile),
                 error_policy("pool"),
                 ctx.clone(),
             );
+        // Cluster mode: Atespace ↔ Namespace, one controller per side (see `namespaces`).
+        let namespaces = async {
+            let (Some(feeds), Some(astore), Some(nstore)) = (
+                namespace_feeds,
+                caches.atespaces.clone(),
+                caches.namespaces.clone(),
+            ) else {
+                return std::future::pending().await;
+            };
+            let by_atespace = Controller::for_stream(feeds.atespaces.map(Ok), astore)
+                .watches_stream(feeds.atespace_namespaces.map(Ok), |n| {
+                    namespaces::atespace_of(&n)
+                })
+                .with_config(config.clone())
+                .run(
+                    counted("namespaces", namespaces::reconcile_atespace),
+                    error_policy("namespaces"),
+                    ctx.clone(),
+                );
+            let by_namespace = Controller::for_stream(feeds.namespaces.map(Ok), nstore)
+                .watches_stream(feeds.namespace_atespaces.map(Ok), |a| {
+                    namespaces::namespace_of(&a)
+                })
+                .with_config(config)
+                .run(
+                    counted("namespace_cleanup", namespaces::reconcile_namespace),
+                    error_policy("namespace_cleanup"),
+                    ctx.clone(),
+                );
+            tokio::select! {
+                _ = drain("namespaces", by_atespace) => {}
+                _ = drain("namespace_cleanup", by_namespace) => {}
+            }
+        };
         // Snapshot GC (when a store is configured): deleted owners, superseded snapshots.
         let gc = async {
             match snapshot_gc {
                 Some(cfg) => {
                     snapshot_gc::run(
-                        ctx.client.clone(),
+                        ctx.clients.substrate.clone(),
                         cfg,
                         caches.clone(),
                         deleted_actors,
@@ -297,6 +337,7 @@ pub(crate) async fn run(
             _ = drain("lifecycle", lifecycle) => {}
             _ = drain("dead_worker", dead) => {}
             _ = drain("pool", pool) => {}
+            _ = namespaces => {}
             _ = flusher => {}
             _ = gc => {}
         }

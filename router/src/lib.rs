@@ -354,10 +354,17 @@ fn admin_text(status: u16, body: String, content_type: &'static str) -> Response
     r
 }
 
-/// Starts the router with an apiserver client; returns once every listener is bound.
-pub async fn start(config: Config, client: kube::Client) -> Result<Running, StartError> {
+/// Starts the router with its API clients (a single `kube::Client` is standalone mode);
+/// returns once every listener is bound. Actors and atespaces (watches, resumes, activity) are
+/// Substrate's; templates, TokenReviews and SubjectAccessReviews the cluster's.
+pub async fn start(
+    config: Config,
+    clients: impl Into<clients::Clients>,
+) -> Result<Running, StartError> {
+    let clients = clients.into();
+    let client = clients.substrate.clone();
     let metrics = Arc::new(Metrics::default());
-    let (table, table_task) = Table::start(client.clone());
+    let (table, table_task) = Table::start(&clients);
     let activity = Arc::new(Activity::default());
     let reporter = Reporter::new(
         client.clone(),
@@ -381,7 +388,7 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Star
         metrics: metrics.clone(),
         connect_timeout: config.connect_timeout,
         access: Arc::new(access::Access::new(
-            Arc::new(access::KubeReviewer::new(client.clone())),
+            Arc::new(access::KubeReviewer::new(clients.cluster.clone())),
             config.access_token_cache_ttl,
             config.access_decision_cache_ttl,
             access::DEFAULT_CAPACITY,

@@ -1,7 +1,6 @@
 //! `substrate-router`: the HTTP router and DNS responder for actors (see the `router` crate).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,13 +21,10 @@ enum LogFormat {
     about = "Substrate router: <actor>.<atespace>.<suffix> to the actor's worker, waking it on demand; DNS for the zone"
 )]
 struct Args {
-    /// Kubeconfig of the apiserver.
-    #[arg(
-        long,
-        env = "SUBSTRATE_KUBECONFIG",
-        default_value = ".substrate/kubeconfig"
-    )]
-    kubeconfig: PathBuf,
+    /// The apiservers: `--mode`, `--kubeconfig`, `--substrate-server`... (see the `clients`
+    /// crate).
+    #[command(flatten)]
+    clients: clients::ClientArgs,
     /// Address of the HTTP proxy listener.
     #[arg(
         long,
@@ -165,13 +161,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             &args.access_decision_cache_ttl,
         )?,
     };
-    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
-        .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
-    let kc = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+    let clients = args
+        .clients
+        .clients()
         .await
-        .context("loading the kubeconfig")?;
-    let client = kube::Client::try_from(kc).context("building the API client")?;
-    let running = router::start(config, client)
+        .context("building the API clients")?;
+    let running = router::start(config, clients)
         .await
         .context("starting the router")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

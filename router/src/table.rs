@@ -63,8 +63,12 @@ pub struct Table {
 }
 
 impl Table {
-    /// Starts the watches; the table fills in the background ([`Table::ready`]).
-    pub fn start(client: kube::Client) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+    /// Starts the watches (actors and atespaces on Substrate's apiserver, templates on the
+    /// cluster's; one and the same in standalone mode); the table fills in the background
+    /// ([`Table::ready`]).
+    pub fn start(clients: &clients::Clients) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let client = clients.substrate.clone();
+        let cluster = clients.cluster.clone();
         let (actors, aw) = reflector::store::<Actor>();
         let (atespaces, sw) = reflector::store::<Atespace>();
         let (templates, tw) = reflector::store::<ActorTemplate>();
@@ -111,7 +115,7 @@ impl Table {
                     }
                     1u8
                 });
-            let tp = watcher(Api::<ActorTemplate>::all(client), Default::default())
+            let tp = watcher(Api::<ActorTemplate>::all(cluster), Default::default())
                 .default_backoff()
                 .reflect(tw)
                 .touched_objects()

@@ -354,10 +354,42 @@ pub struct System {
     router: Option<(KillOnDrop, RouterAddrs)>,
     pub rt: tokio::runtime::Runtime,
     _registry: nodeagent::images::testing::Registry,
-    apiserver: Apiserver,
-    _valkey: apiserver::testing::ValkeyServer,
+    control: Control,
     dir: tempfile::TempDir,
 }
+
+/// Where a system's API lives.
+enum Control {
+    /// Substrate's standalone apiserver over its own Valkey: it serves every kind, and every
+    /// component runs with its admin kubeconfig (`--mode=standalone`).
+    Standalone {
+        apiserver: Box<Apiserver>,
+        valkey: Box<apiserver::testing::ValkeyServer>,
+    },
+    /// A Kubernetes control plane with Substrate aggregated into it ([`System::start_cluster`]).
+    Cluster(Box<ClusterControl>),
+}
+
+/// A cluster-mode system's control plane: envtest (etcd, kube-apiserver,
+/// kube-controller-manager) and Substrate's apiserver registered as its APIService.
+pub struct ClusterControl {
+    // Declared first: stopped before the control plane it is registered with.
+    pub substrate: envtest::substrate::Substrate,
+    pub env: envtest::Envtest,
+    /// Each component's ServiceAccount (`substrate-system/substrate-<component>`), talking to
+    /// kube-apiserver with a token.
+    identities: std::collections::BTreeMap<String, envtest::Identity>,
+}
+
+/// The name Substrate's serving certificate carries (its Service in a cluster).
+pub const SUBSTRATE_TLS_NAME: &str = "substrate-apiserver.substrate-system.svc";
+
+/// The RBAC of the components in a cluster (ServiceAccounts, ClusterRoles and bindings).
+pub const COMPONENT_RBAC: [&str; 3] = [
+    "config/rbac/operator.yaml",
+    "config/rbac/nodeagent.yaml",
+    "config/rbac/router.yaml",
+];
 
 impl System {
     /// Starts Valkey, the apiserver and the registry (with the counter image), creates the
@@ -390,6 +422,75 @@ impl System {
             kubeconfig: kubeconfig.clone(),
             home,
         };
+        let control = Control::Standalone {
+            apiserver: Box::new(running),
+            valkey: Box::new(valkey),
+        };
+        Some(Self::start_with(opts, control, kube, kubeconfig, rt, dir))
+    }
+
+    /// [`System::start`] in cluster mode: a Kubernetes control plane (envtest: etcd,
+    /// kube-apiserver 1.25, kube-controller-manager) with Substrate's apiserver (in the test's
+    /// process) registered as its APIService, the components' ServiceAccounts and RBAC from
+    /// [`COMPONENT_RBAC`]; the pool and the template are CRD objects of kube-apiserver, the
+    /// atespace `team-a` is created through it (its Namespace exists beforehand), and every
+    /// component runs with `--mode=cluster` and its ServiceAccount's token, reaching
+    /// Substrate's apiserver directly. The system's kubectl is the cluster admin's, through
+    /// kube-apiserver (the aggregator). `None` when the prerequisites or `KUBEBUILDER_ASSETS`
+    /// are missing.
+    pub fn start_cluster(opts: Options) -> Option<System> {
+        assert!(
+            !opts.apiserver_process && opts.token_auth_file.is_none(),
+            "cluster mode runs Substrate's apiserver in the test's process, delegating authentication"
+        );
+        if !prerequisites() {
+            return None;
+        }
+        let env = envtest::Envtest::start()?;
+        let substrate = envtest::substrate::Substrate::start(&env);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for f in COMPONENT_RBAC {
+            env.kubectl()
+                .ok(&["apply", "-f", &root.join(f).display().to_string()], None);
+        }
+        let identities = ["operator", "nodeagent", "router"]
+            .into_iter()
+            .map(|c| {
+                let id = env.service_account_identity(
+                    envtest::SUBSTRATE_NAMESPACE,
+                    &format!("substrate-{c}"),
+                );
+                (c.to_string(), id)
+            })
+            .collect();
+        // The template's namespace: kube-apiserver keeps namespaced CRD objects only in
+        // namespaces that exist (the operator adopts it for the atespace).
+        env.ensure_namespace("team-a");
+        let dir = tempfile::Builder::new()
+            .prefix("substrate-e2e-cluster-")
+            .tempdir()
+            .expect("tempdir");
+        let kube = env.admin.kubectl.clone();
+        let kubeconfig = env.admin.kubeconfig.clone();
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let control = Control::Cluster(Box::new(ClusterControl {
+            substrate,
+            env,
+            identities,
+        }));
+        Some(Self::start_with(opts, control, kube, kubeconfig, rt, dir))
+    }
+
+    /// The rest of a start, whatever the control plane: the registry and image, the pool, the
+    /// atespace and template, the node agent.
+    fn start_with(
+        opts: Options,
+        control: Control,
+        kube: Kubectl,
+        kubeconfig: PathBuf,
+        rt: tokio::runtime::Runtime,
+        dir: tempfile::TempDir,
+    ) -> System {
         let registry = nodeagent::images::testing::Registry::start().expect("registry starts");
         let pushed = rt
             .block_on(nodeagent::images::testing::push_counter(
@@ -428,15 +529,54 @@ impl System {
             router: None,
             rt,
             _registry: registry,
-            apiserver: running,
-            _valkey: valkey,
+            control,
             dir,
         };
         sys.start_agent();
         if sys.opts.wait_workers {
             sys.wait_free_workers(sys.opts.workers as usize);
         }
-        Some(sys)
+        sys
+    }
+
+    /// The control plane of a cluster-mode system (panics in standalone mode).
+    pub fn cluster(&self) -> &ClusterControl {
+        match &self.control {
+            Control::Cluster(c) => c,
+            Control::Standalone { .. } => panic!("not a cluster-mode system"),
+        }
+    }
+
+    /// The API flags of `component` (`operator`, `nodeagent`, `router`): standalone, the
+    /// admin kubeconfig of Substrate's apiserver; in cluster mode, its ServiceAccount's
+    /// kubeconfig of kube-apiserver and Substrate's address, reached directly (the router is
+    /// also given Substrate's CA explicitly; the others use the cluster's, which is the same).
+    pub fn client_args(&self, component: &str) -> Vec<String> {
+        match &self.control {
+            Control::Standalone { .. } => vec![
+                "--mode=standalone".into(),
+                format!("--kubeconfig={}", self.kubeconfig.display()),
+            ],
+            Control::Cluster(c) => {
+                let id = c
+                    .identities
+                    .get(component)
+                    .unwrap_or_else(|| panic!("no ServiceAccount for {component}"));
+                let mut args = vec![
+                    "--mode=cluster".into(),
+                    format!("--kubeconfig={}", id.kubeconfig.display()),
+                    format!("--substrate-server=https://{}", c.substrate.addr),
+                    format!("--substrate-tls-server-name={SUBSTRATE_TLS_NAME}"),
+                ];
+                if component == "router" {
+                    args.push(format!(
+                        "--substrate-ca-file={}",
+                        c.env.pki.ca.files.cert.display()
+                    ));
+                }
+                args
+            }
+        }
     }
 
     /// The system's temporary directory (logs, node state).
@@ -504,8 +644,7 @@ impl System {
             .snapshot_url
             .clone()
             .unwrap_or_else(|| format!("file://{}", self.dir.path().join("snapshots").display()));
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+        c.args(self.client_args("nodeagent"))
             .args(["--node", &o.node, "--pool-namespace", "default"])
             .arg("--state-dir")
             .arg(self.dir.path().join("node"))
@@ -634,8 +773,7 @@ impl System {
                 dns: SocketAddr::from(([127, 0, 0, 1], free_port())),
             };
             let c = Command::new(workspace_bin("substrate-router"))
-                .arg("--kubeconfig")
-                .arg(&self.kubeconfig)
+                .args(self.client_args("router"))
                 .arg(format!("--listen={}", addrs.http))
                 .arg(format!("--admin-listen={}", addrs.admin))
                 .arg(format!("--dns-listen={}", addrs.dns))
@@ -801,8 +939,7 @@ impl System {
     pub fn start_operator_with(&mut self, extra: &[&str]) {
         assert!(self.operator.is_none(), "the operator already runs");
         let c = Command::new(workspace_bin("substrate-operator"))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+            .args(self.client_args("operator"))
             .args(["--resync-seconds", "1"])
             .arg(format!("--snapshot-url={}", self.snapshot_url()))
             .args(extra)
@@ -1021,9 +1158,12 @@ impl ApiserverProcess {
 impl System {
     /// The apiserver process (panics when the apiserver runs in the test's process).
     fn apiserver_process(&mut self) -> &mut ApiserverProcess {
-        match &mut self.apiserver {
-            Apiserver::Process(p) => p,
-            Apiserver::InProcess(_) => panic!("the apiserver is not a process of its own"),
+        match &mut self.control {
+            Control::Standalone { apiserver, .. } => match apiserver.as_mut() {
+                Apiserver::Process(p) => p,
+                Apiserver::InProcess(_) => panic!("the apiserver is not a process of its own"),
+            },
+            Control::Cluster(_) => panic!("the apiserver is not a process of its own"),
         }
     }
 
@@ -1048,17 +1188,23 @@ impl System {
 
     /// The apiserver's pid when it is a process of its own.
     pub fn apiserver_pid(&self) -> Option<u32> {
-        match &self.apiserver {
-            Apiserver::Process(p) => p.pid(),
-            Apiserver::InProcess(_) => None,
+        match &self.control {
+            Control::Standalone { apiserver, .. } => match apiserver.as_ref() {
+                Apiserver::Process(p) => p.pid(),
+                Apiserver::InProcess(_) => None,
+            },
+            Control::Cluster(_) => None,
         }
     }
 
     /// The apiserver's address (`127.0.0.1:<port>`).
     pub fn apiserver_addr(&self) -> SocketAddr {
-        match &self.apiserver {
-            Apiserver::Process(p) => p.addr,
-            Apiserver::InProcess(r) => r.addr,
+        match &self.control {
+            Control::Standalone { apiserver, .. } => match apiserver.as_ref() {
+                Apiserver::Process(p) => p.addr,
+                Apiserver::InProcess(r) => r.addr,
+            },
+            Control::Cluster(c) => c.substrate.addr,
         }
     }
 
@@ -1076,8 +1222,11 @@ impl System {
     /// SIGKILLs Valkey (every acknowledged write is in its AOF) and starts it again on the
     /// same port and data.
     pub fn restart_valkey_after_kill9(&mut self) {
-        self._valkey.kill();
-        self._valkey.restart();
+        let Control::Standalone { valkey, .. } = &mut self.control else {
+            panic!("not a standalone system");
+        };
+        valkey.kill();
+        valkey.restart();
     }
 
     /// The operator's pid, while it runs.

@@ -536,6 +536,7 @@ fn rbac_table() -> Vec<Access> {
         access(op, "delete", "substrate.ate.dev workers - w1", true),
         access(op, "update", "substrate.ate.dev workers/status - w1", true),
         access(op, "delete", "substrate.ate.dev atespaces - team-a", true),
+        access(op, "patch", "substrate.ate.dev atespaces - team-a", true),
         access(op, "create", "substrate.ate.dev atespaces", false),
         access(op, "create", "ate.dev actortemplates team-a", false),
         access(op, "update", "ate.dev actortemplates/status team-a", true),
@@ -1935,7 +1936,6 @@ fn the_coredns_step_forwards_the_actor_zone_to_the_dns_service() {
 }
 
 #[test]
-#[ignore = "until the cluster-mode flags (--mode, --substrate-ca-file, --valkey-username, ...) land (issue 14)"]
 fn every_flag_the_manifests_give_exists_in_its_binary() {
     // Each container's command and args, with `--help` last: clap rejects an unknown flag
     // before it gets to the help.

@@ -19,13 +19,10 @@ use nodeagent::snapshots::{SnapshotConfig, SnapshotStore};
     about = "Substrate node agent: local workers, image and snapshot caches, actor resume/suspend"
 )]
 struct Args {
-    /// Kubeconfig of the apiserver (the admin or the system identity).
-    #[arg(
-        long,
-        env = "SUBSTRATE_KUBECONFIG",
-        default_value = ".substrate/kubeconfig"
-    )]
-    kubeconfig: PathBuf,
+    /// The apiservers: `--mode`, `--kubeconfig`, `--substrate-server`... (see the `clients`
+    /// crate).
+    #[command(flatten)]
+    clients: clients::ClientArgs,
     /// This node's name.
     #[arg(long, env = "SUBSTRATE_NODE_NAME", default_value = "node-1")]
     node: String,
@@ -88,12 +85,11 @@ async fn main() -> anyhow::Result<()> {
     let state_dir = std::path::absolute(&args.state_dir).context("resolving --state-dir")?;
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
-    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
-        .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+    let clients = args
+        .clients
+        .clients()
         .await
-        .context("loading the kubeconfig")?;
-    let client = kube::Client::try_from(config).context("building the API client")?;
+        .context("building the API clients")?;
 
     let mut images = ImageConfig::new(state_dir.join("images"));
     images.insecure_registries = args.insecure_registries.clone();
@@ -128,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
         index_base: args.worker_index_base,
     };
     tracing::info!(node = %cfg.node, snapshots = %url, "node agent starting");
-    let agent = Agent::new(client, cfg, images, snapshots);
+    let agent = Agent::new(clients, cfg, images, snapshots);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {

@@ -1,7 +1,6 @@
 //! `substrate-operator`: golden snapshots, actor lifecycle policy, dead-worker recovery (see
 //! the `operator` crate).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,13 +18,10 @@ use operator::{LeaderConfig, Operator, OperatorConfig, SnapshotGcConfig};
     about = "Substrate operator: golden snapshots, idle suspension, Always actors, dead workers"
 )]
 struct Args {
-    /// Kubeconfig of the apiserver.
-    #[arg(
-        long,
-        env = "SUBSTRATE_KUBECONFIG",
-        default_value = ".substrate/kubeconfig"
-    )]
-    kubeconfig: PathBuf,
+    /// The apiservers: `--mode`, `--kubeconfig`, `--substrate-server`... (see the `clients`
+    /// crate).
+    #[command(flatten)]
+    clients: clients::ClientArgs,
     /// Safety-net period, in seconds: an object without a deadline of its own is reconciled
     /// again after this long even without a watch event.
     #[arg(long, env = "SUBSTRATE_OPERATOR_RESYNC_SECONDS", default_value_t = 300)]
@@ -48,13 +44,10 @@ struct Args {
     /// Run the controllers only while holding the leader lease (several replicas: one acts).
     #[arg(long, env = "SUBSTRATE_OPERATOR_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
-    /// Atespace of the leader lease.
-    #[arg(
-        long,
-        env = "SUBSTRATE_OPERATOR_LEASE_NAMESPACE",
-        default_value = "default"
-    )]
-    lease_namespace: String,
+    /// Namespace of the leader lease (default: `default` standalone, `substrate-system` in a
+    /// cluster).
+    #[arg(long, env = "SUBSTRATE_OPERATOR_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
     /// Name of the leader lease.
     #[arg(
         long,
@@ -85,6 +78,15 @@ struct Args {
     metrics_addr: Option<std::net::SocketAddr>,
 }
 
+/// Where the leader lease lives when `--lease-namespace` is not given: standalone, the
+/// apiserver's `default`; in a cluster, the operator's own namespace.
+fn default_lease_namespace(mode: operator::Mode) -> &'static str {
+    match mode {
+        operator::Mode::Standalone => "default",
+        operator::Mode::Cluster => "substrate-system",
+    }
+}
+
 fn duration_arg(flag: &str, v: &str) -> anyhow::Result<Duration> {
     crds::duration::parse(v).map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
 }
@@ -105,12 +107,15 @@ async fn main() -> anyhow::Result<()> {
             args.default_idle_timeout
         )
     })?;
-    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
-        .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+    let clients = args
+        .clients
+        .clients()
         .await
-        .context("loading the kubeconfig")?;
-    let client = kube::Client::try_from(config).context("building the API client")?;
+        .context("building the API clients")?;
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| default_lease_namespace(clients.mode).to_string());
     let cfg = OperatorConfig {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         default_idle_timeout: idle,
@@ -125,14 +130,14 @@ async fn main() -> anyhow::Result<()> {
             .identity
             .clone()
             .unwrap_or_else(operator::leader::default_identity);
-        tracing::info!(%identity, lease = %args.lease_name, atespace = %args.lease_namespace, "leader election on");
+        tracing::info!(%identity, lease = %args.lease_name, namespace = %lease_namespace, "leader election on");
         Operator::elected(
-            client,
+            clients,
             cfg,
-            LeaderConfig::new(&args.lease_namespace, &args.lease_name, &identity),
+            LeaderConfig::new(&lease_namespace, &args.lease_name, &identity),
         )
     } else {
-        Operator::new(client, cfg)
+        Operator::new(clients, cfg)
     };
     if let Some(url) = &args.snapshot_url {
         let grace = duration_arg("snapshot-gc-grace", &args.snapshot_gc_grace)?;
