@@ -30,6 +30,8 @@ pub struct Caches {
     /// namespaces.
     pub atespaces: Option<Store<Atespace>>,
     pub namespaces: Option<Store<Namespace>>,
+    /// When each node's agent pod was last seen gone (cluster mode; empty otherwise).
+    pub agent_loss: crate::agent_pods::AgentLoss,
 }
 
 /// The keys (`namespace/name`, or `name` for cluster-scoped kinds) of every cached object,
@@ -61,6 +63,9 @@ pub(crate) struct Feeds {
     /// Cluster mode only: atespaces and namespaces touched, for each of the two namespace
     /// controllers.
     pub(crate) namespaces: Option<NamespaceFeeds>,
+    /// Node agent pods seen deleted or failed (cluster mode with `--agent-pod-selector`;
+    /// otherwise a stream that ends at once).
+    pub(crate) agent_pods_lost: mpsc::UnboundedReceiver<k8s_openapi::api::core::v1::Pod>,
 }
 
 /// The streams of the Atespace ↔ Namespace controllers (cluster mode).
@@ -132,7 +137,10 @@ impl Caches {
     /// The caches and the watches that fill them (not started: see [`Feeds::watches`]).
     /// Actors and workers come from Substrate's apiserver, templates and pools from the
     /// cluster's (the same in standalone mode).
-    pub(crate) fn new(clients: &Clients) -> (Caches, Feeds) {
+    pub(crate) fn new(
+        clients: &Clients,
+        agent_pods: Option<&crate::agent_pods::AgentPods>,
+    ) -> (Caches, Feeds) {
         let (substrate, cluster) = (&clients.substrate, &clients.cluster);
         let (actors, aw) = reflector::store::<Actor>();
         let (workers, ww) = reflector::store::<Worker>();
@@ -174,6 +182,16 @@ impl Caches {
                 None,
             ),
         ];
+        let agent_loss = crate::agent_pods::AgentLoss::default();
+        let (lost_tx, lost_rx) = mpsc::unbounded();
+        if let Some(pods) = agent_pods.filter(|_| clients.mode.is_cluster()) {
+            watches.push(crate::agent_pods::watch(
+                cluster.clone(),
+                pods,
+                agent_loss.clone(),
+                lost_tx,
+            ));
+        }
         let (atespaces, namespaces, namespace_feeds) = if clients.mode.is_cluster() {
             let (astore, asw) = reflector::store::<Atespace>();
             let (nstore, nsw) = reflector::store::<Namespace>();
@@ -214,6 +232,7 @@ impl Caches {
                 pools,
                 atespaces,
                 namespaces,
+                agent_loss,
             },
             Feeds {
                 watches,
@@ -228,6 +247,7 @@ impl Caches {
                 gc_actors: gca_rx,
                 gc_templates: gt_rx,
                 namespaces: namespace_feeds,
+                agent_pods_lost: lost_rx,
             },
         )
     }

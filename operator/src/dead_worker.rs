@@ -2,8 +2,10 @@
 //! is gone goes back to `Suspended` at its last good snapshot at once; one bound to a worker
 //! whose heartbeat is older than [`DEAD_WORKER_AFTER`] likewise (by then the sandbox has
 //! fenced itself: see [`crds::liveness`]), and the worker is marked `Unhealthy`. The
-//! `Ready=False` condition (reason `WorkerLost`) says which happened. An alive binding is
-//! looked at again when its heartbeat would expire.
+//! `Ready=False` condition (reason `WorkerLost`) says which happened. In a cluster, an actor
+//! whose worker's node agent pod was deleted or failed since the worker's last heartbeat is
+//! released at once too ([`crate::agent_pods`]). An alive binding is looked at again when its
+//! heartbeat would expire.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +56,9 @@ pub enum Lost {
     Deleted,
     /// The worker's node agent has been silent for [`DEAD_WORKER_AFTER`].
     Silent,
+    /// The worker's node agent pod was deleted or failed (its sandboxes with it) after the
+    /// worker's last heartbeat.
+    AgentPodGone,
 }
 
 impl Lost {
@@ -68,12 +73,21 @@ impl Lost {
                 DEAD_WORKER_AFTER.as_secs(),
                 SANDBOX_FENCE_AFTER.as_secs()
             ),
+            Lost::AgentPodGone => format!(
+                "the node agent pod of worker {worker} was deleted or failed, and its sandboxes with it; the actor resumes from its last good snapshot"
+            ),
         }
     }
 }
 
-/// Decides about actor `a`, bound (maybe) to `worker` (from the cache; `None` when absent).
-pub fn decide(a: &Actor, worker: Option<&Worker>, now: Timestamp) -> Verdict {
+/// Decides about actor `a`, bound (maybe) to `worker` (from the cache; `None` when absent),
+/// whose node's agent pod was last seen gone at `agent_lost` (cluster mode).
+pub fn decide(
+    a: &Actor,
+    worker: Option<&Worker>,
+    agent_lost: Option<Timestamp>,
+    now: Timestamp,
+) -> Verdict {
     if a.metadata.deletion_timestamp.is_some()
         || a.metadata.namespace.as_deref() == Some(crds::GOLDEN_ATESPACE)
     {
@@ -97,7 +111,18 @@ pub fn decide(a: &Actor, worker: Option<&Worker>, now: Timestamp) -> Verdict {
             why: Lost::Deleted,
         };
     };
-    match heartbeat_age(Some(w), now) {
+    let heartbeat = heartbeat_age(Some(w), now);
+    if let (Some(lost), Some(hb)) = (agent_lost, heartbeat) {
+        let since_loss =
+            Duration::from_millis((now.as_millisecond() - lost.as_millisecond()).max(0) as u64);
+        if hb > since_loss {
+            return Verdict::Release {
+                worker: bound.name.clone(),
+                why: Lost::AgentPodGone,
+            };
+        }
+    }
+    match heartbeat {
         Some(a) if a < DEAD_WORKER_AFTER => Verdict::Alive {
             recheck_after: DEAD_WORKER_AFTER - a + RECHECK_SLACK,
         },
@@ -141,8 +166,12 @@ pub(crate) async fn reconcile(a: Arc<Actor>, ctx: Arc<Ctx>) -> Result<Action, Op
     let now = crate::now();
     let bound = a.status.as_ref().and_then(|s| s.worker.as_ref());
     let worker = bound.and_then(|w| ctx.caches.worker(&w.name));
+    let agent_lost = worker
+        .as_ref()
+        .and_then(|w| w.spec.node.as_deref())
+        .and_then(|node| ctx.caches.agent_loss.lost_at(node));
     let uid = a.metadata.uid.clone().unwrap_or_default();
-    match decide(&a, worker.as_deref(), now) {
+    match decide(&a, worker.as_deref(), agent_lost, now) {
         Verdict::NotBound => Ok(Action::requeue(ctx.cfg.resync)),
         Verdict::Alive { recheck_after } => Ok(Action::requeue(recheck_after.min(ctx.cfg.resync))),
         Verdict::Release { worker, why } => match release(&ctx, &a, &worker, why, now).await? {
@@ -184,7 +213,7 @@ async fn release(
         Err(e) if is_not_found(&e) => return Ok(Outcome::Gone),
         Err(e) => return Err(e.into()),
     }
-    if why == Lost::Silent {
+    if matches!(why, Lost::Silent | Lost::AgentPodGone) {
         let workers: Api<Worker> = Api::all(ctx.clients.substrate.clone());
         act::patch_status(
             &workers,
@@ -226,10 +255,38 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_agent_pod_releases_at_once_unless_a_new_agent_heartbeated_since() {
+        // Heartbeat at :00, the agent pod deleted at :02, looked at :03: released at once.
+        let w = worker("2026-01-01T00:00:00Z");
+        let a = actor("Running");
+        let (lost, now) = (ts("2026-01-01T00:00:02Z"), ts("2026-01-01T00:00:03Z"));
+        assert_eq!(
+            decide(&a, Some(&w), Some(lost), now),
+            Verdict::Release {
+                worker: "w0".into(),
+                why: Lost::AgentPodGone
+            }
+        );
+        // A new agent pod heartbeated the worker at :05, after the loss: alive.
+        let w = worker("2026-01-01T00:00:05Z");
+        assert_eq!(
+            decide(&a, Some(&w), Some(lost), ts("2026-01-01T00:00:06Z")),
+            Verdict::Alive {
+                recheck_after: Duration::from_secs(29) + RECHECK_SLACK
+            }
+        );
+        assert!(
+            Lost::AgentPodGone
+                .message("w0")
+                .contains("node agent pod of worker w0")
+        );
+    }
+
+    #[test]
     fn a_deleted_worker_releases_at_once() {
         let now = ts("2026-01-01T00:00:10Z");
         assert_eq!(
-            decide(&actor("Running"), None, now),
+            decide(&actor("Running"), None, None, now),
             Verdict::Release {
                 worker: "w0".into(),
                 why: Lost::Deleted
@@ -242,13 +299,13 @@ mod tests {
         let w = worker("2026-01-01T00:00:00Z");
         let a = actor("Suspending");
         assert_eq!(
-            decide(&a, Some(&w), ts("2026-01-01T00:00:10Z")),
+            decide(&a, Some(&w), None, ts("2026-01-01T00:00:10Z")),
             Verdict::Alive {
                 recheck_after: Duration::from_secs(20) + RECHECK_SLACK
             }
         );
         assert_eq!(
-            decide(&a, Some(&w), ts("2026-01-01T00:00:30Z")),
+            decide(&a, Some(&w), None, ts("2026-01-01T00:00:30Z")),
             Verdict::Release {
                 worker: "w0".into(),
                 why: Lost::Silent
@@ -256,7 +313,7 @@ mod tests {
         );
         // Settled actors are not bound.
         assert_eq!(
-            decide(&actor("Suspended"), None, ts("2026-01-01T00:00:30Z")),
+            decide(&actor("Suspended"), None, None, ts("2026-01-01T00:00:30Z")),
             Verdict::NotBound
         );
     }

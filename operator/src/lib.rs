@@ -41,6 +41,7 @@ use std::time::Duration;
 
 pub use clients::{Clients, Mode};
 
+pub mod agent_pods;
 pub mod caches;
 pub mod dead_worker;
 pub mod golden;
@@ -104,6 +105,9 @@ pub struct OperatorConfig {
     pub default_idle_timeout: Duration,
     /// Deadlines of resumes, suspends and sandbox stops on live workers.
     pub deadlines: Deadlines,
+    /// Cluster mode: the node agents' pods, watched so that a deleted or failed one releases
+    /// the actors of its node at once ([`agent_pods`]); `None`: not watched.
+    pub agent_pods: Option<agent_pods::AgentPods>,
 }
 
 impl Default for OperatorConfig {
@@ -112,6 +116,7 @@ impl Default for OperatorConfig {
             resync: Duration::from_secs(300),
             default_idle_timeout: DEFAULT_IDLE_TIMEOUT,
             deadlines: Deadlines::default(),
+            agent_pods: None,
         }
     }
 }
@@ -243,7 +248,7 @@ impl Operator {
 
     /// The controllers and their caches, until dropped.
     async fn run_controllers(self: Arc<Self>) {
-        let (caches, feeds) = Caches::new(&self.clients);
+        let (caches, feeds) = Caches::new(&self.clients, self.cfg.agent_pods.as_ref());
         if let Ok(mut c) = self.caches.lock() {
             *c = Some(caches.clone());
         }

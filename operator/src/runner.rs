@@ -14,6 +14,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use clients::Clients;
 use crds::substrate::{Actor, Worker};
+use k8s_openapi::api::core::v1::Pod;
 
 use crate::caches::{Caches, Feeds};
 use crate::lifecycle::Retry;
@@ -214,6 +215,7 @@ pub(crate) async fn run(
         gc_actors,
         gc_templates,
         namespaces: namespace_feeds,
+        agent_pods_lost,
     } = feeds;
     let watches = futures::future::join_all(watches);
     let controllers = async {
@@ -246,11 +248,23 @@ pub(crate) async fn run(
                 error_policy("lifecycle"),
                 ctx.clone(),
             );
+        let dead_worker_store = caches.workers.clone();
         let dead = Controller::for_stream(dead_worker_actors.map(Ok), caches.actors.clone())
             .watches_stream(dead_worker_workers.map(Ok), |w: Worker| {
                 w.status
                     .and_then(|s| s.actor)
                     .map(|r| ObjectRef::<Actor>::new(&r.name).within(&r.namespace))
+            })
+            .watches_stream(agent_pods_lost.map(Ok), move |pod: Pod| {
+                // The actors bound to the workers of the lost pod's node.
+                let node = pod.spec.and_then(|s| s.node_name).unwrap_or_default();
+                dead_worker_store
+                    .state()
+                    .iter()
+                    .filter(|w| w.spec.node.as_deref() == Some(node.as_str()))
+                    .filter_map(|w| w.status.as_ref().and_then(|s| s.actor.clone()))
+                    .map(|r| ObjectRef::<Actor>::new(&r.name).within(&r.namespace))
+                    .collect::<Vec<_>>()
             })
             .with_config(config.clone())
             .run(

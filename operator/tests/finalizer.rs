@@ -24,6 +24,7 @@ fn start_operator(w: &World, deadlines: Deadlines) -> tokio::task::JoinHandle<()
             resync: Duration::from_secs(60),
             default_idle_timeout: Duration::from_secs(3600),
             deadlines,
+            ..OperatorConfig::default()
         },
     );
     tokio::spawn(op.run())

@@ -212,6 +212,66 @@ fn cluster_mode_end_to_end() {
         "the router recorded activity: {hello}"
     );
 
+    // The node agent's pod (what the DaemonSet runs; here the agent is a host process, so its
+    // pod is an object without a kubelet) is deleted: its sandboxes would be gone with it, and
+    // the operator releases the actor at once from the pod watch (the heartbeat timeout would
+    // take 30 s), then the next request resumes it elsewhere from its last good snapshot.
+    let node = hello["status"]["worker"]["node"]
+        .as_str()
+        .expect("bound to a node")
+        .to_string();
+    let pod = "substrate-nodeagent-e2e";
+    let (code, body) = admin.request(
+        "POST",
+        "/api/v1/namespaces/substrate-system/pods",
+        Some(&json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "labels": {"app.kubernetes.io/name": "substrate-nodeagent"}},
+            "spec": {"nodeName": node, "serviceAccountName": "substrate-nodeagent",
+                     "automountServiceAccountToken": false,
+                     "containers": [{"name": "nodeagent", "image": "ghcr.io/ate-dev/substrate:v0.1.0"}]},
+        })),
+    );
+    assert_eq!(code, 201, "{body}");
+    let t0 = std::time::Instant::now();
+    let (code, body) = admin.request(
+        "DELETE",
+        &format!("/api/v1/namespaces/substrate-system/pods/{pod}"),
+        Some(&json!({"gracePeriodSeconds": 0})),
+    );
+    assert_eq!(code, 200, "{body}");
+    let released = eventually_within(
+        Duration::from_secs(10),
+        "the actor released after its node agent pod was deleted",
+        || {
+            let a = sys.actor("hello");
+            (phase(&a) == "Suspended" && a["status"]["worker"].is_null()).then_some(a)
+        },
+    );
+    eprintln!(
+        "actor released {:.0?} after its node agent pod was deleted",
+        t0.elapsed()
+    );
+    let ready = released["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ready["reason"], "WorkerLost", "{released}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("node agent pod") && m.contains("deleted or failed")),
+        "{released}"
+    );
+    let (code, body) = eventually("the released actor answers again", || {
+        let (code, body) = through_router(r.http, "hello", "team-a", None);
+        (code == 200).then_some((code, body))
+    });
+    assert_eq!(code, 200, "{body}");
+
     // A new atespace gets a namespace of its own, where RoleBindings live; with
     // `Authorized` HTTP access the router asks kube-apiserver (TokenReview,
     // SubjectAccessReview) who may reach its actors.

@@ -560,6 +560,9 @@ fn rbac_table() -> Vec<Access> {
         ),
         access(op, "get", "core secrets substrate-system", false),
         access(op, "create", "core pods team-a", false),
+        access(op, "watch", "core pods substrate-system", true),
+        access(op, "list", "core pods team-a", false),
+        access(op, "delete", "core pods substrate-system", false),
         // node agent
         access(agent, "watch", "substrate.ate.dev actors", true),
         access(agent, "create", "substrate.ate.dev actors team-a", false),

@@ -55,6 +55,17 @@ struct Args {
         default_value = "substrate-operator"
     )]
     lease_name: String,
+    /// Cluster mode: the label selector of the node agents' pods; a deleted or failed one
+    /// releases the actors of its node's workers at once. Empty: not watched.
+    #[arg(long, env = "SUBSTRATE_AGENT_POD_SELECTOR", default_value = operator::agent_pods::DEFAULT_SELECTOR)]
+    agent_pod_selector: String,
+    /// Cluster mode: the namespace of the node agents' pods.
+    #[arg(
+        long,
+        env = "SUBSTRATE_AGENT_POD_NAMESPACE",
+        default_value = "substrate-system"
+    )]
+    agent_pod_namespace: String,
     /// This replica's identity in the lease (default: hostname, pid and a nonce).
     #[arg(long, env = "SUBSTRATE_OPERATOR_IDENTITY")]
     identity: Option<String>,
@@ -124,6 +135,12 @@ async fn main() -> anyhow::Result<()> {
             suspend: Duration::from_secs(args.suspend_deadline_seconds.max(1)),
             stop: Duration::from_secs(args.stop_deadline_seconds.max(1)),
         },
+        agent_pods: (clients.mode.is_cluster() && !args.agent_pod_selector.is_empty()).then(|| {
+            operator::agent_pods::AgentPods {
+                namespace: args.agent_pod_namespace.clone(),
+                selector: args.agent_pod_selector.clone(),
+            }
+        }),
     };
     let op = if args.leader_elect {
         let identity = args
