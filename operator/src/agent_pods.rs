@@ -5,7 +5,8 @@
 //! the actors bound to that node's workers at once (back to their last good snapshot), instead
 //! of after the 30 s heartbeat timeout.
 //!
-//! Only positive evidence counts: a `DELETED` event, or a pod seen in phase `Failed` or
+//! Only positive evidence counts: a `DELETED` event of a pod whose containers are not running
+//! (a force-deleted pod may still run: [`gone_node`]), or a pod seen in phase `Failed` or
 //! `Succeeded`. A node without any agent pod in a relisted cache is not "lost" (a watch that
 //! restarted reports no deletes; a wrong selector must not release every actor): the heartbeat
 //! timeout stays the safety net. A worker is released only when its last heartbeat is older
@@ -53,19 +54,28 @@ impl AgentLoss {
     }
 }
 
-/// The node whose agent this event says is gone: a deleted pod, or one in a terminal phase.
+/// The node whose agent this event says is gone: a pod in a terminal phase, or a deleted pod
+/// none of whose containers its last status shows running. The kubelet deletes a pod's object
+/// only after its containers stopped and it reported them terminated, so a deleted pod that
+/// still shows a running container was force-deleted (`--grace-period=0 --force`, typically
+/// on an unreachable node): its processes may still run, and only the heartbeat timeout (the
+/// sandboxes fence themselves) makes releasing its actors safe.
 pub fn gone_node(ev: &watcher::Event<Pod>) -> Option<(&str, &Pod)> {
     let (pod, deleted) = match ev {
         watcher::Event::Delete(p) => (p, true),
         watcher::Event::Apply(p) | watcher::Event::InitApply(p) => (p, false),
         watcher::Event::Init | watcher::Event::InitDone => return None,
     };
-    let terminal = pod
-        .status
-        .as_ref()
+    let status = pod.status.as_ref();
+    let terminal = status
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|p| p == "Failed" || p == "Succeeded");
-    if !deleted && !terminal {
+    let running = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()));
+    if !(terminal || deleted && !running) {
         return None;
     }
     let node = pod.spec.as_ref()?.node_name.as_deref()?;
@@ -109,12 +119,33 @@ mod tests {
     use serde_json::json;
 
     fn pod(node: Option<&str>, phase: &str) -> Pod {
+        with_container(node, phase, json!({}))
+    }
+
+    fn with_container(node: Option<&str>, phase: &str, state: serde_json::Value) -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": "substrate-nodeagent-x", "namespace": "substrate-system"},
             "spec": {"nodeName": node, "containers": []},
-            "status": {"phase": phase},
+            "status": {"phase": phase, "containerStatuses": [{
+                "name": "nodeagent", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": state}]},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_force_deleted_pod_still_running_is_no_proof() {
+        let running = with_container(Some("n1"), "Running", json!({"running": {}}));
+        assert_eq!(gone_node(&watcher::Event::Delete(running)), None);
+        let stopped = with_container(
+            Some("n1"),
+            "Running",
+            json!({"terminated": {"exitCode": 0}}),
+        );
+        assert_eq!(
+            gone_node(&watcher::Event::Delete(stopped)).map(|(n, _)| n),
+            Some("n1")
+        );
     }
 
     #[test]

@@ -32,7 +32,12 @@ fn kubectl_uses_actors_through_the_aggregator() {
 
     // Discovery: the aggregated group with its kinds, short names and categories.
     let out = k.ok(
-        &["api-resources", "--api-group=substrate.ate.dev", "-o", "wide"],
+        &[
+            "api-resources",
+            "--api-group=substrate.ate.dev",
+            "-o",
+            "wide",
+        ],
         None,
     );
     for want in ["actors", "atespaces", "workers", "act", "ates"] {
@@ -40,7 +45,10 @@ fn kubectl_uses_actors_through_the_aggregator() {
     }
     // The ate.dev CRDs are kube-apiserver's own.
     let out = k.ok(&["api-resources", "--api-group=ate.dev"], None);
-    assert!(out.contains("actortemplates") && out.contains("workerpools"), "{out}");
+    assert!(
+        out.contains("actortemplates") && out.contains("workerpools"),
+        "{out}"
+    );
 
     // kubectl explain reads the OpenAPI kube-apiserver aggregated from Substrate.
     // (kube-apiserver downloads it asynchronously after the APIService became Available.)
@@ -88,7 +96,9 @@ fn kubectl_uses_actors_through_the_aggregator() {
         }
     });
     // The initial ADDED event first, then the patch.
-    let first = rx.recv_timeout(Duration::from_secs(30)).expect("initial event");
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("initial event");
     assert!(first.starts_with("ADDED"), "{first}");
     k.ok(
         &[
@@ -150,7 +160,16 @@ fn kubectl_uses_actors_through_the_aggregator() {
     );
 
     // Deleting the atespace deletes its actors (cascade), seen through the aggregator.
-    k.ok(&["delete", "atespace", "team-k", "--wait=true", "--timeout=60s"], None);
+    k.ok(
+        &[
+            "delete",
+            "atespace",
+            "team-k",
+            "--wait=true",
+            "--timeout=60s",
+        ],
+        None,
+    );
     let (ok, _, err) = k.run(&["get", "actor", "hello", "-n", "team-k"], None);
     assert!(!ok && err.contains("NotFound"), "{err}");
 }

@@ -167,6 +167,39 @@ fn cluster_mode_end_to_end() {
         "{template}"
     );
 
+    // A change of the template in kube-apiserver (a new generation) regenerates its golden
+    // snapshot: the operator and node agent see the CRD object change by watch.
+    let first = template["status"]["snapshot"]["uri"].clone();
+    sys.kube.ok(
+        &[
+            "patch",
+            "actortemplates.ate.dev",
+            "counter",
+            "-n",
+            "team-a",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/containers/0/env","value":[{"name":"GENERATION","value":"2"}]}]"#,
+        ],
+        None,
+    );
+    let template = eventually(
+        "the changed template's new golden snapshot is Ready",
+        || {
+            let t = sys
+                .kube
+                .get("actortemplates.ate.dev", "counter", Some("team-a"));
+            (t["metadata"]["generation"] == 2
+                && condition(&t, "Ready") == Some("True")
+                && t["status"]["snapshot"]["uri"] != first)
+                .then_some(t)
+        },
+    );
+    assert!(
+        template["status"]["snapshot"]["uri"].is_string(),
+        "{template}"
+    );
+
     // Leader election in the cluster's substrate-system (the default in cluster mode).
     let (code, lease) = admin.request(
         "GET",
@@ -212,18 +245,21 @@ fn cluster_mode_end_to_end() {
         "the router recorded activity: {hello}"
     );
 
-    // The node agent's pod (what the DaemonSet runs; here the agent is a host process, so its
-    // pod is an object without a kubelet) is deleted: its sandboxes would be gone with it, and
-    // the operator releases the actor at once from the pod watch (the heartbeat timeout would
-    // take 30 s), then the next request resumes it elsewhere from its last good snapshot.
+    // The node agent's pod (what the DaemonSet runs; here the agent is a host process and
+    // no kubelet runs, so the test plays the kubelet) is deleted: the kubelet stops its
+    // containers (the agent, its executors and sandboxes: here a clean stop of the agent),
+    // reports them terminated, then deletes the object. The operator releases the actor at
+    // once from the pod watch (the heartbeat timeout would take 30 s); the next request
+    // resumes it from its last good snapshot once an agent is back.
     let node = hello["status"]["worker"]["node"]
         .as_str()
         .expect("bound to a node")
         .to_string();
     let pod = "substrate-nodeagent-e2e";
+    let pods = "/api/v1/namespaces/substrate-system/pods";
     let (code, body) = admin.request(
         "POST",
-        "/api/v1/namespaces/substrate-system/pods",
+        pods,
         Some(&json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod, "labels": {"app.kubernetes.io/name": "substrate-nodeagent"}},
@@ -233,10 +269,32 @@ fn cluster_mode_end_to_end() {
         })),
     );
     assert_eq!(code, 201, "{body}");
+    let container_status = |state: Value| {
+        json!({"status": {"phase": "Running", "containerStatuses": [{
+            "name": "nodeagent", "image": "ghcr.io/ate-dev/substrate:v0.1.0", "imageID": "",
+            "ready": state["running"].is_object(), "restartCount": 0, "state": state}]}})
+    };
+    let (code, body) = admin.request(
+        "PATCH",
+        &format!("{pods}/{pod}/status"),
+        Some(&container_status(
+            json!({"running": {"startedAt": "2026-01-01T00:00:00Z"}}),
+        )),
+    );
+    assert_eq!(code, 200, "{body}");
+    sys.stop_agent();
+    let (code, body) = admin.request(
+        "PATCH",
+        &format!("{pods}/{pod}/status"),
+        Some(&container_status(
+            json!({"terminated": {"exitCode": 0, "reason": "Completed"}}),
+        )),
+    );
+    assert_eq!(code, 200, "{body}");
     let t0 = std::time::Instant::now();
     let (code, body) = admin.request(
         "DELETE",
-        &format!("/api/v1/namespaces/substrate-system/pods/{pod}"),
+        &format!("{pods}/{pod}"),
         Some(&json!({"gracePeriodSeconds": 0})),
     );
     assert_eq!(code, 200, "{body}");
@@ -266,6 +324,7 @@ fn cluster_mode_end_to_end() {
             .is_some_and(|m| m.contains("node agent pod") && m.contains("deleted or failed")),
         "{released}"
     );
+    sys.start_agent();
     let (code, body) = eventually("the released actor answers again", || {
         let (code, body) = through_router(r.http, "hello", "team-a", None);
         (code == 200).then_some((code, body))
