@@ -2567,7 +2567,7 @@ fn workers_pools_and_templates() {
     let out = w.ok(&["get", "wp", "-n", "team-a", "-o", "wide"]);
     assert_eq!(
         rows(&out)[0],
-        strs(&["NAME", "REPLICAS", "READY", "AGE", "IMAGE"]),
+        strs(&["NAME", "REPLICAS", "READY", "FREE", "BOUND", "AGE", "IMAGE"]),
         "{out}"
     );
     assert_eq!(rows(&out)[1][..2], strs(&["small", "2"]), "{out}");
