@@ -39,6 +39,8 @@ VALKEY_USER=substrate-apiserver
 
 usage() {
   sed -n '2,26s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  echo
+  sed -n '/^# Environment knobs/,/^$/s/^# \{0,1\}//p' "$ROOT/hack/cluster-lib.sh"
 }
 
 # --- The cluster's PKI ------------------------------------------------------------------
