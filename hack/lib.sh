@@ -937,3 +937,117 @@ _no_actor_in_transition() {
   phases="$("$KUBECTL" --kubeconfig "$SUBSTRATE_KUBECONFIG" --request-timeout=10s get actors -A -o jsonpath='{.items[*].status.phase}')" || return 1
   ! [[ " $phases " =~ \ (Running|Suspending|Resuming)\  ]]
 }
+
+# --- The one-machine systems' build, registry and demo (hack/up.sh, hack/cluster-up.sh) --
+
+# Environment variables that name this script's knobs (hack/cluster-up.sh has its own).
+SUBSTRATE_KNOB_PREFIX="${SUBSTRATE_KNOB_PREFIX:-SUBSTRATE_}"
+
+# kubectl_ ARGS...: kubectl as the system's admin (SUBSTRATE_KUBECONFIG).
+kubectl_() { "$KUBECTL" --kubeconfig "$SUBSTRATE_KUBECONFIG" --request-timeout=20s "$@"; }
+
+# build_substrate: cargo build of the components (SUBSTRATE_PROFILE: release, the default, or
+# debug) and of the static counter demo; sets BIN_DIR, SUBSTRATE_SUPERVISE_BIN (every
+# long-running component then runs under it) and COUNTER_BIN.
+build_substrate() {
+  local target="${CARGO_TARGET_DIR:-$ROOT/target}" flags=() PROFILE="${SUBSTRATE_PROFILE:-release}"
+  [[ "$PROFILE" == release ]] && flags=(--release)
+  [[ "$PROFILE" == release || "$PROFILE" == debug ]] ||
+    die "SUBSTRATE_PROFILE=$PROFILE: use release or debug"
+  [[ -x "$target/$PROFILE/substrate-router" ]] ||
+    check_disk "$target" 3 "a first $PROFILE build of Substrate" || true
+  log "cargo build ${flags[*]} (apiserver, executor, node agent, operator, router)"
+  (cd "$ROOT" && cargo build "${flags[@]}" -p apiserver -p executor -p nodeagent -p operator -p router --bins) ||
+    die "building Substrate failed (compiler output above); fix it, then rerun $0"
+  BIN_DIR="$target/$PROFILE"
+  local b
+  for b in substrate-apiserver substrate-kubeconfig substrate-executor substrate-nodeagent substrate-image substrate-operator substrate-router substrate-supervise; do
+    [[ -x "$BIN_DIR/$b" ]] || die "the build succeeded but $BIN_DIR/$b is missing"
+  done
+  # Every long-running component runs under it (hack/lib.sh, supervised_spawn).
+  SUBSTRATE_SUPERVISE_BIN="$BIN_DIR/substrate-supervise"
+  # The demo workload: a static binary, so the image needs nothing else.
+  log "building the static counter demo"
+  (cd "$ROOT" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p counter \
+    --target x86_64-unknown-linux-gnu --target-dir "$target/static") ||
+    die "building the counter demo failed (compiler output above)"
+  COUNTER_BIN="$target/static/x86_64-unknown-linux-gnu/release/counter"
+}
+
+# The OCI registry (Debian's docker-registry on loopback) that holds the counter image.
+registry_ready() { curl -fsS --max-time 2 "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null; }
+
+start_registry() {
+  if component_running registry && registry_ready; then
+    log "reusing the running registry on 127.0.0.1:$REGISTRY_PORT"
+    return 0
+  fi
+  component_stop registry
+  if port_in_use "$REGISTRY_PORT"; then
+    die "port $REGISTRY_PORT (OCI registry) is already in use by $(port_owner "$REGISTRY_PORT"); stop it (Debian's docker-registry service: systemctl disable --now docker-registry) or pick another port: ${SUBSTRATE_KNOB_PREFIX}REGISTRY_PORT=<port> $0"
+  fi
+  mkdir -p "$REGISTRY_DIR/data"
+  cat >"$REGISTRY_DIR/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $REGISTRY_DIR/data
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$REGISTRY_PORT
+  secret: substrate-local-registry
+EOF
+  log "starting the OCI registry on 127.0.0.1:$REGISTRY_PORT (data in $REGISTRY_DIR/data)"
+  component_start registry "$SUBSTRATE_DOCKER_REGISTRY" serve "$REGISTRY_DIR/config.yml"
+  component_wait registry 30 registry_ready
+}
+
+# push_counter_image: builds the counter image from COUNTER_BIN, pushes it, sets COUNTER_IMAGE
+# (a reference by digest).
+push_counter_image() {
+  local ref="127.0.0.1:$REGISTRY_PORT/substrate/counter:demo" digest
+  log "pushing the counter image to $ref"
+  digest="$("$BIN_DIR/substrate-image" push --insecure --ref "$ref" \
+    --file "$COUNTER_BIN:/counter:755" --entrypoint /counter \
+    --env PORT=8080 --env DATA_FILE=/data/file --port 8080/tcp)" || die "pushing the counter image to $ref failed (see above)"
+  [[ "$digest" =~ ^sha256:[0-9a-f]{64}$ ]] || die "substrate-image printed '$digest', not a digest"
+  # A digest reference: the node agent's image cache then never asks the registry again.
+  COUNTER_IMAGE="127.0.0.1:$REGISTRY_PORT/substrate/counter@$digest"
+}
+
+# workers_registered: NODE_NAME's agent (started at NODEAGENT_STARTED) hosts the demo pool's
+# two workers.
+workers_registered() {
+  local n
+  # Heartbeats newer than the agent's start: workers of an earlier run do not count.
+  n="$(kubectl_ get workers -o jsonpath='{range .items[*]}{.spec.node} {.spec.pool} {.status.phase} {.status.lastHeartbeatTime}{"\n"}{end}' |
+    awk -v node="$NODE_NAME" -v since="$NODEAGENT_STARTED" \
+      '$1 == node && $2 == "demo" && $3 != "Unhealthy" && $4 >= since' | grep -c .)" || return 1
+  ((n >= 2))
+}
+
+# Ready=True observed at the template's current generation (a rebuilt image changes the
+# template: the Ready of the previous generation's golden snapshot does not count).
+template_ready() {
+  local got
+  got="$(kubectl_ get actortemplate counter -n demo \
+    -o jsonpath='{.metadata.generation} {.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].observedGeneration}')"
+  local generation status observed
+  read -r generation status observed <<<"$got"
+  [[ "$status" == True && -n "$generation" && "$observed" == "$generation" ]]
+}
+
+# wait_demo: waits (180 s) for the golden snapshot of the demo's template, or dies.
+wait_demo() {
+  log "waiting for the counter template's golden snapshot (first boot of the image)"
+  if ! wait_for -t 180 template_ready; then
+    kubectl_ get actortemplate counter -n demo -o yaml >&2 || true
+    tail -n 30 "$(component_log nodeagent)" >&2 || true
+    die "the counter template has no golden snapshot after 180s (template and node agent log above)"
+  fi
+}

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs every check and test: cargo fmt --check, clippy -D warnings, cargo test, the API
-# fuzz (hack/fuzz-api.sh), and (as root) the README walkthrough against a whole system
-# started by hack/up.sh.
+# fuzz (hack/fuzz-api.sh), and (as root) the README walkthroughs against whole systems
+# started by hack/up.sh and hack/cluster-up.sh.
 #
 #   hack/test.sh                      everything (what CI runs)
 #   hack/test.sh FILTER               cargo test --workspace FILTER (no walkthrough)
 #   hack/test.sh -- ARGS...           cargo test ARGS... (e.g. -- -p apiserver -- --nocapture)
 #   hack/test.sh --no-lint [...]      skip fmt and clippy
-#   hack/test.sh --walkthrough        only the README walkthrough
+#   hack/test.sh --walkthrough        only the README walkthroughs (hack/up.sh, hack/cluster-up.sh)
 #
 # Tests start their own Valkey and apiserver on random ports; this script only provides
 # the binaries: SUBSTRATE_VALKEY_SERVER, SUBSTRATE_VALKEY_CLI, kubectl on PATH
@@ -29,6 +29,7 @@ FAILED=()
 # README walkthrough (hack/walkthrough.sh) against it, then hack/down.sh --purge.
 walkthrough() {
   (
+    # shellcheck disable=SC2030 # each walkthrough's settings stay in its subshell
     export SUBSTRATE_HOME="$ROOT/.substrate/walkthrough-test" SUBSTRATE_PROFILE=debug
     export SUBSTRATE_NODE_NAME=walkthrough SUBSTRATE_ADDR_RANGE=10.211.0.0/16 SUBSTRATE_WORKER_INDEX_BASE=1
     export SUBSTRATE_VALKEY_PORT=16390 SUBSTRATE_APISERVER_PORT=16443 SUBSTRATE_REGISTRY_PORT=15000
@@ -46,6 +47,36 @@ walkthrough() {
       done
     fi
     "$ROOT/hack/down.sh" --purge || rc=$?
+    return "$rc"
+  )
+}
+
+# cluster_walkthrough: hack/cluster-up.sh (debug build) in a state directory and on ports of
+# its own, the README's cluster-mode walkthrough against it (which ends with
+# hack/cluster-down.sh), then hack/cluster-down.sh --purge, which fails if any process of the
+# state directory is left.
+cluster_walkthrough() {
+  (
+    # shellcheck disable=SC2031
+    export SUBSTRATE_CLUSTER_HOME="$ROOT/.substrate/cluster-walkthrough-test" SUBSTRATE_PROFILE=debug
+    export SUBSTRATE_CLUSTER_NODE_NAME=cluster-walkthrough SUBSTRATE_CLUSTER_WORKER_INDEX_BASE=2310
+    export SUBSTRATE_CLUSTER_ETCD_PORT=17379 SUBSTRATE_CLUSTER_KUBE_APISERVER_PORT=17443
+    export SUBSTRATE_CLUSTER_APISERVER_PORT=17444 SUBSTRATE_CLUSTER_VALKEY_PORT=17390
+    export SUBSTRATE_CLUSTER_REGISTRY_PORT=17500 SUBSTRATE_CLUSTER_ROUTER_PORT=17080
+    export SUBSTRATE_CLUSTER_ROUTER_ADMIN_PORT=17091 SUBSTRATE_CLUSTER_DNS_PORT=17053
+    export SUBSTRATE_CLUSTER_OPERATOR_ADMIN_PORT=17092
+    "$ROOT/hack/cluster-down.sh" --purge >/dev/null 2>&1 || true
+    local rc=0
+    "$ROOT/hack/cluster-up.sh" && "$ROOT/hack/walkthrough.sh" --cluster || rc=$?
+    if ((rc != 0)); then
+      local f
+      for f in "$SUBSTRATE_CLUSTER_HOME"/logs/*.log; do
+        [[ -s "$f" ]] || continue
+        printf -- '--- last 30 lines of %s ---\n' "$f" >&2
+        tail -n 30 "$f" >&2
+      done
+    fi
+    "$ROOT/hack/cluster-down.sh" --purge || rc=$?
     return "$rc"
   )
 }
@@ -128,6 +159,7 @@ main() {
   cd "$ROOT"
   if [[ -n "$walk_only" ]]; then
     step "README walkthrough" walkthrough
+    step "README walkthrough, cluster mode" cluster_walkthrough
     ((${#FAILED[@]} == 0)) || die "failed: ${FAILED[*]}"
     log "all passed"
     return 0
@@ -145,6 +177,7 @@ main() {
   fi
   if [[ "$(id -u)" == 0 && ${#filters[@]} -eq 0 && ${#cargo_args[@]} -eq 0 ]]; then
     step "README walkthrough" walkthrough
+    step "README walkthrough, cluster mode" cluster_walkthrough
   fi
 
   section "summary"

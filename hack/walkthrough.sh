@@ -3,21 +3,33 @@
 # checks what the README says each line prints.
 #
 #   hack/walkthrough.sh            follow README.md's walkthrough blocks
-#   hack/walkthrough.sh --print    print the script it would run
+#   hack/walkthrough.sh --cluster  follow its cluster-mode blocks (hack/cluster-up.sh)
+#   hack/walkthrough.sh --print    print the script it would run (--cluster --print: that one)
 #
 # The walkthrough is every ```sh block between `<!-- walkthrough -->` and
-# `<!-- /walkthrough -->` in README.md. A line ending in `# → REGEX` must succeed and print
-# something matching REGEX (grep -E); a line ending in `# ✗ REGEX` must fail and print it.
-# Other lines must succeed. `.substrate/` in the lines means the state directory of the
-# system under test ($SUBSTRATE_HOME, default .substrate).
+# `<!-- /walkthrough -->` in README.md (cluster mode: `<!-- walkthrough cluster -->`). A
+# line ending in `# → REGEX` must succeed and print something matching REGEX (grep -E); a
+# line ending in `# ✗ REGEX` must fail and print it. Other lines must succeed.
+# `.substrate/` in the lines means the state directory of the system under test
+# ($SUBSTRATE_HOME, default .substrate; cluster mode: `.substrate/cluster/` means
+# $SUBSTRATE_CLUSTER_HOME, default .substrate/cluster).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
-# shellcheck source=hack/lib.sh
-source "$ROOT/hack/lib.sh"
+CLUSTER=""
+[[ " $* " != *" --cluster "* ]] || CLUSTER=1
+if [[ -n "$CLUSTER" ]]; then
+  # shellcheck source=hack/cluster-lib.sh
+  source "$ROOT/hack/cluster-lib.sh"
+  MARKER='<!-- walkthrough cluster -->' STATE_PREFIX=.substrate/cluster/
+else
+  # shellcheck source=hack/lib.sh
+  source "$ROOT/hack/lib.sh"
+  MARKER='<!-- walkthrough -->' STATE_PREFIX=.substrate/
+fi
 
 usage() {
-  sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 # generate: the walkthrough as a bash script (stdout).
@@ -38,7 +50,7 @@ _expect_fail() { # STATUS REGEX: the command failed and printed REGEX
 PRELUDE
   while IFS= read -r line || [[ -n "$line" ]]; do
     case "$line" in
-      '<!-- walkthrough -->') in_walk=1; continue ;;
+      "$MARKER") in_walk=1; continue ;;
       '<!-- /walkthrough -->') in_walk=""; continue ;;
     esac
     [[ -n "$in_walk" ]] || continue
@@ -50,7 +62,7 @@ PRELUDE
       in_code=""
       continue
     fi
-    line="${line//.substrate\//$SUBSTRATE_DIR/}"
+    line="${line//"$STATE_PREFIX"/$SUBSTRATE_DIR/}"
     if [[ -n "$heredoc" ]]; then
       printf '%s\n' "$line"
       if [[ "$line" == "$heredoc" ]]; then
@@ -68,7 +80,9 @@ PRELUDE
       # Run it with errexit off, output to a file; check once the command (and its
       # here-document, if any) is complete.
       cmd="${BASH_REMATCH[1]}" want="${BASH_REMATCH[2]}"
+      # shellcheck disable=SC2016 # the generated script expands these
       printf 'set +e; %s >"$_tmp" 2>&1\n' "$cmd"
+      # shellcheck disable=SC2016
       post="$(printf '_rc=$?; set -e; _out="$(cat "$_tmp")"; _expect_fail "$_rc" %q' "$want")"$'\n'
     else
       printf '%s\n' "$line"
@@ -83,19 +97,28 @@ PRELUDE
 }
 
 main() {
-  case "${1:-}" in
-    "") ;;
-    --print) generate; exit 0 ;;
-    -h | --help) usage; exit 0 ;;
-    *) usage >&2; die "unknown argument: $1" ;;
-  esac
-  [[ -r "$ENDPOINTS_FILE" ]] || die "no $ENDPOINTS_FILE: start the system first (hack/up.sh)"
+  local print=""
+  while (($#)); do
+    case "$1" in
+      --cluster) ;;
+      --print) print=1 ;;
+      -h | --help) usage; exit 0 ;;
+      *) usage >&2; die "unknown argument: $1" ;;
+    esac
+    shift
+  done
+  if [[ -n "$print" ]]; then
+    generate
+    exit 0
+  fi
+  [[ -r "$ENDPOINTS_FILE" ]] ||
+    die "no $ENDPOINTS_FILE: start the system first (hack/${CLUSTER:+cluster-}up.sh)"
   local script
   script="$(generate)"
-  grep -q . <<<"$script" || die "README.md has no walkthrough block"
+  grep -q '^printf' <<<"$script" || die "README.md has no $MARKER block"
   cd "$ROOT"
-  bash -c "$script" walkthrough || die "the README walkthrough failed (output above)"
-  log "the README walkthrough passed"
+  bash -c "$script" walkthrough || die "the README ${CLUSTER:+cluster-mode }walkthrough failed (output above)"
+  log "the README ${CLUSTER:+cluster-mode }walkthrough passed"
 }
 
 main "$@"
