@@ -258,6 +258,14 @@ impl World {
         );
         if let Some(a) = got {
             let uid = a["metadata"]["uid"].as_str().unwrap_or_default();
+            if !a["metadata"]["deletionTimestamp"].is_null() {
+                // An earlier actor of that name on its way out (its finalizer not removed
+                // yet) made the create fail: nothing was created.
+                self.note(format!(
+                    "  ... an earlier actor of that name (uid {uid}) is still being deleted: not created"
+                ));
+                return;
+            }
             self.note(format!("  ... it was created after all: uid {uid}"));
             let key = (ns.to_string(), name.to_string());
             self.models
