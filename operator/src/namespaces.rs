@@ -286,13 +286,7 @@ async fn reconcile(
             }
         }
         NamespaceAct::DeleteAtespace { uid } => {
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: Some(uid),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
+            let dp = delete_if_uid(uid);
             match atespaces_api.delete(name, &dp).await {
                 Ok(_) => {
                     tracing::info!(atespace = %name, "namespace deleted: atespace deleted");
@@ -305,13 +299,7 @@ async fn reconcile(
             }
         }
         NamespaceAct::DeleteNamespace { uid } => {
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: Some(uid),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
+            let dp = delete_if_uid(uid);
             match namespaces_api.delete(name, &dp).await {
                 Ok(_) => {
                     tracing::info!(namespace = %name, "atespace deleted: the namespace created for it deleted");
@@ -342,6 +330,17 @@ async fn reconcile(
                 Err(e) => Err(e.into()),
             }
         }
+    }
+}
+
+/// A delete of the object only while it is the one with `uid` (not a namesake created since).
+fn delete_if_uid(uid: String) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
     }
 }
 
