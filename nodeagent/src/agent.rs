@@ -897,13 +897,17 @@ impl Agent {
         if bound || busy {
             return;
         }
-        let Ok(key) = status.actor.parse::<ActorKey>() else {
-            return;
-        };
         // The cache may not have synced yet (a restarted agent): ask the apiserver before
         // killing anything, and keep the sandbox unless it says the actor is not bound here.
-        let Some((ns, name)) = status.actor.split_once('/') else {
-            return;
+        self.kill_if_not_bound(worker, &status.actor).await;
+    }
+
+    /// Kills the sandbox of `actor` ("<atespace>/<name>") on `worker` unless the apiserver
+    /// says that actor is bound to this worker (or cannot be asked). Returns whether it
+    /// killed it.
+    async fn kill_if_not_bound(&self, worker: &str, actor: &str) -> bool {
+        let (Ok(key), Some((ns, name))) = (actor.parse::<ActorKey>(), actor.split_once('/')) else {
+            return false;
         };
         match self.actor_api(ns).get_opt(name).await {
             Ok(Some(a))
@@ -912,24 +916,54 @@ impl Agent {
                     .and_then(|s| s.worker.as_ref())
                     .is_some_and(|w| w.name == worker) =>
             {
-                return;
+                return false;
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::debug!(worker, actor = %status.actor, error = %e, "cannot check a sandbox's actor; keeping it");
-                return;
+                tracing::debug!(worker, actor, error = %e, "cannot check a sandbox's actor; keeping it");
+                return false;
             }
         }
-        if let Ok(mut c) = self.executor(worker).await {
-            match c.kill(&key, &format!("stray-{}", now())).await {
-                Ok(_) => {
-                    tracing::info!(worker, actor = %status.actor, "killed a sandbox whose actor is not bound here")
-                }
-                Err(e) => {
-                    tracing::warn!(worker, actor = %status.actor, error = %e, "killing a stray sandbox failed")
-                }
+        let Ok(mut c) = self.executor(worker).await else {
+            return false;
+        };
+        match c.kill(&key, &format!("stray-{}", now())).await {
+            Ok(_) => {
+                tracing::info!(
+                    worker,
+                    actor,
+                    "killed a sandbox whose actor is not bound here"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(worker, actor, error = %e, "killing a stray sandbox failed");
+                false
             }
         }
+    }
+
+    /// After the executor refused an operation for `key` because it is busy: when what
+    /// keeps it busy is a settled sandbox of another actor that is not bound here (left
+    /// running when its actor was released elsewhere, e.g. after the agent's pod was
+    /// deleted, and not yet found by the heartbeat's sweep), kills it. Returns whether the
+    /// worker is free to try again. This worker was claimed for `key` by the scheduler, so
+    /// no other actor may run on it.
+    async fn clear_stray_for(&self, worker: &str, key: &ActorKey) -> bool {
+        let Ok(mut c) = self.executor(worker).await else {
+            return false;
+        };
+        let Ok(status) = c.status().await else {
+            return false;
+        };
+        let settled = !matches!(
+            proto::Phase::try_from(status.phase),
+            Ok(proto::Phase::Booting | proto::Phase::Restoring | proto::Phase::Checkpointing)
+        );
+        if status.actor.is_empty() || status.actor == key.to_string() || !settled {
+            return false;
+        }
+        self.kill_if_not_bound(worker, &status.actor).await
     }
 
     // --- actors ------------------------------------------------------------------------
@@ -1340,21 +1374,28 @@ impl Agent {
         prepared += t.elapsed();
         self.remember_image(&uid, &image);
         let t = std::time::Instant::now();
-        let (how, op) = match &restore {
-            Some((_, digest, dir)) => {
-                let how = if golden { "golden" } else { "restore" };
-                let op = exec
+        let mut cleared = false;
+        let (how, op) = loop {
+            let result = match &restore {
+                Some((_, digest, dir)) => exec
                     .restore(&key, &format!("restore-{uid}-{digest}"), &spec, dir)
                     .await
-                    .map_err(exec_err)?;
-                (how, op)
-            }
-            None => {
-                let op = exec
+                    .map(|op| (if golden { "golden" } else { "restore" }, op)),
+                None => exec
                     .run(&key, &format!("run-{uid}"), &spec)
                     .await
-                    .map_err(exec_err)?;
-                ("cold", op)
+                    .map(|op| ("cold", op)),
+            };
+            match result {
+                Ok(done) => break done,
+                Err(e)
+                    if !cleared
+                        && e.kind() == Some(executor::worker::ErrorKind::Busy)
+                        && self.clear_stray_for(worker, &key).await =>
+                {
+                    cleared = true;
+                }
+                Err(e) => return Err(exec_err(e)),
             }
         };
         let executed = t.elapsed();

@@ -358,7 +358,13 @@ fn cluster_mode_end_to_end() {
         "{body}"
     );
     let (code, body) = through_router(r.http, "secret", "team-s", Some(&reader));
-    assert_eq!(code, 200, "{body}\n{}", sys.log("router"));
+    assert_eq!(
+        code,
+        200,
+        "{body}\n--- router\n{}\n--- node agent\n{}",
+        sys.log("router"),
+        sys.log("nodeagent")
+    );
     assert_eq!(first_int(&body), 1, "{body}");
 
     // Deleting an atespace deletes the namespace the operator created for it.
