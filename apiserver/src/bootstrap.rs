@@ -198,16 +198,102 @@ pub async fn pki_from_secret(
             .collect()
     })
     .await?;
+    write_pki_files(&data, namespace, name, pki_dir)
+}
+
+/// Writes the PKI Secret's files into `pki_dir` (those whose content changed; each file
+/// replaced at once, by a rename).
+fn write_pki_files(
+    data: &BTreeMap<String, ByteString>,
+    namespace: &str,
+    name: &str,
+    pki_dir: &Path,
+) -> Result<(), BootstrapError> {
     std::fs::create_dir_all(pki_dir).map_err(|source| BootstrapError::Io {
         path: pki_dir.display().to_string(),
         source,
     })?;
     for (k, file) in PKI_FILES {
-        let bytes = key(&data, namespace, name, k)?;
+        let bytes = key(data, namespace, name, k)?;
         let path = pki_dir.join(file);
-        write_private(&path, bytes)?;
+        if std::fs::read(&path).is_ok_and(|b| b == bytes) {
+            continue;
+        }
+        let tmp = pki_dir.join(format!(".{file}.tmp"));
+        write_private(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path).map_err(|source| BootstrapError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
     }
     Ok(())
+}
+
+fn pem_of<'a>(
+    data: &'a BTreeMap<String, ByteString>,
+    namespace: &str,
+    name: &str,
+    k: &str,
+) -> Result<std::borrow::Cow<'a, str>, BootstrapError> {
+    Ok(String::from_utf8_lossy(key(data, namespace, name, k)?))
+}
+
+/// Renews the serving certificate of the PKI Secret `namespace/name` when it is due
+/// ([`crate::pki::due_for_renewal`]) and mirrors the Secret into `pki_dir`. The local copy
+/// is looked at first, so a replica reads the Secret only once its own certificate is due;
+/// the write carries the Secret's resourceVersion, so of replicas renewing at once one wins
+/// and the others take its certificate. Returns whether the Secret was read.
+pub async fn renew_pki_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    pki_dir: &Path,
+    sans: &[String],
+) -> Result<bool, BootstrapError> {
+    let now = jiff::Timestamp::now();
+    let local = std::fs::read_to_string(pki_dir.join("serving.crt")).unwrap_or_default();
+    if !crate::pki::due_for_renewal(&local, now) {
+        return Ok(false);
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut secret = api
+        .get(name)
+        .await
+        .map_err(api_err("reading Secret", namespace, name))?;
+    let data = secret.data.clone().unwrap_or_default();
+    if crate::pki::due_for_renewal(&pem_of(&data, namespace, name, "tls.crt")?, now) {
+        let (crt, k) = crate::pki::issue_serving(
+            &pem_of(&data, namespace, name, "ca.crt")?,
+            &pem_of(&data, namespace, name, "ca.key")?,
+            sans,
+        )?;
+        let d = secret.data.get_or_insert_with(BTreeMap::new);
+        d.insert("tls.crt".into(), ByteString(crt.into_bytes()));
+        d.insert("tls.key".into(), ByteString(k.into_bytes()));
+        secret = match api.replace(name, &PostParams::default(), &secret).await {
+            Ok(s) => {
+                tracing::info!(
+                    namespace,
+                    name,
+                    "renewed the serving certificate in the PKI Secret"
+                );
+                s
+            }
+            Err(e) if is_conflict(&e) => {
+                tracing::info!(
+                    namespace,
+                    name,
+                    "the PKI Secret changed meanwhile (another replica renewed it); using it"
+                );
+                api.get(name)
+                    .await
+                    .map_err(api_err("reading Secret", namespace, name))?
+            }
+            Err(e) => return Err(api_err("updating Secret", namespace, name)(e)),
+        };
+    }
+    write_pki_files(&secret.data.unwrap_or_default(), namespace, name, pki_dir)?;
+    Ok(true)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BootstrapError> {

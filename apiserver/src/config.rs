@@ -50,6 +50,11 @@ pub struct Args {
     /// Directory of the standalone PKI (created on first start).
     #[arg(long, env = "SUBSTRATE_PKI_DIR", default_value = ".substrate/pki")]
     pub pki_dir: PathBuf,
+    /// How often the serving certificate is checked: renewed when a third of its lifetime is
+    /// left (the PKI directory's, or `--pki-secret`'s), and reloaded when its files changed
+    /// (also `--tls-cert-file`'s, e.g. renewed by cert-manager), without a restart.
+    #[arg(long, env = "SUBSTRATE_CERT_CHECK_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub cert_check_interval: Duration,
     /// Extra DNS names or IPs for the serving certificate.
     #[arg(long = "tls-san", env = "SUBSTRATE_TLS_SANS", value_delimiter = ',')]
     pub tls_sans: Vec<String>,

@@ -24,6 +24,7 @@ pub mod reviews;
 pub mod scheduler;
 pub mod selector;
 pub mod server;
+pub mod serving_cert;
 pub mod status;
 pub mod storage;
 pub mod strategic;
@@ -159,7 +160,13 @@ pub async fn start_with(
             .as_deref()
             .unwrap_or(&pki.serving_key()),
     )?;
-    let tls = server::tls_config(&cert, &key, verifier)?;
+    let serving = Arc::new(serving_cert::ServingCert::from_pem(&cert, &key)?);
+    let tls = server::tls_config(serving.clone(), verifier)?;
+    background.push(tokio::spawn(serving_cert::keep_fresh(
+        serving,
+        boot.serving_source(args, &pki),
+        args.cert_check_interval,
+    )));
 
     let opts = StoreOptions {
         prefix: args.key_prefix.clone(),
@@ -312,9 +319,41 @@ impl Bootstrap {
         };
         let mut sans = bootstrap::service_names(&args.service_name, &self.namespace);
         sans.extend(args.tls_sans.iter().cloned());
-        bootstrap::pki_from_secret(client, &self.namespace, name, &args.pki_dir, &sans)
-            .await
-            .map_err(RunError::from)
+        bootstrap::pki_from_secret(client, &self.namespace, name, &args.pki_dir, &sans).await?;
+        // Renewed now when due, so the local PKI check that follows finds it fresh (and
+        // does not issue a certificate of its own).
+        bootstrap::renew_pki_secret(client, &self.namespace, name, &args.pki_dir, &sans).await?;
+        Ok(())
+    }
+
+    /// Where the serving certificate is renewed and reloaded from ([`serving_cert`]).
+    fn serving_source(&self, args: &Args, pki: &pki::Pki) -> serving_cert::Source {
+        if let Some(cert) = &args.tls_cert_file {
+            return serving_cert::Source::Files {
+                cert: cert.clone(),
+                key: args
+                    .tls_private_key_file
+                    .clone()
+                    .unwrap_or_else(|| pki.serving_key()),
+            };
+        }
+        match (&self.client, &args.pki_secret) {
+            (Some(client), Some(name)) => {
+                let mut sans = bootstrap::service_names(&args.service_name, &self.namespace);
+                sans.extend(args.tls_sans.iter().cloned());
+                serving_cert::Source::Secret {
+                    client: client.clone(),
+                    namespace: self.namespace.clone(),
+                    name: name.clone(),
+                    pki: pki.clone(),
+                    sans,
+                }
+            }
+            _ => serving_cert::Source::Dir {
+                pki: pki.clone(),
+                sans: args.tls_sans.clone(),
+            },
+        }
     }
 
     /// `--ca-configmap` and `--apiservice`: publish the serving CA; the task that sets and

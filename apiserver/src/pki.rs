@@ -7,7 +7,11 @@
 //! `substrate-system`, O `substrate:system`: the identity of our own components),
 //! `front-proxy-ca.crt`/`.key` and `front-proxy-client.crt`/`.key` (CN `front-proxy-client`:
 //! what an aggregating kube-apiserver presents). Existing files are kept, so restarts and
-//! re-runs of `hack/up.sh` keep every kubeconfig valid.
+//! re-runs of `hack/up.sh` keep every kubeconfig valid — until a leaf certificate is due for
+//! renewal ([`due_for_renewal`]: a third of its 365 days left), when [`ensure`] issues it
+//! again with a new key (the CAs, valid 10 years, are kept). The running apiserver checks
+//! this periodically and serves a renewed certificate without a restart
+//! ([`crate::serving_cert`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -130,7 +134,37 @@ fn ensure_ca(dir: &Path, name: &str, cn: &str) -> Result<(String, KeyPair), PkiE
     Ok((cert.pem(), kp))
 }
 
-/// Issues `<name>.crt`/`<name>.key` signed by the CA unless they exist.
+/// `(not_before, not_after)` of a DER certificate.
+fn validity_of(der: &[u8]) -> Option<(jiff::Timestamp, jiff::Timestamp)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let v = cert.validity();
+    Some((
+        jiff::Timestamp::from_second(v.not_before.timestamp()).ok()?,
+        jiff::Timestamp::from_second(v.not_after.timestamp()).ok()?,
+    ))
+}
+
+/// When a DER certificate expires.
+pub fn not_after(der: &[u8]) -> Option<jiff::Timestamp> {
+    validity_of(der).map(|(_, end)| end)
+}
+
+/// Whether the (first) certificate of `cert_pem` should be issued again at `now`: less than
+/// a third of its lifetime is left (kubelet's and cert-manager's rule: a 365-day certificate
+/// is renewed after ~243 days), or it cannot be read.
+pub fn due_for_renewal(cert_pem: &str, now: jiff::Timestamp) -> bool {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else {
+        return true;
+    };
+    let Some((start, end)) = validity_of(&pem.contents) else {
+        return true;
+    };
+    let life = end.as_second() - start.as_second();
+    end.as_second() - now.as_second() < life / 3
+}
+
+/// Issues `<name>.crt`/`<name>.key` signed by the CA unless they exist and are not due for
+/// renewal.
 fn ensure_leaf(
     dir: &Path,
     name: &str,
@@ -139,17 +173,70 @@ fn ensure_leaf(
 ) -> Result<(), PkiError> {
     let crt = dir.join(format!("{name}.crt"));
     let key = dir.join(format!("{name}.key"));
-    if crt.exists() && key.exists() {
+    if crt.exists() && key.exists() && !due_for_renewal(&read(&crt)?, jiff::Timestamp::now()) {
         return Ok(());
     }
-    let issuer = Issuer::from_ca_cert_pem(&ca.0, &ca.1).map_err(gen_err(name))?;
-    let kp = KeyPair::generate().map_err(gen_err(name))?;
-    let cert = params()
-        .and_then(|p| p.signed_by(&kp, &issuer))
-        .map_err(gen_err(name))?;
-    write(&key, &kp.serialize_pem(), true)?;
-    write(&crt, &cert.pem(), false)?;
+    let (cert, kp) = issue(name, ca, params().map_err(gen_err(name))?)?;
+    write(&key, &kp, true)?;
+    write(&crt, &cert, false)?;
+    tracing::info!(file = %crt.display(), "issued certificate");
     Ok(())
+}
+
+/// A new key and `params` signed by `ca`: (certificate PEM, key PEM).
+fn issue(
+    what: &str,
+    ca: &(String, KeyPair),
+    params: CertificateParams,
+) -> Result<(String, String), PkiError> {
+    let issuer = Issuer::from_ca_cert_pem(&ca.0, &ca.1).map_err(gen_err(what))?;
+    let kp = KeyPair::generate().map_err(gen_err(what))?;
+    let cert = params.signed_by(&kp, &issuer).map_err(gen_err(what))?;
+    Ok((cert.pem(), kp.serialize_pem()))
+}
+
+/// The serving certificate's parameters: SANs localhost, 127.0.0.1, ::1 and `sans`.
+fn serving_params(sans: &[String]) -> Result<CertificateParams, rcgen::Error> {
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    names.extend(sans.iter().cloned());
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn("substrate-apiserver", &[]);
+    p.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => n.clone().try_into().map(SanType::DnsName),
+        })
+        .collect::<Result<_, _>>()?;
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    validity(&mut p, 365);
+    Ok(p)
+}
+
+/// A serving certificate for `sans` signed by the CA of `ca_cert_pem`/`ca_key_pem` (what
+/// renews the certificate of `--pki-secret`): (certificate PEM, key PEM).
+pub fn issue_serving(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    sans: &[String],
+) -> Result<(String, String), PkiError> {
+    let ca = (
+        ca_cert_pem.to_string(),
+        KeyPair::from_pem(ca_key_pem).map_err(gen_err("ca"))?,
+    );
+    issue(
+        "serving",
+        &ca,
+        serving_params(sans).map_err(gen_err("serving"))?,
+    )
 }
 
 fn client_params(cn: &str, orgs: &[&str]) -> CertificateParams {
@@ -172,30 +259,7 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
     })?;
     let ca = ensure_ca(dir, "ca", "substrate-ca")?;
     let fp = ensure_ca(dir, "front-proxy-ca", "substrate-front-proxy-ca")?;
-    ensure_leaf(dir, "serving", &ca, || {
-        let mut names = vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ];
-        names.extend(sans.iter().cloned());
-        let mut p = CertificateParams::default();
-        p.distinguished_name = dn("substrate-apiserver", &[]);
-        p.subject_alt_names = names
-            .iter()
-            .map(|n| match n.parse::<std::net::IpAddr>() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => n.clone().try_into().map(SanType::DnsName),
-            })
-            .collect::<Result<_, _>>()?;
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        validity(&mut p, 365);
-        Ok(p)
-    })?;
+    ensure_leaf(dir, "serving", &ca, || serving_params(sans))?;
     ensure_leaf(dir, "admin", &ca, || {
         Ok(client_params("substrate-admin", &["system:masters"]))
     })?;
@@ -264,4 +328,88 @@ pub fn write_kubeconfig(
         })?;
     }
     write(out, &doc, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_valid(from_days: i64, to_days: i64) -> String {
+        let kp = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let now = time_now();
+        p.not_before = now + time::Duration::days(from_days);
+        p.not_after = now + time::Duration::days(to_days);
+        p.self_signed(&kp).unwrap().pem()
+    }
+
+    #[test]
+    fn a_certificate_is_due_when_a_third_of_its_life_is_left() {
+        let now = jiff::Timestamp::now();
+        assert!(!due_for_renewal(&cert_valid(0, 365), now));
+        assert!(
+            !due_for_renewal(&cert_valid(-200, 165), now),
+            "165 of 365 days left"
+        );
+        assert!(
+            due_for_renewal(&cert_valid(-250, 115), now),
+            "115 of 365 days left"
+        );
+        assert!(due_for_renewal(&cert_valid(-30, -1), now), "expired");
+        assert!(due_for_renewal("not a certificate", now));
+        assert!(due_for_renewal("", now));
+    }
+
+    #[test]
+    fn ensure_keeps_fresh_files_and_renews_due_leaves_with_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ensure(dir.path(), &["substrate.example".into()]).unwrap();
+        let read = |f: &str| std::fs::read_to_string(pki.path(f)).unwrap();
+        let (ca, serving, admin) = (read("ca.crt"), read("serving.crt"), read("admin.crt"));
+        ensure(dir.path(), &[]).unwrap();
+        assert_eq!(read("serving.crt"), serving, "a fresh certificate is kept");
+
+        // The serving certificate is due: issued again (new key), by the same CA, with the
+        // SANs asked for now; the CA and the fresh admin certificate stay.
+        let old_key = read("serving.key");
+        std::fs::write(pki.serving_cert(), cert_valid(-300, 65)).unwrap();
+        ensure(dir.path(), &["substrate.example".into()]).unwrap();
+        let renewed = read("serving.crt");
+        assert_ne!(renewed, serving);
+        assert_ne!(read("serving.key"), old_key);
+        assert!(!due_for_renewal(&renewed, jiff::Timestamp::now()));
+        assert_eq!(read("ca.crt"), ca);
+        assert_eq!(read("admin.crt"), admin);
+        let (_, pem) = x509_parser::pem::parse_x509_pem(renewed.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let (_, ca_pem) = x509_parser::pem::parse_x509_pem(ca.as_bytes()).unwrap();
+        let ca_cert = ca_pem.parse_x509().unwrap();
+        assert_eq!(
+            cert.issuer(),
+            ca_cert.subject(),
+            "issued by the existing CA"
+        );
+        let sans = format!(
+            "{:?}",
+            cert.subject_alternative_name().unwrap().unwrap().value
+        );
+        assert!(sans.contains("substrate.example"), "{sans}");
+    }
+
+    #[test]
+    fn issue_serving_signs_with_the_given_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ensure(dir.path(), &[]).unwrap();
+        let ca = std::fs::read_to_string(pki.ca_cert()).unwrap();
+        let ca_key = std::fs::read_to_string(pki.path("ca.key")).unwrap();
+        let (crt, key) = issue_serving(&ca, &ca_key, &["svc.ns.svc".into()]).unwrap();
+        assert!(key.contains("PRIVATE KEY"));
+        let (_, pem) = x509_parser::pem::parse_x509_pem(crt.as_bytes()).unwrap();
+        let (_, ca_pem) = x509_parser::pem::parse_x509_pem(ca.as_bytes()).unwrap();
+        assert_eq!(
+            pem.parse_x509().unwrap().issuer(),
+            ca_pem.parse_x509().unwrap().subject()
+        );
+        assert!(issue_serving(&ca, "not a key", &[]).is_err());
+    }
 }

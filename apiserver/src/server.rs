@@ -8,7 +8,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -30,24 +29,12 @@ pub enum ServerError {
     Tls { path: String, reason: String },
 }
 
-/// Loads a PEM certificate chain and key into a rustls server config that asks for (but does
-/// not require) a client certificate.
+/// A rustls server config presenting `cert` (replaceable while serving) that asks for (but
+/// does not require) a client certificate.
 pub fn tls_config(
-    cert_pem: &str,
-    key_pem: &str,
+    cert: Arc<crate::serving_cert::ServingCert>,
     verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 ) -> Result<ServerConfig, ServerError> {
-    use rustls::pki_types::pem::PemObject;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| ServerError::Tls {
-            path: "serving certificate".into(),
-            reason: e.to_string(),
-        })?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| ServerError::Tls {
-        path: "serving key".into(),
-        reason: e.to_string(),
-    })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -56,11 +43,7 @@ pub fn tls_config(
             reason: e.to_string(),
         })?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| ServerError::Tls {
-            path: "serving certificate".into(),
-            reason: e.to_string(),
-        })?;
+        .with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }

@@ -166,3 +166,118 @@ fn bootstrap_flags_without_a_cluster_are_refused() {
         "{err}"
     );
 }
+
+/// The leaf certificate `addr` presents, verified against `ca_file` (PEM; panics when the
+/// chain does not verify).
+fn served_certificate(addr: std::net::SocketAddr, ca_file: &Path) -> String {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .arg("-CAfile")
+        .arg(ca_file)
+        .arg("-verify_return_error")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("Verify return code: 0 (ok)"),
+        "TLS handshake with {addr} did not verify against {}:\n{text}\n{}",
+        ca_file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let end = text.find("-----END CERTIFICATE-----").expect("its end") + 25;
+    text[start..end].to_string()
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .expect("PEM")
+        .1
+        .contents
+}
+
+#[test]
+fn a_due_serving_certificate_is_renewed_once_and_served_by_every_replica_without_a_restart() {
+    let Some(env) = Envtest::start() else { return };
+    env.ensure_namespace(SUBSTRATE_NAMESPACE);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let valkey = apiserver::testing::ValkeyServer::start();
+
+    // An installed PKI Secret whose serving certificate becomes due for renewal (a third of
+    // its lifetime left) ~4 s after the replicas start.
+    let seed = env.dir().join("seed");
+    let pki = apiserver::pki::ensure(&seed, &[]).expect("pki");
+    let read = |f: &str| std::fs::read_to_string(pki.path(f)).expect("pki file");
+    let ca_key = rcgen::KeyPair::from_pem(&read("ca.key")).expect("CA key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&read("ca.crt"), ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("params");
+    let day = std::time::Duration::from_secs(86_400);
+    let secs = std::time::Duration::from_secs;
+    p.not_before = (std::time::SystemTime::now() - 2 * day).into();
+    p.not_after = (std::time::SystemTime::now() + day + secs(6)).into();
+    let old = p.signed_by(&key, &issuer).expect("old certificate").pem();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let (code, body) = env.admin.request(
+        "POST",
+        &format!("/api/v1/namespaces/{SUBSTRATE_NAMESPACE}/secrets"),
+        Some(&serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": PKI_SECRET},
+            "data": {"ca.crt": b64(&read("ca.crt")), "ca.key": b64(&read("ca.key")),
+                     "tls.crt": b64(&old), "tls.key": b64(&key.serialize_pem())},
+        })),
+    );
+    assert_eq!(code, 201, "{body}");
+
+    let start = |name: &str| {
+        let mut a = args(&env, &valkey.url(), &env.dir().join(name));
+        a.cert_check_interval = std::time::Duration::from_millis(500);
+        rt.block_on(apiserver::start(&a)).expect("replica starts")
+    };
+    let (a, b) = (start("replica-a"), start("replica-b"));
+    let ca_file = pki.ca_cert();
+    for r in [&a, &b] {
+        assert_eq!(der_of(&served_certificate(r.addr, &ca_file)), der_of(&old));
+    }
+    let renewed = e2e::eventually("the Secret's serving certificate is renewed", || {
+        let tls = secret_key(&env, "tls.crt");
+        (tls != old).then_some(tls)
+    });
+    assert!(
+        !apiserver::pki::due_for_renewal(&renewed, jiff::Timestamp::now()),
+        "renewed for a full term"
+    );
+    assert_eq!(secret_key(&env, "ca.crt"), read("ca.crt"), "the CA is kept");
+    assert_ne!(
+        secret_key(&env, "tls.key"),
+        key.serialize_pem(),
+        "a new key"
+    );
+    // Both replicas serve the renewed certificate on their running listeners, verified by
+    // the CA the components and kube-apiserver already trust.
+    for (name, r) in [("a", &a), ("b", &b)] {
+        e2e::eventually(
+            &format!("replica {name} serves the renewed certificate"),
+            || (der_of(&served_certificate(r.addr, &ca_file)) == der_of(&renewed)).then_some(()),
+        );
+    }
+    // One renewal: the replicas agreed on one certificate (the loser of the write took the
+    // winner's) and it stays.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(secret_key(&env, "tls.crt"), renewed);
+    rt.block_on(async {
+        a.stop().await;
+        b.stop().await;
+    });
+}
