@@ -4,6 +4,7 @@
 //! transitions (an object that stops matching is reported DELETED), and Table or
 //! PartialObjectMetadata output.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +104,26 @@ impl Encoder {
         Bytes::from(line)
     }
 
+    /// The event line for a store event shown as stored: JSON output of the native view
+    /// reuses the event's object encoded once for every watcher ([`WatchEvent::object_json`]);
+    /// other outputs are encoded per watcher by [`Encoder::event`].
+    fn store_event(&mut self, kind: &str, ev: &WatchEvent) -> Bytes {
+        if !matches!(
+            (self.view, self.output),
+            (View::Native, Output::Json | Output::Yaml)
+        ) {
+            return self.event(kind, &ev.object);
+        }
+        let object = ev.object_json();
+        let mut line = Vec::with_capacity(object.len() + kind.len() + 23);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(object);
+        line.extend_from_slice(b"}\n");
+        Bytes::from(line)
+    }
+
     fn bookmark(&self, rv: u64, initial_end: bool) -> Option<Bytes> {
         let mut meta = json!({"resourceVersion": rv.to_string(), "creationTimestamp": null});
         if initial_end {
@@ -163,11 +184,7 @@ impl WatchRequest {
     }
 
     /// The event this watcher should see for a store event, if any.
-    fn translate<'a>(
-        &self,
-        ev: &'a WatchEvent,
-    ) -> Option<(&'static str, std::borrow::Cow<'a, Value>)> {
-        use std::borrow::Cow;
+    fn translate<'a>(&self, ev: &'a WatchEvent) -> Option<(&'static str, Cow<'a, Value>)> {
         let now = self.in_scope(&ev.object);
         match ev.kind {
             EventType::Added => now.then_some(("ADDED", Cow::Borrowed(ev.object.as_ref()))),
@@ -346,9 +363,12 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
                             (out, None) => out,
                             (None, Some(_)) => None,
                         };
-                        if let Some((kind, obj)) = out
-                            && !send(enc.event(kind, &obj)).await
-                        {
+                        let line = match out {
+                            Some((kind, Cow::Borrowed(_))) => enc.store_event(kind, &ev),
+                            Some((kind, obj)) => enc.event(kind, &obj),
+                            None => continue,
+                        };
+                        if !send(line).await {
                             return;
                         }
                     }
@@ -375,4 +395,58 @@ pub async fn start(registry: &Registry, req: WatchRequest) -> Result<WatchBody, 
     Ok(StreamBody::new(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{EventType, ObjectKey};
+
+    fn request(output: Output) -> WatchRequest {
+        let res = &crds::resources::ACTORS;
+        WatchRequest {
+            res,
+            namespace: None,
+            name: None,
+            selectors: Selectors::parse(res, &ListOptions::default()).expect("no selectors"),
+            opts: ListOptions::default(),
+            output,
+            view: View::Native,
+            filter: None,
+        }
+    }
+
+    #[test]
+    fn a_store_event_is_encoded_once_and_reads_as_a_per_watcher_encoding_would() {
+        let obj = json!({
+            "apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+            "metadata": {"name": "a\"b", "namespace": "t", "resourceVersion": "7",
+                         "labels": {"z": "1", "a": "ü"}},
+            "spec": {"template": {"name": "counter"}},
+        });
+        let ev = WatchEvent::new(
+            7,
+            EventType::Modified,
+            ObjectKey::new("t", "a\"b"),
+            Arc::new(obj.clone()),
+            None,
+        );
+        let req = request(Output::Json);
+        let (mut a, mut b) = (Encoder::new(&req), Encoder::new(&req));
+        let shared = a.store_event("MODIFIED", &ev);
+        assert_eq!(shared, a.event("MODIFIED", &obj), "byte for byte");
+        let again = b.store_event("DELETED", &ev);
+        let line: Value = serde_json::from_slice(&again).unwrap();
+        assert_eq!(line, json!({"type": "DELETED", "object": obj}));
+        assert!(again.ends_with(b"}\n"));
+        // One encoding of the object, shared by both watchers.
+        assert!(std::ptr::eq(ev.object_json(), ev.object_json()));
+        assert_eq!(ev.object_json().as_ref(), serde_json::to_vec(&obj).unwrap());
+
+        // Other outputs are encoded per watcher, from the object.
+        let meta = request(Output::PartialMetadata);
+        let mut m = Encoder::new(&meta);
+        let line: Value = serde_json::from_slice(&m.store_event("ADDED", &ev)).unwrap();
+        assert_eq!(line["object"]["kind"], "PartialObjectMetadata", "{line}");
+    }
 }

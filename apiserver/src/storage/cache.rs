@@ -178,13 +178,7 @@ impl WatchCache {
                 push_event(
                     &mut st,
                     self.shared.capacity,
-                    Arc::new(WatchEvent {
-                        rv: ev.rv,
-                        kind: ev.kind,
-                        key: ev.key,
-                        object: ev.object,
-                        prev,
-                    }),
+                    Arc::new(WatchEvent::new(ev.rv, ev.kind, ev.key, ev.object, prev)),
                 );
             }
             (st.epoch, st.rv, st.rv != before)
@@ -556,13 +550,7 @@ fn build_state(epoch: u64, capacity: usize, loaded: Loaded) -> State {
         push_event(
             &mut st,
             capacity,
-            Arc::new(WatchEvent {
-                rv: ev.rv,
-                kind: ev.kind,
-                key: ev.key,
-                object: ev.object,
-                prev,
-            }),
+            Arc::new(WatchEvent::new(ev.rv, ev.kind, ev.key, ev.object, prev)),
         );
     }
     st

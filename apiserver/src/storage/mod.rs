@@ -154,6 +154,35 @@ pub struct WatchEvent {
     /// The previous state of the object when known: always for events the feed observed live;
     /// `None` for `Added`, and for the first event of a key in history loaded at startup.
     pub prev: Option<Arc<Value>>,
+    /// `object` as JSON, encoded by the first watcher that shows it as stored and reused by
+    /// every other ([`WatchEvent::object_json`]).
+    pub encoded: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl WatchEvent {
+    pub fn new(
+        rv: u64,
+        kind: EventType,
+        key: ObjectKey,
+        object: Arc<Value>,
+        prev: Option<Arc<Value>>,
+    ) -> Self {
+        WatchEvent {
+            rv,
+            kind,
+            key,
+            object,
+            prev,
+            encoded: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The object as JSON, encoded once for all watchers of this event.
+    pub fn object_json(&self) -> &bytes::Bytes {
+        self.encoded.get_or_init(|| {
+            bytes::Bytes::from(serde_json::to_vec(self.object.as_ref()).unwrap_or_default())
+        })
+    }
 }
 
 /// Failures of the storage layer.
