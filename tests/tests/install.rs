@@ -1985,6 +1985,7 @@ fn every_flag_the_manifests_give_exists_in_its_binary() {
                     a.replace("$(NODE_NAME)", "node-1")
                         .replace("$(SUBSTRATE_SNAPSHOT_URL)", "file:///tmp/snapshots")
                         .replace("$(SUBSTRATE_ROUTER_SERVICE_HOST)", "127.0.0.1")
+                        .replace("$(HOST_IP)", "192.0.2.1")
                 })
                 .collect();
             argv.push("--help".into());
