@@ -17,6 +17,7 @@
 #   SUBSTRATE_CLUSTER_ROUTER_ADMIN_PORT     the router's /metrics and probes (7091)
 #   SUBSTRATE_CLUSTER_DNS_PORT              the router's DNS, UDP and TCP (7053)
 #   SUBSTRATE_CLUSTER_OPERATOR_ADMIN_PORT   the operator's /metrics and probes (7092)
+#   SUBSTRATE_CLUSTER_GATEWAY_PORT          the node agent's worker gateway (7090)
 #   SUBSTRATE_CLUSTER_SERVICE_CIDR          Kubernetes' service range, loopback (127.78.0.0/24)
 #   SUBSTRATE_CLUSTER_ADDR_RANGE            the workers' addresses (10.228.0.0/16)
 #   SUBSTRATE_CLUSTER_WORKER_INDEX_BASE     the workers' first index (2300)
@@ -44,7 +45,8 @@ source "$ROOT/hack/lib.sh"
 
 ETCD_PORT="${SUBSTRATE_CLUSTER_ETCD_PORT:-7379}"
 KUBE_APISERVER_PORT="${SUBSTRATE_CLUSTER_KUBE_APISERVER_PORT:-7443}"
-for _var in ETCD_PORT KUBE_APISERVER_PORT; do
+GATEWAY_PORT="${SUBSTRATE_CLUSTER_GATEWAY_PORT:-7090}"
+for _var in ETCD_PORT KUBE_APISERVER_PORT GATEWAY_PORT; do
   _port="${!_var}"
   if ! [[ "$_port" =~ ^[0-9]+$ ]] || ((_port < 1 || _port > 65534)); then
     die "invalid port '$_port' in SUBSTRATE_CLUSTER_$_var"

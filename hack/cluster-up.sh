@@ -285,6 +285,11 @@ service_account_kubeconfigs() {
     write_kubeconfig "$IDENTITY_DIR/substrate-$c.kubeconfig" "system:serviceaccount:$SUBSTRATE_NAMESPACE:substrate-$c" \
       "    token: $token"
   done
+  # The router's token for the node agents' worker gateway: its pod's projected token of
+  # audience substrate-gateway (config/router/deployment.yaml).
+  token="$(kubectl_ create token substrate-router -n "$SUBSTRATE_NAMESPACE" --audience=substrate-gateway --duration=8760h)" ||
+    die "TokenRequest (audience substrate-gateway) for ServiceAccount $SUBSTRATE_NAMESPACE/substrate-router failed (see above)"
+  (umask 077 && printf '%s' "$token" >"$IDENTITY_DIR/substrate-router.gateway-token")
 }
 
 # --- The workloads' flags ---------------------------------------------------------------
@@ -312,6 +317,8 @@ pod_to_host() {
     "\$(SUBSTRATE_ROUTER_SERVICE_HOST)=127.0.0.1"
     "\$(SUBSTRATE_SNAPSHOT_URL)=$SNAPSHOT_URL"
     "\$(NODE_NAME)=$NODE_NAME"
+    "\$(HOST_IP):7090=127.0.0.1:$GATEWAY_PORT"
+    "/var/run/substrate/gateway-token/token=$IDENTITY_DIR/substrate-router.gateway-token"
     "/var/run/substrate/apiserver-ca/ca.crt=$SUBSTRATE_CA_FILE"
     "/var/lib/substrate/=$SUBSTRATE_DIR/"
   )
@@ -484,6 +491,7 @@ start_cluster_nodeagent() {
   component_stop nodeagent 60
   component_args nodeagent DaemonSet substrate-nodeagent
   mkdir -p "$SUBSTRATE_DIR/node" "$SUBSTRATE_DIR/snapshots"
+  _ensure_port_free "$GATEWAY_PORT" "worker gateway" GATEWAY_PORT
   NODEAGENT_STARTED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   log "starting the node agent ($NODE_NAME: workers in $ADDR_RANGE from index $WORKER_INDEX_BASE)"
   # What the image and the node give the pod: the executor binary, the local registry, the

@@ -275,6 +275,11 @@ pub struct ActorWorker {
     /// Address (IP) the actor answers on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The worker gateway (`<ip>:<port>`) of the node agent running the actor, which
+    /// reaches `address` from other nodes (HTTP `CONNECT`); written by that agent with
+    /// `Running`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// A committed snapshot in object storage.
@@ -383,6 +388,10 @@ pub struct WorkerStatus {
     /// Generation of the spec this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The node agent's worker gateway (`<ip>:<port>`): how this worker's address is
+    /// reached from other nodes (HTTP `CONNECT`, see the node agent's `--gateway-listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// A reference to an actor.

@@ -138,6 +138,10 @@ pub struct AgentConfig {
     /// First worker index (indexes name the host-side veth and pick the address block, so
     /// two agents on one host need disjoint index ranges).
     pub index_base: u32,
+    /// The worker gateway's advertised address (`<ip>:<port>`, [`crate::gateway`]): written
+    /// on this node's Workers (`status.gateway`) and on the actors they run
+    /// (`status.worker.gateway`). `None`: no gateway.
+    pub gateway: Option<String>,
 }
 
 /// A worker hosted here.
@@ -210,6 +214,8 @@ pub struct Agent {
     dirty: Mutex<HashSet<String>>,
     /// Per worker: when its last successful heartbeat was stamped (see [`LEASE`]).
     leases: Mutex<BTreeMap<String, std::time::Instant>>,
+    /// The addresses of the workers hosted here: where the worker gateway may connect.
+    targets: Arc<crate::gateway::Targets>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
@@ -392,7 +398,14 @@ impl Agent {
             in_flight: Mutex::new(HashSet::new()),
             dirty: Mutex::new(HashSet::new()),
             leases: Mutex::new(BTreeMap::new()),
+            targets: Arc::default(),
         })
+    }
+
+    /// The addresses of this agent's workers (kept by its worker sync), for the worker
+    /// gateway ([`crate::gateway::Gateway`]).
+    pub fn gateway_targets(&self) -> Arc<crate::gateway::Targets> {
+        self.targets.clone()
     }
 
     fn worker_api(&self) -> Api<Worker> {
@@ -629,6 +642,9 @@ impl Agent {
                 .and_then(|s| s.network.as_ref())
                 .map(|n| n.worker_ip.clone())
                 .filter(|s| !s.is_empty());
+            if let Some(ip) = address.as_deref().and_then(|a| a.parse().ok()) {
+                self.targets.set(name, ip);
+            }
             let existing = api.get_opt(name).await?;
             if existing.is_none() {
                 let labels = self.pool_labels(pool).await.unwrap_or_default();
@@ -655,6 +671,14 @@ impl Agent {
             // operator sees.
             let stamped = std::time::Instant::now();
             let mut st = json!({"lastHeartbeatTime": now()});
+            let advertised = current
+                .as_ref()
+                .and_then(|w| w.status.as_ref())
+                .and_then(|s| s.gateway.as_deref());
+            if advertised != self.cfg.gateway.as_deref() {
+                // `null` removes it (merge patch): a gateway turned off is not advertised.
+                st["gateway"] = json!(self.cfg.gateway);
+            }
             match (phase.as_deref(), healthy) {
                 (None | Some("Unhealthy"), true) => st["phase"] = json!("Free"),
                 (None | Some("Free"), false) => st["phase"] = json!("Unhealthy"),
@@ -714,7 +738,13 @@ impl Agent {
         }
         self.prune_image_records(actors);
         self.prune_restore_dirs(actors);
-        self.retire_workers(&desired).await
+        let retired = self.retire_workers(&desired).await;
+        {
+            // The gateway reaches the workers whose executors this agent still has.
+            let workers = self.workers.lock().await;
+            self.targets.retain(|n| workers.contains_key(n));
+        }
+        retired
     }
 
     /// Removes the image records of actors this node no longer runs (deleted while running,
@@ -1199,6 +1229,12 @@ impl Agent {
                         }
                         st["phase"] = json!("Running");
                         st["image"] = json!(image);
+                        if let Some(w) = st["worker"].as_object_mut() {
+                            match &self.cfg.gateway {
+                                Some(g) => w.insert("gateway".into(), json!(g)),
+                                None => w.remove("gateway"),
+                            };
+                        }
                         st["lastActiveTime"] = json!(now());
                         st["observedGeneration"] = json!(generation);
                         let conds = st["conditions"].as_array().cloned().unwrap_or_default();

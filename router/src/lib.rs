@@ -27,6 +27,10 @@
 //! actor is looked up or woken; the `Authorization` header is not forwarded ([`access`],
 //! docs/tenancy.md). `Open` atespaces (the default) are not checked.
 //!
+//! Workers are reached at their address, or (`--worker-network gateway|auto`) through the
+//! worker gateway of the node agent hosting them, with an HTTP `CONNECT` authenticated by
+//! `--gateway-token-file` ([`gateway`]): worker addresses are node-local in a cluster.
+//!
 //! Answers the router makes itself (plain text naming the actor and what happened):
 //!
 //! | status | when |
@@ -44,6 +48,7 @@ pub mod access;
 pub mod activity;
 pub mod binding;
 pub mod dns;
+pub mod gateway;
 pub mod host;
 pub mod metrics;
 pub mod proxy;
@@ -97,6 +102,10 @@ pub struct Config {
     pub access_token_cache_ttl: Duration,
     /// How long `SubjectAccessReview` answers (allowed and denied) are cached.
     pub access_decision_cache_ttl: Duration,
+    /// How workers are reached (`--worker-network`, `--node-name`).
+    pub network: gateway::Network,
+    /// The token sent to worker gateways (`--gateway-token-file`).
+    pub gateway_token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -114,6 +123,8 @@ impl Default for Config {
             threads: 0,
             access_token_cache_ttl: access::DEFAULT_TTL,
             access_decision_cache_ttl: access::DEFAULT_TTL,
+            network: gateway::Network::default(),
+            gateway_token_file: None,
         }
     }
 }
@@ -241,8 +252,12 @@ fn proxy_thread(
                     }
                 };
                 let bindings = shared.table.bindings().clone();
-                let pool =
-                    upstream::Pool::new(shared.connect_timeout, &shared.metrics, bindings.clone());
+                let pool = upstream::Pool::new(
+                    shared.connect_timeout,
+                    &shared.metrics,
+                    bindings.clone(),
+                    shared.gateway_token.clone(),
+                );
                 let reaper = {
                     let pool = pool.clone();
                     tokio::spawn(async move {
@@ -291,6 +306,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     connect_timeout: Duration,
     access: Arc<access::Access>,
+    gateway_token: Arc<gateway::GatewayToken>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -364,7 +380,8 @@ pub async fn start(
     let clients = clients.into();
     let client = clients.substrate.clone();
     let metrics = Arc::new(Metrics::default());
-    let (table, table_task) = Table::start(&clients);
+    tracing::info!(worker_network = ?config.network.mode, node = ?config.network.node, gateway_token_file = ?config.gateway_token_file, "worker network");
+    let (table, table_task) = Table::start(&clients, config.network.clone());
     let activity = Arc::new(Activity::default());
     let reporter = Reporter::new(
         client.clone(),
@@ -387,6 +404,9 @@ pub async fn start(
         reporter: reporter.clone(),
         metrics: metrics.clone(),
         connect_timeout: config.connect_timeout,
+        gateway_token: Arc::new(gateway::GatewayToken::new(
+            config.gateway_token_file.clone(),
+        )),
         access: Arc::new(access::Access::new(
             Arc::new(access::KubeReviewer::new(clients.cluster.clone())),
             config.access_token_cache_ttl,

@@ -93,6 +93,23 @@ struct Args {
         default_value = "10s"
     )]
     access_decision_cache_ttl: String,
+    /// How workers are reached: `direct` (at their address), `gateway` (through the worker
+    /// gateway of the node agent hosting them, when it advertises one) or `auto` (the
+    /// gateway for workers on other nodes than `--node-name`).
+    #[arg(
+        long,
+        env = "SUBSTRATE_ROUTER_WORKER_NETWORK",
+        value_enum,
+        default_value = "direct"
+    )]
+    worker_network: router::gateway::WorkerNetwork,
+    /// The node this router runs on (`--worker-network auto`).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// A bearer token for the worker gateways (a projected ServiceAccount token with their
+    /// audience, `substrate-gateway`), read again every minute.
+    #[arg(long, env = "SUBSTRATE_ROUTER_GATEWAY_TOKEN_FILE")]
+    gateway_token_file: Option<std::path::PathBuf>,
     /// Log format.
     #[arg(
         long,
@@ -160,6 +177,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "access-decision-cache-ttl",
             &args.access_decision_cache_ttl,
         )?,
+        network: router::gateway::Network {
+            mode: args.worker_network,
+            node: args.node_name.filter(|n| !n.is_empty()),
+        },
+        gateway_token_file: args.gateway_token_file,
     };
     let clients = args
         .clients

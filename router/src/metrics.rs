@@ -26,6 +26,12 @@ pub struct Metrics {
     /// `substrate_router_upstream_retries_total`: requests sent again on a new connection
     /// after a pooled one failed before answering.
     pub upstream_retries: Counter,
+    /// `substrate_router_gateway_tunnels_total`: upstream connections opened through a node
+    /// agent's worker gateway.
+    pub gateway_tunnels: Counter,
+    /// `substrate_router_gateway_failures_total`: worker gateways that refused a tunnel or
+    /// could not be reached.
+    pub gateway_failures: Counter,
     /// `substrate_router_open_exchanges`: requests in flight plus upgraded tunnels.
     pub open_exchanges: Gauge,
     /// `substrate_router_activity_patches_total`: lastActiveTime writes.
@@ -92,6 +98,18 @@ impl Default for Metrics {
             "Requests sent again on a new connection after a pooled one failed before answering (closed by the actor while idle)",
             upstream_retries.clone(),
         );
+        let gateway_tunnels = Counter::default();
+        registry.register(
+            "gateway_tunnels",
+            "Upstream connections opened through a node agent's worker gateway (CONNECT)",
+            gateway_tunnels.clone(),
+        );
+        let gateway_failures = Counter::default();
+        registry.register(
+            "gateway_failures",
+            "Worker gateways that refused a tunnel or could not be reached",
+            gateway_failures.clone(),
+        );
         let open_exchanges = Gauge::default();
         registry.register(
             "open_exchanges",
@@ -137,6 +155,8 @@ impl Default for Metrics {
             wake_latency,
             upstream_connections,
             upstream_retries,
+            gateway_tunnels,
+            gateway_failures,
             open_exchanges,
             activity_patches,
             activity_sync_reports,

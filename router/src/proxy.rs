@@ -282,6 +282,8 @@ pub struct Route {
     /// The actor's activity counters (held: no lookup per request).
     activity: Arc<Counters>,
     addr: SocketAddr,
+    /// The worker gateway to reach `addr` through (`None`: directly).
+    gateway: Option<SocketAddr>,
     /// The binding the actor was routable by: its pooled connections only.
     binding: Binding,
     host: Option<HeaderValue>,
@@ -313,6 +315,7 @@ impl Route {
             key: Arc::new(key),
             activity,
             addr: target.addr,
+            gateway: target.gateway,
             binding: target.binding,
         })
     }
@@ -513,7 +516,12 @@ impl Proxy {
         let open = OpenExchange::new(&self.metrics);
         let resp = match self
             .upstream
-            .send(addr, route.binding, Request::from_parts(parts, body))
+            .send(
+                addr,
+                route.gateway,
+                route.binding,
+                Request::from_parts(parts, body),
+            )
             .await
         {
             Ok(r) => r,

@@ -320,9 +320,15 @@ impl Waker {
     async fn run(&self, key: &ActorKey) -> Result<Target, WakeError> {
         let start = Instant::now();
         let out = self.run_inner(key, start).await;
-        if let Ok(Target { addr, .. }) = out {
+        if let Ok(Target {
+            addr,
+            gateway: None,
+            ..
+        }) = out
+        {
             // The actor just became ready: give its listener a second chance before the
-            // requests go (one probe per wake, not per request).
+            // requests go (one probe per wake, not per request). Not through a worker
+            // gateway (its address is not reachable from here; the agent checked readiness).
             if !self.probe(addr).await {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 self.probe(addr).await;

@@ -22,6 +22,7 @@ use crds::ate::ActorTemplate;
 use crds::substrate::{Activation, Actor, ActorPhase, Atespace, HttpAccessPolicy};
 
 use crate::binding::{Binding, Bindings, Placement};
+use crate::gateway::Network;
 use crate::host::ActorKey;
 
 /// Port an actor serves on when its template names none.
@@ -38,10 +39,12 @@ pub enum Lookup {
     Actor(Arc<Actor>),
 }
 
-/// Where a request for a routable actor goes: the address, and the binding it is there by.
+/// Where a request for a routable actor goes: the address, the worker gateway to reach it
+/// through (`None`: directly; [`crate::gateway`]), and the binding it is there by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
     pub addr: SocketAddr,
+    pub gateway: Option<SocketAddr>,
     pub binding: Binding,
 }
 
@@ -60,13 +63,18 @@ pub struct Table {
     /// Whether `authorized` has any: when not (the default), a request's policy costs one
     /// atomic load.
     any_authorized: AtomicBool,
+    /// How workers are reached (`--worker-network`, `--node-name`).
+    network: Network,
 }
 
 impl Table {
     /// Starts the watches (actors and atespaces on Substrate's apiserver, templates on the
     /// cluster's; one and the same in standalone mode); the table fills in the background
     /// ([`Table::ready`]).
-    pub fn start(clients: &clients::Clients) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        clients: &clients::Clients,
+        network: Network,
+    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let client = clients.substrate.clone();
         let cluster = clients.cluster.clone();
         let (actors, aw) = reflector::store::<Actor>();
@@ -83,6 +91,7 @@ impl Table {
             bindings: Arc::default(),
             authorized: RwLock::default(),
             any_authorized: AtomicBool::new(false),
+            network,
         });
         let t = table.clone();
         let task = tokio::spawn(async move {
@@ -315,6 +324,9 @@ impl Table {
         let worker = st.worker.as_ref()?;
         let ip: IpAddr = worker.address.as_deref()?.parse().ok()?;
         let addr = SocketAddr::new(ip, self.port_of(actor));
+        let gateway = self
+            .network
+            .via(worker.node.as_deref(), worker.gateway.as_deref());
         let binding = self.bindings.bind(
             uid(actor),
             Placement {
@@ -324,7 +336,11 @@ impl Table {
                 version: version(actor),
             },
         );
-        Some(Target { addr, binding })
+        Some(Target {
+            addr,
+            gateway,
+            binding,
+        })
     }
 }
 

@@ -46,6 +46,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::binding::{Binding, Bindings};
+use crate::gateway::{GatewayError, GatewayToken};
 use crate::metrics::Metrics;
 
 /// An idle connection older than this is closed.
@@ -69,6 +70,13 @@ pub enum UpstreamError {
         #[source]
         source: std::io::Error,
     },
+    #[error("connecting to {addr} through its node's worker gateway timed out after {after:?}")]
+    GatewayTimeout { addr: SocketAddr, after: Duration },
+    #[error("{source}")]
+    Gateway {
+        #[source]
+        source: GatewayError,
+    },
     #[error("HTTP/1.1 handshake with {addr}: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -85,7 +93,13 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Whether no connection could be made (the actor refused it or is unreachable).
     pub fn is_connect(&self) -> bool {
-        matches!(self, Self::ConnectTimeout { .. } | Self::Connect { .. })
+        matches!(
+            self,
+            Self::ConnectTimeout { .. }
+                | Self::Connect { .. }
+                | Self::GatewayTimeout { .. }
+                | Self::Gateway { .. }
+        )
     }
 }
 
@@ -190,25 +204,37 @@ pub struct Pool {
     connect_timeout: Duration,
     open: Gauge,
     retries: Counter,
+    gateway_token: Arc<GatewayToken>,
+    gateway_tunnels: Counter,
+    gateway_failures: Counter,
 }
 
 impl Pool {
-    pub fn new(connect_timeout: Duration, metrics: &Metrics, bindings: Arc<Bindings>) -> Arc<Self> {
+    pub fn new(
+        connect_timeout: Duration,
+        metrics: &Metrics,
+        bindings: Arc<Bindings>,
+        gateway_token: Arc<GatewayToken>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::new(HashMap::default()),
             bindings,
             connect_timeout,
             open: metrics.upstream_connections.clone(),
             retries: metrics.upstream_retries.clone(),
+            gateway_token,
+            gateway_tunnels: metrics.gateway_tunnels.clone(),
+            gateway_failures: metrics.gateway_failures.clone(),
         })
     }
 
-    /// Sends `req`, routed by `binding`, to `addr`; the response's body hands the connection
-    /// back to the pool once it has been read to the end (a `101` answer keeps it: it becomes
-    /// the tunnel).
+    /// Sends `req`, routed by `binding`, to `addr` (through worker gateway `gateway`, when
+    /// given); the response's body hands the connection back to the pool once it has been
+    /// read to the end (a `101` answer keeps it: it becomes the tunnel).
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
+        gateway: Option<SocketAddr>,
         binding: Binding,
         req: Request<Incoming>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
@@ -242,7 +268,7 @@ impl Pool {
             }
             self.retries.inc();
         }
-        let mut sender = self.connect(addr).await?;
+        let mut sender = self.connect(addr, gateway).await?;
         let resp = sender
             .send_request(req)
             .await
@@ -364,15 +390,26 @@ impl Pool {
     async fn connect(
         &self,
         addr: SocketAddr,
+        gateway: Option<SocketAddr>,
     ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-        let stream =
-            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+        let after = self.connect_timeout;
+        let stream = match gateway {
+            None => tokio::time::timeout(after, tokio::net::TcpStream::connect(addr))
                 .await
-                .map_err(|_| UpstreamError::ConnectTimeout {
-                    addr,
-                    after: self.connect_timeout,
-                })?
-                .map_err(|source| UpstreamError::Connect { addr, source })?;
+                .map_err(|_| UpstreamError::ConnectTimeout { addr, after })?
+                .map_err(|source| UpstreamError::Connect { addr, source })?,
+            Some(gw) => match self.tunnel(gw, addr).await {
+                Ok(s) => {
+                    self.gateway_tunnels.inc();
+                    s
+                }
+                Err(e) => {
+                    self.gateway_failures.inc();
+                    tracing::info!(%addr, gateway = %gw, error = %e, "worker gateway tunnel failed");
+                    return Err(e);
+                }
+            },
+        };
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -387,6 +424,25 @@ impl Pool {
             open.dec();
         });
         Ok(sender)
+    }
+}
+
+impl Pool {
+    /// A connection to `addr` through worker gateway `gw` ([`crate::gateway::tunnel`]).
+    async fn tunnel(
+        &self,
+        gw: SocketAddr,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpStream, UpstreamError> {
+        let token = self
+            .gateway_token
+            .get()
+            .map_err(|source| UpstreamError::Gateway { source })?;
+        let after = self.connect_timeout;
+        tokio::time::timeout(after, crate::gateway::tunnel(gw, addr, token.as_deref()))
+            .await
+            .map_err(|_| UpstreamError::GatewayTimeout { addr, after })?
+            .map_err(|source| UpstreamError::Gateway { source })
     }
 }
 

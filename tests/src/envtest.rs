@@ -437,12 +437,22 @@ impl Envtest {
 
     /// A token of the ServiceAccount `ns/name` from the TokenRequest API (one hour).
     pub fn service_account_token(&self, ns: &str, name: &str) -> String {
+        self.service_account_token_for(ns, name, &[])
+    }
+
+    /// [`Envtest::service_account_token`] issued for `audiences` (empty: kube-apiserver's),
+    /// as a projected ServiceAccount token volume with `audience:` gets one.
+    pub fn service_account_token_for(&self, ns: &str, name: &str, audiences: &[&str]) -> String {
+        let mut spec = json!({"expirationSeconds": 3600});
+        if !audiences.is_empty() {
+            spec["audiences"] = json!(audiences);
+        }
         let (code, body) = self.admin.request(
             "POST",
             &format!("/api/v1/namespaces/{ns}/serviceaccounts/{name}/token"),
             Some(&json!({
                 "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                "spec": {"expirationSeconds": 3600},
+                "spec": spec,
             })),
         );
         assert_eq!(code, 201, "TokenRequest for {ns}/{name}: {body}");

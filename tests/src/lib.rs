@@ -301,6 +301,8 @@ pub struct Options {
     pub agent_env: Vec<(String, String)>,
     /// Extra executor arguments (`--executor-arg` of the node agent).
     pub executor_args: Vec<String>,
+    /// Extra arguments of the node agent itself (e.g. `--gateway-listen=...`).
+    pub agent_args: Vec<String>,
     /// Wait for the workers to be free before returning from [`System::start`].
     pub wait_workers: bool,
     /// Run the node agent under `substrate-supervise` (as `hack/up.sh` does), which
@@ -324,6 +326,7 @@ impl Options {
             snapshot_url: None,
             agent_env: Vec::new(),
             executor_args: Vec::new(),
+            agent_args: Vec::new(),
             wait_workers: true,
             supervised_agent: false,
             apiserver_process: false,
@@ -666,6 +669,7 @@ impl System {
                     .iter()
                     .map(|a| format!("--executor-arg={a}")),
             )
+            .args(&o.agent_args)
             .envs(o.agent_env.iter().map(|(k, v)| (k, v)))
             .stdout(self.log_file("nodeagent"))
             .stderr(self.log_file("nodeagent"));

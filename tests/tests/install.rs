@@ -598,6 +598,13 @@ fn rbac_table() -> Vec<Access> {
         access(agent, "list", "ate.dev workerpools", true),
         access(agent, "update", "ate.dev workerpools/status team-a", false),
         access(agent, "get", "core secrets substrate-system", false),
+        access(agent, "create", "authentication.k8s.io tokenreviews", true),
+        access(
+            agent,
+            "create",
+            "authorization.k8s.io subjectaccessreviews",
+            false,
+        ),
         // router
         access(router, "watch", "substrate.ate.dev actors", true),
         access(router, "delete", "substrate.ate.dev actors team-a", false),
@@ -1036,6 +1043,16 @@ fn default_renders_every_object_with_what_it_must_contain() {
     );
     snapshot_env(agent);
     trusts_apiserver(agent);
+    // The worker gateway on the node's address (hostNetwork), which the agent advertises.
+    assert!(
+        args(c).contains(&"--gateway-listen=$(HOST_IP):7090"),
+        "node agent lacks its worker gateway"
+    );
+    assert_eq!(
+        env_var(c, "HOST_IP")["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
+    assert_eq!(container_port(c, &json!("gateway")), 7090);
 
     // router: two replicas; HTTP and DNS Services; DNS answers are the HTTP Service's IP.
     let router = find(&objs, "Deployment", "substrate-router");
@@ -1048,9 +1065,16 @@ fn default_renders_every_object_with_what_it_must_contain() {
         "--dns-listen=0.0.0.0:5353",
         "--dns-address=$(SUBSTRATE_ROUTER_SERVICE_HOST)",
         "--admin-listen=0.0.0.0:9091",
+        "--worker-network=gateway",
+        "--gateway-token-file=/var/run/substrate/gateway-token/token",
     ] {
         assert!(args(c).contains(&f), "router lacks {f}");
     }
+    // Its gateway token: a projected ServiceAccount token of the gateways' audience.
+    assert_eq!(
+        mounted_at(router, c, "/var/run/substrate/gateway-token")["projected"]["sources"][0]["serviceAccountToken"],
+        json!({"audience": nodeagent::gateway::DEFAULT_AUDIENCE, "expirationSeconds": 3600, "path": "token"})
+    );
     assert_eq!(pod_spec(router)["enableServiceLinks"], true);
     assert_eq!(
         container_port(c, &c["readinessProbe"]["httpGet"]["port"]),
@@ -1961,6 +1985,7 @@ fn every_flag_the_manifests_give_exists_in_its_binary() {
                     a.replace("$(NODE_NAME)", "node-1")
                         .replace("$(SUBSTRATE_SNAPSHOT_URL)", "file:///tmp/snapshots")
                         .replace("$(SUBSTRATE_ROUTER_SERVICE_HOST)", "127.0.0.1")
+                        .replace("$(HOST_IP)", "192.0.2.1")
                 })
                 .collect();
             argv.push("--help".into());

@@ -1,7 +1,9 @@
 //! `substrate-nodeagent`: runs this node's workers and converges the actors bound to them
 //! (see `nodeagent::agent`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -70,6 +72,35 @@ struct Args {
     /// executors' fence and the operator's dead-worker rule count on it).
     #[arg(long, env = "SUBSTRATE_HEARTBEAT_SECONDS", default_value_t = crds::liveness::HEARTBEAT_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=crds::liveness::HEARTBEAT_INTERVAL.as_secs()))]
     heartbeat_seconds: u64,
+    /// Serve the worker gateway on this address (`<ip>:<port>`; off when not given): HTTP
+    /// `CONNECT` to this node's workers for routers on other nodes, for authenticated and
+    /// allowed callers only (see `nodeagent::gateway`).
+    #[arg(long, env = "SUBSTRATE_GATEWAY_LISTEN")]
+    gateway_listen: Option<SocketAddr>,
+    /// The gateway's address as routers reach it (`<ip>:<port>`), written on this node's
+    /// Workers and actors (default: `--gateway-listen`, which must then name an address,
+    /// not 0.0.0.0).
+    #[arg(long, env = "SUBSTRATE_GATEWAY_ADVERTISE")]
+    gateway_advertise: Option<SocketAddr>,
+    /// Users allowed to open tunnels (comma-separated), as the TokenReview names them.
+    #[arg(long, env = "SUBSTRATE_GATEWAY_ALLOWED_USERS", value_delimiter = ',', default_value = nodeagent::gateway::DEFAULT_ALLOWED_USER)]
+    gateway_allowed_users: Vec<String>,
+    /// The audience the callers' tokens must be issued for (the TokenReview's
+    /// `spec.audiences`; empty: the apiserver's own).
+    #[arg(long, env = "SUBSTRATE_GATEWAY_TOKEN_AUDIENCE", default_value = nodeagent::gateway::DEFAULT_AUDIENCE)]
+    gateway_token_audience: String,
+    /// How long a TokenReview's answer is cached (e.g. 1m).
+    #[arg(long, env = "SUBSTRATE_GATEWAY_TOKEN_CACHE_TTL", default_value = "1m")]
+    gateway_token_cache_ttl: String,
+}
+
+/// Stops the gateway's task with the agent.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[tokio::main]
@@ -112,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
     .with_context(|| format!("opening the snapshot store {url}"))?;
     let mut executor_args = vec!["--platform".to_string(), args.platform.clone()];
     executor_args.extend(args.executor_args.iter().cloned());
-    let cfg = AgentConfig {
+    let mut cfg = AgentConfig {
         node: args.node.clone(),
         pool_namespace: args.pool_namespace.clone(),
         pools: args.pools.clone(),
@@ -122,9 +153,50 @@ async fn main() -> anyhow::Result<()> {
         heartbeat: Duration::from_secs(args.heartbeat_seconds),
         platform: args.platform.clone(),
         index_base: args.worker_index_base,
+        gateway: None,
     };
+    let gateway = match args.gateway_listen {
+        None => None,
+        Some(listen) => {
+            let advertise = args.gateway_advertise.unwrap_or(listen);
+            anyhow::ensure!(
+                !advertise.ip().is_unspecified() && advertise.port() != 0,
+                "--gateway-advertise {advertise}: give the address routers reach the gateway at (--gateway-listen {listen} names none)"
+            );
+            let ttl = crds::duration::parse(&args.gateway_token_cache_ttl).map_err(|e| {
+                anyhow::anyhow!(
+                    "--gateway-token-cache-ttl {:?}: {e}",
+                    args.gateway_token_cache_ttl
+                )
+            })?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding the worker gateway on {listen}"))?;
+            let audiences: Vec<String> = Some(args.gateway_token_audience.clone())
+                .filter(|a| !a.is_empty())
+                .into_iter()
+                .collect();
+            let gw_cfg = nodeagent::gateway::GatewayConfig {
+                audiences: audiences.clone(),
+                allowed_users: args.gateway_allowed_users.clone(),
+                cache_ttl: ttl,
+            };
+            tracing::info!(%listen, %advertise, allowed_users = ?gw_cfg.allowed_users, ?audiences, "worker gateway listening");
+            Some((listener, advertise, gw_cfg))
+        }
+    };
+    cfg.gateway = gateway.as_ref().map(|(_, a, _)| a.to_string());
     tracing::info!(node = %cfg.node, snapshots = %url, "node agent starting");
+    let cluster = clients.cluster.clone();
     let agent = Agent::new(clients, cfg, images, snapshots);
+    let _gateway = gateway.map(|(listener, _, gw_cfg)| {
+        let reviewer = Arc::new(nodeagent::gateway::KubeTokenReviewer::new(
+            cluster,
+            gw_cfg.audiences.clone(),
+        ));
+        let gw = nodeagent::gateway::Gateway::new(gw_cfg, agent.gateway_targets(), reviewer);
+        AbortOnDrop(tokio::spawn(gw.serve(listener)))
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {
