@@ -3,10 +3,11 @@
 //!
 //! Binding is two compare-and-swap writes, worker first, so no lock and no scan is needed and
 //! a crash between them is harmless:
-//! 1. claim: a free, heartbeating worker of the template's pool (picked at random from the
-//!    in-memory watch cache of workers) gets `status.phase=Bound` and `status.actor` (with the
-//!    actor's uid) — CAS on the worker's resourceVersion, so two resumes never claim the same
-//!    worker; the loser picks another one;
+//! 1. claim: a free, heartbeating, schedulable (not `spec.unschedulable`: cordoned) worker
+//!    of the template's pool (picked at random from the in-memory watch cache of workers)
+//!    gets `status.phase=Bound` and `status.actor` (with the actor's uid) — CAS on the
+//!    worker's resourceVersion, so two resumes never claim the same worker; the loser picks
+//!    another one;
 //! 2. bind: the actor gets `status.phase=Resuming` and `status.worker` — CAS on the actor.
 //!
 //! The bind also adds the [`crds::finalizers::SANDBOX`] finalizer to the actor (one write):
@@ -233,9 +234,16 @@ fn labels_match(selector: Option<&Value>, worker: &Value) -> bool {
     true
 }
 
-/// Whether `worker` may take a new actor.
+/// Whether `worker` is cordoned (`spec.unschedulable`): it takes no new actor.
+pub fn is_unschedulable(worker: &Value) -> bool {
+    worker.pointer("/spec/unschedulable") == Some(&Value::Bool(true))
+}
+
+/// Whether `worker` may take a new actor: free, not cordoned, not being deleted, and
+/// heartbeating.
 pub fn is_free(worker: &Value) -> bool {
     phase(worker) == "Free"
+        && !is_unschedulable(worker)
         && worker.pointer("/metadata/deletionTimestamp").is_none()
         && age(str_at(worker, "/status/lastHeartbeatTime")).is_some_and(|a| a <= HEARTBEAT_GRACE)
 }
@@ -322,8 +330,14 @@ impl Scheduler {
                 return Ok(Placement::Worker(w));
             }
         }
+        let cordoned = in_pool.iter().filter(|w| is_unschedulable(w)).count();
         let why = if in_pool.is_empty() {
             format!("worker pool {pool:?} has no workers")
+        } else if cordoned > 0 {
+            format!(
+                "no free worker in pool {pool:?} ({} workers, {cordoned} cordoned, none free and matching)",
+                in_pool.len()
+            )
         } else {
             format!(
                 "no free worker in pool {pool:?} ({} workers, none free and matching)",
@@ -746,6 +760,26 @@ mod tests {
             let e = SuspendOptions::decode(bad).unwrap_err();
             assert_eq!(e.code, 400, "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn a_cordoned_worker_is_never_free() {
+        let now = now_rfc3339();
+        let w =
+            json!({"spec": {"pool": "p"}, "status": {"phase": "Free", "lastHeartbeatTime": now}});
+        assert!(is_free(&w));
+        let mut cordoned = w.clone();
+        cordoned["spec"]["unschedulable"] = json!(true);
+        assert!(is_unschedulable(&cordoned) && !is_free(&cordoned));
+        let mut uncordoned = w.clone();
+        uncordoned["spec"]["unschedulable"] = json!(false);
+        assert!(!is_unschedulable(&uncordoned) && is_free(&uncordoned));
+        let mut deleting = w.clone();
+        deleting["metadata"] = json!({"deletionTimestamp": now});
+        assert!(!is_free(&deleting));
+        let mut bound = w;
+        bound["status"]["phase"] = json!("Bound");
+        assert!(!is_free(&bound));
     }
 
     #[test]

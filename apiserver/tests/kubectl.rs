@@ -2478,9 +2478,43 @@ fn workers_pools_and_templates() {
         "{out}"
     );
     let out = w.ok(&["get", "workers", "-o", "wide"]);
-    for col in ["NODE", "ADDRESS", "ATESPACE", "HEARTBEAT"] {
+    for col in ["NODE", "ADDRESS", "ATESPACE", "HEARTBEAT", "UNSCHEDULABLE"] {
         assert_contains(out.lines().next().unwrap_or_default(), col);
     }
+    // Cordoned by hand: spec.unschedulable is mutable (as a Node's), shown with -o wide, and
+    // gone again (false is the default, not stored) when uncordoned.
+    w.ok(&[
+        "patch",
+        "worker",
+        "w.1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"unschedulable":true}}"#,
+    ]);
+    let out = w.ok(&["get", "worker", "w.1", "-o", "wide", "--no-headers"]);
+    assert_eq!(
+        rows(&out)[0].last().map(String::as_str),
+        Some("true"),
+        "{out}"
+    );
+    w.ok(&[
+        "patch",
+        "worker",
+        "w.1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"unschedulable":false}}"#,
+    ]);
+    let v: Value = serde_json::from_str(&w.ok(&["get", "worker", "w.1", "-o", "json"])).unwrap();
+    assert_eq!(
+        v["spec"],
+        json!({"pool": "small", "node": "node-1", "address": "10.0.0.9"}),
+        "{v}"
+    );
+    assert_eq!(
+        v["metadata"]["generation"], 3,
+        "each cordon is a spec change: {v}"
+    );
     assert_contains(&out, "10.0.0.9");
     assert_eq!(
         w.ok(&[

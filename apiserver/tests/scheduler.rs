@@ -413,6 +413,56 @@ fn reset_forgets_a_suspended_actors_snapshot_and_refuses_a_running_one() {
     assert_eq!(r.code, 404, "{}", r.body);
 }
 
+/// A cordoned worker (`spec.unschedulable`, as `kubectl patch worker` sets it) is never given
+/// a new actor: a resume goes to another worker, or waits (`NoFreeWorker`, saying some are
+/// cordoned) when only cordoned ones are free; uncordoned, it takes the waiting actor.
+#[test]
+fn a_cordoned_worker_takes_no_new_actor_until_uncordoned() {
+    let Some(w) = support::world() else { return };
+    setup(&w, 2);
+    let cordon = |name: &str, on: bool| {
+        let r = patch(
+            &w,
+            &format!("{API}/workers/{name}"),
+            "application/merge-patch+json",
+            &json!({"spec": {"unschedulable": on}}),
+        );
+        assert_eq!(r.code, 200, "{}", r.body);
+        // The scheduler decides from its watch cache: wait until it holds the change.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    cordon("w-0", true);
+    for i in 0..5 {
+        let name = format!("a{i}");
+        actor(&w, &name);
+        let r = resume(&w, &name);
+        if i == 0 {
+            assert_eq!(r.code, 200, "{}", r.body);
+            assert_eq!(r.json()["status"]["worker"]["name"], "w-1", "{}", r.body);
+        } else {
+            // w-1 is taken, w-0 is cordoned: waiting.
+            assert_eq!(r.code, 202, "{}", r.body);
+            let c = condition(&r.json(), "Scheduled").cloned().unwrap();
+            assert_eq!(c["reason"], "NoFreeWorker");
+            assert!(c["message"].as_str().unwrap().contains("1 cordoned"), "{c}");
+        }
+    }
+    assert_eq!(
+        get(&w, &format!("{API}/workers/w-0"))["status"]["phase"],
+        "Free"
+    );
+    // Uncordoned: the scheduler loop gives it the oldest waiting actor.
+    cordon("w-0", false);
+    let a = eventually(
+        "the waiting actor is bound to the uncordoned worker",
+        || {
+            let a = get(&w, &actor_path("a1"));
+            (a["status"]["phase"] == "Resuming").then_some(a)
+        },
+    );
+    assert_eq!(a["status"]["worker"]["name"], "w-0");
+}
+
 fn patch(w: &World, path: &str, kind: &str, body: &Value) -> support::Http {
     w.http("PATCH", path, Some((kind, body.to_string().as_bytes())))
 }

@@ -49,6 +49,9 @@ pub mod conditions {
     pub const STALLED: &str = "Stalled";
     /// Whether an actor is bound to a worker (`False` while a resume waits for one).
     pub const SCHEDULED: &str = "Scheduled";
+    /// On a Worker: whether it takes new actors (`False` while `spec.unschedulable`, with
+    /// reason [`CORDONED`](reasons::CORDONED) or [`DRAINING`](reasons::DRAINING)).
+    pub const SCHEDULABLE: &str = "Schedulable";
 
     /// Condition reasons set by the operator.
     pub mod reasons {
@@ -82,6 +85,13 @@ pub mod conditions {
         /// `Ready=False` on a deleted actor whose sandbox was stopped (the last status the
         /// node agent writes before the finalizer goes).
         pub const DELETED: &str = "Deleted";
+        /// `Schedulable=False` on a cordoned worker that runs no actor (any more).
+        pub const CORDONED: &str = "Cordoned";
+        /// `Schedulable=False` on a cordoned worker whose actor is being moved off it
+        /// (suspended; it resumes on another worker).
+        pub const DRAINING: &str = "Draining";
+        /// `Schedulable=True` on a worker that takes new actors (again).
+        pub const SCHEDULABLE: &str = "Schedulable";
     }
 }
 
@@ -170,6 +180,10 @@ pub mod annotations {
     pub const CREATED_BY: &str = "substrate.ate.dev/created-by";
     /// The value of [`CREATED_BY`], also the operator's field manager.
     pub const CREATED_BY_OPERATOR: &str = "substrate-operator";
+    /// Cluster mode: on a Worker the operator cordoned because its Node is cordoned or
+    /// tainted for removal (value: the Node's name). Only such a worker is uncordoned by the
+    /// operator with its Node; a worker cordoned by hand stays cordoned.
+    pub const CORDONED_BY_NODE: &str = "substrate.ate.dev/cordoned-by-node";
     /// Cluster mode: on an Atespace, the Namespace it has had: `<atespace uid>/<namespace uid>`
     /// (written by the operator; ignored on an Atespace of another uid, e.g. one restored
     /// from a backup). An Atespace whose recorded Namespace is deleted is deleted too.

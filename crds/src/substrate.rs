@@ -343,6 +343,12 @@ pub struct SnapshotRef {
         type_ = "date",
         json_path = ".status.lastHeartbeatTime",
         priority = "1"
+    ),
+    printcolumn(
+        name = "Unschedulable",
+        type_ = "boolean",
+        json_path = ".spec.unschedulable",
+        priority = "1"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -355,6 +361,12 @@ pub struct WorkerSpec {
     /// Address (IP) of the worker's sandbox network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// Cordoned: the scheduler binds no new actor to this worker, and the operator drains
+    /// the one it runs (asks it to suspend; its next resume lands elsewhere). Like a Node's
+    /// `spec.unschedulable`: set by hand (`kubectl patch worker`), or in a cluster by the
+    /// operator while the worker's Node is cordoned or tainted for removal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unschedulable: bool,
 }
 
 /// Phase of a worker.

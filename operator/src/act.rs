@@ -91,13 +91,17 @@ where
 /// Conflicts in a row [`update_status`] and [`remove_finalizer`] retry before giving up.
 const CONFLICT_RETRIES: usize = 5;
 
-/// Read-modify-write of an actor's status: `f(current)` is written with the current
-/// resourceVersion as precondition (retried on conflicts); `None` from `f` writes nothing.
-pub(crate) async fn update_status(
-    api: &Api<Actor>,
+/// Read-modify-write of an object's status (an actor's, a worker's): `f(current)` is written
+/// with the current resourceVersion as precondition (retried on conflicts); `None` from `f`
+/// writes nothing.
+pub(crate) async fn update_status<K>(
+    api: &Api<K>,
     name: &str,
-    f: impl Fn(&Actor) -> Option<Actor>,
-) -> Result<Outcome, OperatorError> {
+    f: impl Fn(&K) -> Option<K>,
+) -> Result<Outcome, OperatorError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
     for _ in 0..CONFLICT_RETRIES {
         let cur = match api.get(name).await {
             Ok(cur) => cur,

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use clients::Clients;
 use crds::ate::{ActorTemplate, WorkerPool};
 use crds::substrate::{Actor, Atespace, Worker};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 
 /// The stores of every kind the operator watches.
 #[derive(Clone)]
@@ -30,6 +30,9 @@ pub struct Caches {
     /// namespaces.
     pub atespaces: Option<Store<Atespace>>,
     pub namespaces: Option<Store<Namespace>>,
+    /// Cluster mode only (the cordon of a Node's workers): the cluster's Nodes, metadata and
+    /// spec only.
+    pub nodes: Option<Store<Node>>,
     /// When each node's agent pod was last seen gone (cluster mode; empty otherwise).
     pub agent_loss: crate::agent_pods::AgentLoss,
 }
@@ -53,6 +56,11 @@ pub(crate) struct Feeds {
     pub(crate) dead_worker_actors: mpsc::UnboundedReceiver<Actor>,
     pub(crate) dead_worker_workers: mpsc::UnboundedReceiver<Worker>,
     pub(crate) pool_workers: mpsc::UnboundedReceiver<Worker>,
+    /// For the cordon controller: workers, actors (mapped to their worker) and, in cluster
+    /// mode, Nodes (mapped to their workers; a stream that ends at once otherwise).
+    pub(crate) cordon_workers: mpsc::UnboundedReceiver<Worker>,
+    pub(crate) cordon_actors: mpsc::UnboundedReceiver<Actor>,
+    pub(crate) cordon_nodes: mpsc::UnboundedReceiver<Node>,
     pub(crate) pools: mpsc::UnboundedReceiver<WorkerPool>,
     /// Actors the watch saw deleted (`DELETED` events only: a relist reports none).
     pub(crate) deleted_actors: mpsc::UnboundedReceiver<Actor>,
@@ -137,10 +145,8 @@ impl Caches {
     /// The caches and the watches that fill them (not started: see [`Feeds::watches`]).
     /// Actors and workers come from Substrate's apiserver, templates and pools from the
     /// cluster's (the same in standalone mode).
-    pub(crate) fn new(
-        clients: &Clients,
-        agent_pods: Option<&crate::agent_pods::AgentPods>,
-    ) -> (Caches, Feeds) {
+    pub(crate) fn new(clients: &Clients, cfg: &crate::OperatorConfig) -> (Caches, Feeds) {
+        let agent_pods = cfg.agent_pods.as_ref();
         let (substrate, cluster) = (&clients.substrate, &clients.cluster);
         let (actors, aw) = reflector::store::<Actor>();
         let (workers, ww) = reflector::store::<Worker>();
@@ -156,17 +162,20 @@ impl Caches {
         let (del_tx, del_rx) = mpsc::unbounded();
         let (gca_tx, gca_rx) = mpsc::unbounded();
         let (gt_tx, gt_rx) = mpsc::unbounded();
+        let (cw_tx, cw_rx) = mpsc::unbounded();
+        let (ca_tx, ca_rx) = mpsc::unbounded();
+        let (cn_tx, cn_rx) = mpsc::unbounded();
         let mut watches = vec![
             watch(
                 Api::<Actor>::all(substrate.clone()),
                 aw,
-                vec![ga_tx, la_tx, da_tx, gca_tx],
+                vec![ga_tx, la_tx, da_tx, gca_tx, ca_tx],
                 Some(del_tx),
             ),
             watch(
                 Api::<Worker>::all(substrate.clone()),
                 ww,
-                vec![dw_tx, pw_tx],
+                vec![dw_tx, pw_tx, cw_tx],
                 None,
             ),
             watch(
@@ -192,6 +201,13 @@ impl Caches {
                 lost_tx,
             ));
         }
+        let nodes = if clients.mode.is_cluster() && cfg.watch_nodes {
+            let (nodes, nw) = reflector::store::<Node>();
+            watches.push(crate::cordon::watch_nodes(cluster.clone(), nw, cn_tx));
+            Some(nodes)
+        } else {
+            None
+        };
         let (atespaces, namespaces, namespace_feeds) = if clients.mode.is_cluster() {
             let (astore, asw) = reflector::store::<Atespace>();
             let (nstore, nsw) = reflector::store::<Namespace>();
@@ -232,6 +248,7 @@ impl Caches {
                 pools,
                 atespaces,
                 namespaces,
+                nodes,
                 agent_loss,
             },
             Feeds {
@@ -242,6 +259,9 @@ impl Caches {
                 dead_worker_actors: da_rx,
                 dead_worker_workers: dw_rx,
                 pool_workers: pw_rx,
+                cordon_workers: cw_rx,
+                cordon_actors: ca_rx,
+                cordon_nodes: cn_rx,
                 pools: p_rx,
                 deleted_actors: del_rx,
                 gc_actors: gca_rx,

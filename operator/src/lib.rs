@@ -17,6 +17,10 @@
 //!   is older than [`DEAD_WORKER_AFTER`] goes back to `Suspended` at its last good snapshot,
 //!   and the worker is marked `Unhealthy`.
 //! * [`pool`] (per `WorkerPool`, triggered by its `Worker`s too): kstatus of the pool.
+//! * [`cordon`] (per `Worker`, triggered by its actor and its `Node` too): a worker whose Node
+//!   is cordoned (cluster mode) gets `spec.unschedulable`; the running actor of a cordoned
+//!   worker (however it was cordoned) is suspended, a few at a time, so that it resumes on
+//!   another worker; the worker's `Schedulable` condition says so.
 //! * [`namespaces`] (cluster mode only): a Namespace for every Atespace, created or adopted;
 //!   deleted with its Atespace only when the operator created it; a deleted Namespace deletes
 //!   its Atespace.
@@ -43,6 +47,7 @@ pub use clients::{Clients, Mode};
 
 pub mod agent_pods;
 pub mod caches;
+pub mod cordon;
 pub mod dead_worker;
 pub mod golden;
 pub mod leader;
@@ -108,6 +113,11 @@ pub struct OperatorConfig {
     /// Cluster mode: the node agents' pods, watched so that a deleted or failed one releases
     /// the actors of its node at once ([`agent_pods`]); `None`: not watched.
     pub agent_pods: Option<agent_pods::AgentPods>,
+    /// Cluster mode: watch the cluster's Nodes and cordon the workers of a cordoned one
+    /// ([`cordon`]).
+    pub watch_nodes: bool,
+    /// Drain suspends (actors moved off cordoned workers) under way at most at once.
+    pub drain_in_flight: usize,
 }
 
 impl Default for OperatorConfig {
@@ -117,6 +127,8 @@ impl Default for OperatorConfig {
             default_idle_timeout: DEFAULT_IDLE_TIMEOUT,
             deadlines: Deadlines::default(),
             agent_pods: None,
+            watch_nodes: true,
+            drain_in_flight: cordon::DEFAULT_DRAIN_IN_FLIGHT,
         }
     }
 }
@@ -248,7 +260,7 @@ impl Operator {
 
     /// The controllers and their caches, until dropped.
     async fn run_controllers(self: Arc<Self>) {
-        let (caches, feeds) = Caches::new(&self.clients, self.cfg.agent_pods.as_ref());
+        let (caches, feeds) = Caches::new(&self.clients, &self.cfg);
         if let Ok(mut c) = self.caches.lock() {
             *c = Some(caches.clone());
         }

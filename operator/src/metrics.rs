@@ -20,13 +20,14 @@ use crate::snapshot_gc::Reason;
 
 /// The controllers, in the order of [`Metrics`]' arrays.
 /// `namespaces` and `namespace_cleanup` run in cluster mode only (see [`crate::namespaces`]).
-pub const CONTROLLERS: [&str; 6] = [
+pub const CONTROLLERS: [&str; 7] = [
     "golden",
     "lifecycle",
     "dead_worker",
     "pool",
     "namespaces",
     "namespace_cleanup",
+    "cordon",
 ];
 
 fn index(controller: &str) -> Option<usize> {
@@ -44,6 +45,8 @@ pub struct Metrics {
     pub leader_acquired: AtomicU64,
     /// Times this replica stopped leading.
     pub leader_lost: AtomicU64,
+    /// Actors of cordoned workers asked to suspend (to move them to another worker).
+    pub drain_suspends: AtomicU64,
     /// Snapshots deleted by the GC, per [`Reason`] (in [`Reason::ALL`]'s order).
     snapshots_deleted: [AtomicU64; 4],
     /// Bytes of the snapshots the GC deleted.
@@ -96,6 +99,9 @@ impl Metrics {
     }
     pub(crate) fn found_gone(&self, controller: &str) {
         Self::bump(&self.gone, controller)
+    }
+    pub(crate) fn drained(&self) {
+        self.drain_suspends.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot_deleted(&self, reason: Reason, bytes: u64) {
@@ -180,6 +186,11 @@ impl Metrics {
                 "ate_operator_leader_lost_total",
                 "Times this replica stopped leading.",
                 &self.leader_lost,
+            ),
+            (
+                "ate_operator_drain_suspends_total",
+                "Actors of cordoned workers asked to suspend, to resume on another worker.",
+                &self.drain_suspends,
             ),
         ] {
             let _ = writeln!(

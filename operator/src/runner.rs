@@ -21,7 +21,9 @@ use crate::lifecycle::Retry;
 use crate::metrics::Metrics;
 use crate::snapshot_gc::{self, SnapshotGcConfig};
 use crate::summary::{self, Summary};
-use crate::{OperatorConfig, OperatorError, dead_worker, golden, lifecycle, namespaces, pool};
+use crate::{
+    OperatorConfig, OperatorError, cordon, dead_worker, golden, lifecycle, namespaces, pool,
+};
 
 /// Reconciles in flight at once, per controller.
 const CONCURRENCY: u16 = 16;
@@ -42,6 +44,8 @@ pub(crate) struct Ctx {
     retries: Mutex<HashMap<String, Retry>>,
     /// Failed reconciles in a row, per (controller, object).
     failures: Mutex<HashMap<(&'static str, String), u32>>,
+    /// Drain suspends under way (the cordon controller's bound on them).
+    pub(crate) drains: crate::cordon::DrainSlots,
 }
 
 impl Ctx {
@@ -193,7 +197,9 @@ pub(crate) async fn run(
     snapshot_gc: Option<SnapshotGcConfig>,
 ) {
     let _tracked = metrics.track_caches(caches.clone());
+    let drains = cordon::DrainSlots::new(cfg.drain_in_flight, cfg.deadlines.suspend);
     let ctx = Arc::new(Ctx {
+        drains,
         clients,
         summary: Mutex::new(Summary::new(summary::DEFAULT_INTERVAL)),
         cfg,
@@ -210,6 +216,9 @@ pub(crate) async fn run(
         dead_worker_actors,
         dead_worker_workers,
         pool_workers,
+        cordon_workers,
+        cordon_actors,
+        cordon_nodes,
         pools,
         deleted_actors,
         gc_actors,
@@ -283,6 +292,18 @@ pub(crate) async fn run(
                 error_policy("pool"),
                 ctx.clone(),
             );
+        let cordon_store = caches.workers.clone();
+        let cordon = Controller::for_stream(cordon_workers.map(Ok), caches.workers.clone())
+            .watches_stream(cordon_actors.map(Ok), |a: Actor| cordon::worker_of(&a))
+            .watches_stream(cordon_nodes.map(Ok), move |n| {
+                cordon::workers_of(&cordon_store, &n)
+            })
+            .with_config(config.clone())
+            .run(
+                counted("cordon", cordon::reconcile),
+                error_policy("cordon"),
+                ctx.clone(),
+            );
         // Cluster mode: Atespace ↔ Namespace, one controller per side (see `namespaces`).
         let namespaces = async {
             let (Some(feeds), Some(astore), Some(nstore)) = (
@@ -351,6 +372,7 @@ pub(crate) async fn run(
             _ = drain("lifecycle", lifecycle) => {}
             _ = drain("dead_worker", dead) => {}
             _ = drain("pool", pool) => {}
+            _ = drain("cordon", cordon) => {}
             _ = namespaces => {}
             _ = flusher => {}
             _ = gc => {}

@@ -66,6 +66,16 @@ struct Args {
         default_value = "substrate-system"
     )]
     agent_pod_namespace: String,
+    /// Cluster mode: watch the cluster's Nodes and cordon the workers of a cordoned Node
+    /// (`kubectl cordon`/`drain`, the cluster-autoscaler's scale-down taint), which moves
+    /// their actors to other nodes. Needs `get/list/watch nodes`.
+    #[arg(long, env = "SUBSTRATE_WATCH_NODES", default_value_t = true, action = clap::ArgAction::Set)]
+    watch_nodes: bool,
+    /// Actors of cordoned workers suspended at once at most (over all workers): each
+    /// checkpoint is uploaded and each actor resumes elsewhere, so a drained node's actors
+    /// move a few at a time.
+    #[arg(long, env = "SUBSTRATE_DRAIN_IN_FLIGHT", default_value_t = operator::cordon::DEFAULT_DRAIN_IN_FLIGHT)]
+    drain_in_flight: usize,
     /// This replica's identity in the lease (default: hostname, pid and a nonce).
     #[arg(long, env = "SUBSTRATE_OPERATOR_IDENTITY")]
     identity: Option<String>,
@@ -141,6 +151,8 @@ async fn main() -> anyhow::Result<()> {
                 selector: args.agent_pod_selector.clone(),
             }
         }),
+        watch_nodes: args.watch_nodes,
+        drain_in_flight: args.drain_in_flight.max(1),
     };
     let op = if args.leader_elect {
         let identity = args
