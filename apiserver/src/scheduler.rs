@@ -36,6 +36,8 @@ use crate::status::ApiError;
 pub const SCHEDULED: &str = "Scheduled";
 /// Reason of `Scheduled=False` while the actor waits for a worker.
 pub const NO_FREE_WORKER: &str = "NoFreeWorker";
+/// Condition type on a bound worker whose actor does not point back at it.
+pub const ORPHANED: &str = "Orphaned";
 /// A worker that has not heartbeated for this long is not given new actors.
 pub const HEARTBEAT_GRACE: Duration = Duration::from_secs(30);
 /// How long a bound worker may stay unreferenced before it is released.
@@ -322,6 +324,11 @@ impl Scheduler {
                     let mut new = cur.clone();
                     new["status"]["phase"] = json!("Bound");
                     new["status"]["actor"] = actor_ref.clone();
+                    // A new binding starts the orphan clock afresh: a mark left from an
+                    // earlier binding (e.g. one the operator released with a status patch)
+                    // would otherwise free this one at the next pass, between this claim
+                    // and the actor's bind, and the next resume would share the worker.
+                    remove_condition(&mut new, ORPHANED);
                     claimed = true;
                     Some(new)
                 })
@@ -359,6 +366,7 @@ impl Scheduler {
                 if let Some(s) = new["status"].as_object_mut() {
                     s.remove("actor");
                 }
+                remove_condition(&mut new, ORPHANED);
                 Some(new)
             })
             .await?;
@@ -655,11 +663,11 @@ impl Scheduler {
                     && str_at(&a, "/status/worker/name") == Some(wname)
             });
             if points_back {
-                if condition(w, "Orphaned").is_some() {
+                if condition(w, ORPHANED).is_some() {
                     self.registry
                         .guaranteed_update(&WORKERS, None, wname, |cur| {
                             let mut new = cur.clone();
-                            remove_condition(&mut new, "Orphaned");
+                            remove_condition(&mut new, ORPHANED);
                             Some(new)
                         })
                         .await?;
@@ -680,7 +688,7 @@ impl Scheduler {
                     return None;
                 }
                 let mut new = cur.clone();
-                match condition(cur, "Orphaned") {
+                match condition(cur, ORPHANED) {
                     Some(c)
                         if age(c["lastTransitionTime"].as_str())
                             .is_some_and(|a| a >= ORPHAN_GRACE) =>
@@ -689,7 +697,7 @@ impl Scheduler {
                         if let Some(s) = new["status"].as_object_mut() {
                             s.remove("actor");
                         }
-                        remove_condition(&mut new, "Orphaned");
+                        remove_condition(&mut new, ORPHANED);
                         tracing::info!(
                             worker = wname,
                             "released a worker whose actor does not reference it"
@@ -698,7 +706,7 @@ impl Scheduler {
                     Some(_) => return None,
                     None => set_condition(
                         &mut new,
-                        "Orphaned",
+                        ORPHANED,
                         "True",
                         "ActorNotBound",
                         "the bound actor does not reference this worker",

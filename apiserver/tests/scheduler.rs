@@ -625,3 +625,42 @@ fn an_idle_suspend_loses_to_activity_recorded_after_its_decision() {
     assert_eq!(r.code, 200, "{}", r.body);
     assert_eq!(r.json()["status"]["phase"], "Suspending");
 }
+
+#[test]
+fn a_new_binding_does_not_inherit_an_orphan_mark_of_an_earlier_one() {
+    let Some(w) = support::world() else { return };
+    setup(&w, 1);
+    // w-0 was bound before, marked orphaned a minute ago, then released by a status patch
+    // that kept the mark (as the operator's release of a lost worker does) and heartbeats
+    // again: free, with a stale `Orphaned` condition.
+    let minute_ago = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60))
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    merge_status(
+        &w,
+        &format!("{API}/workers/w-0"),
+        &json!({"conditions": [{"type": "Orphaned", "status": "True", "reason": "ActorNotBound",
+                                "message": "the bound actor does not reference this worker",
+                                "lastTransitionTime": minute_ago}]}),
+    );
+    heartbeat(&w, "w-0", "Free");
+    actor(&w, "a1");
+    let r = resume(&w, "a1");
+    assert_eq!(r.code, 200, "{}", r.body);
+    // The claim starts the orphan clock afresh: a pass between the claim and the bind (the
+    // claim's write wakes the scheduler before the bind reaches its cache) may mark the
+    // worker again, but not with the old time, so it does not free the worker under its
+    // new actor; once the bind is seen the mark goes.
+    let wk = get(&w, &format!("{API}/workers/w-0"));
+    if let Some(c) = condition(&wk, "Orphaned") {
+        assert_ne!(c["lastTransitionTime"], minute_ago, "{wk}");
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let wk = get(&w, &format!("{API}/workers/w-0"));
+    assert_eq!(wk["status"]["phase"], "Bound", "{wk}");
+    assert_eq!(wk["status"]["actor"]["name"], "a1", "{wk}");
+    assert!(condition(&wk, "Orphaned").is_none(), "{wk}");
+    actor(&w, "a2");
+    let r = resume(&w, "a2");
+    assert_eq!(r.code, 202, "the only worker is a1's: {}", r.body);
+}

@@ -237,7 +237,7 @@ fn cluster_mode_end_to_end() {
     assert_eq!(code, 200, "{body}\n{}", sys.log("router"));
     assert_eq!(first_int(&body), 1, "{body}");
     let (code, body) = through_router(r.http, "hello", "team-a", None);
-    assert_eq!((code, first_int(&body)), (200, 2), "{body}");
+    assert_eq!((code, first_int(&body)), (200, 2), "{body}\n{}", logs(&sys));
     let hello = sys.actor("hello");
     assert_eq!(phase(&hello), "Running", "{hello}");
     assert!(
@@ -358,13 +358,7 @@ fn cluster_mode_end_to_end() {
         "{body}"
     );
     let (code, body) = through_router(r.http, "secret", "team-s", Some(&reader));
-    assert_eq!(
-        code,
-        200,
-        "{body}\n--- router\n{}\n--- node agent\n{}",
-        sys.log("router"),
-        sys.log("nodeagent")
-    );
+    assert_eq!(code, 200, "{body}\n{}", logs(&sys));
     assert_eq!(first_int(&body), 1, "{body}");
 
     // Deleting an atespace deletes the namespace the operator created for it.
@@ -422,4 +416,13 @@ fn cluster_mode_end_to_end() {
         .kube
         .get("actortemplates.ate.dev", "counter", Some("team-a"));
     assert_eq!(condition(&t, "Ready"), Some("True"), "{t}");
+}
+
+/// The components' logs, for a failure's message.
+fn logs(sys: &System) -> String {
+    ["router", "nodeagent", "operator", "apiserver"]
+        .iter()
+        .map(|c| format!("--- {c}\n{}", sys.log(c)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
