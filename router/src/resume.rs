@@ -20,6 +20,9 @@ use crate::host::ActorKey;
 use crate::metrics::Metrics;
 use crate::table::{Lookup, Table, Target, condition, phase};
 
+/// How many times one wake resumes an actor that was released while it resumed.
+const MAX_RESUMES_PER_WAKE: u32 = 3;
+
 /// Condition the scheduler sets while an actor waits for a worker.
 pub const SCHEDULED: &str = "Scheduled";
 /// Its reason when no worker is free.
@@ -365,18 +368,10 @@ impl Waker {
             phase(&actor),
             None | Some(ActorPhase::Suspended | ActorPhase::Failed | ActorPhase::Suspending)
         ) || (phase(&actor) == Some(ActorPhase::Running) && !has_worker(&actor));
+        let mut resumes = 0;
         if needs_resume {
-            let resumed = self.resume(key).await?;
-            since = rv(&resumed);
-            if let Some(message) = waiting_for_worker(&resumed)
-                && phase(&resumed) != Some(ActorPhase::Suspending)
-                && !has_worker(&resumed)
-            {
-                return Err(WakeError::NoFreeWorker {
-                    key: key.clone(),
-                    message,
-                });
-            }
+            since = self.resume_for_wake(key, true).await?;
+            resumes += 1;
         }
         loop {
             let actor = WakeError::find(&self.table, key)?;
@@ -391,6 +386,24 @@ impl Waker {
                 (Some(_), None) => false,
                 (None, _) => true,
             };
+            // Bound by our resume, then back to Suspended without a worker: the worker was
+            // lost mid-resume (its node agent's pod deleted, or silent) and the actor released
+            // to its last good snapshot. The request still waits: resume again (a few times),
+            // rather than wait out the timeout for a resume nobody is doing. (The release
+            // usually leaves no free worker for a moment: the actor then waits in the
+            // scheduler's queue, and so does the request, until its deadline.)
+            if fresh
+                && since.is_some()
+                && phase(&actor) == Some(ActorPhase::Suspended)
+                && !has_worker(&actor)
+                && waiting_for_worker(&actor).is_none()
+                && resumes < MAX_RESUMES_PER_WAKE
+            {
+                tracing::info!(atespace = %key.atespace, actor = %key.name, "actor released during its wake; resuming it again");
+                since = self.resume_for_wake(key, false).await?;
+                resumes += 1;
+                continue;
+            }
             if fresh && phase(&actor) == Some(ActorPhase::Failed) {
                 let message = condition(&actor, crds::conditions::READY)
                     .map(|c| c.message.clone())
@@ -414,6 +427,28 @@ impl Waker {
                 }
             }
         }
+    }
+
+    /// `resume` for a wake: the resourceVersion of the answer (events older than it say
+    /// nothing about this wake); with `fail_fast`, `NoFreeWorker` when the actor has to wait
+    /// for a worker.
+    async fn resume_for_wake(
+        &self,
+        key: &ActorKey,
+        fail_fast: bool,
+    ) -> Result<Option<u64>, WakeError> {
+        let resumed = self.resume(key).await?;
+        if fail_fast
+            && let Some(message) = waiting_for_worker(&resumed)
+            && phase(&resumed) != Some(ActorPhase::Suspending)
+            && !has_worker(&resumed)
+        {
+            return Err(WakeError::NoFreeWorker {
+                key: key.clone(),
+                message,
+            });
+        }
+        Ok(rv(&resumed))
     }
 
     async fn probe(&self, addr: SocketAddr) -> bool {

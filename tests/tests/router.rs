@@ -563,3 +563,65 @@ fn authorized_atespaces_refuse_without_waking_and_admit_bound_users() {
     let resp = get_with_token(r.http, &host("guarded"), "/", Some("alice-e2e-token"));
     assert_eq!(resp.status, 403, "{resp:?}");
 }
+
+#[test]
+fn a_wake_resumes_again_when_its_actor_is_released_mid_resume() {
+    let mut opts = Options::new("e2e-rewake", "10.231.0.0/16", 2600);
+    opts.workers = 1;
+    let Some(mut sys) = System::start(opts) else {
+        return;
+    };
+    let r = sys.start_router(&["--wake-timeout=40s", "--connect-timeout=2s"]);
+    sys.create_actor("rewake", json!({}));
+    // No node agent: the router's resume binds the actor, and nothing boots it.
+    sys.stop_agent();
+    let request = std::thread::spawn(move || get(r.http, &host("rewake"), "/"));
+    let bound = eventually("the router's resume binds the actor", || {
+        let a = sys.actor("rewake");
+        (a["status"]["phase"] == "Resuming").then_some(a)
+    });
+    let worker = bound["status"]["worker"]["name"]
+        .as_str()
+        .expect("a worker")
+        .to_string();
+    // The worker is lost mid-resume and the actor released to its last good snapshot (what
+    // the operator does when the node agent's pod is deleted): back to Suspended, unbound.
+    sys.kube.ok(
+        &[
+            "patch",
+            "actor",
+            "rewake",
+            "-n",
+            "team-a",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Suspended","worker":null}}"#,
+        ],
+        None,
+    );
+    sys.kube.ok(
+        &[
+            "patch",
+            "worker",
+            &worker,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Free","actor":null}}"#,
+        ],
+        None,
+    );
+    sys.start_agent();
+    // The waiting request is answered: the router resumed the released actor again instead
+    // of waiting out its 40 s for a resume nobody was doing.
+    let resp = request.join().expect("request thread");
+    assert_eq!(resp.status, 200, "{resp:?}\n{}", sys.log("router"));
+    assert_eq!(first_int(&resp.body), 1, "{resp:?}");
+    assert!(
+        sys.log("router")
+            .contains("actor released during its wake; resuming it again"),
+        "{}",
+        sys.log("router")
+    );
+}
