@@ -22,6 +22,7 @@ pub mod registry;
 pub mod request;
 pub mod reviews;
 pub mod scheduler;
+pub mod scheduler_queue;
 pub mod selector;
 pub mod server;
 pub mod serving_cert;

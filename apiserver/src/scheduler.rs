@@ -22,6 +22,7 @@
 //! the caller gets `202 Accepted` with that actor, and [`run`] binds it as soon as a worker
 //! frees up (oldest request first).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
@@ -30,6 +31,7 @@ use serde_json::{Value, json};
 use crds::resources::{ACTOR_TEMPLATES, ACTORS, WORKERS};
 
 use crate::registry::{Registry, now_rfc3339, rkey};
+use crate::scheduler_queue::Queue;
 use crate::status::ApiError;
 
 /// Condition type that tells whether a resume found a worker.
@@ -254,11 +256,16 @@ pub fn is_free(worker: &Value) -> bool {
 #[derive(Clone)]
 pub struct Scheduler {
     registry: Registry,
+    /// The actors waiting for a worker ([`crate::scheduler_queue`]), kept by [`run`].
+    queue: Arc<Queue>,
 }
 
 impl Scheduler {
     pub fn new(registry: Registry) -> Self {
-        Self { registry }
+        Self {
+            registry,
+            queue: Arc::default(),
+        }
     }
 
     /// The pool an actor runs in: its template's `workerPoolRef`.
@@ -616,27 +623,15 @@ impl Scheduler {
     /// releases orphaned workers.
     pub async fn pass(&self) -> Result<(), ApiError> {
         self.release_orphans().await?;
-        let (_, actors) = self.registry.store.cache(rkey(&ACTORS)).snapshot(None);
-        let mut waiting: Vec<_> = actors
-            .iter()
-            .filter(|a| waiting(a) && matches!(phase(a), "Suspended" | "Failed"))
-            .collect();
-        if waiting.is_empty() {
+        if self.queue.is_empty() {
             return Ok(());
         }
         let (_, workers) = self.registry.store.cache(rkey(&WORKERS)).snapshot(None);
         if !workers.iter().any(|w| is_free(w)) {
             return Ok(());
         }
-        waiting.sort_by_key(|a| {
-            condition(a, SCHEDULED)
-                .and_then(|c| c["lastTransitionTime"].as_str())
-                .unwrap_or_default()
-                .to_string()
-        });
-        for a in waiting {
-            let ns = str_at(a, "/metadata/namespace").unwrap_or_default();
-            let name = str_at(a, "/metadata/name").unwrap_or_default();
+        for key in self.queue.oldest_first() {
+            let (ns, name) = (key.namespace.as_str(), key.name.as_str());
             match self.resume(ns, name).await {
                 Ok(Resumed::Bound(_)) | Ok(Resumed::Waiting(_)) => {}
                 Err(e) => {
@@ -721,6 +716,12 @@ impl Scheduler {
 
 /// Runs forever: a pass on every worker change and on a short resync.
 pub async fn run(scheduler: Scheduler) {
+    let follow = tokio::spawn(crate::scheduler_queue::follow(
+        scheduler.queue.clone(),
+        scheduler.registry.store.cache(rkey(&ACTORS)).clone(),
+    ));
+    // The queue follows the actors for as long as the scheduler runs.
+    let _follow = AbortOnDrop(follow);
     let cache = scheduler.registry.store.cache(rkey(&WORKERS)).clone();
     loop {
         let rv = cache.rv();
@@ -732,6 +733,15 @@ pub async fn run(scheduler: Scheduler) {
         } else {
             tokio::time::sleep(RESYNC).await;
         }
+    }
+}
+
+/// Aborts a task when dropped (the scheduler's own task is aborted at shutdown).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
