@@ -200,8 +200,39 @@ pub enum Resumed {
 
 /// Why an actor cannot be placed right now.
 enum Placement {
-    Worker(Value),
+    /// The claimed worker, kept out of the orphan rule until its actor's bind is seen.
+    Worker(Value, Claiming),
     NoFreeWorker(String),
+}
+
+/// A worker this scheduler is binding (claimed, the actor's bind not yet in the cache): the
+/// orphan rule leaves it alone, instead of marking it `Orphaned` in the instant between the
+/// claim and the bind (the claim's own write wakes the loop) and clearing the mark at the
+/// next pass — two worker writes per resume for nothing.
+struct Claiming {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    worker: String,
+}
+
+impl Claiming {
+    fn new(set: &Arc<std::sync::Mutex<std::collections::HashSet<String>>>, worker: &str) -> Self {
+        set.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(worker.to_string());
+        Claiming {
+            set: set.clone(),
+            worker: worker.to_string(),
+        }
+    }
+}
+
+impl Drop for Claiming {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.worker);
+    }
 }
 
 fn labels_match(selector: Option<&Value>, worker: &Value) -> bool {
@@ -258,6 +289,8 @@ pub struct Scheduler {
     registry: Registry,
     /// The actors waiting for a worker ([`crate::scheduler_queue`]), kept by [`run`].
     queue: Arc<Queue>,
+    /// Workers being bound now ([`Claiming`]).
+    claiming: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Scheduler {
@@ -265,6 +298,7 @@ impl Scheduler {
         Self {
             registry,
             queue: Arc::default(),
+            claiming: Arc::default(),
         }
     }
 
@@ -320,6 +354,7 @@ impl Scheduler {
         });
         for w in free {
             let wname = str_at(w, "/metadata/name").unwrap_or_default();
+            let guard = Claiming::new(&self.claiming, wname);
             let mut claimed = false;
             let out = self
                 .registry
@@ -341,7 +376,7 @@ impl Scheduler {
                 })
                 .await?;
             if claimed && let Some(w) = out {
-                return Ok(Placement::Worker(w));
+                return Ok(Placement::Worker(w, guard));
             }
         }
         let cordoned = in_pool.iter().filter(|w| is_unschedulable(w)).count();
@@ -426,7 +461,19 @@ impl Scheduler {
                 )
                 .await
             }
-            Placement::Worker(worker) => self.bind(&actor, &worker).await,
+            Placement::Worker(worker, claiming) => {
+                let out = self.bind(&actor, &worker).await;
+                // Released once the actors' cache holds the bind (or after 2 s).
+                if let Ok(Resumed::Bound(a)) = &out {
+                    let cache = self.registry.store.cache(rkey(&ACTORS)).clone();
+                    let rv = crate::registry::rv_of(a);
+                    tokio::spawn(async move {
+                        let _ = cache.wait_for_rv(rv, Duration::from_secs(2)).await;
+                        drop(claiming);
+                    });
+                }
+                out
+            }
         }
     }
 
@@ -649,6 +696,14 @@ impl Scheduler {
         let actors = self.registry.store.cache(rkey(&ACTORS));
         for w in workers.iter().filter(|w| phase(w) == "Bound") {
             let wname = str_at(w, "/metadata/name").unwrap_or_default();
+            if self
+                .claiming
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(wname)
+            {
+                continue;
+            }
             let ans = str_at(w, "/status/actor/namespace").unwrap_or_default();
             let aname = str_at(w, "/status/actor/name").unwrap_or_default();
             let uid = str_at(w, "/status/actor/uid");

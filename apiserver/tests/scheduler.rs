@@ -651,15 +651,21 @@ fn a_new_binding_does_not_inherit_an_orphan_mark_of_an_earlier_one() {
     // claim's write wakes the scheduler before the bind reaches its cache) may mark the
     // worker again, but not with the old time, so it does not free the worker under its
     // new actor; once the bind is seen the mark goes.
-    let wk = get(&w, &format!("{API}/workers/w-0"));
-    if let Some(c) = condition(&wk, "Orphaned") {
-        assert_ne!(c["lastTransitionTime"], minute_ago, "{wk}");
+    let claimed = get(&w, &format!("{API}/workers/w-0"));
+    if let Some(c) = condition(&claimed, "Orphaned") {
+        assert_ne!(c["lastTransitionTime"], minute_ago, "{claimed}");
     }
     std::thread::sleep(std::time::Duration::from_secs(3));
     let wk = get(&w, &format!("{API}/workers/w-0"));
     assert_eq!(wk["status"]["phase"], "Bound", "{wk}");
     assert_eq!(wk["status"]["actor"]["name"], "a1", "{wk}");
     assert!(condition(&wk, "Orphaned").is_none(), "{wk}");
+    // Nor is the worker marked and unmarked meanwhile (the pass its claim woke runs before
+    // the bind is in the cache): the claim was its last write.
+    assert_eq!(
+        wk["metadata"]["resourceVersion"], claimed["metadata"]["resourceVersion"],
+        "{claimed}\n{wk}"
+    );
     actor(&w, "a2");
     let r = resume(&w, "a2");
     assert_eq!(r.code, 202, "the only worker is a1's: {}", r.body);
