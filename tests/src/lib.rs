@@ -1259,6 +1259,7 @@ impl Watch {
     }
 }
 
+pub mod bench;
 pub mod envtest;
 pub mod faults;
 pub mod standalone;
