@@ -585,6 +585,16 @@ impl Bench {
             set.names.len(),
             set.ns
         );
+        // Other writers may have changed the actors since this run last saw them (the operator
+        // of hack/up.sh's system sets a new actor's status): PUT from their current state.
+        let fresh = self.refresh(&set).await;
+        if fresh.failed() > 0 {
+            eprintln!(
+                "  refresh: {} GETs failed: {:?}",
+                fresh.failed(),
+                fresh.samples
+            );
+        }
         let client = self.client.clone();
         let before = self.probe.sample().await;
         let s = set.clone();
@@ -632,6 +642,31 @@ impl Bench {
         let usage = self.probe.usage_since(&before).await;
         self.push(PhaseResult::new("update", rec, Some(usage)));
         Ok(())
+    }
+
+    /// Reads every actor of `set` again (not measured).
+    async fn refresh(&self, set: &Arc<ActorSet>) -> Recorded {
+        let client = self.client.clone();
+        let s = set.clone();
+        run_concurrent(
+            "refresh",
+            set.names.len(),
+            self.args.concurrency,
+            move |i| {
+                let (client, s) = (client.clone(), s.clone());
+                async move {
+                    let path = format!("{}/{}", s.path, s.names[i]);
+                    let r = client
+                        .send(Method::GET, &path, None, Bytes::new())
+                        .await
+                        .map_err(|e| OpError::transport(&e))?;
+                    let r = expect(r, StatusCode::OK)?;
+                    *s.objects[i].lock().await = r.body;
+                    Ok(())
+                }
+            },
+        )
+        .await
     }
 
     /// JSON merge patches of the update phase's actors: one annotation set to the patch's
