@@ -642,6 +642,16 @@ impl Envtest {
         self.kube_apiserver.log_tail(n)
     }
 
+    /// etcd's pid.
+    pub fn etcd_pid(&self) -> u32 {
+        self.etcd.pid()
+    }
+
+    /// kube-apiserver's pid.
+    pub fn kube_apiserver_pid(&self) -> u32 {
+        self.kube_apiserver.pid()
+    }
+
     /// The process groups of the control plane (etcd, kube-apiserver, and
     /// kube-controller-manager when it runs), for tests of the harness.
     pub fn process_groups(&self) -> Vec<u32> {

@@ -1263,6 +1263,7 @@ impl Watch {
     }
 }
 
+pub mod bench;
 pub mod envtest;
 pub mod faults;
 pub mod standalone;

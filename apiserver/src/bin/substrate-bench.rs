@@ -1,11 +1,18 @@
 //! `substrate-bench`: loads a RUNNING apiserver over HTTPS/2 with concurrent clients and prints
-//! throughput and p50/p99/max latency of create, get, list, update, server-side apply (on the
-//! same actors as the updates, compared with them) and watch fan-out, and Valkey's memory per
-//! actor. Run it through `hack/bench.sh`; figures and their analysis are
+//! throughput and p50/p99/max latency of create, get, list, update, merge patch, server-side
+//! apply (on the same actors as the updates, compared with them) and watch fan-out, and
+//! Valkey's memory per actor. Run it through `hack/bench.sh`; figures and their analysis are
 //! in `docs/benchmarks.md`.
 //!
-//! Every run works in atespaces of its own, `bench-<id>` (create, get, update),
-//! `bench-<id>-list` (exactly `--list-objects` actors), `bench-<id>-watch` and
+//! `--target kube` runs the same phases, with the same code and bodies, against a plain
+//! kube-apiserver + etcd serving the equivalent CRD `actors.benchmark.ate.dev` (installed by
+//! the run, see `bench/server.rs`), in Namespaces instead of atespaces; `--target both` runs
+//! every phase on Substrate and then on kube-apiserver, back to back in one process, and
+//! prints the ratio per operation (`hack/bench.sh --compare-kube`). The memory phase (Valkey's
+//! bytes per actor) has no kube-apiserver equivalent and runs on Substrate only.
+//!
+//! Every run works in atespaces (Namespaces) of its own, `bench-<id>` (create, get, update,
+//! patch), `bench-<id>-list` (exactly `--list-objects` actors), `bench-<id>-watch` and
 //! `bench-<id>-mem`, and deletes them at the end (the cascade is asynchronous; pass
 //! `--wait-cleanup` to wait for it). Failed requests are counted per phase and status, never
 //! measured as successes.
@@ -14,6 +21,8 @@
 mod client;
 #[path = "bench/probe.rs"]
 mod probe;
+#[path = "bench/server.rs"]
+mod server;
 #[path = "bench/stats.rs"]
 mod stats;
 #[path = "bench/watch.rs"]
@@ -31,10 +40,12 @@ use serde_json::{Value, json};
 
 use client::{Client, Credentials};
 use probe::Probe;
+use server::Server;
 use stats::{OpError, PhaseResult, Recorded, expect, run_concurrent};
 
-const API: &str = "/apis/substrate.ate.dev/v1alpha1";
 const KIB: f64 = 1024.0;
+/// The annotation the patch phase sets.
+const PATCH_ANNOTATION: &str = "bench.substrate.ate.dev/patch";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Phase {
@@ -42,9 +53,33 @@ enum Phase {
     Get,
     List,
     Update,
+    Patch,
     Apply,
     Watch,
     Memory,
+}
+
+/// The phases, in the order they run.
+const PHASES: [Phase; 8] = [
+    Phase::Create,
+    Phase::Get,
+    Phase::List,
+    Phase::Update,
+    Phase::Patch,
+    Phase::Apply,
+    Phase::Watch,
+    Phase::Memory,
+];
+
+/// What `--target` loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TargetArg {
+    /// Substrate's apiserver (`--kubeconfig`/`--pki-dir`).
+    Substrate,
+    /// kube-apiserver + etcd with the CRD `actors.benchmark.ate.dev` (`--kube-kubeconfig`).
+    Kube,
+    /// Both, each phase on Substrate then on kube-apiserver, with the ratios.
+    Both,
 }
 
 /// Benchmark of a running Substrate apiserver (see docs/benchmarks.md).
@@ -86,7 +121,24 @@ struct Args {
     /// Pid of the apiserver, to report its CPU use per phase (optional).
     #[arg(long, env = "SUBSTRATE_BENCH_APISERVER_PID")]
     apiserver_pid: Option<u32>,
-    /// HTTP/2 connections to open.
+    /// What to load: Substrate, a kube-apiserver with an equivalent CRD, or both in one run.
+    #[arg(
+        long,
+        env = "SUBSTRATE_BENCH_TARGET",
+        value_enum,
+        default_value = "substrate"
+    )]
+    target: TargetArg,
+    /// Admin kubeconfig (inline certificate data) of the kube-apiserver of `--target kube|both`.
+    #[arg(long, env = "SUBSTRATE_BENCH_KUBE_KUBECONFIG")]
+    kube_kubeconfig: Option<PathBuf>,
+    /// Pid of that kube-apiserver, to report its CPU use per phase (optional).
+    #[arg(long, env = "SUBSTRATE_BENCH_KUBE_APISERVER_PID")]
+    kube_apiserver_pid: Option<u32>,
+    /// Pid of its etcd (optional; its CPU counts as the store's, as Valkey's for Substrate).
+    #[arg(long, env = "SUBSTRATE_BENCH_ETCD_PID")]
+    etcd_pid: Option<u32>,
+    /// HTTP/2 connections to open (to each server).
     #[arg(long, env = "SUBSTRATE_BENCH_CONNECTIONS", default_value_t = 8)]
     connections: usize,
     /// Requests in flight at once (over all connections).
@@ -98,7 +150,7 @@ struct Args {
         env = "SUBSTRATE_BENCH_PHASES",
         value_enum,
         value_delimiter = ',',
-        default_value = "create,get,list,update,apply,watch,memory"
+        default_value = "create,get,list,update,patch,apply,watch,memory"
     )]
     phases: Vec<Phase>,
     /// Actors created by the create phase (get and update use them).
@@ -117,9 +169,17 @@ struct Args {
     /// latency would only measure queueing).
     #[arg(long, env = "SUBSTRATE_BENCH_LIST_CONCURRENCY", default_value_t = 8)]
     list_concurrency: usize,
+    /// List in pages of this many objects (`?limit=` and `continue`, as kubectl and
+    /// client-go's pager do; one measured list is all its pages); 0: one request.
+    #[arg(long, env = "SUBSTRATE_BENCH_LIST_PAGE_SIZE", default_value_t = 0)]
+    list_page_size: usize,
     /// PUTs (label change with the object's resourceVersion).
     #[arg(long, env = "SUBSTRATE_BENCH_UPDATES", default_value_t = 20_000)]
     updates: usize,
+    /// JSON merge patches (annotation `bench.substrate.ate.dev/patch=<n>`, no
+    /// resourceVersion) of the update phase's actors.
+    #[arg(long, env = "SUBSTRATE_BENCH_PATCHES", default_value_t = 20_000)]
+    patches: usize,
     /// Server-side applies (`application/apply-patch+yaml` with a JSON body as kubectl sends
     /// it, label tier t1<->t2, forced) of the update phase's actors.
     #[arg(long, env = "SUBSTRATE_BENCH_APPLIES", default_value_t = 20_000)]
@@ -165,15 +225,11 @@ struct Args {
     cleanup_timeout: u64,
 }
 
-fn actors_path(ns: &str) -> String {
-    format!("{API}/namespaces/{ns}/actors")
-}
-
 /// A typical actor: two labels, a template ref, activation and idle timeout.
-fn actor_body(ns: &str, name: &str) -> Bytes {
+fn actor_body(server: Server, ns: &str, name: &str) -> Bytes {
     Bytes::from(
         json!({
-            "apiVersion": "substrate.ate.dev/v1alpha1",
+            "apiVersion": server.api_version(),
             "kind": "Actor",
             "metadata": {"name": name, "namespace": ns, "labels": {"app": "bench", "tier": "t1"}},
             "spec": {"template": {"name": "counter"}, "activation": "OnDemand", "idleTimeout": "5m"},
@@ -186,6 +242,8 @@ fn actor_body(ns: &str, name: &str) -> Bytes {
 /// current state and resourceVersion).
 struct ActorSet {
     ns: String,
+    /// The Actors collection of `ns`.
+    path: String,
     names: Vec<String>,
     objects: Vec<tokio::sync::Mutex<Bytes>>,
 }
@@ -199,6 +257,7 @@ struct Target {
 }
 
 struct Bench {
+    server: Server,
     args: Args,
     client: Arc<Client>,
     probe: Probe,
@@ -227,24 +286,24 @@ impl Bench {
         }
     }
 
+    fn actors_path(&self, ns: &str) -> String {
+        self.server.actors_path(ns)
+    }
+
+    /// Creates atespace (on kube-apiserver: Namespace) `name`.
     async fn create_atespace(&mut self, name: &str) -> anyhow::Result<()> {
-        let body = json!({
-            "apiVersion": "substrate.ate.dev/v1alpha1",
-            "kind": "Atespace",
-            "metadata": {"name": name, "labels": {"app": "bench"}},
-            "spec": {},
-        });
+        let body = self.server.namespace_body(name);
         let r = self
             .client
             .send(
                 Method::POST,
-                &format!("{API}/atespaces"),
+                &self.server.namespaces_path(),
                 Some("application/json"),
                 Bytes::from(body.to_string()),
             )
             .await?;
         expect(r, StatusCode::CREATED)
-            .map_err(|e| anyhow::anyhow!("creating atespace {name}: {}: {}", e.kind, e.detail))?;
+            .map_err(|e| anyhow::anyhow!("creating namespace {name}: {}: {}", e.kind, e.detail))?;
         self.atespaces.push(name.to_string());
         Ok(())
     }
@@ -265,7 +324,8 @@ impl Bench {
                 .collect(),
         );
         let client = self.client.clone();
-        let path = Arc::new(format!("{}{}", actors_path(ns), self.write_query()));
+        let path = Arc::new(format!("{}{}", self.actors_path(ns), self.write_query()));
+        let server = self.server;
         let (ns, prefix) = (Arc::new(ns.to_string()), Arc::new(prefix.to_string()));
         let s2 = slots.clone();
         let rec = run_concurrent(label, n, self.args.concurrency, move |i| {
@@ -277,7 +337,7 @@ impl Bench {
                 s2.clone(),
             );
             async move {
-                let body = actor_body(&ns, &format!("{prefix}{i}"));
+                let body = actor_body(server, &ns, &format!("{prefix}{i}"));
                 let r = client
                     .send(Method::POST, &path, Some("application/json"), body)
                     .await
@@ -349,7 +409,13 @@ impl Bench {
         if names.is_empty() {
             bail!("no actor could be created in {ns}; see the errors above");
         }
-        let set = Arc::new(ActorSet { ns, names, objects });
+        let path = self.actors_path(&ns);
+        let set = Arc::new(ActorSet {
+            ns,
+            path,
+            names,
+            objects,
+        });
         self.base = Some(set.clone());
         Ok(set)
     }
@@ -374,7 +440,15 @@ impl Bench {
         self.targets.push(Target {
             what,
             goal: format!(">= {per_sec:.0}/s"),
-            measured: format!("{:.0}/s", row.ops_per_sec()),
+            measured: format!(
+                "{:.0}/s ({}/core)",
+                row.ops_per_sec(),
+                stats::ratio(
+                    Some(row.ops_per_sec()),
+                    row.usage.as_ref().and_then(stats::server_cores)
+                )
+                .map_or("-".into(), |v| format!("{v:.0}"))
+            ),
             met: row.ops_per_sec() >= per_sec && row.rec.failed() == 0,
         });
     }
@@ -395,7 +469,7 @@ impl Bench {
                 let r = client
                     .send(
                         Method::GET,
-                        &format!("{}/{name}", actors_path(&s.ns)),
+                        &format!("{}/{name}", s.path),
                         None,
                         Bytes::new(),
                     )
@@ -414,8 +488,15 @@ impl Bench {
 
     async fn phase_list(&mut self) -> anyhow::Result<()> {
         #[derive(serde::Deserialize)]
-        struct ListCount {
+        struct ListPage {
             items: Vec<serde::de::IgnoredAny>,
+            #[serde(default)]
+            metadata: ListMeta,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct ListMeta {
+            #[serde(default, rename = "continue")]
+            next: Option<String>,
         }
         let ns = self.ns("list");
         self.create_atespace(&ns).await?;
@@ -425,12 +506,19 @@ impl Bench {
         if seed.failed() > 0 {
             bail!("seeding the list atespace failed: {:?}", seed.samples);
         }
+        let page = self.args.list_page_size;
         eprintln!(
-            "list: {} LISTs of {ns} ({n} actors each), {} in flight",
-            self.args.lists, self.args.list_concurrency
+            "list: {} LISTs of {ns} ({n} actors each{}), {} in flight",
+            self.args.lists,
+            if page > 0 {
+                format!(", in pages of {page}")
+            } else {
+                String::new()
+            },
+            self.args.list_concurrency
         );
         let client = self.client.clone();
-        let path = Arc::new(actors_path(&ns));
+        let path = Arc::new(self.actors_path(&ns));
         let before = self.probe.sample().await;
         let bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let b2 = bytes.clone();
@@ -441,18 +529,35 @@ impl Bench {
             move |_| {
                 let (client, path, bytes) = (client.clone(), path.clone(), b2.clone());
                 async move {
-                    let r = client
-                        .send(Method::GET, &path, None, Bytes::new())
-                        .await
-                        .map_err(|e| OpError::transport(&e))?;
-                    let r = expect(r, StatusCode::OK)?;
-                    bytes.store(r.body.len(), std::sync::atomic::Ordering::Relaxed);
-                    let list: ListCount = serde_json::from_slice(&r.body)
-                        .map_err(|e| OpError::new("bad list body", e.to_string()))?;
-                    if list.items.len() != n {
+                    let (mut items, mut size, mut next) = (0, 0, None::<String>);
+                    loop {
+                        let url = match (&next, page) {
+                            (_, 0) => path.to_string(),
+                            (None, _) => format!("{path}?limit={page}"),
+                            (Some(c), _) => format!(
+                                "{path}?limit={page}&continue={}",
+                                form_urlencoded::byte_serialize(c.as_bytes()).collect::<String>()
+                            ),
+                        };
+                        let r = client
+                            .send(Method::GET, &url, None, Bytes::new())
+                            .await
+                            .map_err(|e| OpError::transport(&e))?;
+                        let r = expect(r, StatusCode::OK)?;
+                        size += r.body.len();
+                        let list: ListPage = serde_json::from_slice(&r.body)
+                            .map_err(|e| OpError::new("bad list body", e.to_string()))?;
+                        items += list.items.len();
+                        next = list.metadata.next.filter(|c| !c.is_empty());
+                        if next.is_none() || page == 0 || items > n {
+                            break;
+                        }
+                    }
+                    bytes.store(size, std::sync::atomic::Ordering::Relaxed);
+                    if items != n {
                         return Err(OpError::new(
                             "wrong item count",
-                            format!("{} items instead of {n}", list.items.len()),
+                            format!("{items} items instead of {n}"),
                         ));
                     }
                     Ok(())
@@ -463,10 +568,10 @@ impl Bench {
         let usage = self.probe.usage_since(&before).await;
         let row = PhaseResult::new(format!("list ({n} objects)"), rec, Some(usage));
         let size = bytes.load(std::sync::atomic::Ordering::Relaxed);
-        eprintln!("  one list response is {:.0} KiB", size as f64 / KIB);
+        eprintln!("  one list (all its pages) is {:.0} KiB", size as f64 / KIB);
         self.details.insert(
             "list".into(),
-            json!({"objects": n, "response_bytes": size, "items_per_sec": row.ops_per_sec() * n as f64}),
+            json!({"objects": n, "page_size": page, "response_bytes": size, "items_per_sec": row.ops_per_sec() * n as f64}),
         );
         self.push(row);
         Ok(())
@@ -480,6 +585,16 @@ impl Bench {
             set.names.len(),
             set.ns
         );
+        // Other writers may have changed the actors since this run last saw them (the operator
+        // of hack/up.sh's system sets a new actor's status): PUT from their current state.
+        let fresh = self.refresh(&set).await;
+        if fresh.failed() > 0 {
+            eprintln!(
+                "  refresh: {} GETs failed: {:?}",
+                fresh.failed(),
+                fresh.samples
+            );
+        }
         let client = self.client.clone();
         let before = self.probe.sample().await;
         let s = set.clone();
@@ -492,7 +607,7 @@ impl Bench {
                 let (client, s, query) = (client.clone(), s.clone(), query.clone());
                 async move {
                     let i = k % s.names.len();
-                    let path = format!("{}/{}", actors_path(&s.ns), s.names[i]);
+                    let path = format!("{}/{}", s.path, s.names[i]);
                     let put_path = format!("{path}{query}");
                     let mut slot = s.objects[i].lock().await;
                     let mut obj: Value = serde_json::from_slice(&slot)
@@ -529,6 +644,77 @@ impl Bench {
         Ok(())
     }
 
+    /// Reads every actor of `set` again (not measured).
+    async fn refresh(&self, set: &Arc<ActorSet>) -> Recorded {
+        let client = self.client.clone();
+        let s = set.clone();
+        run_concurrent(
+            "refresh",
+            set.names.len(),
+            self.args.concurrency,
+            move |i| {
+                let (client, s) = (client.clone(), s.clone());
+                async move {
+                    let path = format!("{}/{}", s.path, s.names[i]);
+                    let r = client
+                        .send(Method::GET, &path, None, Bytes::new())
+                        .await
+                        .map_err(|e| OpError::transport(&e))?;
+                    let r = expect(r, StatusCode::OK)?;
+                    *s.objects[i].lock().await = r.body;
+                    Ok(())
+                }
+            },
+        )
+        .await
+    }
+
+    /// JSON merge patches of the update phase's actors: one annotation set to the patch's
+    /// number, no resourceVersion (a patch retries on a conflict inside the server).
+    async fn phase_patch(&mut self) -> anyhow::Result<()> {
+        let set = self.base().await?;
+        eprintln!(
+            "patch: {} merge patches (annotation {PATCH_ANNOTATION}) over {} actors of {}",
+            self.args.patches,
+            set.names.len(),
+            set.ns
+        );
+        let client = self.client.clone();
+        let before = self.probe.sample().await;
+        let s = set.clone();
+        let query = Arc::new(self.write_query());
+        let rec = run_concurrent(
+            "patch",
+            self.args.patches,
+            self.args.concurrency,
+            move |k| {
+                let (client, s, query) = (client.clone(), s.clone(), query.clone());
+                async move {
+                    let i = k % s.names.len();
+                    let path = format!("{}/{}{query}", s.path, s.names[i]);
+                    let body =
+                        json!({"metadata": {"annotations": {PATCH_ANNOTATION: k.to_string()}}});
+                    let r = client
+                        .send(
+                            Method::PATCH,
+                            &path,
+                            Some("application/merge-patch+json"),
+                            Bytes::from(body.to_string()),
+                        )
+                        .await
+                        .map_err(|e| OpError::transport(&e))?;
+                    expect(r, StatusCode::OK).map(drop)
+                }
+            },
+        )
+        .await;
+        let usage = self.probe.usage_since(&before).await;
+        self.push(PhaseResult::new("merge patch", rec, Some(usage)));
+        // The stored objects are stale now; only the apply phase uses them after this one,
+        // and an apply sends no resourceVersion.
+        Ok(())
+    }
+
     /// Server-side applies of the same actors the update phase changes, so the two rows
     /// compare an apply (decode YAML, merge, field sets, conflicts, managedFields) with a
     /// plain update of the same objects. Target: an apply costs at most 2x an update.
@@ -553,6 +739,7 @@ impl Bench {
             self.write_query()
         ));
         let yaml = self.args.apply_yaml;
+        let api_version = self.server.api_version();
         let rec = run_concurrent(
             "apply",
             self.args.applies,
@@ -561,14 +748,14 @@ impl Bench {
                 let (client, s, query) = (client.clone(), s.clone(), query.clone());
                 async move {
                     let i = k % s.names.len();
-                    let path = format!("{}/{}{query}", actors_path(&s.ns), s.names[i]);
+                    let path = format!("{}/{}{query}", s.path, s.names[i]);
                     let mut slot = s.objects[i].lock().await;
                     let cur: Value = serde_json::from_slice(&slot)
                         .map_err(|e| OpError::new("bad stored object", e.to_string()))?;
                     let next = if cur["metadata"]["labels"]["tier"] == "t1" { "t2" } else { "t1" };
                     // JSON, as kubectl and controller-runtime send it (or YAML).
                     let config = json!({
-                        "apiVersion": "substrate.ate.dev/v1alpha1",
+                        "apiVersion": api_version,
                         "kind": "Actor",
                         "metadata": {"name": s.names[i], "namespace": s.ns, "labels": {"app": "bench", "tier": next}},
                         "spec": {"template": {"name": "counter"}, "activation": "OnDemand", "idleTimeout": "5m"},
@@ -626,14 +813,14 @@ impl Bench {
     async fn phase_watch(&mut self) -> anyhow::Result<()> {
         let ns = self.ns("watch");
         self.create_atespace(&ns).await?;
-        let path = actors_path(&ns);
+        let path = self.actors_path(&ns);
         let r = self
             .client
             .send(
                 Method::POST,
                 &path,
                 Some("application/json"),
-                actor_body(&ns, "w-0"),
+                actor_body(self.server, &ns, "w-0"),
             )
             .await?;
         let r = expect(r, StatusCode::CREATED)
@@ -695,6 +882,13 @@ impl Bench {
             measured: format!("{} delivered", report.delivered),
             met: all,
         });
+        let p99 = stats::percentile(&report.from_response.latencies, 0.99);
+        self.targets.push(Target {
+            what: "watch p99 from response",
+            goal: "< 5 ms".into(),
+            measured: stats::fmt_dur(p99),
+            met: all && p99.is_some_and(|p| p < Duration::from_millis(5)),
+        });
         let w = report.watchers;
         self.push(PhaseResult::new(
             format!("watch patch ({w} w.)"),
@@ -715,6 +909,12 @@ impl Bench {
     }
 
     async fn phase_memory(&mut self) -> anyhow::Result<()> {
+        if self.server == Server::Kube {
+            eprintln!(
+                "memory: skipped on kube-apiserver (it measures Valkey's bytes per actor; etcd has no equivalent figure here)"
+            );
+            return Ok(());
+        }
         let ns = self.ns("mem");
         self.create_atespace(&ns).await?;
         let n = self.args.memory_actors;
@@ -766,7 +966,7 @@ impl Bench {
             .client
             .send(
                 Method::GET,
-                &format!("{}/m-0", actors_path(&ns)),
+                &format!("{}/m-0", self.actors_path(&ns)),
                 None,
                 Bytes::new(),
             )
@@ -843,7 +1043,12 @@ impl Bench {
     async fn terminating(&self, only: Option<&[String]>) -> anyhow::Result<Vec<String>> {
         let r = self
             .client
-            .send(Method::GET, &format!("{API}/atespaces"), None, Bytes::new())
+            .send(
+                Method::GET,
+                &self.server.namespaces_path(),
+                None,
+                Bytes::new(),
+            )
             .await?;
         let r = expect(r, StatusCode::OK)
             .map_err(|e| anyhow::anyhow!("listing atespaces: {}: {}", e.kind, e.detail))?;
@@ -894,7 +1099,11 @@ impl Bench {
 
     async fn cleanup(&mut self) -> anyhow::Result<()> {
         if self.args.no_cleanup {
-            eprintln!("keeping atespaces {}", self.atespaces.join(", "));
+            eprintln!(
+                "keeping {} namespaces {}",
+                self.server.label(),
+                self.atespaces.join(", ")
+            );
             return Ok(());
         }
         for name in &self.atespaces {
@@ -902,14 +1111,14 @@ impl Bench {
                 .client
                 .send(
                     Method::DELETE,
-                    &format!("{API}/atespaces/{name}"),
+                    &format!("{}/{name}", self.server.namespaces_path()),
                     None,
                     Bytes::new(),
                 )
                 .await?;
             if !r.status.is_success() {
                 eprintln!(
-                    "  ! deleting atespace {name}: HTTP {}: {}",
+                    "  ! deleting namespace {name}: HTTP {}: {}",
                     r.status,
                     String::from_utf8_lossy(&r.body)
                         .chars()
@@ -918,16 +1127,22 @@ impl Bench {
                 );
             }
         }
+        // kube-apiserver alone does not empty a deleted Namespace: kube-controller-manager's
+        // namespace controller does (hack/bench.sh --compare-kube runs none; the control
+        // plane is thrown away after the run).
+        let wait = self.args.wait_cleanup && self.server == Server::Substrate;
         eprintln!(
-            "deleted atespaces {} (the cascade runs in the apiserver{})",
+            "deleted {} namespaces {} ({})",
+            self.server.label(),
             self.atespaces.join(", "),
-            if self.args.wait_cleanup {
-                "; waiting for it"
-            } else {
-                "; not waiting"
+            match (self.server, wait) {
+                (Server::Substrate, true) => "the cascade runs in the apiserver; waiting for it",
+                (Server::Substrate, false) => "the cascade runs in the apiserver; not waiting",
+                (Server::Kube, _) =>
+                    "kube-controller-manager's namespace controller empties them, if one runs",
             }
         );
-        if self.args.wait_cleanup {
+        if wait {
             let names = self.atespaces.clone();
             let took = self.wait_atespaces_gone(Some(&names)).await?;
             eprintln!("  cleanup took {:.1}s", took.as_secs_f64());
@@ -938,6 +1153,84 @@ impl Bench {
         }
         Ok(())
     }
+
+    async fn run_phase(&mut self, phase: Phase) -> anyhow::Result<()> {
+        match phase {
+            Phase::Create => self.phase_create().await,
+            Phase::Get => self.phase_get().await,
+            Phase::List => self.phase_list().await,
+            Phase::Update => self.phase_update().await,
+            Phase::Patch => self.phase_patch().await,
+            Phase::Apply => self.phase_apply().await,
+            Phase::Watch => self.phase_watch().await,
+            Phase::Memory => self.phase_memory().await,
+        }
+    }
+
+    /// The phase table and, for Substrate, its targets.
+    fn report(&self) -> String {
+        let mut out = format!(
+            "\n{} ({}):\n{}",
+            self.server.label(),
+            self.client.base(),
+            stats::table(&self.rows)
+        );
+        if self.server == Server::Substrate {
+            out.push_str("\ntargets:\n");
+            for t in &self.targets {
+                out.push_str(&format_target(t));
+            }
+        }
+        out
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "server": self.client.base(),
+            "kind": self.server.label(),
+            "phases": self.rows.iter().map(PhaseResult::to_json).collect::<Vec<_>>(),
+            "details": self.details,
+            "targets": self.targets.iter().map(|t| json!({
+                "what": t.what, "goal": t.goal, "measured": t.measured, "met": t.met,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn format_target(t: &Target) -> String {
+    format!(
+        "  {:<26} {:<14} measured {:<24} {}\n",
+        t.what,
+        t.goal,
+        t.measured,
+        if t.met { "MET" } else { "MISSED" }
+    )
+}
+
+/// Issue 15's targets of the comparison: Substrate at least 5 times kube-apiserver + etcd.
+fn ratio_targets(substrate: &[PhaseResult], kube: &[PhaseResult]) -> Vec<Target> {
+    stats::compare(substrate, kube)
+        .into_iter()
+        .filter_map(|c| {
+            let what = match c.name.as_str() {
+                "create" => "create vs kube-apiserver",
+                "get" => "get vs kube-apiserver",
+                "update" => "update vs kube-apiserver",
+                n if n.starts_with("list (") => "list vs kube-apiserver",
+                _ => return None,
+            };
+            let ratio = c.rate_ratio.unwrap_or(0.0);
+            Some(Target {
+                what,
+                goal: ">= 5.0x".into(),
+                measured: format!(
+                    "{ratio:.2}x ({} per core)",
+                    c.per_core_ratio.map_or("-".into(), |r| format!("{r:.2}x"))
+                ),
+                met: ratio >= 5.0 && c.errors == 0,
+            })
+        })
+        .collect()
 }
 
 async fn connect_valkey(args: &Args) -> anyhow::Result<redis::aio::MultiplexedConnection> {
@@ -959,8 +1252,8 @@ async fn connect_valkey(args: &Args) -> anyhow::Result<redis::aio::MultiplexedCo
     Ok(conn)
 }
 
-async fn run(args: Args) -> anyhow::Result<Value> {
-    let creds = match &args.pki_dir {
+fn substrate_credentials(args: &Args) -> anyhow::Result<Credentials> {
+    Ok(match &args.pki_dir {
         Some(dir) => Credentials::from_pki_dir(
             dir,
             args.server
@@ -979,23 +1272,59 @@ async fn run(args: Args) -> anyhow::Result<Value> {
             }
             c
         }
-    };
-    let client = Arc::new(
-        Client::connect(&creds, args.connections)
-            .await
-            .with_context(|| format!("connecting to the apiserver at {}", creds.server))?,
-    );
+    })
+}
+
+/// Connects to `creds.server` and checks `/readyz`.
+async fn connect(
+    server: Server,
+    creds: &Credentials,
+    connections: usize,
+) -> anyhow::Result<Arc<Client>> {
+    let client = Client::connect(creds, connections)
+        .await
+        .with_context(|| format!("connecting to {} at {}", server.label(), creds.server))?;
     let ready = client
         .send(Method::GET, "/readyz", None, Bytes::new())
         .await?;
     if ready.status != StatusCode::OK {
         bail!(
-            "the apiserver at {} is not ready (/readyz: HTTP {}); is the system up (hack/up.sh)?",
+            "{} at {} is not ready (/readyz: HTTP {}){}",
+            server.label(),
             creds.server,
-            ready.status
+            ready.status,
+            if server == Server::Substrate {
+                "; is the system up (hack/up.sh)?"
+            } else {
+                ""
+            }
         );
     }
-    let valkey = match connect_valkey(&args).await {
+    Ok(Arc::new(client))
+}
+
+impl Bench {
+    fn new(server: Server, args: &Args, client: Arc<Client>, probe: Probe, run_id: &str) -> Self {
+        Bench {
+            server,
+            args: args.clone(),
+            client,
+            probe,
+            run_id: run_id.to_string(),
+            atespaces: Vec::new(),
+            rows: Vec::new(),
+            targets: Vec::new(),
+            details: serde_json::Map::new(),
+            base: None,
+        }
+    }
+}
+
+/// The bench of Substrate's apiserver, with Valkey's statistics when it answers.
+async fn substrate_bench(args: &Args, run_id: &str) -> anyhow::Result<(Bench, Value)> {
+    let creds = substrate_credentials(args)?;
+    let client = connect(Server::Substrate, &creds, args.connections).await?;
+    let valkey = match connect_valkey(args).await {
         Ok(c) => Some(c),
         Err(e) if args.phases.contains(&Phase::Memory) => return Err(e),
         Err(e) => {
@@ -1019,11 +1348,48 @@ async fn run(args: Args) -> anyhow::Result<Value> {
             "appendfsync": fsync.get(1),
         });
     }
+    Ok((
+        Bench::new(Server::Substrate, args, client, probe, run_id),
+        valkey_info,
+    ))
+}
+
+/// The bench of kube-apiserver + etcd, with the CRD installed.
+async fn kube_bench(args: &Args, run_id: &str) -> anyhow::Result<Bench> {
+    let path = args.kube_kubeconfig.as_ref().context(
+        "--target kube|both needs --kube-kubeconfig (kube-apiserver's admin kubeconfig)",
+    )?;
+    let creds = Credentials::from_kubeconfig(path)?;
+    let client = connect(Server::Kube, &creds, args.connections).await?;
+    server::ensure_kube_crd(&client, Duration::from_secs(60)).await?;
+    let probe = Probe::with_storage_pid(
+        args.kube_apiserver_pid,
+        Server::Kube.storage(),
+        args.etcd_pid,
+    );
+    Ok(Bench::new(Server::Kube, args, client, probe, run_id))
+}
+
+async fn run(args: Args) -> anyhow::Result<Value> {
     let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let mut benches = Vec::new();
+    let mut valkey_info = json!(null);
+    if args.target != TargetArg::Kube {
+        let (b, info) = substrate_bench(&args, &run_id).await?;
+        valkey_info = info;
+        benches.push(b);
+    }
+    if args.target != TargetArg::Substrate {
+        benches.push(kube_bench(&args, &run_id).await?);
+    }
     eprintln!(
-        "substrate-bench {run_id}: {} over {} HTTP/2 connections, {} requests in flight, \
+        "substrate-bench {run_id}: {} over {} HTTP/2 connections each, {} requests in flight, \
          fieldValidation {}; Valkey {}",
-        client.base(),
+        benches
+            .iter()
+            .map(|b| format!("{} {}", b.server.label(), b.client.base()))
+            .collect::<Vec<_>>()
+            .join(" and "),
         args.connections,
         args.concurrency,
         args.field_validation
@@ -1031,88 +1397,99 @@ async fn run(args: Args) -> anyhow::Result<Value> {
             .unwrap_or("(server default)"),
         valkey_info
     );
-    let mut bench = Bench {
-        args: args.clone(),
-        client,
-        probe,
-        run_id: run_id.clone(),
-        atespaces: Vec::new(),
-        rows: Vec::new(),
-        targets: Vec::new(),
-        details: serde_json::Map::new(),
-        base: None,
-    };
     // An earlier run's cascade would compete with this one (and skew the memory figure).
-    if !bench.terminating(None).await?.is_empty() {
-        eprintln!("waiting for terminating atespaces (an earlier run's cleanup) to go first");
-        bench.wait_atespaces_gone(None).await?;
+    for b in benches.iter().filter(|b| b.server == Server::Substrate) {
+        if !b.terminating(None).await?.is_empty() {
+            eprintln!("waiting for terminating atespaces (an earlier run's cleanup) to go first");
+            b.wait_atespaces_gone(None).await?;
+        }
     }
     let started = Instant::now();
     let result = async {
-        for phase in [
-            Phase::Create,
-            Phase::Get,
-            Phase::List,
-            Phase::Update,
-            Phase::Apply,
-            Phase::Watch,
-            Phase::Memory,
-        ] {
+        for phase in PHASES {
             if !args.phases.contains(&phase) {
                 continue;
             }
-            match phase {
-                Phase::Create => bench.phase_create().await,
-                Phase::Get => bench.phase_get().await,
-                Phase::List => bench.phase_list().await,
-                Phase::Update => bench.phase_update().await,
-                Phase::Apply => bench.phase_apply().await,
-                Phase::Watch => bench.phase_watch().await,
-                Phase::Memory => bench.phase_memory().await,
+            // Back to back: the phase on Substrate, then on kube-apiserver.
+            for b in benches.iter_mut() {
+                if args.target == TargetArg::Both {
+                    eprintln!("--- {phase:?} on {}", b.server.label());
+                }
+                b.run_phase(phase)
+                    .await
+                    .with_context(|| format!("phase {phase:?} on {}", b.server.label()))?;
             }
-            .with_context(|| format!("phase {phase:?}"))?;
         }
         anyhow::Ok(())
     }
     .await;
     let total = started.elapsed();
-    let cleanup = bench.cleanup().await;
+    let mut cleanup = Ok(());
+    for b in benches.iter_mut() {
+        let r = b.cleanup().await;
+        if cleanup.is_ok() {
+            cleanup = r;
+        }
+    }
     result?;
     cleanup?;
 
-    let table = stats::table(&bench.rows);
-    let mut targets = String::from("\ntargets:\n");
-    for t in &bench.targets {
-        targets.push_str(&format!(
-            "  {:<24} {:<14} measured {:<14} {}\n",
-            t.what,
-            t.goal,
-            t.measured,
-            if t.met { "MET" } else { "MISSED" }
+    let mut out: String = benches.iter().map(Bench::report).collect();
+    let mut comparison = json!(null);
+    let mut ratio_goals = Vec::new();
+    if let [s, k] = benches.as_slice() {
+        out.push_str(&format!(
+            "\nSubstrate vs kube-apiserver + etcd (same run, {} connections, {} in flight):\n{}",
+            args.connections,
+            args.concurrency,
+            stats::compare_table(s.server.label(), &s.rows, k.server.label(), &k.rows)
         ));
+        ratio_goals = ratio_targets(&s.rows, &k.rows);
+        out.push_str("\ntargets (issue 15):\n");
+        for t in &ratio_goals {
+            out.push_str(&format_target(t));
+        }
+        comparison = stats::compare_json(&s.rows, &k.rows);
     }
-    let out = format!("\n{table}{targets}");
     if args.json {
         eprint!("{out}");
     } else {
         print!("{out}");
     }
-    Ok(json!({
+    let common = json!({
         "run_id": run_id,
-        "server": creds.server,
+        "target": format!("{:?}", args.target).to_lowercase(),
         "connections": args.connections,
         "concurrency": args.concurrency,
         "list_concurrency": args.list_concurrency,
+        "list_page_size": args.list_page_size,
         "field_validation": args.field_validation,
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "valkey": valkey_info,
         "seconds": (total.as_secs_f64() * 10.0).round() / 10.0,
-        "phases": bench.rows.iter().map(PhaseResult::to_json).collect::<Vec<_>>(),
-        "details": bench.details,
-        "targets": bench.targets.iter().map(|t| json!({
-            "what": t.what, "goal": t.goal, "measured": t.measured, "met": t.met,
-        })).collect::<Vec<_>>(),
-    }))
+    });
+    let mut doc = common;
+    match benches.as_slice() {
+        [one] => {
+            // One server: its figures at the top level, as before --target existed.
+            if let (Some(d), Value::Object(b)) = (doc.as_object_mut(), one.to_json()) {
+                d.extend(b);
+            }
+        }
+        many => {
+            for b in many {
+                doc[b.server.label()] = b.to_json();
+            }
+            doc["comparison"] = comparison;
+            doc["comparison_targets"] = Value::Array(
+                ratio_goals
+                    .iter()
+                    .map(|t| json!({"what": t.what, "goal": t.goal, "measured": t.measured, "met": t.met}))
+                    .collect(),
+            );
+        }
+    }
+    Ok(doc)
 }
 
 #[tokio::main]

@@ -19,6 +19,7 @@ use clap::Parser;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use serde_json::json;
 
+use e2e::bench::{median, percentile};
 use e2e::envtest::Envtest;
 use e2e::envtest::substrate::Substrate;
 
@@ -48,11 +49,6 @@ struct Figures {
     per_second: f64,
     p50: Duration,
     p99: Duration,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn actors(client: kube::Client) -> kube::Api<DynamicObject> {
@@ -128,11 +124,6 @@ async fn measure(
         p50: percentile(&all, 0.50),
         p99: percentile(&all, 0.99),
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() -> anyhow::Result<()> {

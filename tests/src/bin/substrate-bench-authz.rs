@@ -28,6 +28,7 @@ use apiserver::authz::cache::{CachedAuthorizer, Ttls};
 use apiserver::authz::rbac::{Policy, RbacAuthorizer};
 use apiserver::authz::webhook::{KubeReviewer, WebhookAuthorizer};
 use apiserver::authz::{Attributes, Authorizer, Chain};
+use e2e::bench::{median, percentile};
 
 #[derive(Debug, Parser)]
 #[command(name = "substrate-bench-authz")]
@@ -144,11 +145,6 @@ async fn time_ns_async<F: std::future::Future<Output = bool>>(
         std::hint::black_box(f().await);
     }
     t.elapsed().as_nanos() as f64 / f64::from(n)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 fn local(args: &Args) {
@@ -344,12 +340,10 @@ fn gets(args: &Args) -> anyhow::Result<()> {
             tenant / admin
         );
     }
-    let mut ratios: Vec<f64> = rounds.iter().map(|(a, t)| t / a).collect();
-    ratios.sort_by(f64::total_cmp);
     println!(
         "GET tenant/admin, median of {} rounds: {:.2}",
-        ratios.len(),
-        ratios[ratios.len() / 2]
+        rounds.len(),
+        median(rounds.iter().map(|(a, t)| t / a).collect())
     );
     Ok(())
 }

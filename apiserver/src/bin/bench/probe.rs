@@ -1,6 +1,7 @@
 //! Where the CPU goes while a phase runs, and Valkey's memory: CPU seconds of this process
-//! and of the apiserver (`/proc/<pid>/stat`, all threads) and of Valkey (`INFO cpu`), plus
-//! Valkey's per-command time (`INFO commandstats`), sampled before and after each phase.
+//! and of the apiserver (`/proc/<pid>/stat`, all threads) and of its store — Valkey
+//! (`INFO cpu`, plus its per-command time from `INFO commandstats`) or, for kube-apiserver,
+//! etcd (`/proc/<pid>/stat`) — sampled before and after each phase.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -79,7 +80,7 @@ pub struct Sample {
     machine: Option<f64>,
     bench: Option<f64>,
     apiserver: Option<f64>,
-    valkey: Option<f64>,
+    storage: Option<f64>,
     /// command -> (calls, usec)
     commands: BTreeMap<String, (u64, u64)>,
 }
@@ -90,10 +91,11 @@ pub struct Usage {
     pub seconds: f64,
     /// Cores busy on average (CPU seconds / wall seconds): the whole machine, ...
     pub machine: Option<f64>,
-    /// ... this process, the apiserver, Valkey.
+    /// ... this process, the apiserver, its store (Valkey or etcd, named by `storage_name`).
     pub bench: Option<f64>,
     pub apiserver: Option<f64>,
-    pub valkey: Option<f64>,
+    pub storage: Option<f64>,
+    pub storage_name: &'static str,
     /// The Valkey commands that took the most time: (command, calls, usec per call, share
     /// of one core).
     pub top_commands: Vec<(String, u64, f64, f64)>,
@@ -103,10 +105,11 @@ impl Usage {
     pub fn summary(&self) -> String {
         let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         let mut s = format!(
-            "bench {}  apiserver {}  valkey {}  other {}",
+            "bench {}  apiserver {}  {} {}  other {}",
             f(self.bench),
             f(self.apiserver),
-            f(self.valkey),
+            self.storage_name,
+            f(self.storage),
             f(self.other())
         );
         if !self.top_commands.is_empty() {
@@ -122,7 +125,7 @@ impl Usage {
     /// the kernel's work on their behalf outside their accounting, e.g. softirqs).
     pub fn other(&self) -> Option<f64> {
         let ours =
-            self.bench.unwrap_or(0.0) + self.apiserver.unwrap_or(0.0) + self.valkey.unwrap_or(0.0);
+            self.bench.unwrap_or(0.0) + self.apiserver.unwrap_or(0.0) + self.storage.unwrap_or(0.0);
         self.machine.map(|m| (m - ours).max(0.0))
     }
 
@@ -134,7 +137,8 @@ impl Usage {
             "other_cores": r(self.other()),
             "bench_cores": r(self.bench),
             "apiserver_cores": r(self.apiserver),
-            "valkey_cores": r(self.valkey),
+            "storage": self.storage_name,
+            "storage_cores": r(self.storage),
             "valkey_top_commands": self.top_commands.iter().map(|(c, n, per, share)| json!({
                 "command": c, "calls": n, "usec_per_call": (per * 10.0).round() / 10.0,
                 "cores": (share * 1000.0).round() / 1000.0,
@@ -143,17 +147,37 @@ impl Usage {
     }
 }
 
-/// Takes [`Sample`]s; Valkey and the apiserver pid are optional.
+/// Takes [`Sample`]s; Valkey and the pids are optional.
 pub struct Probe {
     valkey: Option<MultiplexedConnection>,
     apiserver_pid: Option<u32>,
+    /// The store's process when it is not Valkey (etcd).
+    storage_pid: Option<u32>,
+    storage_name: &'static str,
 }
 
 impl Probe {
+    /// Probes Substrate: the apiserver's pid and Valkey.
     pub fn new(valkey: Option<MultiplexedConnection>, apiserver_pid: Option<u32>) -> Self {
         Self {
             valkey,
             apiserver_pid,
+            storage_pid: None,
+            storage_name: "valkey",
+        }
+    }
+
+    /// Probes an apiserver whose store is the process `storage_pid` (kube-apiserver's etcd).
+    pub fn with_storage_pid(
+        apiserver_pid: Option<u32>,
+        storage_name: &'static str,
+        storage_pid: Option<u32>,
+    ) -> Self {
+        Self {
+            valkey: None,
+            apiserver_pid,
+            storage_pid,
+            storage_name,
         }
     }
 
@@ -171,7 +195,7 @@ impl Probe {
             machine: machine_cpu(),
             bench: proc_cpu("self"),
             apiserver: self.apiserver_pid.and_then(|p| proc_cpu(&p.to_string())),
-            valkey: None,
+            storage: self.storage_pid.and_then(|p| proc_cpu(&p.to_string())),
             commands: BTreeMap::new(),
         };
         if let Some(conn) = self.valkey.as_mut()
@@ -183,7 +207,7 @@ impl Probe {
         {
             let info = parse_info(&text);
             let num = |k: &str| info.get(k).and_then(|v| v.parse::<f64>().ok());
-            s.valkey = num("used_cpu_user")
+            s.storage = num("used_cpu_user")
                 .zip(num("used_cpu_sys"))
                 .map(|(u, y)| u + y);
             s.commands = info
@@ -216,7 +240,8 @@ impl Probe {
             machine: d(after.machine, before.machine),
             bench: d(after.bench, before.bench),
             apiserver: d(after.apiserver, before.apiserver),
-            valkey: d(after.valkey, before.valkey),
+            storage: d(after.storage, before.storage),
+            storage_name: self.storage_name,
             top_commands: top,
         }
     }

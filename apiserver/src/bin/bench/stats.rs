@@ -286,6 +286,158 @@ pub fn table(rows: &[PhaseResult]) -> String {
     out
 }
 
+/// `a / b`, `None` when either is missing or `b` is not positive.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// Cores the server used during a phase: its apiserver plus its store.
+pub fn server_cores(u: &Usage) -> Option<f64> {
+    match (u.apiserver, u.storage) {
+        (None, None) => None,
+        (a, s) => Some(a.unwrap_or(0.0) + s.unwrap_or(0.0)),
+    }
+}
+
+/// One operation measured on two servers (`a` is Substrate, `b` kube-apiserver).
+pub struct Compared {
+    pub name: String,
+    pub a_rate: f64,
+    pub b_rate: f64,
+    /// Throughput of `a` over `b` (how many times faster).
+    pub rate_ratio: Option<f64>,
+    /// p99 latency of `b` over `a` (how many times lower `a`'s is).
+    pub p99_ratio: Option<f64>,
+    pub a_cores: Option<f64>,
+    pub b_cores: Option<f64>,
+    /// ops/s per server core.
+    pub a_per_core: Option<f64>,
+    pub b_per_core: Option<f64>,
+    pub per_core_ratio: Option<f64>,
+    pub a_bench: Option<f64>,
+    pub b_bench: Option<f64>,
+    pub errors: u64,
+}
+
+/// The rows of `a` that `b` has too (by name, in `a`'s order), compared.
+pub fn compare(a: &[PhaseResult], b: &[PhaseResult]) -> Vec<Compared> {
+    let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    a.iter()
+        .filter_map(|ra| {
+            let rb = b.iter().find(|rb| rb.name == ra.name)?;
+            let cores = |r: &PhaseResult| r.usage.as_ref().and_then(server_cores);
+            let bench = |r: &PhaseResult| r.usage.as_ref().and_then(|u| u.bench);
+            let (a_cores, b_cores) = (cores(ra), cores(rb));
+            let a_per_core = ratio(Some(ra.ops_per_sec()), a_cores);
+            let b_per_core = ratio(Some(rb.ops_per_sec()), b_cores);
+            Some(Compared {
+                name: ra.name.clone(),
+                a_rate: ra.ops_per_sec(),
+                b_rate: rb.ops_per_sec(),
+                rate_ratio: ratio(Some(ra.ops_per_sec()), Some(rb.ops_per_sec())),
+                p99_ratio: ratio(secs(rb.p(0.99)), secs(ra.p(0.99))),
+                a_cores,
+                b_cores,
+                a_per_core,
+                b_per_core,
+                per_core_ratio: ratio(a_per_core, b_per_core),
+                a_bench: bench(ra),
+                b_bench: bench(rb),
+                errors: ra.rec.failed() + rb.rec.failed(),
+            })
+        })
+        .collect()
+}
+
+/// The side-by-side table of [`compare`]: ops/s, p50/p99 of both, the ratios, the cores each
+/// server (apiserver + store) and the benchmark used, and ops/s per server core.
+pub fn compare_table(a_label: &str, a: &[PhaseResult], b_label: &str, b: &[PhaseResult]) -> String {
+    use std::fmt::Write;
+    let f = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    let find = |rows: &[PhaseResult], name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .map(|r| format!("{}/{}", fmt_dur(r.p(0.5)), fmt_dur(r.p(0.99))))
+            .unwrap_or_default()
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "A = {a_label}, B = {b_label}; ratio = A ops/s / B ops/s; p99 ratio = B p99 / A p99; \
+         cores = apiserver + store of each; per core = ops/s / those cores"
+    );
+    let _ = writeln!(
+        out,
+        "{:<22} {:>9} {:>9} {:>7} {:>17} {:>17} {:>6} {:>11} {:>9} {:>9} {:>7} {:>9}",
+        "operation",
+        "A ops/s",
+        "B ops/s",
+        "ratio",
+        "A p50/p99",
+        "B p50/p99",
+        "p99 r.",
+        "cores A/B",
+        "A /core",
+        "B /core",
+        "ratio",
+        "bench A/B"
+    );
+    for c in compare(a, b) {
+        let _ = writeln!(
+            out,
+            "{:<22} {:>9.1} {:>9.1} {:>7} {:>17} {:>17} {:>6} {:>11} {:>9} {:>9} {:>7} {:>9}{}",
+            c.name,
+            c.a_rate,
+            c.b_rate,
+            f(c.rate_ratio, 2),
+            find(a, &c.name),
+            find(b, &c.name),
+            f(c.p99_ratio, 1),
+            format!("{}/{}", f(c.a_cores, 2), f(c.b_cores, 2)),
+            f(c.a_per_core, 0),
+            f(c.b_per_core, 0),
+            f(c.per_core_ratio, 2),
+            format!("{}/{}", f(c.a_bench, 2), f(c.b_bench, 2)),
+            if c.errors > 0 {
+                format!("  ({} errors)", c.errors)
+            } else {
+                String::new()
+            }
+        );
+    }
+    out
+}
+
+/// [`compare`] as JSON.
+pub fn compare_json(a: &[PhaseResult], b: &[PhaseResult]) -> Value {
+    let r = |v: Option<f64>| v.map(|v| (v * 1000.0).round() / 1000.0);
+    Value::Array(
+        compare(a, b)
+            .into_iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "substrate_ops_per_sec": r(Some(c.a_rate)),
+                    "kube_ops_per_sec": r(Some(c.b_rate)),
+                    "ratio": r(c.rate_ratio),
+                    "p99_ratio": r(c.p99_ratio),
+                    "substrate_server_cores": r(c.a_cores),
+                    "kube_server_cores": r(c.b_cores),
+                    "substrate_per_core": r(c.a_per_core),
+                    "kube_per_core": r(c.b_per_core),
+                    "per_core_ratio": r(c.per_core_ratio),
+                    "substrate_bench_cores": r(c.a_bench),
+                    "kube_bench_cores": r(c.b_bench),
+                    "errors": c.errors,
+                })
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +450,73 @@ mod tests {
         assert_eq!(percentile(&v, 1.0), Some(Duration::from_millis(100)));
         assert_eq!(percentile(&v[..1], 0.99), Some(Duration::from_millis(1)));
         assert_eq!(percentile(&[], 0.5), None);
+    }
+
+    fn row(
+        name: &str,
+        ops: usize,
+        secs: u64,
+        p99_ms: u64,
+        apiserver: f64,
+        store: f64,
+    ) -> PhaseResult {
+        let latencies: Vec<Duration> = (0..ops).map(|_| Duration::from_millis(p99_ms)).collect();
+        let rec = Recorded {
+            ops,
+            latencies,
+            elapsed: Duration::from_secs(secs),
+            ..Recorded::default()
+        };
+        let usage = Usage {
+            seconds: secs as f64,
+            machine: Some(2.0),
+            bench: Some(0.1),
+            apiserver: Some(apiserver),
+            storage: Some(store),
+            storage_name: "store",
+            top_commands: Vec::new(),
+        };
+        PhaseResult::new(name, rec, Some(usage))
+    }
+
+    #[test]
+    fn comparison_gives_ratios_and_per_core_figures() {
+        // A: 1000 ops in 1 s on 0.5 + 0.5 cores; B: 100 ops in 1 s on 1.5 + 0.5 cores.
+        let a = vec![
+            row("create", 1000, 1, 2, 0.5, 0.5),
+            row("only-a", 10, 1, 1, 1.0, 0.0),
+        ];
+        let b = vec![row("create", 100, 1, 20, 1.5, 0.5)];
+        let c = compare(&a, &b);
+        assert_eq!(c.len(), 1, "rows only one side has are left out");
+        let c = &c[0];
+        assert_eq!(c.name, "create");
+        assert_eq!(c.rate_ratio, Some(10.0));
+        assert_eq!(c.a_cores, Some(1.0));
+        assert_eq!(c.b_cores, Some(2.0));
+        assert_eq!(c.a_per_core, Some(1000.0));
+        assert_eq!(c.b_per_core, Some(50.0));
+        assert_eq!(c.per_core_ratio, Some(20.0));
+        assert_eq!(c.p99_ratio, Some(10.0));
+        let table = compare_table("substrate", &a, "kube-apiserver", &b);
+        assert!(
+            table.contains("A = substrate, B = kube-apiserver"),
+            "{table}"
+        );
+        let line = table
+            .lines()
+            .find(|l| l.starts_with("create"))
+            .expect(&table);
+        assert!(line.contains("10.00"), "{line}");
+        assert!(line.contains("1.00/2.00"), "{line}");
+        assert!(!table.contains("only-a"), "{table}");
+        assert_eq!(compare_json(&a, &b)[0]["ratio"], json!(10.0));
+    }
+
+    #[test]
+    fn ratios_without_a_denominator_are_missing() {
+        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+        assert_eq!(ratio(None, Some(1.0)), None);
+        assert_eq!(ratio(Some(3.0), Some(2.0)), Some(1.5));
     }
 }
