@@ -154,6 +154,57 @@ struct LocalWorker {
     adopted: Option<i32>,
 }
 
+/// Annotation on a worker the node agent cordoned because its pool was scaled below it.
+pub const RETIRING_ANNOTATION: &str = "substrate.ate.dev/retiring";
+
+/// Which workers a node runs: see [`Agent::desired_workers`].
+#[derive(Debug, Default)]
+struct WorkerPlan {
+    desired: Vec<(String, String)>,
+    retiring: Vec<(String, String)>,
+}
+
+/// Scale of one pool on one node: of the existing workers `mine` (`(name, bound)`), keeps
+/// `replicas`, bound ones first (an actor's worker is never the one taken away while a free
+/// one could go), then the lowest indexes; the bound ones beyond `replicas` are `retiring`
+/// (they go when their actor leaves); new names (the lowest unused indexes) make up the
+/// rest. Returns `(keep, retiring)`; workers in neither are retired now.
+fn choose_workers(
+    node: &str,
+    pool: &str,
+    replicas: usize,
+    mine: &[(String, bool)],
+) -> (Vec<String>, Vec<String>) {
+    let prefix = format!("{node}-{pool}-");
+    let index = |n: &str| {
+        n.strip_prefix(&prefix)
+            .and_then(|i| i.parse::<usize>().ok())
+            .unwrap_or(usize::MAX)
+    };
+    let mut ranked: Vec<&(String, bool)> = mine.iter().collect();
+    ranked.sort_by_key(|(n, bound)| (!*bound, index(n), n.clone()));
+    let mut keep: Vec<String> = ranked
+        .iter()
+        .take(replicas)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let retiring = ranked
+        .iter()
+        .skip(replicas)
+        .filter(|(_, bound)| *bound)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut i = 0;
+    while keep.len() < replicas {
+        let n = format!("{prefix}{i}");
+        if !mine.iter().any(|(m, _)| *m == n) {
+            keep.push(n);
+        }
+        i += 1;
+    }
+    (keep, retiring)
+}
+
 /// Stops the executor of worker `name` (SIGTERM; SIGKILL after 30 s), whether this agent
 /// started it or adopted it. With `--on-shutdown=kill` it kills its sandbox and removes the
 /// worker's network on the way out.
@@ -461,21 +512,64 @@ impl Agent {
 
     // --- workers -----------------------------------------------------------------------
 
-    /// Desired workers: `(name, pool)` for every replica of every hosted pool.
-    async fn desired_workers(&self) -> Result<Vec<(String, String)>, AgentError> {
+    /// The workers to run: `desired` (`replicas` per hosted pool) and `retiring` (bound
+    /// workers past `replicas`: heartbeated and cordoned until their actor leaves, then
+    /// retired). See [`choose_workers`].
+    async fn desired_workers(&self) -> Result<WorkerPlan, AgentError> {
         let pools: Api<WorkerPool> =
             Api::namespaced(self.clients.cluster.clone(), &self.cfg.pool_namespace);
-        let mut out = Vec::new();
+        let node = self.cfg.node.as_str();
+        let lp = ListParams::default().fields(&format!("spec.node={node}"));
+        let existing: Vec<Worker> = self
+            .worker_api()
+            .list(&lp)
+            .await?
+            .into_iter()
+            .filter(|w| w.spec.node.as_deref() == Some(node))
+            .collect();
+        let mut plan = WorkerPlan::default();
         for p in pools.list(&ListParams::default()).await? {
             let name = p.metadata.name.clone().unwrap_or_default();
             if !self.cfg.pools.is_empty() && !self.cfg.pools.contains(&name) {
                 continue;
             }
-            for i in 0..p.spec.replicas.max(0) {
-                out.push((format!("{}-{name}-{i}", self.cfg.node), name.clone()));
+            let mine: Vec<(String, bool)> = existing
+                .iter()
+                .filter(|w| w.spec.pool == name)
+                .map(|w| {
+                    let bound = w.status.as_ref().and_then(|s| s.phase)
+                        == Some(crds::substrate::WorkerPhase::Bound);
+                    (w.metadata.name.clone().unwrap_or_default(), bound)
+                })
+                .collect();
+            let (keep, retiring) =
+                choose_workers(node, &name, p.spec.replicas.max(0) as usize, &mine);
+            plan.desired
+                .extend(keep.into_iter().map(|w| (w, name.clone())));
+            plan.retiring
+                .extend(retiring.into_iter().map(|w| (w, name.clone())));
+        }
+        Ok(plan)
+    }
+
+    /// Cordons a bound worker past its pool's `replicas` (`spec.unschedulable`, annotated
+    /// as ours): no new actor lands on it, and the operator's drain suspends the one it runs
+    /// (checkpointed: its next request resumes it elsewhere), after which it is retired.
+    async fn mark_retiring(&self, name: &str) {
+        let patch = json!({
+            "metadata": {"annotations": {RETIRING_ANNOTATION: "true"}},
+            "spec": {"unschedulable": true},
+        });
+        match self
+            .worker_api()
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(worker = name, error = %e, "cannot cordon a worker past its pool's replicas")
             }
         }
-        Ok(out)
     }
 
     fn index_file(&self) -> PathBuf {
@@ -624,9 +718,13 @@ impl Agent {
 
     /// One pass: executors up, Worker objects registered, heartbeats, orphaned sandboxes.
     async fn sync_workers(&self, actors: &Store<Actor>) -> Result<(), AgentError> {
-        let desired = self.desired_workers().await?;
+        let plan = self.desired_workers().await?;
+        let desired = plan.desired;
         let api = self.worker_api();
-        for (name, pool) in &desired {
+        for (name, _) in &plan.retiring {
+            self.mark_retiring(name).await;
+        }
+        for (name, pool) in desired.iter().chain(&plan.retiring) {
             let started = self.ensure_executor(name).await;
             if let Err(e) = &started {
                 tracing::warn!(worker = %name, error = %e, "executor not available");
@@ -661,6 +759,26 @@ impl Agent {
                 }
             }
             let current = api.get_opt(name).await?;
+            // Wanted again (the pool scaled back up): no longer retiring.
+            if !plan.retiring.iter().any(|(r, _)| r == name)
+                && current.as_ref().is_some_and(|w| {
+                    w.metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key(RETIRING_ANNOTATION))
+                })
+            {
+                let patch = json!({
+                    "metadata": {"annotations": {RETIRING_ANNOTATION: null}},
+                    "spec": {"unschedulable": null},
+                });
+                if let Err(e) = api
+                    .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                {
+                    tracing::warn!(worker = %name, error = %e, "cannot uncordon a worker wanted again");
+                }
+            }
             let phase = current
                 .as_ref()
                 .and_then(|w| w.status.as_ref())
@@ -1969,5 +2087,50 @@ mod tests {
         );
         std::fs::write(&log, "nothing here\n").unwrap();
         assert!(last_error_line(&log).starts_with("see "));
+    }
+}
+
+#[cfg(test)]
+mod choose_workers_tests {
+    use super::choose_workers;
+
+    fn w(n: &str, bound: bool) -> (String, bool) {
+        (format!("n1-p-{n}"), bound)
+    }
+
+    #[test]
+    fn scale_down_keeps_bound_workers_and_retires_free_ones() {
+        // 3 → 1 with worker 2 bound: worker 2 stays (its actor keeps running), 0 and 1 go.
+        let (keep, retiring) =
+            choose_workers("n1", "p", 1, &[w("0", false), w("1", false), w("2", true)]);
+        assert_eq!(keep, vec!["n1-p-2"]);
+        assert!(retiring.is_empty());
+        // 3 → 1 with two bound: the lower-indexed bound one stays, the other retires when
+        // its actor leaves; the free one goes now.
+        let (keep, retiring) =
+            choose_workers("n1", "p", 1, &[w("0", false), w("1", true), w("2", true)]);
+        assert_eq!(keep, vec!["n1-p-1"]);
+        assert_eq!(retiring, vec!["n1-p-2"]);
+        // To 0: every bound worker retires.
+        let (keep, retiring) = choose_workers("n1", "p", 0, &[w("0", true), w("1", false)]);
+        assert!(keep.is_empty());
+        assert_eq!(retiring, vec!["n1-p-0"]);
+    }
+
+    #[test]
+    fn scale_up_fills_the_lowest_unused_indexes() {
+        assert_eq!(
+            choose_workers("n1", "p", 2, &[]).0,
+            vec!["n1-p-0", "n1-p-1"]
+        );
+        let (keep, retiring) = choose_workers("n1", "p", 3, &[w("2", true)]);
+        assert_eq!(keep, vec!["n1-p-2", "n1-p-0", "n1-p-1"]);
+        assert!(retiring.is_empty());
+        // Unchanged replicas keep exactly the existing workers.
+        let mine = [w("0", false), w("1", true)];
+        assert_eq!(
+            choose_workers("n1", "p", 2, &mine).0,
+            vec!["n1-p-1", "n1-p-0"]
+        );
     }
 }

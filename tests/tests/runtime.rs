@@ -346,6 +346,106 @@ fn scaling_a_pool_down_retires_free_workers() {
     sys.wait_free_workers(2);
 }
 
+/// Scaling a pool down takes its free workers, not the one an actor runs on: the actor keeps
+/// running (its memory with it). Scaled below its bound workers, a bound one is cordoned
+/// (retiring: no new actor, heartbeated while its actor runs) and wanted again on scale-up.
+#[test]
+fn scaling_a_pool_down_keeps_the_bound_worker() {
+    let mut opts = Options::new("e2e-keep", "10.231.0.0/16", 2610);
+    opts.workers = 2;
+    let Some(sys) = System::start(opts) else {
+        return;
+    };
+    sys.wait_free_workers(2);
+    sys.create_actor("kept", json!({}));
+    sys.action("kept", "resume");
+    let running = sys.wait_phase("kept", "Running");
+    let worker = running["status"]["worker"]["name"]
+        .as_str()
+        .expect("bound")
+        .to_string();
+    let url = System::actor_url(&running);
+    assert_eq!(
+        first_int(&http("GET", &format!("{url}/"), None).expect("GET")),
+        1
+    );
+    let scale = |n: u32| {
+        sys.kube.ok(
+            &[
+                "patch",
+                "workerpool",
+                &sys.pool,
+                "-n",
+                "default",
+                "--type=merge",
+                "-p",
+                &format!(r#"{{"spec":{{"replicas":{n}}}}}"#),
+            ],
+            None,
+        );
+    };
+    let names = || -> Vec<String> {
+        sys.workers()
+            .iter()
+            .filter_map(|w| w["metadata"]["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    scale(1);
+    eventually("the free worker is retired", || {
+        (names() == vec![worker.clone()]).then_some(())
+    });
+    // The actor never stopped: same worker, its counter goes on.
+    assert_eq!(
+        first_int(&http("GET", &format!("{url}/"), None).expect("GET")),
+        2
+    );
+    let a = sys.actor("kept");
+    assert_eq!(
+        (
+            a["status"]["phase"].as_str(),
+            a["status"]["worker"]["name"].as_str()
+        ),
+        (Some("Running"), Some(worker.as_str())),
+        "{a}"
+    );
+
+    // Below the bound workers: the bound one is retiring, cordoned, and still heartbeated.
+    scale(0);
+    let retiring = eventually("the bound worker is cordoned as retiring", || {
+        let w = sys
+            .workers()
+            .into_iter()
+            .find(|w| w["metadata"]["name"] == worker.as_str())?;
+        (w["spec"]["unschedulable"] == true
+            && w["metadata"]["annotations"]["substrate.ate.dev/retiring"] == "true")
+            .then_some(w)
+    });
+    let beat = retiring["status"]["lastHeartbeatTime"].clone();
+    eventually("the retiring worker still heartbeats", || {
+        let w = sys
+            .workers()
+            .into_iter()
+            .find(|w| w["metadata"]["name"] == worker.as_str())?;
+        (w["status"]["lastHeartbeatTime"] != beat).then_some(())
+    });
+    assert_eq!(
+        first_int(&http("GET", &format!("{url}/"), None).expect("GET")),
+        3
+    );
+
+    // Wanted again: uncordoned.
+    scale(1);
+    eventually("the worker is wanted again", || {
+        let w = sys
+            .workers()
+            .into_iter()
+            .find(|w| w["metadata"]["name"] == worker.as_str())?;
+        (w["spec"]["unschedulable"].is_null()
+            && w["metadata"]["annotations"]["substrate.ate.dev/retiring"].is_null())
+        .then_some(())
+    });
+}
+
 /// A resume asked for while the actor is still suspending (the router waking an actor the
 /// operator just found idle) is not lost: the actor waits (`Scheduled=False`), then, once
 /// the checkpoint is done and it is `Suspended`, it is bound and restored, memory intact.
