@@ -22,6 +22,8 @@
 //!   client-go `queryParamVerifierV3`). Every `post`/`put`/`patch` operation carries it.
 //!
 //! [`v3_index`] lists each document with `?hash=<sha512>` of its content so clients can cache it.
+//! The v2 document is also served as gnostic protobuf, converted once by
+//! [`crate::openapi_proto`] ([`v2_protobuf`]).
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;

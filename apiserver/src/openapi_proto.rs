@@ -33,6 +33,7 @@ use prost::Message;
 use serde_json::{Map, Value};
 
 /// Generated from `proto/openapiv2.proto` (package `openapi.v2`).
+#[allow(clippy::all, missing_docs)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/openapi.v2.rs"));
 }
