@@ -108,25 +108,32 @@ pub fn encode(doc: &Value) -> Result<Vec<u8>> {
 }
 
 /// Whether an `Accept` header asks for the protobuf document; `None` when it names nothing
-/// `/openapi/v2` serves (neither protobuf nor JSON), for a 406.
+/// `/openapi/v2` serves (neither protobuf nor JSON), for a 406. The range with the highest
+/// `q` wins, the first of equals (goautoneg's order, as kube-openapi negotiates); `q=0`
+/// refuses a type.
 pub fn wants_protobuf(accept: &str) -> Option<bool> {
     if accept.trim().is_empty() {
         return Some(false);
     }
+    let mut best: Option<(f32, bool)> = None;
     for range in accept.split(',') {
-        let essence = range
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match essence.as_str() {
-            MEDIA_TYPE | MEDIA_TYPE_DEPRECATED => return Some(true),
-            "application/json" | "application/*" | "*/*" => return Some(false),
-            _ => {}
+        let mut parts = range.split(';');
+        let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .and_then(|(_, v)| v.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let protobuf = match essence.as_str() {
+            MEDIA_TYPE | MEDIA_TYPE_DEPRECATED => true,
+            "application/json" | "application/*" | "*/*" => false,
+            _ => continue,
+        };
+        if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
+            best = Some((q, protobuf));
         }
     }
-    None
+    best.map(|(_, protobuf)| protobuf)
 }
 
 /// The keys of one JSON object, consumed one by one; [`Fields::finish`] returns the `x-`
@@ -1343,6 +1350,11 @@ mod tests {
             Some(true)
         );
         assert_eq!(wants_protobuf("application/json;q=0.9, */*"), Some(false));
+        assert_eq!(
+            wants_protobuf(&format!("application/json;q=0.5, {MEDIA_TYPE}")),
+            Some(true)
+        );
+        assert_eq!(wants_protobuf(&format!("{MEDIA_TYPE};q=0")), None);
         assert_eq!(wants_protobuf("application/x-unknown"), None);
         assert_eq!(wants_protobuf("application/yaml"), None);
     }

@@ -178,6 +178,14 @@ fn v2_document_as_protobuf() {
             "{name}"
         );
     }
+    // One definition per GVK: client-go's `managedfields.NewGVKParser` (Argo CD's diffs)
+    // refuses a document with a duplicate entry.
+    let mut seen = BTreeSet::new();
+    for (name, list) in &gvks {
+        for gvk in list.as_array().expect("a GVK list") {
+            assert!(seen.insert(gvk.to_string()), "{gvk} again in {name}");
+        }
+    }
     let actor = doc
         .definitions
         .as_ref()
