@@ -420,7 +420,7 @@ fn non_resource(parts: &http::request::Parts, path: &str) -> Result<Response<Bod
         ("/api", None) => discovery::api_versions(),
         ("/api/v1", _) => discovery::core_v1_resources(),
         ("/apis", None) => discovery::api_group_list(),
-        ("/openapi/v2", _) => openapi::v2_document(),
+        ("/openapi/v2", _) => return openapi_v2(parts, accept),
         ("/openapi/v3", _) => openapi::v3_index(),
         _ => {
             let parts: Vec<&str> = trimmed.trim_start_matches('/').split('/').collect();
@@ -437,6 +437,48 @@ fn non_resource(parts: &http::request::Parts, path: &str) -> Result<Response<Bod
         }
     };
     Ok(json_response(200, &doc))
+}
+
+/// `GET /openapi/v2`: JSON, or gnostic protobuf for client-go's `OpenAPISchema()`; `ETag`
+/// is the hash of the bytes served and a matching `If-None-Match` gets a 304, as in
+/// kube-openapi's handler. Anything else in `Accept` is a 406.
+fn openapi_v2(parts: &http::request::Parts, accept: &str) -> Result<Response<Body>, ApiError> {
+    use crate::openapi_proto;
+    let protobuf = openapi_proto::wants_protobuf(accept).ok_or_else(|| {
+        ApiError::not_acceptable(&["application/json", openapi_proto::MEDIA_TYPE])
+    })?;
+    let ((bytes, hash), content_type) = if protobuf {
+        (
+            openapi::v2_protobuf().map_err(ApiError::internal)?,
+            openapi_proto::MEDIA_TYPE,
+        )
+    } else {
+        (openapi::v2_json(), "application/json")
+    };
+    let mut r = Response::new(full(Bytes::from_static(bytes)));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let etag = format!("\"{hash}\"");
+    let matches = parts
+        .headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag
+        });
+    if matches {
+        r = Response::new(full(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
+    Ok(r)
 }
 
 fn with_type(mut r: Response<Body>, ct: &'static str) -> Response<Body> {

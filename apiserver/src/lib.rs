@@ -16,6 +16,7 @@ pub mod fuzz;
 pub mod lifecycle;
 pub mod negotiate;
 pub mod openapi;
+pub mod openapi_proto;
 pub mod pki;
 pub mod protobuf;
 pub mod registry;

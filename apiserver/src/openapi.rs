@@ -22,6 +22,8 @@
 //!   client-go `queryParamVerifierV3`). Every `post`/`put`/`patch` operation carries it.
 //!
 //! [`v3_index`] lists each document with `?hash=<sha512>` of its content so clients can cache it.
+//! The v2 document is also served as gnostic protobuf, converted once by
+//! [`crate::openapi_proto`] ([`v2_protobuf`]).
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -1080,10 +1082,14 @@ fn build_v2() -> Value {
     })
 }
 
-/// The served documents, built once: v3 by path with its hash, and v2.
+/// The served documents, built once: v3 by path with its hash, and v2 as JSON and as
+/// gnostic protobuf ([`crate::openapi_proto`]), each with the hash of its bytes.
 struct Documents {
     v3: BTreeMap<String, (Value, String)>,
     v2: Value,
+    v2_json: Vec<u8>,
+    v2_hash: String,
+    v2_proto: Result<(Vec<u8>, String), String>,
 }
 
 static DOCUMENTS: LazyLock<Documents> = LazyLock::new(|| {
@@ -1102,13 +1108,35 @@ static DOCUMENTS: LazyLock<Documents> = LazyLock::new(|| {
             (document_path(g, v), (doc, hash))
         })
         .collect();
-    Documents { v3, v2: build_v2() }
+    let v2 = build_v2();
+    let v2_json = serde_json::to_vec(&v2).unwrap_or_default();
+    let v2_hash = bytes_hash(&v2_json);
+    let v2_proto = crate::openapi_proto::encode(&v2)
+        .map(|bytes| {
+            let hash = bytes_hash(&bytes);
+            (bytes, hash)
+        })
+        .map_err(|e| {
+            tracing::error!(error = %e, "converting the OpenAPI v2 document to protobuf");
+            e.to_string()
+        });
+    Documents {
+        v3,
+        v2,
+        v2_json,
+        v2_hash,
+        v2_proto,
+    }
 });
 
 /// Uppercase hex SHA-512 of the document's JSON, as kube-apiserver hashes its documents.
 fn content_hash(doc: &Value) -> String {
-    let bytes = serde_json::to_vec(doc).unwrap_or_default();
-    Sha512::digest(&bytes)
+    bytes_hash(&serde_json::to_vec(doc).unwrap_or_default())
+}
+
+/// Uppercase hex SHA-512 of `bytes` (kube-openapi `computeETag`).
+fn bytes_hash(bytes: &[u8]) -> String {
+    Sha512::digest(bytes)
         .iter()
         .map(|b| format!("{b:02X}"))
         .collect()
@@ -1146,6 +1174,20 @@ pub fn v3_hash(path: &str) -> Option<&'static str> {
 /// `GET /openapi/v2`: one Swagger 2.0 document with every path and definition.
 pub fn v2_document() -> Value {
     DOCUMENTS.v2.clone()
+}
+
+/// [`v2_document`] serialized once, and the hash of those bytes (its `ETag`).
+pub fn v2_json() -> (&'static [u8], &'static str) {
+    (&DOCUMENTS.v2_json, &DOCUMENTS.v2_hash)
+}
+
+/// `GET /openapi/v2` as protobuf (gnostic `openapi.v2.Document`) and the hash of its bytes,
+/// converted once from [`v2_document`]; the error of that conversion if it failed.
+pub fn v2_protobuf() -> Result<(&'static [u8], &'static str), &'static str> {
+    match &DOCUMENTS.v2_proto {
+        Ok((bytes, hash)) => Ok((bytes, hash)),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

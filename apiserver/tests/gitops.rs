@@ -9,7 +9,8 @@
 //!   deleted (garbage collection) and waited for.
 //! - Argo CD's cluster cache: discovery of the group, a list and a watch of every resource
 //!   it finds, then a client-side `kubectl apply` preceded by a client dry-run; prune with
-//!   `kubectl apply --prune`. The watches must see every change.
+//!   `kubectl apply --prune`. The watches must see every change. (The cache first reads
+//!   `/openapi/v2` as protobuf through client-go's `OpenAPISchema()`; `openapi.rs` tests that.)
 //! - Argo CD's health script (`config/argocd/health.lua`) against objects in every state,
 //!   when a Lua interpreter is installed.
 
