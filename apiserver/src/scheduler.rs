@@ -468,7 +468,7 @@ impl Scheduler {
                     &mut new,
                     crds::conditions::READY,
                     "False",
-                    "Resuming",
+                    crds::conditions::reasons::RESUMING,
                     &format!("resuming on worker {wname}"),
                 );
                 // kstatus: in progress until the node agent reports the outcome.
@@ -476,7 +476,7 @@ impl Scheduler {
                     &mut new,
                     crds::conditions::RECONCILING,
                     "True",
-                    "Resuming",
+                    crds::conditions::reasons::RESUMING,
                     &format!("resuming on worker {wname}"),
                 );
                 remove_condition(&mut new, crds::conditions::STALLED);
@@ -541,14 +541,14 @@ impl Scheduler {
                             &mut new,
                             crds::conditions::READY,
                             "False",
-                            "Suspending",
+                            crds::conditions::reasons::SUSPENDING,
                             "suspend requested",
                         );
                         set_condition(
                             &mut new,
                             crds::conditions::RECONCILING,
                             "True",
-                            "Suspending",
+                            crds::conditions::reasons::SUSPENDING,
                             "suspend requested",
                         );
                     }
