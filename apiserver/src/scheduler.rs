@@ -18,7 +18,8 @@
 //! names another worker) is released by [`release_orphans`] after a grace period, which
 //! covers a crash between 1 and 2 and a resume that lost the race on the actor.
 //!
-//! With no free worker the actor gets condition `Scheduled=False` (reason `NoFreeWorker`),
+//! With no free worker the actor gets condition `Scheduled=False` (reason `NoFreeWorker`;
+//! `Ready=False` and `Reconciling=True` with that reason, for kstatus and people),
 //! the caller gets `202 Accepted` with that actor, and [`run`] binds it as soon as a worker
 //! frees up (oldest request first).
 
@@ -421,6 +422,21 @@ impl Scheduler {
             .guaranteed_update(&ACTORS, Some(ns), name, |cur| {
                 let mut new = cur.clone();
                 set_condition(&mut new, SCHEDULED, "False", NO_FREE_WORKER, message);
+                // Readable by all (kstatus: in progress until it is bound, or cancelled).
+                set_condition(
+                    &mut new,
+                    crds::conditions::READY,
+                    "False",
+                    NO_FREE_WORKER,
+                    message,
+                );
+                set_condition(
+                    &mut new,
+                    crds::conditions::RECONCILING,
+                    "True",
+                    NO_FREE_WORKER,
+                    message,
+                );
                 Some(new)
             })
             .await?
@@ -471,7 +487,10 @@ impl Scheduler {
                     crds::conditions::reasons::RESUMING,
                     &format!("resuming on worker {wname}"),
                 );
-                // kstatus: in progress until the node agent reports the outcome.
+                // kstatus: in progress until the node agent reports the outcome. The resume
+                // deadline runs from now, also when Reconciling was True already (a fresh
+                // actor's `Created`, a wait for a worker).
+                remove_condition(&mut new, crds::conditions::RECONCILING);
                 set_condition(
                     &mut new,
                     crds::conditions::RECONCILING,
@@ -552,7 +571,21 @@ impl Scheduler {
                             "suspend requested",
                         );
                     }
-                    _ if waiting(cur) => remove_condition(&mut new, SCHEDULED),
+                    _ if waiting(cur) => {
+                        remove_condition(&mut new, SCHEDULED);
+                        for (t, v) in [
+                            (crds::conditions::READY, "False"),
+                            (crds::conditions::RECONCILING, "False"),
+                        ] {
+                            set_condition(
+                                &mut new,
+                                t,
+                                v,
+                                crds::conditions::reasons::SUSPENDED,
+                                "suspended; the resume that waited for a worker was cancelled",
+                            );
+                        }
+                    }
                     _ => return None,
                 }
                 Some(new)

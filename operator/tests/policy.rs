@@ -374,6 +374,8 @@ async fn a_created_actor_is_in_progress_until_the_operator_settles_it() {
     // An actor whose template does not exist (yet) is created all the same.
     let orphan = create(&actors, json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
         "metadata": {"name": "early"}, "spec": {"template": {"name": "later"}, "activation": "Suspended"}})).await;
+    create(&actors, json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "early-always"}, "spec": {"template": {"name": "later"}, "activation": "Always"}})).await;
     let ready = cond(&orphan.status.as_ref().unwrap().conditions, "Ready")
         .unwrap()
         .clone();
@@ -422,7 +424,24 @@ async fn a_created_actor_is_in_progress_until_the_operator_settles_it() {
         (reconciling.status.as_str(), reconciling.reason.as_str()),
         ("True", "TemplateNotFound")
     );
-    // ... and settles as soon as the template appears (its watch event, not a resync).
+    // An Always actor is not resumed before its template exists (it waits, saying why).
+    let always = eventually("the operator looks at the early Always actor", || {
+        let actors = actors.clone();
+        async move {
+            let a = actors.get("early-always").await.ok()?;
+            (a.status.as_ref()?.observed_generation == Some(1)).then_some(a)
+        }
+    })
+    .await;
+    assert_eq!(common::phase(&always), "Suspended");
+    let ready = cond(&always.status.as_ref().unwrap().conditions, "Ready").unwrap();
+    assert_eq!(ready.reason, "TemplateNotFound");
+    // ... and settles as soon as the template appears (its watch event, not a resync). A
+    // second worker: the template's golden actor takes one.
+    free_worker(&w, "w1", "10.0.0.3", 0).await;
+    // Transition times have a resolution of a second: the resume's must be newer than the
+    // create's.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let templates: Api<ActorTemplate> = Api::namespaced(w.client.clone(), "team-a");
     create(&templates, json!({"apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
         "metadata": {"name": "later"}, "spec": {"containers": [{"name": "c", "image": "127.0.0.1:5000/x:1"}],
@@ -445,6 +464,29 @@ async fn a_created_actor_is_in_progress_until_the_operator_settles_it() {
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", "Suspended")
+    );
+    // ... and the Always one is resumed then.
+    let always = eventually(
+        "the early Always actor resumes once its template exists",
+        || {
+            let actors = actors.clone();
+            async move {
+                let a = actors.get("early-always").await.ok()?;
+                (common::phase(&a) == "Resuming").then_some(a)
+            }
+        },
+    )
+    .await;
+    let reconciling = cond(&always.status.as_ref().unwrap().conditions, "Reconciling").unwrap();
+    assert_eq!(
+        (reconciling.status.as_str(), reconciling.reason.as_str()),
+        ("True", "Resuming")
+    );
+    // The resume deadline runs from the bind, not from the create's Reconciling=True.
+    let created = always.metadata.creation_timestamp.clone().unwrap();
+    assert!(
+        reconciling.last_transition_time.0 > created.0,
+        "{reconciling:?} created {created:?}"
     );
     op.abort();
 }
