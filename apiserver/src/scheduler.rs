@@ -36,7 +36,7 @@ use crate::status::ApiError;
 /// Condition type that tells whether a resume found a worker.
 pub const SCHEDULED: &str = "Scheduled";
 /// Reason of `Scheduled=False` while the actor waits for a worker.
-pub const NO_FREE_WORKER: &str = "NoFreeWorker";
+pub const NO_FREE_WORKER: &str = crds::conditions::reasons::NO_FREE_WORKER;
 /// A worker that has not heartbeated for this long is not given new actors.
 pub const HEARTBEAT_GRACE: Duration = Duration::from_secs(30);
 /// How long a bound worker may stay unreferenced before it is released.

@@ -72,6 +72,9 @@ pub mod conditions {
         pub const SUSPENDING: &str = "Suspending";
         /// `Ready=True`, `Reconciling=False` on a running actor.
         pub const RUNNING: &str = "Running";
+        /// `Scheduled=False` (with `Ready=False`, `Reconciling=True`) on an actor whose
+        /// resume waits for a free worker.
+        pub const NO_FREE_WORKER: &str = "NoFreeWorker";
         /// `Ready=False` on an actor released from a dead worker (deleted, or its node agent
         /// silent for [`DEAD_WORKER_AFTER`](crate::liveness::DEAD_WORKER_AFTER)).
         pub const WORKER_LOST: &str = "WorkerLost";

@@ -23,7 +23,7 @@ use crate::table::{Lookup, Table, Target, condition, phase};
 /// Condition the scheduler sets while an actor waits for a worker.
 pub const SCHEDULED: &str = "Scheduled";
 /// Its reason when no worker is free.
-pub const NO_FREE_WORKER: &str = "NoFreeWorker";
+pub const NO_FREE_WORKER: &str = crds::conditions::reasons::NO_FREE_WORKER;
 
 /// Why a wake did not end with a ready actor. Each maps to one HTTP answer.
 #[derive(Debug, Clone, thiserror::Error)]
