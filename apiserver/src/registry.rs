@@ -635,6 +635,12 @@ impl Registry {
             } else if let Some(status) = initial_status(res) {
                 body["status"] = status;
             }
+            if res.kind_id == Kind::Actor {
+                let (tns, tname) = crate::tenancy::template_ref(&body);
+                // A lookup that fails leaves the verdict to the operator.
+                let found = self.template(&tns, &tname).await.map(|t| t.is_some());
+                initial_actor_conditions(&mut body, found.unwrap_or(true), &tns, &tname);
+            }
         }
         let mut obj = self.normalize(res, body, &name)?;
         if track {
@@ -1527,6 +1533,24 @@ fn initial_status(res: &ResourceInfo) -> Option<Value> {
         Kind::Atespace => Some(json!({"phase": "Active"})),
         Kind::Actor => Some(json!({"phase": "Suspended"})),
         _ => None,
+    }
+}
+
+/// The conditions of an actor fresh from create: `Reconciling=True` (reason `Created`, or
+/// `TemplateNotFound` when its template does not exist yet) until the operator has seen it,
+/// so kstatus (Flux), `kubectl wait` and Argo CD do not take it for settled; `Ready=False`
+/// (`Suspended`, or `TemplateNotFound`). No `observedGeneration`: the operator writes it.
+fn initial_actor_conditions(actor: &mut Value, template_found: bool, tns: &str, tname: &str) {
+    use crds::conditions::{READY, RECONCILING, reasons};
+    if template_found {
+        let msg = "created; waiting for the operator";
+        crate::scheduler::set_condition(actor, READY, "False", reasons::SUSPENDED, msg);
+        crate::scheduler::set_condition(actor, RECONCILING, "True", reasons::CREATED, msg);
+    } else {
+        let msg = format!("ActorTemplate {tns}/{tname} does not exist (yet)");
+        for (t, v) in [(READY, "False"), (RECONCILING, "True")] {
+            crate::scheduler::set_condition(actor, t, v, reasons::TEMPLATE_NOT_FOUND, &msg);
+        }
     }
 }
 

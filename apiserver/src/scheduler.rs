@@ -18,7 +18,8 @@
 //! names another worker) is released by [`release_orphans`] after a grace period, which
 //! covers a crash between 1 and 2 and a resume that lost the race on the actor.
 //!
-//! With no free worker the actor gets condition `Scheduled=False` (reason `NoFreeWorker`),
+//! With no free worker the actor gets condition `Scheduled=False` (reason `NoFreeWorker`;
+//! `Ready=False` and `Reconciling=True` with that reason, for kstatus and people),
 //! the caller gets `202 Accepted` with that actor, and [`run`] binds it as soon as a worker
 //! frees up (oldest request first).
 
@@ -37,7 +38,7 @@ use crate::status::ApiError;
 /// Condition type that tells whether a resume found a worker.
 pub const SCHEDULED: &str = "Scheduled";
 /// Reason of `Scheduled=False` while the actor waits for a worker.
-pub const NO_FREE_WORKER: &str = "NoFreeWorker";
+pub const NO_FREE_WORKER: &str = crds::conditions::reasons::NO_FREE_WORKER;
 /// Condition type on a bound worker whose actor does not point back at it.
 pub const ORPHANED: &str = "Orphaned";
 /// A worker that has not heartbeated for this long is not given new actors.
@@ -483,6 +484,21 @@ impl Scheduler {
             .guaranteed_update(&ACTORS, Some(ns), name, |cur| {
                 let mut new = cur.clone();
                 set_condition(&mut new, SCHEDULED, "False", NO_FREE_WORKER, message);
+                // Readable by all (kstatus: in progress until it is bound, or cancelled).
+                set_condition(
+                    &mut new,
+                    crds::conditions::READY,
+                    "False",
+                    NO_FREE_WORKER,
+                    message,
+                );
+                set_condition(
+                    &mut new,
+                    crds::conditions::RECONCILING,
+                    "True",
+                    NO_FREE_WORKER,
+                    message,
+                );
                 Some(new)
             })
             .await?
@@ -530,15 +546,18 @@ impl Scheduler {
                     &mut new,
                     crds::conditions::READY,
                     "False",
-                    "Resuming",
+                    crds::conditions::reasons::RESUMING,
                     &format!("resuming on worker {wname}"),
                 );
-                // kstatus: in progress until the node agent reports the outcome.
+                // kstatus: in progress until the node agent reports the outcome. The resume
+                // deadline runs from now, also when Reconciling was True already (a fresh
+                // actor's `Created`, a wait for a worker).
+                remove_condition(&mut new, crds::conditions::RECONCILING);
                 set_condition(
                     &mut new,
                     crds::conditions::RECONCILING,
                     "True",
-                    "Resuming",
+                    crds::conditions::reasons::RESUMING,
                     &format!("resuming on worker {wname}"),
                 );
                 remove_condition(&mut new, crds::conditions::STALLED);
@@ -603,18 +622,32 @@ impl Scheduler {
                             &mut new,
                             crds::conditions::READY,
                             "False",
-                            "Suspending",
+                            crds::conditions::reasons::SUSPENDING,
                             "suspend requested",
                         );
                         set_condition(
                             &mut new,
                             crds::conditions::RECONCILING,
                             "True",
-                            "Suspending",
+                            crds::conditions::reasons::SUSPENDING,
                             "suspend requested",
                         );
                     }
-                    _ if waiting(cur) => remove_condition(&mut new, SCHEDULED),
+                    _ if waiting(cur) => {
+                        remove_condition(&mut new, SCHEDULED);
+                        for (t, v) in [
+                            (crds::conditions::READY, "False"),
+                            (crds::conditions::RECONCILING, "False"),
+                        ] {
+                            set_condition(
+                                &mut new,
+                                t,
+                                v,
+                                crds::conditions::reasons::SUSPENDED,
+                                "suspended; the resume that waited for a worker was cancelled",
+                            );
+                        }
+                    }
                     _ => return None,
                 }
                 Some(new)

@@ -103,10 +103,45 @@ fn kstatus(obj: &Value) -> KStatus {
     if let Some(c) = cond("Reconciling").filter(|c| c["status"] == "True") {
         return KStatus::InProgress(c["message"].to_string());
     }
-    if let Some(c) = cond("Ready").filter(|c| c["status"] == "False") {
-        return KStatus::InProgress(c["message"].to_string());
-    }
+    // cli-utils' generic rules stop here: `Ready` is not looked at (a suspended `OnDemand`
+    // actor, `Ready=False/Suspended`, is at rest: Current).
     KStatus::Current
+}
+
+/// The operator's part, played here (the apiserver tests run no operator; the real one is
+/// `operator/tests/policy.rs`, `a_created_actor_is_in_progress_until_the_operator_settles_it`):
+/// an actor it has not acted on yet gets `observedGeneration` = `generation`,
+/// `Ready=False/Suspended` and `Reconciling=False`, as the operator settles a suspended actor
+/// whose template exists. Returns whether it wrote.
+fn operator_settles(w: &World, path: &str) -> bool {
+    let r = w.http("GET", path, None);
+    if r.code != 200 {
+        return false;
+    }
+    let mut a = r.json();
+    let generation = a["metadata"]["generation"].clone();
+    let reconciling = a["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Reconciling" && c["status"] == "True")
+    });
+    if !reconciling && a["status"]["observedGeneration"] == generation {
+        return false;
+    }
+    a["status"]["observedGeneration"] = generation;
+    a["status"]["conditions"] = json!([
+        {"type": "Ready", "status": "False", "reason": "Suspended", "message": "suspended; resumes on demand",
+         "lastTransitionTime": "2026-01-01T00:00:00Z"},
+        {"type": "Reconciling", "status": "False", "reason": "Suspended", "message": "suspended; resumes on demand",
+         "lastTransitionTime": "2026-01-01T00:00:00Z"},
+    ]);
+    let body = a.to_string();
+    let r = w.http(
+        "PUT",
+        &format!("{path}/status"),
+        Some(("application/json", body.as_bytes())),
+    );
+    assert_eq!(r.code, 200, "{}", r.body);
+    true
 }
 
 /// One sync of Flux's kustomize-controller; returns the action per object (`Kind/name`).
@@ -178,8 +213,21 @@ fn flux_sync(
         actions.insert(gone.clone(), "deleted".into());
     }
     *inventory = new_inventory;
-    // Health: every object Current by kstatus rules.
+    // Health: every object Current by kstatus rules. An actor is not before the operator
+    // has acted on it (the apiserver says `Reconciling=True` on create, or its
+    // `observedGeneration` is behind after a change): a health check cannot pass on an
+    // object no controller has seen.
     for (id, path) in &ids {
+        if id.starts_with("Actor/") && actions[id] != "unchanged" {
+            let r = w.http("GET", path, None);
+            assert!(
+                matches!(kstatus(&r.json()), KStatus::InProgress(_)),
+                "{id} {} before the operator acted: {}",
+                actions[id],
+                r.body
+            );
+            assert!(operator_settles(w, path), "{id}");
+        }
         eventually(&format!("{id} Current"), || {
             let r = w.http("GET", path, None);
             (r.code == 200 && kstatus(&r.json()) == KStatus::Current).then_some(())
@@ -268,7 +316,6 @@ fn flux_kustomize_controller_sync_change_and_prune() {
     assert!(w.get_json("actor", "two", "flux-a").is_none());
     assert!(w.get_json("atespace", "flux-b", "").is_none());
     assert_eq!(w.names("actors", ""), ["one"]);
-    // kustomize-controller is the only manager of what it applied.
     let full: Value = serde_json::from_str(&w.ok(&[
         "get",
         "actor",
@@ -280,13 +327,19 @@ fn flux_kustomize_controller_sync_change_and_prune() {
         "--show-managed-fields",
     ]))
     .unwrap();
-    let managers: Vec<&str> = full["metadata"]["managedFields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["manager"].as_str())
-        .collect();
-    assert_eq!(managers, ["kustomize-controller"]);
+    // kustomize-controller is the only manager of what it applied; the status is the
+    // operator's (played here by `curl`).
+    let managers = |status: bool| -> Vec<&str> {
+        full["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| (e["subresource"] == "status") == status)
+            .filter_map(|e| e["manager"].as_str())
+            .collect()
+    };
+    assert_eq!(managers(false), ["kustomize-controller"]);
+    assert_eq!(managers(true), ["curl"]);
 }
 
 #[test]
@@ -410,6 +463,84 @@ fn lua(v: &Value) -> String {
 }
 
 #[test]
+fn a_created_actor_says_it_waits_for_the_operator() {
+    let Some(w) = support::world() else { return };
+    w.apply_stdin(
+        "apiVersion: substrate.ate.dev/v1alpha1\nkind: Atespace\nmetadata:\n  name: init\nspec: {}\n",
+        &[],
+    );
+    w.apply_stdin(
+        "apiVersion: ate.dev/v1alpha1\nkind: ActorTemplate\nmetadata:\n  name: t\n  namespace: init\nspec:\n  containers:\n  - name: c\n    image: 127.0.0.1:5000/x:1\n  workerPoolRef:\n    name: p\n",
+        &[],
+    );
+    let path = "/apis/substrate.ate.dev/v1alpha1/namespaces/init/actors";
+    let cond = |a: &Value, t: &str| -> (String, String) {
+        let c = a["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == t).cloned())
+            .unwrap_or_else(|| panic!("no {t} condition: {a}"));
+        (
+            c["status"].as_str().unwrap().into(),
+            c["reason"].as_str().unwrap().into(),
+        )
+    };
+    // A status in the create body is not taken: the apiserver writes the initial one.
+    let body = json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "a"}, "spec": {"template": {"name": "t"}},
+        "status": {"phase": "Running", "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Running", "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+    .to_string();
+    let r = w.http("POST", path, Some(("application/json", body.as_bytes())));
+    assert_eq!(r.code, 201, "{}", r.body);
+    for a in [r.json(), w.http("GET", &format!("{path}/a"), None).json()] {
+        assert_eq!(a["status"]["phase"], "Suspended");
+        assert!(a["status"].get("observedGeneration").is_none(), "{a}");
+        assert_eq!(cond(&a, "Ready"), ("False".into(), "Suspended".into()));
+        assert_eq!(cond(&a, "Reconciling"), ("True".into(), "Created".into()));
+        assert!(matches!(kstatus(&a), KStatus::InProgress(_)), "{a}");
+    }
+    // `kubectl wait` can tell: the operator sets Reconciling=False when it has acted.
+    let out = w.kubectl(&[
+        "wait",
+        "--for=condition=Reconciling=False",
+        "actor/a",
+        "-n",
+        "init",
+        "--timeout=1s",
+    ]);
+    assert!(!out.success(), "{out}");
+    // A missing template is no reason to refuse (GitOps applies in any order); it is said.
+    let body = json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "b"}, "spec": {"template": {"name": "later"}}})
+    .to_string();
+    let r = w.http("POST", path, Some(("application/json", body.as_bytes())));
+    assert_eq!(r.code, 201, "{}", r.body);
+    let b = r.json();
+    assert_eq!(
+        cond(&b, "Ready"),
+        ("False".into(), "TemplateNotFound".into())
+    );
+    assert_eq!(
+        cond(&b, "Reconciling"),
+        ("True".into(), "TemplateNotFound".into())
+    );
+    assert_contains(
+        b["status"]["conditions"][0]["message"].as_str().unwrap(),
+        "init/later",
+    );
+    // Server-side apply creates the same, and owns no status field.
+    w.apply_stdin(
+        "apiVersion: substrate.ate.dev/v1alpha1\nkind: Actor\nmetadata:\n  name: c\n  namespace: init\nspec:\n  template:\n    name: t\n",
+        &["--server-side"],
+    );
+    let c = w.http("GET", &format!("{path}/c"), None).json();
+    assert_eq!(cond(&c, "Reconciling"), ("True".into(), "Created".into()));
+    let fields = c["metadata"]["managedFields"].to_string();
+    assert!(!fields.contains("f:status"), "{fields}");
+}
+
+#[test]
 fn argo_cd_health_script() {
     let Some(bin) = ["lua5.4", "lua5.3", "lua"].into_iter().find(|b| {
         std::process::Command::new(b)
@@ -500,6 +631,26 @@ fn argo_cd_health_script() {
         health(json!({"kind": "Actor", "metadata": {}})).0,
         "Progressing"
     );
+    // Fresh from create (the apiserver's initial status), and waiting for its template.
+    let created = |reason: &str| {
+        json!({"phase": "Suspended", "conditions": [
+        {"type": "Ready", "status": "False", "reason": reason, "message": "m"},
+        {"type": "Reconciling", "status": "True", "reason": reason, "message": "waiting"}]})
+    };
+    assert_eq!(
+        health(actor("OnDemand", created("Created"))),
+        ("Progressing".into(), "waiting".into())
+    );
+    assert_eq!(
+        health(actor("Suspended", created("TemplateNotFound"))).0,
+        "Progressing"
+    );
+    // Settled by the operator.
+    let settled = json!({"phase": "Suspended", "observedGeneration": 1, "conditions": [
+        {"type": "Ready", "status": "False", "reason": "Suspended", "message": "m"},
+        {"type": "Reconciling", "status": "False", "reason": "Suspended", "message": "m"}]});
+    assert_eq!(health(actor("OnDemand", settled.clone())).0, "Healthy");
+    assert_eq!(health(actor("Suspended", settled)).0, "Suspended");
     let ates = |phase: &str, st: &str| json!({"kind": "Atespace", "metadata": {"generation": 1}, "status": {"phase": phase, "observedGeneration": 1, "conditions": ready(st)}});
     assert_eq!(health(ates("Active", "True")).0, "Healthy");
     assert_eq!(health(ates("Terminating", "False")).0, "Progressing");

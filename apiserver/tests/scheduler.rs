@@ -274,6 +274,11 @@ fn concurrent_resumes_never_share_a_worker_and_the_rest_wait() {
                 .contains("no free worker in pool \"small\""),
             "{c}"
         );
+        // Said where everyone reads it: not ready, in progress (kstatus, Argo CD).
+        for t in ["Ready", "Reconciling"] {
+            assert_eq!(condition(a, t).unwrap()["reason"], "NoFreeWorker", "{a}");
+        }
+        assert_eq!(condition(a, "Reconciling").unwrap()["status"], "True");
     }
     // Every worker names the actor that names it.
     for (n, _, a) in &bound {
@@ -315,6 +320,14 @@ fn concurrent_resumes_never_share_a_worker_and_the_rest_wait() {
     let r = w.http("POST", &format!("{}/suspend", actor_path(n)), None);
     assert_eq!(r.code, 200, "{}", r.body);
     assert!(condition(&r.json(), "Scheduled").is_none(), "{}", r.body);
+    // Back at rest.
+    for t in ["Ready", "Reconciling"] {
+        let c = condition(&r.json(), t).cloned().unwrap();
+        assert_eq!(
+            (c["status"].as_str(), c["reason"].as_str()),
+            (Some("False"), Some("Suspended"))
+        );
+    }
 }
 
 #[test]

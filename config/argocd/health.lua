@@ -6,6 +6,8 @@
 --   * status.observedGeneration older than metadata.generation -> Progressing
 --   * a Stalled=True condition, or an Actor in phase Failed   -> Degraded
 --   * a Reconciling=True condition                            -> Progressing
+--     (an Actor fresh from create has Reconciling=True/Created until the operator has seen
+--     it, Reconciling=True/TemplateNotFound while its template does not exist)
 --   * Atespace: Active with Ready=True -> Healthy; Terminating -> Progressing
 --   * Actor: Running with Ready=True -> Healthy; Suspended is the resting state of an
 --     OnDemand actor (Healthy) and the requested state of a `Suspended` one (Suspended);

@@ -53,8 +53,28 @@ pub mod conditions {
     /// reason [`CORDONED`](reasons::CORDONED) or [`DRAINING`](reasons::DRAINING)).
     pub const SCHEDULABLE: &str = "Schedulable";
 
-    /// Condition reasons set by the operator.
+    /// Condition reasons (the table of an actor's conditions is in ARCHITECTURE.md,
+    /// "Actor conditions").
     pub mod reasons {
+        /// `Reconciling=True` on an actor fresh from create: the apiserver writes it (with
+        /// `Ready=False`) so kstatus, `kubectl wait` and Argo CD do not take the actor for
+        /// settled before the operator has seen it.
+        pub const CREATED: &str = "Created";
+        /// `Ready=False` and `Reconciling=True` on an actor whose ActorTemplate does not exist
+        /// (yet: GitOps may create the actor first); re-evaluated when the template appears.
+        pub const TEMPLATE_NOT_FOUND: &str = "TemplateNotFound";
+        /// `Ready=False`, `Reconciling=False` on a suspended actor at rest (the resting state
+        /// of an `OnDemand` actor, the requested state of a `Suspended` one).
+        pub const SUSPENDED: &str = "Suspended";
+        /// `Ready=False`, `Reconciling=True` while an actor is bound and resumes.
+        pub const RESUMING: &str = "Resuming";
+        /// `Ready=False`, `Reconciling=True` while an actor is checkpointed.
+        pub const SUSPENDING: &str = "Suspending";
+        /// `Ready=True`, `Reconciling=False` on a running actor.
+        pub const RUNNING: &str = "Running";
+        /// `Scheduled=False` (with `Ready=False`, `Reconciling=True`) on an actor whose
+        /// resume waits for a free worker.
+        pub const NO_FREE_WORKER: &str = "NoFreeWorker";
         /// `Ready=False` on an actor released from a dead worker (deleted, or its node agent
         /// silent for [`DEAD_WORKER_AFTER`](crate::liveness::DEAD_WORKER_AFTER)).
         pub const WORKER_LOST: &str = "WorkerLost";

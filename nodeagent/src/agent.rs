@@ -1359,15 +1359,33 @@ impl Agent {
                         let message = format!("running on worker {worker} at {address}");
                         let conds = with_condition(
                             &conds,
-                            condition("Ready", true, "Running", &message, Some(generation)),
+                            condition(
+                                "Ready",
+                                true,
+                                crds::conditions::reasons::RUNNING,
+                                &message,
+                                Some(generation),
+                            ),
                         );
                         let conds = with_condition(
                             &conds,
-                            condition("Reconciling", false, "Running", &message, Some(generation)),
+                            condition(
+                                "Reconciling",
+                                false,
+                                crds::conditions::reasons::RUNNING,
+                                &message,
+                                Some(generation),
+                            ),
                         );
                         st["conditions"] = json!(with_condition(
                             &conds,
-                            condition("Stalled", false, "Running", &message, Some(generation))
+                            condition(
+                                "Stalled",
+                                false,
+                                crds::conditions::reasons::RUNNING,
+                                &message,
+                                Some(generation)
+                            )
                         ));
                         true
                     })

@@ -53,6 +53,8 @@ pub(crate) struct Feeds {
     pub(crate) templates: mpsc::UnboundedReceiver<ActorTemplate>,
     pub(crate) golden_actors: mpsc::UnboundedReceiver<Actor>,
     pub(crate) lifecycle_actors: mpsc::UnboundedReceiver<Actor>,
+    /// Templates touched (for the actors waiting for them: `TemplateNotFound`).
+    pub(crate) lifecycle_templates: mpsc::UnboundedReceiver<ActorTemplate>,
     pub(crate) dead_worker_actors: mpsc::UnboundedReceiver<Actor>,
     pub(crate) dead_worker_workers: mpsc::UnboundedReceiver<Worker>,
     pub(crate) pool_workers: mpsc::UnboundedReceiver<Worker>,
@@ -153,6 +155,7 @@ impl Caches {
         let (templates, tw) = reflector::store::<ActorTemplate>();
         let (pools, pw) = reflector::store::<WorkerPool>();
         let (t_tx, t_rx) = mpsc::unbounded();
+        let (lt_tx, lt_rx) = mpsc::unbounded();
         let (ga_tx, ga_rx) = mpsc::unbounded();
         let (la_tx, la_rx) = mpsc::unbounded();
         let (da_tx, da_rx) = mpsc::unbounded();
@@ -181,7 +184,7 @@ impl Caches {
             watch(
                 Api::<ActorTemplate>::all(cluster.clone()),
                 tw,
-                vec![t_tx, gt_tx],
+                vec![t_tx, gt_tx, lt_tx],
                 None,
             ),
             watch(
@@ -256,6 +259,7 @@ impl Caches {
                 templates: t_rx,
                 golden_actors: ga_rx,
                 lifecycle_actors: la_rx,
+                lifecycle_templates: lt_rx,
                 dead_worker_actors: da_rx,
                 dead_worker_workers: dw_rx,
                 pool_workers: pw_rx,

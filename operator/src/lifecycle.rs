@@ -480,6 +480,113 @@ pub fn finalized_without_agent(
     Some(new)
 }
 
+/// Whether the actor carries an in-progress verdict that waits for the operator: the
+/// apiserver's `Reconciling=True/Created` of a fresh actor, or `TemplateNotFound`.
+fn awaits_operator(a: &Actor) -> bool {
+    condition(a, RECONCILING).is_some_and(|c| {
+        c.status == "True"
+            && (c.reason == reasons::CREATED || c.reason == reasons::TEMPLATE_NOT_FOUND)
+    }) || condition(a, READY).is_some_and(|c| c.reason == reasons::TEMPLATE_NOT_FOUND)
+}
+
+/// The ActorTemplate `(namespace, name)` of actor `a`.
+pub fn template_of(a: &Actor) -> (String, String) {
+    let ns = a
+        .spec
+        .template
+        .namespace
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| a.metadata.namespace.clone())
+        .unwrap_or_default();
+    (ns, a.spec.template.name.clone())
+}
+
+/// The settled status of a suspended actor the apiserver marked `Reconciling=True/Created`
+/// on create (or that waits for its template): `observedGeneration` = `generation`, and
+/// `Ready=False/Suspended` with `Reconciling=False` — the resting state of an `OnDemand`
+/// actor and the requested one of a `Suspended` actor, `Current` for kstatus — or, while
+/// its template does not exist, `Ready=False` and `Reconciling=True` with reason
+/// `TemplateNotFound` (re-evaluated when the template appears). An `Always` actor whose
+/// template exists is left to its resume (which says `Resuming`). `None`: nothing to write.
+pub fn settled(cur: &Actor, template_found: bool, now: Timestamp) -> Option<Actor> {
+    if cur.metadata.deletion_timestamp.is_some()
+        || cur.metadata.namespace.as_deref() == Some(crds::GOLDEN_ATESPACE)
+        || phase(cur) != Some(ActorPhase::Suspended)
+        || bound_worker(cur).is_some()
+        || waiting(cur)
+        || !awaits_operator(cur)
+        || (template_found && cur.spec.activation == Activation::Always)
+    {
+        return None;
+    }
+    let generation = cur.metadata.generation;
+    let mut new = cur.clone();
+    let st = new.status.as_mut()?;
+    if template_found {
+        let message = match cur.spec.activation {
+            Activation::Suspended => "suspended, as its activation asks",
+            _ => "suspended; resumes on demand",
+        };
+        for (t, v) in [(READY, false), (RECONCILING, false)] {
+            set_condition(
+                &mut st.conditions,
+                t,
+                v,
+                reasons::SUSPENDED,
+                message,
+                generation,
+                now,
+            );
+        }
+    } else {
+        let (tns, tname) = template_of(cur);
+        let message = format!("ActorTemplate {tns}/{tname} does not exist (yet)");
+        for (t, v) in [(READY, false), (RECONCILING, true)] {
+            set_condition(
+                &mut st.conditions,
+                t,
+                v,
+                reasons::TEMPLATE_NOT_FOUND,
+                &message,
+                generation,
+                now,
+            );
+        }
+    }
+    if generation.is_some() {
+        st.observed_generation = generation;
+    }
+    (new != *cur).then_some(new)
+}
+
+/// Whether `a`'s template is in the operator's cache.
+fn template_found(ctx: &Ctx, a: &Actor) -> bool {
+    let (tns, tname) = template_of(a);
+    ctx.caches
+        .templates
+        .get(&kube::runtime::reflector::ObjectRef::new(&tname).within(&tns))
+        .is_some()
+}
+
+/// The actors waiting for template `t` (`TemplateNotFound`), to look at again when it
+/// appears.
+pub(crate) fn waiting_for_template(
+    actors: &kube::runtime::reflector::Store<Actor>,
+    t: &crds::ate::ActorTemplate,
+) -> Vec<kube::runtime::reflector::ObjectRef<Actor>> {
+    let (tns, tname) = (
+        t.metadata.namespace.clone().unwrap_or_default(),
+        t.metadata.name.clone().unwrap_or_default(),
+    );
+    actors
+        .state()
+        .iter()
+        .filter(|a| awaits_operator(a) && template_of(a) == (tns.clone(), tname.clone()))
+        .map(|a| kube::runtime::reflector::ObjectRef::from_obj(a.as_ref()))
+        .collect()
+}
+
 fn unbound(a: &Actor) -> bool {
     bound_worker(a).is_none()
         && !matches!(
@@ -506,7 +613,18 @@ pub(crate) async fn reconcile(a: Arc<Actor>, ctx: Arc<Ctx>) -> Result<Action, Op
         RetryChange::Set(r) => ctx.set_retry(&uid, Some(r)),
     }
     let api: Api<Actor> = Api::namespaced(ctx.clients.substrate.clone(), &ns);
-    if let Some(generation) = d.observed_generation {
+    let found = template_found(&ctx, &a);
+    if settled(&a, found, now).is_some() {
+        // Also records observedGeneration.
+        match act::update_status(&api, &name, |cur| settled(cur, found, now)).await? {
+            Outcome::Gone => return Ok(ctx.gone("lifecycle", &uid)),
+            Outcome::Refused => return Ok(Action::requeue(REFUSED_RETRY)),
+            Outcome::Done => {}
+        }
+        if !found {
+            tracing::info!(atespace = %ns, actor = %name, template = %a.spec.template.name, "template not found; waiting for it");
+        }
+    } else if let Some(generation) = d.observed_generation {
         let patch = json!({"status": {"observedGeneration": generation}});
         if act::patch_status(&api, &name, patch).await? == Outcome::Gone {
             return Ok(ctx.gone("lifecycle", &uid));
@@ -514,6 +632,8 @@ pub(crate) async fn reconcile(a: Arc<Actor>, ctx: Arc<Ctx>) -> Result<Action, Op
     }
     let verb = match &d.act {
         Act::Nothing => None,
+        // Its template's appearance triggers this reconcile again.
+        Act::Resume if !found => None,
         Act::Resume => Some("resume"),
         Act::RetryResume => {
             tracing::info!(atespace = %ns, actor = %name, "resume failed before; retrying");
@@ -665,6 +785,88 @@ mod tests {
     fn deleted(mut a: Actor, at: &str) -> Actor {
         a.metadata.deletion_timestamp = Some(Time(ts(at)));
         a
+    }
+
+    /// An actor as the apiserver creates it: `Reconciling=True` with `reason`.
+    fn created(activation: &str, reason: &str) -> Actor {
+        actor(
+            json!({"template": {"name": "t"}, "activation": activation}),
+            json!({"phase": "Suspended", "conditions": [
+                {"type": "Ready", "status": "False", "reason": if reason == "Created" { "Suspended" } else { reason },
+                 "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Reconciling", "status": "True", "reason": reason, "message": "m",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+        )
+    }
+
+    fn reason_of(a: &Actor, t: &str) -> (String, String) {
+        let c = condition(a, t).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn a_created_actor_is_settled_with_the_reason_of_its_state() {
+        let now = ts("2026-01-01T00:00:05Z");
+        for activation in ["OnDemand", "Suspended"] {
+            let out = settled(&created(activation, reasons::CREATED), true, now).unwrap();
+            assert_eq!(out.status.as_ref().unwrap().observed_generation, Some(1));
+            assert_eq!(reason_of(&out, READY), ("False".into(), "Suspended".into()));
+            assert_eq!(
+                reason_of(&out, RECONCILING),
+                ("False".into(), "Suspended".into())
+            );
+            // Settled once: nothing more to write.
+            assert_eq!(settled(&out, true, now), None);
+        }
+        // No template: still in progress, saying why; settled when it appears.
+        let out = settled(&created("OnDemand", reasons::CREATED), false, now).unwrap();
+        assert_eq!(out.status.as_ref().unwrap().observed_generation, Some(1));
+        assert_eq!(
+            reason_of(&out, READY),
+            ("False".into(), "TemplateNotFound".into())
+        );
+        assert_eq!(
+            reason_of(&out, RECONCILING),
+            ("True".into(), "TemplateNotFound".into())
+        );
+        assert_eq!(settled(&out, false, now), None);
+        let later = settled(&out, true, now).unwrap();
+        assert_eq!(
+            reason_of(&later, RECONCILING),
+            ("False".into(), "Suspended".into())
+        );
+        // An Always actor with its template is left to its resume (it says Resuming);
+        // without one it waits for it and is not resumed.
+        assert_eq!(
+            settled(&created("Always", reasons::CREATED), true, now),
+            None
+        );
+        let always = settled(&created("Always", reasons::CREATED), false, now).unwrap();
+        assert_eq!(
+            reason_of(&always, READY),
+            ("False".into(), "TemplateNotFound".into())
+        );
+        // Actors the node agent settled, bound or waiting ones are not touched.
+        let at_rest = actor(
+            json!({"template": {"name": "t"}}),
+            json!({"phase": "Suspended", "observedGeneration": 1, "conditions": [
+                {"type": "Reconciling", "status": "False", "reason": "CheckpointFailed", "message": "m",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+        );
+        assert_eq!(settled(&at_rest, false, now), None);
+        let mut waiting = created("OnDemand", reasons::CREATED);
+        waiting.status.as_mut().unwrap().conditions.push(Condition {
+            type_: SCHEDULED.into(),
+            status: "False".into(),
+            reason: "NoFreeWorker".into(),
+            message: "m".into(),
+            last_transition_time: Time(now),
+            observed_generation: None,
+        });
+        assert_eq!(settled(&waiting, true, now), None);
+        let mut golden = created("OnDemand", reasons::CREATED);
+        golden.metadata.namespace = Some(crds::GOLDEN_ATESPACE.into());
+        assert_eq!(settled(&golden, true, now), None);
     }
 
     #[test]

@@ -213,6 +213,7 @@ pub(crate) async fn run(
         templates,
         golden_actors,
         lifecycle_actors,
+        lifecycle_templates,
         dead_worker_actors,
         dead_worker_workers,
         pool_workers,
@@ -250,7 +251,11 @@ pub(crate) async fn run(
                 error_policy("golden"),
                 ctx.clone(),
             );
+        let lifecycle_store = caches.actors.clone();
         let lifecycle = Controller::for_stream(lifecycle_actors.map(Ok), caches.actors.clone())
+            .watches_stream(lifecycle_templates.map(Ok), move |t| {
+                lifecycle::waiting_for_template(&lifecycle_store, &t)
+            })
             .with_config(config.clone())
             .run(
                 counted("lifecycle", lifecycle::reconcile),

@@ -326,6 +326,171 @@ async fn observed_generation_follows_the_spec_of_settled_actors() {
     op.abort();
 }
 
+/// kstatus' generic rules (sigs.k8s.io/cli-utils `checkGenericProperties`), as Flux applies
+/// them: `true` when the actor is `Current`.
+fn kstatus_current(a: &Actor) -> bool {
+    let Some(st) = a.status.as_ref() else {
+        return true;
+    };
+    let behind = st
+        .observed_generation
+        .is_some_and(|o| Some(o) != a.metadata.generation);
+    let on = |t: &str| cond(&st.conditions, t).is_some_and(|c| c.status == "True");
+    !behind && !on("Reconciling") && !on("Stalled")
+}
+
+/// The operator with a resync far away: only watch events trigger it.
+fn start_operator_no_resync(w: &World) -> tokio::task::JoinHandle<()> {
+    let op = Operator::new(
+        w.client.clone(),
+        OperatorConfig {
+            resync: Duration::from_secs(3600),
+            default_idle_timeout: Duration::from_secs(3600),
+            ..OperatorConfig::default()
+        },
+    );
+    tokio::spawn(op.run())
+}
+
+#[tokio::test]
+async fn a_created_actor_is_in_progress_until_the_operator_settles_it() {
+    let w = world().await;
+    setup(&w, 0).await;
+    let actors: Api<Actor> = Api::namespaced(w.client.clone(), "team-a");
+    // Without an operator, a fresh actor is not Current: Flux and `kubectl wait` wait.
+    let a = create(
+        &actors,
+        json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "fresh"}, "spec": {"template": {"name": "t"}}}),
+    )
+    .await;
+    let st = a.status.as_ref().expect("initial status");
+    let reconciling = cond(&st.conditions, "Reconciling").expect("Reconciling");
+    assert_eq!(
+        (reconciling.status.as_str(), reconciling.reason.as_str()),
+        ("True", "Created")
+    );
+    assert!(!kstatus_current(&a));
+    // An actor whose template does not exist (yet) is created all the same.
+    let orphan = create(&actors, json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "early"}, "spec": {"template": {"name": "later"}, "activation": "Suspended"}})).await;
+    create(&actors, json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
+        "metadata": {"name": "early-always"}, "spec": {"template": {"name": "later"}, "activation": "Always"}})).await;
+    let ready = cond(&orphan.status.as_ref().unwrap().conditions, "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "TemplateNotFound")
+    );
+
+    let op = start_operator_no_resync(&w);
+    let start = Instant::now();
+    let a = eventually("the operator settles the fresh actor", || {
+        let actors = actors.clone();
+        async move {
+            let a = actors.get("fresh").await.ok()?;
+            kstatus_current(&a).then_some(a)
+        }
+    })
+    .await;
+    let settled_in = start.elapsed();
+    let st = a.status.as_ref().unwrap();
+    assert_eq!(st.observed_generation, a.metadata.generation);
+    let ready = cond(&st.conditions, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "Suspended")
+    );
+    let reconciling = cond(&st.conditions, "Reconciling").unwrap();
+    assert_eq!(
+        (reconciling.status.as_str(), reconciling.reason.as_str()),
+        ("False", "Suspended")
+    );
+    eprintln!("fresh actor settled {settled_in:?} after the operator started");
+
+    // The one without a template waits for it (InProgress), observed all the same...
+    let early = eventually("the operator looks at the early actor", || {
+        let actors = actors.clone();
+        async move {
+            let a = actors.get("early").await.ok()?;
+            (a.status.as_ref()?.observed_generation == Some(1)).then_some(a)
+        }
+    })
+    .await;
+    assert!(!kstatus_current(&early));
+    let reconciling = cond(&early.status.as_ref().unwrap().conditions, "Reconciling").unwrap();
+    assert_eq!(
+        (reconciling.status.as_str(), reconciling.reason.as_str()),
+        ("True", "TemplateNotFound")
+    );
+    // An Always actor is not resumed before its template exists (it waits, saying why).
+    let always = eventually("the operator looks at the early Always actor", || {
+        let actors = actors.clone();
+        async move {
+            let a = actors.get("early-always").await.ok()?;
+            (a.status.as_ref()?.observed_generation == Some(1)).then_some(a)
+        }
+    })
+    .await;
+    assert_eq!(common::phase(&always), "Suspended");
+    let ready = cond(&always.status.as_ref().unwrap().conditions, "Ready").unwrap();
+    assert_eq!(ready.reason, "TemplateNotFound");
+    // ... and settles as soon as the template appears (its watch event, not a resync). A
+    // second worker: the template's golden actor takes one.
+    free_worker(&w, "w1", "10.0.0.3", 0).await;
+    // Transition times have a resolution of a second: the resume's must be newer than the
+    // create's.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let templates: Api<ActorTemplate> = Api::namespaced(w.client.clone(), "team-a");
+    create(&templates, json!({"apiVersion": "ate.dev/v1alpha1", "kind": "ActorTemplate",
+        "metadata": {"name": "later"}, "spec": {"containers": [{"name": "c", "image": "127.0.0.1:5000/x:1"}],
+        "workerPoolRef": {"name": "p"}}})).await;
+    let start = Instant::now();
+    let early = eventually("the early actor settles once its template exists", || {
+        let actors = actors.clone();
+        async move {
+            let a = actors.get("early").await.ok()?;
+            kstatus_current(&a).then_some(a)
+        }
+    })
+    .await;
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    let ready = cond(&early.status.as_ref().unwrap().conditions, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "Suspended")
+    );
+    // ... and the Always one is resumed then.
+    let always = eventually(
+        "the early Always actor resumes once its template exists",
+        || {
+            let actors = actors.clone();
+            async move {
+                let a = actors.get("early-always").await.ok()?;
+                (common::phase(&a) == "Resuming").then_some(a)
+            }
+        },
+    )
+    .await;
+    let reconciling = cond(&always.status.as_ref().unwrap().conditions, "Reconciling").unwrap();
+    assert_eq!(
+        (reconciling.status.as_str(), reconciling.reason.as_str()),
+        ("True", "Resuming")
+    );
+    // The resume deadline runs from the bind, not from the create's Reconciling=True.
+    let created = always.metadata.creation_timestamp.clone().unwrap();
+    assert!(
+        reconciling.last_transition_time.0 > created.0,
+        "{reconciling:?} created {created:?}"
+    );
+    op.abort();
+}
+
 fn cond<'a>(
     conds: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     t: &str,

@@ -26,7 +26,7 @@ const MAX_RESUMES_PER_WAKE: u32 = 3;
 /// Condition the scheduler sets while an actor waits for a worker.
 pub const SCHEDULED: &str = "Scheduled";
 /// Its reason when no worker is free.
-pub const NO_FREE_WORKER: &str = "NoFreeWorker";
+pub const NO_FREE_WORKER: &str = crds::conditions::reasons::NO_FREE_WORKER;
 
 /// Why a wake did not end with a ready actor. Each maps to one HTTP answer.
 #[derive(Debug, Clone, thiserror::Error)]
