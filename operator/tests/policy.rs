@@ -208,6 +208,8 @@ async fn actors_of_a_dead_worker_return_to_their_last_snapshot() {
 async fn always_actors_are_resumed() {
     let w = world().await;
     setup(&w, 0).await;
+    // A second worker: the template's golden actor (never booted here) may take either.
+    free_worker(&w, "w1", "10.0.0.3", 0).await;
     let actors: Api<Actor> = Api::namespaced(w.client.clone(), "team-a");
     create(&actors, json!({"apiVersion": "substrate.ate.dev/v1alpha1", "kind": "Actor",
         "metadata": {"name": "always"}, "spec": {"template": {"name": "t"}, "activation": "Always"}})).await;
@@ -220,7 +222,8 @@ async fn always_actors_are_resumed() {
         }
     })
     .await;
-    assert_eq!(a.status.unwrap().worker.unwrap().name, "w0");
+    let worker = a.status.unwrap().worker.unwrap().name;
+    assert!(worker == "w0" || worker == "w1", "{worker}");
     op.abort();
 }
 
