@@ -125,6 +125,12 @@ fn waiting(actor: &Value) -> bool {
     condition(actor, SCHEDULED).is_some_and(|c| c["status"] == "False")
 }
 
+/// Whether `actor` waits in the scheduler's queue for a worker: not bound (`Suspended` or
+/// `Failed`) and `Scheduled=False`.
+pub(crate) fn waits_for_worker(actor: &Value) -> bool {
+    waiting(actor) && matches!(phase(actor), "Suspended" | "Failed")
+}
+
 /// The body of `POST .../actors/<name>/suspend` (all optional; an empty body is `{}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -809,7 +815,7 @@ pub async fn run(scheduler: Scheduler) {
         scheduler.registry.store.cache(rkey(&ACTORS)).clone(),
     ));
     // The queue follows the actors for as long as the scheduler runs.
-    let _follow = AbortOnDrop(follow);
+    let _follow = crate::storage::AbortOnDrop(follow);
     let cache = scheduler.registry.store.cache(rkey(&WORKERS)).clone();
     loop {
         let rv = cache.rv();
@@ -821,15 +827,6 @@ pub async fn run(scheduler: Scheduler) {
         } else {
             tokio::time::sleep(RESYNC).await;
         }
-    }
-}
-
-/// Aborts a task when dropped (the scheduler's own task is aborted at shutdown).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -20,23 +20,13 @@ pub struct Queue {
     waiting: Mutex<BTreeMap<ObjectKey, String>>,
 }
 
-/// Whether `actor` waits for a worker, and since when.
+/// Whether `actor` waits for a worker, and since when (its `Scheduled` condition's
+/// `lastTransitionTime`).
 fn waits_since(actor: &Value) -> Option<String> {
-    let phase = actor
-        .pointer("/status/phase")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if !matches!(phase, "Suspended" | "Failed") {
-        return None;
-    }
-    let c = actor
-        .pointer("/status/conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == crate::scheduler::SCHEDULED)?;
-    (c["status"] == "False").then(|| {
-        c["lastTransitionTime"]
-            .as_str()
+    use crate::scheduler::{SCHEDULED, condition, waits_for_worker};
+    waits_for_worker(actor).then(|| {
+        condition(actor, SCHEDULED)
+            .and_then(|c| c["lastTransitionTime"].as_str())
             .unwrap_or_default()
             .to_string()
     })

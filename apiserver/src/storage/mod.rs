@@ -27,6 +27,7 @@ use serde_json::Value;
 
 pub use cache::{WatchCache, Watcher};
 pub use endpoint::{Endpoint, EndpointError, read_password_file, redact_url};
+pub(crate) use valkey::AbortOnDrop;
 pub use valkey::{Store, StoreOptions};
 
 /// A resource type: API group and plural resource name, e.g. `("substrate.ate.dev", "actors")`.

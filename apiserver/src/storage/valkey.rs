@@ -148,8 +148,8 @@ struct Inner {
     _feed: AbortOnDrop,
 }
 
-/// Aborts the feed when the last [`Store`] clone is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Aborts a task when dropped (here: the feed, when the last [`Store`] clone is dropped).
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
