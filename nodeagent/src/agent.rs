@@ -154,6 +154,15 @@ struct LocalWorker {
     adopted: Option<i32>,
 }
 
+/// Whether the executor is booting, restoring or checkpointing its sandbox (which is then
+/// not killed as a stray).
+fn mid_operation(status: &proto::WorkerStatus) -> bool {
+    matches!(
+        proto::Phase::try_from(status.phase),
+        Ok(proto::Phase::Booting | proto::Phase::Restoring | proto::Phase::Checkpointing)
+    )
+}
+
 /// Annotation on a worker the node agent cordoned because its pool was scaled below it.
 pub const RETIRING_ANNOTATION: &str = "substrate.ate.dev/retiring";
 
@@ -162,6 +171,8 @@ pub const RETIRING_ANNOTATION: &str = "substrate.ate.dev/retiring";
 struct WorkerPlan {
     desired: Vec<(String, String)>,
     retiring: Vec<(String, String)>,
+    /// This node's `Worker`s as listed for the plan (what scale-down retires from).
+    existing: Vec<Worker>,
 }
 
 /// Scale of one pool on one node: of the existing workers `mine` (`(name, bound)`), keeps
@@ -519,6 +530,8 @@ impl Agent {
         let pools: Api<WorkerPool> =
             Api::namespaced(self.clients.cluster.clone(), &self.cfg.pool_namespace);
         let node = self.cfg.node.as_str();
+        // This node's workers only (the apiserver filters by the selectable field), not every
+        // worker of the cluster at each heartbeat.
         let lp = ListParams::default().fields(&format!("spec.node={node}"));
         let existing: Vec<Worker> = self
             .worker_api()
@@ -549,6 +562,7 @@ impl Agent {
             plan.retiring
                 .extend(retiring.into_iter().map(|w| (w, name.clone())));
         }
+        plan.existing = existing;
         Ok(plan)
     }
 
@@ -856,7 +870,7 @@ impl Agent {
         }
         self.prune_image_records(actors);
         self.prune_restore_dirs(actors);
-        let retired = self.retire_workers(&desired).await;
+        let retired = self.retire_workers(&desired, plan.existing).await;
         {
             // The gateway reaches the workers whose executors this agent still has.
             let workers = self.workers.lock().await;
@@ -950,16 +964,18 @@ impl Agent {
     /// go once they are not bound: the `Worker` is deleted first, with its resourceVersion
     /// as precondition (a concurrent claim by the scheduler wins and the worker stays until
     /// its actor leaves), then its executor is stopped.
-    async fn retire_workers(&self, desired: &[(String, String)]) -> Result<(), AgentError> {
+    /// Retires `existing` workers (this node's, listed at the start of the pass) that are
+    /// not `desired` and not bound; a worker changed since the list (a claim) keeps its
+    /// resourceVersion precondition from being met, and is looked at again next pass.
+    async fn retire_workers(
+        &self,
+        desired: &[(String, String)],
+        existing: Vec<Worker>,
+    ) -> Result<(), AgentError> {
         let api = self.worker_api();
-        let node = self.cfg.node.as_str();
-        // This node's workers only (the apiserver filters by the selectable field), not every
-        // worker of the cluster at each heartbeat.
-        let lp = ListParams::default().fields(&format!("spec.node={node}"));
-        for w in api.list(&lp).await? {
+        for w in existing {
             let name = w.metadata.name.clone().unwrap_or_default();
-            if w.spec.node.as_deref() != Some(node)
-                || desired.iter().any(|(n, _)| *n == name)
+            if desired.iter().any(|(n, _)| *n == name)
                 || (!self.cfg.pools.is_empty() && !self.cfg.pools.contains(&w.spec.pool))
             {
                 continue;
@@ -1038,11 +1054,7 @@ impl Agent {
                     .and_then(|s| s.worker.as_ref())
                     .is_some_and(|w| w.name == worker)
         });
-        let busy = matches!(
-            proto::Phase::try_from(status.phase),
-            Ok(proto::Phase::Booting | proto::Phase::Restoring | proto::Phase::Checkpointing)
-        );
-        if bound || busy {
+        if bound || mid_operation(status) {
             return;
         }
         // The cache may not have synced yet (a restarted agent): ask the apiserver before
@@ -1104,11 +1116,7 @@ impl Agent {
         let Ok(status) = c.status().await else {
             return false;
         };
-        let settled = !matches!(
-            proto::Phase::try_from(status.phase),
-            Ok(proto::Phase::Booting | proto::Phase::Restoring | proto::Phase::Checkpointing)
-        );
-        if status.actor.is_empty() || status.actor == key.to_string() || !settled {
+        if status.actor.is_empty() || status.actor == key.to_string() || mid_operation(&status) {
             return false;
         }
         self.kill_if_not_bound(worker, &status.actor).await
